@@ -1,0 +1,69 @@
+//! The command line, one file per subcommand. Results go to stdout, progress and errors to
+//! stderr. Exit codes: 0 success, 1 failure, 2 usage error.
+
+mod schedule;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// An error that ends a command, with its exit code.
+#[derive(Debug)]
+pub enum CliError {
+    /// Bad flags or arguments (exit 2).
+    Usage(String),
+    /// The command was well formed but failed (exit 1).
+    Failure(anyhow::Error),
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Failure(e)
+    }
+}
+
+impl From<crate::schedule::ScheduleError> for CliError {
+    fn from(e: crate::schedule::ScheduleError) -> Self {
+        Self::Usage(e.to_string())
+    }
+}
+
+/// Result of a subcommand.
+pub type CliResult = Result<(), CliError>;
+
+#[derive(Parser)]
+#[command(
+    name = "ddpm",
+    version,
+    about = "Denoising diffusion probabilistic models: train, sample, evaluate",
+    long_about = "Denoising Diffusion Probabilistic Models (Ho et al. 2020) in one binary.\n\nExamples:\n  ddpm schedule --schedule cosine --timesteps 1000 --format json"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the noise schedule's tables (β, ᾱ, posterior coefficients, SNR).
+    Schedule(schedule::ScheduleArgs),
+}
+
+/// Parses the command line and runs the subcommand.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Schedule(args) => schedule::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Usage(m)) => {
+            eprintln!("error: {m}");
+            ExitCode::from(2)
+        }
+        Err(CliError::Failure(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! `ddpm`: Denoising Diffusion Probabilistic Models (Ho et al. 2020) in Rust on burn.
+//!
+//! Layers, each knowing only those below it: [`schedule`] (f64 noise-schedule tables) →
+//! [`diffusion`] (the forward process, posterior, reverse step, likelihood and losses of the
+//! lecture, generic over any [`diffusion::Denoiser`]) → the command line in [`cli`].
+
+pub mod cli;
+pub mod diffusion;
+pub mod rng;
+pub mod schedule;
