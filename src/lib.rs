@@ -5,6 +5,12 @@
 //! lecture, generic over any [`diffusion::Denoiser`]) → the command line in [`cli`].
 
 pub mod cli;
+pub mod data;
+pub mod device;
 pub mod diffusion;
+pub mod model;
 pub mod rng;
+pub mod sample;
 pub mod schedule;
+pub mod train;
+pub mod viz;

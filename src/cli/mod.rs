@@ -2,6 +2,7 @@
 //! stderr. Exit codes: 0 success, 1 failure, 2 usage error.
 
 mod schedule;
+mod train;
 
 use std::process::ExitCode;
 
@@ -47,6 +48,8 @@ struct Cli {
 enum Command {
     /// Print the noise schedule's tables (β, ᾱ, posterior coefficients, SNR).
     Schedule(schedule::ScheduleArgs),
+    /// Train a diffusion model (Algorithm 1); with no flags, on the bundled MNIST digits.
+    Train(Box<train::TrainArgs>),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -54,6 +57,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Schedule(args) => schedule::run(args),
+        Command::Train(args) => train::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

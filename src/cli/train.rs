@@ -1,0 +1,271 @@
+//! `ddpm train`: Algorithm 1 on a dataset, with checkpoints, logs and sample grids.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{CliError, CliResult};
+use crate::diffusion::{Parameterization, VarianceType};
+use crate::train::TrainConfig;
+
+#[derive(Args, Default)]
+#[command(
+    after_help = "With no flags: trains the `mnist` preset on the bundled 10,000 MNIST digits for a few minutes and writes runs/default/samples/*.png.\n\nExamples:\n  ddpm train\n  ddpm train --data idx:../shared/data/mnist --steps 2000 --batch-size 64 --out runs/mnist\n  ddpm train --out runs/mnist --steps 4000 --resume\n  ddpm train --config my.toml --lr 2e-4\n  ddpm train --data toy:swiss-roll --preset mlp --steps 3000 --batch-size 256"
+)]
+pub struct TrainArgs {
+    /// A TOML file of configuration keys (the same names as these flags, with underscores).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue the run in --out from its latest checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Dataset: bundled, idx:DIR, toy:swiss-roll|two-moons|8-gaussians|checkerboard.
+    #[arg(long)]
+    data: Option<String>,
+    /// Network: mnist, cifar10, tiny, mlp.
+    #[arg(long)]
+    preset: Option<String>,
+    /// Optimizer steps in total.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Images per optimizer step.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Micro-batches per step (gradient accumulation).
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Linear learning-rate warm-up steps.
+    #[arg(long)]
+    warmup_steps: Option<u64>,
+    /// Global gradient-norm clip (0 disables).
+    #[arg(long)]
+    grad_clip: Option<f64>,
+    /// AdamW β1.
+    #[arg(long)]
+    adam_beta1: Option<f64>,
+    /// AdamW β2.
+    #[arg(long)]
+    adam_beta2: Option<f64>,
+    /// AdamW ε.
+    #[arg(long)]
+    adam_eps: Option<f64>,
+    /// AdamW weight decay.
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// EMA decay.
+    #[arg(long)]
+    ema_decay: Option<f64>,
+    /// EMA warm-up power (0: none).
+    #[arg(long)]
+    ema_warmup_power: Option<f64>,
+    /// Seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Run directory.
+    #[arg(long)]
+    out: Option<String>,
+    /// Log every N steps.
+    #[arg(long)]
+    log_every: Option<u64>,
+    /// Sample grid every N steps (0: at the end only).
+    #[arg(long)]
+    sample_every: Option<u64>,
+    /// Images in each sample grid.
+    #[arg(long)]
+    sample_count: Option<usize>,
+    /// DDIM steps for sample grids.
+    #[arg(long)]
+    sample_steps: Option<usize>,
+    /// Checkpoint every N steps.
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    /// Checkpoints kept.
+    #[arg(long)]
+    keep_checkpoints: Option<usize>,
+    /// cpu, cuda or wgpu.
+    #[arg(long)]
+    device: Option<String>,
+    /// Noise schedule: linear, quadratic, sigmoid, cosine, constant, file:PATH.
+    #[arg(long)]
+    schedule: Option<String>,
+    /// Diffusion steps T.
+    #[arg(long)]
+    timesteps: Option<usize>,
+    /// β_1.
+    #[arg(long)]
+    beta_start: Option<f64>,
+    /// β_T.
+    #[arg(long)]
+    beta_end: Option<f64>,
+    /// Rescale the schedule to zero terminal SNR.
+    #[arg(long)]
+    zero_terminal_snr: bool,
+    /// eps, x0 or v.
+    #[arg(long)]
+    parameterization: Option<String>,
+    /// fixed-small, fixed-large, learned, learned-range.
+    #[arg(long)]
+    variance: Option<String>,
+    /// simple, vlb or hybrid.
+    #[arg(long)]
+    loss: Option<String>,
+    /// λ of the hybrid loss.
+    #[arg(long)]
+    hybrid_lambda: Option<f64>,
+    /// none, vlb, p2, min-snr.
+    #[arg(long)]
+    weighting: Option<String>,
+    /// P2 k.
+    #[arg(long)]
+    p2_k: Option<f64>,
+    /// P2 γ.
+    #[arg(long)]
+    p2_gamma: Option<f64>,
+    /// Min-SNR γ.
+    #[arg(long)]
+    min_snr_gamma: Option<f64>,
+    /// uniform or loss-second-moment.
+    #[arg(long)]
+    t_sampler: Option<String>,
+    /// Random horizontal flips.
+    #[arg(long)]
+    hflip: bool,
+    /// Dropout probability (overrides the preset's).
+    #[arg(long)]
+    dropout: Option<f64>,
+}
+
+fn parse_kebab<T: serde::de::DeserializeOwned>(
+    flag: &str,
+    v: &str,
+    expected: &str,
+) -> Result<T, CliError> {
+    serde_json::from_value(serde_json::Value::String(v.to_string()))
+        .map_err(|_| CliError::Usage(format!("{flag}: unknown value `{v}`; expected {expected}")))
+}
+
+/// The configuration: defaults, then the config file, then flags.
+fn resolve(args: &TrainArgs) -> Result<TrainConfig, CliError> {
+    let mut c = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| CliError::Usage(format!("--config {}: {e}", p.display())))?;
+            TrainConfig::from_toml(&text, &format!("--config {}", p.display()))
+                .map_err(|e| CliError::Usage(e.to_string()))?
+        }
+        None => TrainConfig::default(),
+    };
+    macro_rules! set {
+        ($($f:ident),*) => { $( if let Some(v) = &args.$f { c.$f = v.clone().into(); } )* };
+    }
+    set!(
+        data,
+        preset,
+        steps,
+        batch_size,
+        grad_accum,
+        lr,
+        warmup_steps,
+        adam_beta1,
+        adam_beta2,
+        adam_eps,
+        weight_decay,
+        ema_decay,
+        ema_warmup_power,
+        seed,
+        out,
+        log_every,
+        sample_every,
+        sample_count,
+        sample_steps,
+        checkpoint_every,
+        keep_checkpoints,
+        device,
+        schedule,
+        timesteps,
+        loss,
+        hybrid_lambda,
+        weighting,
+        p2_k,
+        p2_gamma,
+        min_snr_gamma,
+        t_sampler
+    );
+    if let Some(v) = args.grad_clip {
+        c.grad_clip = (v > 0.0).then_some(v);
+    }
+    if args.beta_start.is_some() {
+        c.beta_start = args.beta_start;
+    }
+    if args.beta_end.is_some() {
+        c.beta_end = args.beta_end;
+    }
+    if args.dropout.is_some() {
+        c.dropout = args.dropout;
+    }
+    if args.zero_terminal_snr {
+        c.zero_terminal_snr = true;
+    }
+    if args.hflip {
+        c.hflip = true;
+    }
+    if let Some(p) = &args.parameterization {
+        c.parameterization =
+            parse_kebab::<Parameterization>("--parameterization", p, "eps, x0 or v")?;
+    }
+    if let Some(v) = &args.variance {
+        c.variance = parse_kebab::<VarianceType>(
+            "--variance",
+            v,
+            "fixed-small, fixed-large, learned or learned-range",
+        )?;
+    }
+    // On resume, keys not given again come from the run's own config.toml.
+    if args.resume && args.config.is_none() {
+        let path = PathBuf::from(&c.out).join("config.toml");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let mut saved = TrainConfig::from_toml(&text, &path.display().to_string())
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            // Flags given now override what the run saved (e.g. more --steps).
+            macro_rules! keep {
+                ($($f:ident),*) => { $( if args.$f.is_some() { saved.$f = c.$f.clone(); } )* };
+            }
+            keep!(
+                steps,
+                log_every,
+                sample_every,
+                sample_count,
+                sample_steps,
+                checkpoint_every,
+                keep_checkpoints,
+                device,
+                data
+            );
+            c = saved;
+        }
+    }
+    c.validate().map_err(|e| CliError::Usage(e.to_string()))?;
+    Ok(c)
+}
+
+pub fn run(args: TrainArgs) -> CliResult {
+    let cfg = resolve(&args)?;
+    let s = crate::train::train_auto(&cfg, args.resume, args.quiet)?;
+    println!(
+        "trained {} steps in {:.1} s ({:.1} img/s); run: {}{}",
+        s.steps,
+        s.wall_s,
+        s.img_per_s,
+        s.run.display(),
+        s.grid
+            .map(|g| format!("; samples: {}", g.display()))
+            .unwrap_or_default()
+    );
+    Ok(())
+}

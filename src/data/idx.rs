@@ -1,0 +1,223 @@
+//! MNIST-style IDX image files (LeCun et al.), gzipped or raw.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use super::{Dataset, Split};
+
+/// Grayscale images from an IDX3 file, scaled from [0, 255] to [−1, 1].
+#[derive(Debug, Clone)]
+pub struct IdxImages {
+    pixels: Vec<u8>,
+    count: usize,
+    rows: usize,
+    cols: usize,
+    source: String,
+}
+
+/// Reads a file, gunzipping it when it starts with the gzip magic.
+pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    gunzip_if_needed(raw, &path.display().to_string())
+}
+
+/// Gunzips `raw` when it starts with the gzip magic; `name` names it in errors.
+pub fn gunzip_if_needed(raw: Vec<u8>, name: &str) -> Result<Vec<u8>> {
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .with_context(|| format!("{name}: corrupt or truncated gzip data"))?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+impl IdxImages {
+    /// Parses IDX3 bytes (magic 0x00000803, then count, rows, cols as big-endian u32).
+    pub fn parse(bytes: &[u8], source: &str) -> Result<Self> {
+        if bytes.len() < 16 {
+            bail!(
+                "{source}: {} bytes is too short for an IDX image header (16 bytes)",
+                bytes.len()
+            );
+        }
+        let be = |i: usize| u32::from_be_bytes(bytes[i..i + 4].try_into().unwrap()) as usize;
+        let magic = be(0);
+        if magic != 0x0803 {
+            bail!(
+                "{source}: wrong magic number 0x{magic:08x}; an IDX image file starts with 0x00000803"
+            );
+        }
+        let (count, rows, cols) = (be(4), be(8), be(12));
+        let need = count
+            .checked_mul(rows)
+            .and_then(|x| x.checked_mul(cols))
+            .context("image dimensions overflow")?;
+        let have = bytes.len() - 16;
+        if have != need {
+            bail!(
+                "{source}: header announces {count} images of {rows}×{cols} ({need} bytes) but the file holds {have} bytes of pixels{}",
+                if have < need { " (truncated?)" } else { "" }
+            );
+        }
+        if count == 0 {
+            bail!("{source}: holds no images");
+        }
+        Ok(Self {
+            pixels: bytes[16..].to_vec(),
+            count,
+            rows,
+            cols,
+            source: source.to_string(),
+        })
+    }
+
+    /// Opens the images of `split` in `dir`: `train-images-idx3-ubyte[.gz]` or
+    /// `t10k-images-idx3-ubyte[.gz]`.
+    pub fn open_dir(dir: &Path, split: Split) -> Result<Self> {
+        let stem = match split {
+            Split::Train => "train-images-idx3-ubyte",
+            Split::Test => "t10k-images-idx3-ubyte",
+        };
+        let candidates: Vec<PathBuf> = [format!("{stem}.gz"), stem.to_string()]
+            .iter()
+            .map(|n| dir.join(n))
+            .collect();
+        let Some(path) = candidates.iter().find(|p| p.is_file()) else {
+            bail!(
+                "{}: no {stem}.gz or {stem} found (expected the MNIST IDX files; `ddpm data fetch mnist --dir {}` downloads them)",
+                dir.display(),
+                dir.display()
+            );
+        };
+        let bytes = read_maybe_gz(path)?;
+        Self::parse(&bytes, &path.display().to_string())
+    }
+
+    /// Image height.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Image width.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Raw pixels of image `i`.
+    pub fn raw(&self, i: usize) -> &[u8] {
+        let n = self.rows * self.cols;
+        &self.pixels[i * n..(i + 1) * n]
+    }
+}
+
+impl Dataset for IdxImages {
+    fn len(&self) -> usize {
+        self.count
+    }
+
+    fn item_shape(&self) -> Vec<usize> {
+        vec![1, self.rows, self.cols]
+    }
+
+    fn get(&self, index: usize, out: &mut [f32]) {
+        for (o, &p) in out.iter_mut().zip(self.raw(index)) {
+            *o = p as f32 / 127.5 - 1.0;
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} ({} images, {}×{})",
+            self.source, self.count, self.rows, self.cols
+        )
+    }
+}
+
+/// Labels from an IDX1 file (magic 0x00000801).
+pub fn parse_labels(bytes: &[u8], source: &str) -> Result<Vec<u8>> {
+    if bytes.len() < 8 {
+        bail!("{source}: too short for an IDX label header (8 bytes)");
+    }
+    let magic = u32::from_be_bytes(bytes[0..4].try_into().unwrap());
+    if magic != 0x0801 {
+        bail!(
+            "{source}: wrong magic number 0x{magic:08x}; an IDX label file starts with 0x00000801"
+        );
+    }
+    let n = u32::from_be_bytes(bytes[4..8].try_into().unwrap()) as usize;
+    if bytes.len() - 8 != n {
+        bail!(
+            "{source}: header announces {n} labels but the file holds {}",
+            bytes.len() - 8
+        );
+    }
+    Ok(bytes[8..].to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idx(count: u32, rows: u32, cols: u32, pixels: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        for x in [0x0803u32, count, rows, cols] {
+            v.extend(x.to_be_bytes());
+        }
+        v.extend((0..pixels).map(|i| (i % 256) as u8));
+        v
+    }
+
+    #[test]
+    fn parses_and_scales_to_minus_one_one() {
+        let d = IdxImages::parse(&idx(2, 2, 2, 8), "t").unwrap();
+        assert_eq!(d.len(), 2);
+        assert_eq!(d.item_shape(), vec![1, 2, 2]);
+        let mut out = [0.0f32; 4];
+        d.get(0, &mut out);
+        assert_eq!(out[0], -1.0);
+        let full = IdxImages::parse(
+            &{
+                let mut v = idx(1, 1, 1, 0);
+                v.push(255);
+                v
+            },
+            "t",
+        )
+        .unwrap();
+        let mut one = [0.0f32];
+        full.get(0, &mut one);
+        assert_eq!(one[0], 1.0);
+    }
+
+    #[test]
+    fn bad_files_get_clear_errors() {
+        let e = IdxImages::parse(&idx(2, 2, 2, 7), "f.idx")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("f.idx") && e.contains("truncated"), "{e}");
+        let mut bad = idx(2, 2, 2, 8);
+        bad[3] = 0x01;
+        let e = IdxImages::parse(&bad, "g").unwrap_err().to_string();
+        assert!(e.contains("wrong magic"), "{e}");
+        assert!(
+            IdxImages::parse(&[0, 0], "h")
+                .unwrap_err()
+                .to_string()
+                .contains("too short")
+        );
+        let e = gunzip_if_needed(vec![0x1f, 0x8b, 8, 0, 1, 2, 3], "z.gz")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("z.gz") && e.contains("corrupt"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let e = IdxImages::open_dir(dir.path(), Split::Train)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("train-images-idx3-ubyte"), "{e}");
+    }
+}

@@ -1,0 +1,72 @@
+//! Datasets: every item is a float vector in [−1, 1] of a fixed shape.
+
+pub mod bundled;
+pub mod idx;
+pub mod loader;
+pub mod toy2d;
+
+use anyhow::{Result, bail};
+
+/// A finite collection of same-shaped items with values in [−1, 1].
+pub trait Dataset: Send + Sync {
+    /// Number of items.
+    fn len(&self) -> usize;
+    /// Whether there are no items.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Shape of one item, e.g. `[1, 28, 28]` for MNIST or `[2]` for 2-D points.
+    fn item_shape(&self) -> Vec<usize>;
+    /// Writes item `index` into `out` (`out.len()` = the product of `item_shape`).
+    fn get(&self, index: usize, out: &mut [f32]);
+    /// A human-readable description.
+    fn describe(&self) -> String;
+}
+
+/// Which part of a dataset to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// The training images.
+    Train,
+    /// The test images.
+    Test,
+}
+
+impl std::str::FromStr for Split {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "train" => Ok(Self::Train),
+            "test" => Ok(Self::Test),
+            other => Err(format!("unknown split `{other}`; expected train or test")),
+        }
+    }
+}
+
+/// Opens a dataset from a specification:
+/// `bundled` (the first 10,000 MNIST training digits compiled into the binary),
+/// `idx:DIR` (MNIST / Fashion-MNIST IDX files, gzipped or raw, in DIR),
+/// `toy:swiss-roll|two-moons|8-gaussians|checkerboard` (2-D points, 10,000 drawn from `seed`).
+pub fn open(spec: &str, split: Split, seed: u64) -> Result<Box<dyn Dataset>> {
+    if spec == "bundled" {
+        if split == Split::Test {
+            bail!(
+                "--data bundled: the bundled dataset has only training digits; use --data idx:DIR for a test split"
+            );
+        }
+        return Ok(Box::new(bundled::mnist_10k()?));
+    }
+    if let Some(dir) = spec.strip_prefix("idx:") {
+        return Ok(Box::new(idx::IdxImages::open_dir(
+            std::path::Path::new(dir),
+            split,
+        )?));
+    }
+    if let Some(name) = spec.strip_prefix("toy:") {
+        let kind: toy2d::Toy2d = name
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--data {spec}: {e}"))?;
+        return Ok(Box::new(toy2d::ToyDataset::new(kind, 10_000, seed)));
+    }
+    bail!("--data {spec}: unknown dataset; expected bundled, idx:DIR or toy:NAME")
+}

@@ -1,0 +1,102 @@
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+
+use super::*;
+
+fn dev() -> Device {
+    Device::flex()
+}
+
+#[test]
+fn presets_have_the_published_parameter_counts() {
+    assert_eq!(
+        UNet::new(&UNetConfig::mnist(), &dev())
+            .unwrap()
+            .num_params(),
+        1_623_169
+    );
+    assert_eq!(
+        UNet::new(&UNetConfig::cifar10(), &dev())
+            .unwrap()
+            .num_params(),
+        35_746_307
+    );
+}
+
+#[test]
+fn every_option_builds_and_keeps_the_shape() {
+    let mut configs = vec![UNetConfig::tiny()];
+    let mut c = UNetConfig::tiny();
+    c.time_injection = TimeInjection::ScaleShift;
+    c.resblock_updown = true;
+    c.learn_sigma = true;
+    c.time_features = TimeFeatures::Fourier {
+        scale: 16.0,
+        seed: 3,
+    };
+    c.time_scale = 1e-3;
+    c.num_head_channels = Some(4);
+    c.dropout = 0.1;
+    configs.push(c);
+    for cfg in configs {
+        let net = UNet::new(&cfg, &dev()).unwrap();
+        let x = Tensor::<4>::zeros([2, 1, 8, 8], &dev());
+        let t = Tensor::<1>::from_floats([0.0, 999.0], &dev());
+        let y = net.forward(x, t);
+        assert_eq!(y.dims(), [2, cfg.output_channels(), 8, 8]);
+    }
+}
+
+#[test]
+fn sizes_the_levels_cannot_halve_are_a_clear_error() {
+    let mut c = UNetConfig::mnist();
+    c.image_size = 30;
+    let e = UNet::new(&c, &dev()).unwrap_err();
+    assert!(e.0.contains("cannot be halved"), "{e}");
+    let mut c = UNetConfig::mnist();
+    c.groups = 7;
+    assert!(UNet::new(&c, &dev()).unwrap_err().0.contains("GroupNorm"));
+}
+
+#[test]
+fn output_depends_on_time_and_input() {
+    // The zero-initialized output layer makes a fresh net output 0; perturb it first.
+    let mut c = UNetConfig::tiny();
+    c.groups = 2;
+    let net = UNet::new(&c, &dev()).unwrap();
+    let net = net.map(&mut Perturb);
+    let x = Tensor::<4>::random(
+        [1, 1, 8, 8],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &dev(),
+    );
+    let y1 = net.forward(x.clone(), Tensor::<1>::from_floats([10.0], &dev()));
+    let y2 = net.forward(x.clone(), Tensor::<1>::from_floats([500.0], &dev()));
+    let y3 = net.forward(x * 2.0, Tensor::<1>::from_floats([10.0], &dev()));
+    let d = |a: Tensor<4>, b: Tensor<4>| (a - b).abs().sum().into_scalar::<f32>();
+    assert!(d(y1.clone(), y2) > 1e-4);
+    assert!(d(y1, y3) > 1e-4);
+}
+
+struct Perturb;
+impl burn::module::ModuleMapper for Perturb {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<D>>,
+    ) -> burn::module::Param<Tensor<D>> {
+        param.map(|t| {
+            let n = t.random_like(burn::tensor::Distribution::Normal(0.0, 0.05));
+            t + n
+        })
+    }
+}
+
+#[test]
+fn mlp_denoiser_shapes() {
+    let m = Mlp::new(&MlpConfig::default(), &dev());
+    let y = m.forward(
+        Tensor::<2>::zeros([5, 2], &dev()),
+        Tensor::<1>::zeros([5], &dev()),
+    );
+    assert_eq!(y.dims(), [5, 2]);
+}

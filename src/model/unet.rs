@@ -1,0 +1,195 @@
+//! The U-Net ε_θ(x_t, t) of Ho et al. (2020), Appendix B, with the options of Improved DDPM.
+
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Tensor};
+
+use super::attention::AttentionBlock;
+use super::blocks::{Downsample, ResBlock, ResBlockSpec, Resample, Upsample, conv3x3};
+use super::config::{ConfigError, TimeInjection, UNetConfig};
+use super::embedding::time_features;
+
+/// A residual block, optionally followed by self-attention.
+#[derive(Module, Debug)]
+pub struct Stage {
+    res: ResBlock,
+    attn: Option<AttentionBlock>,
+}
+
+impl Stage {
+    fn forward(&self, x: Tensor<4>, emb: Tensor<2>) -> Tensor<4> {
+        let h = self.res.forward(x, emb);
+        match &self.attn {
+            Some(a) => a.forward(h),
+            None => h,
+        }
+    }
+}
+
+/// One resolution level: its stages and the resampling that leaves it.
+#[derive(Module, Debug)]
+pub struct Level {
+    stages: Vec<Stage>,
+    down: Option<Downsample>,
+    up: Option<Upsample>,
+}
+
+/// The U-Net. Knows nothing of diffusion: it maps (x, t) to an output of `output_channels`.
+#[derive(Module, Debug)]
+pub struct UNet {
+    emb1: Linear,
+    emb2: Linear,
+    conv_in: Conv2d,
+    down: Vec<Level>,
+    mid1: ResBlock,
+    mid_attn: AttentionBlock,
+    mid2: ResBlock,
+    up: Vec<Level>,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+    base_channels: usize,
+    #[module(skip)]
+    time_features: super::config::TimeFeatures,
+    time_scale: f64,
+}
+
+impl UNet {
+    /// Builds the network of `config` on `device` (after validating the configuration).
+    pub fn new(config: &UNetConfig, device: &Device) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let ch = config.base_channels;
+        let emb_dim = 4 * ch;
+        let spec = |cin: usize, cout: usize, resample: Resample| ResBlockSpec {
+            cin,
+            cout,
+            emb_dim,
+            groups: config.groups,
+            dropout: config.dropout,
+            scale_shift: config.time_injection == TimeInjection::ScaleShift,
+            resample,
+        };
+        let attn = |c: usize, res: usize| {
+            config
+                .attention_resolutions
+                .contains(&res)
+                .then(|| AttentionBlock::new(c, config.heads_for(c), config.groups, device))
+        };
+        let n_levels = config.channel_mult.len();
+        let mut skips = vec![ch];
+        let mut cur = ch;
+        let mut res = config.image_size;
+        let mut down = Vec::new();
+        for (i, m) in config.channel_mult.iter().enumerate() {
+            let mut stages = Vec::new();
+            for _ in 0..config.num_res_blocks {
+                stages.push(Stage {
+                    res: ResBlock::new(&spec(cur, ch * m, Resample::None), device),
+                    attn: attn(ch * m, res),
+                });
+                cur = ch * m;
+                skips.push(cur);
+            }
+            let ds = (i + 1 < n_levels).then(|| {
+                skips.push(cur);
+                if config.resblock_updown {
+                    Downsample::res(&spec(cur, cur, Resample::Down), device)
+                } else {
+                    Downsample::conv(cur, device)
+                }
+            });
+            if ds.is_some() {
+                res /= 2;
+            }
+            down.push(Level {
+                stages,
+                down: ds,
+                up: None,
+            });
+        }
+        let mid1 = ResBlock::new(&spec(cur, cur, Resample::None), device);
+        let mid_attn = AttentionBlock::new(cur, config.heads_for(cur), config.groups, device);
+        let mid2 = ResBlock::new(&spec(cur, cur, Resample::None), device);
+        let mut up = Vec::new();
+        for (i, m) in config.channel_mult.iter().enumerate().rev() {
+            let mut stages = Vec::new();
+            for _ in 0..=config.num_res_blocks {
+                let skip = skips.pop().expect("one skip per stage");
+                stages.push(Stage {
+                    res: ResBlock::new(&spec(cur + skip, ch * m, Resample::None), device),
+                    attn: attn(ch * m, res),
+                });
+                cur = ch * m;
+            }
+            let us = (i > 0).then(|| {
+                if config.resblock_updown {
+                    Upsample::res(&spec(cur, cur, Resample::Up), device)
+                } else {
+                    Upsample::conv(cur, device)
+                }
+            });
+            if us.is_some() {
+                res *= 2;
+            }
+            up.push(Level {
+                stages,
+                down: None,
+                up: us,
+            });
+        }
+        Ok(Self {
+            emb1: LinearConfig::new(ch, emb_dim).init(device),
+            emb2: LinearConfig::new(emb_dim, emb_dim).init(device),
+            conv_in: conv3x3(config.in_channels, ch, 1, false, device),
+            down,
+            mid1,
+            mid_attn,
+            mid2,
+            up,
+            norm_out: GroupNormConfig::new(config.groups, cur).init(device),
+            conv_out: conv3x3(cur, config.output_channels(), 1, true, device),
+            base_channels: ch,
+            time_features: config.time_features,
+            time_scale: config.time_scale,
+        })
+    }
+
+    /// `x`: `[B, C, H, W]`, `t`: `[B]` timesteps (floats). Returns `[B, output_channels, H, W]`.
+    pub fn forward(&self, x: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
+        let t = t * self.time_scale;
+        let emb = time_features(t, self.base_channels, self.time_features);
+        let emb = self.emb2.forward(silu(self.emb1.forward(emb)));
+        let mut h = self.conv_in.forward(x);
+        let mut hs = vec![h.clone()];
+        for level in &self.down {
+            for stage in &level.stages {
+                h = stage.forward(h, emb.clone());
+                hs.push(h.clone());
+            }
+            if let Some(d) = &level.down {
+                h = d.forward(h, emb.clone());
+                hs.push(h.clone());
+            }
+        }
+        h = self.mid1.forward(h, emb.clone());
+        h = self.mid_attn.forward(h);
+        h = self.mid2.forward(h, emb.clone());
+        for level in &self.up {
+            for stage in &level.stages {
+                let skip = hs.pop().expect("one skip per stage");
+                h = stage.forward(Tensor::cat(vec![h, skip], 1), emb.clone());
+            }
+            if let Some(u) = &level.up {
+                h = u.forward(h, emb.clone());
+            }
+        }
+        self.conv_out.forward(silu(self.norm_out.forward(h)))
+    }
+}
+
+impl crate::diffusion::Denoiser<4> for UNet {
+    fn forward(&self, x_t: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
+        UNet::forward(self, x_t, t)
+    }
+}

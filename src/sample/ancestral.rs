@@ -1,0 +1,64 @@
+//! Ancestral sampling, the lecture's Algorithm 2, on the full chain or a respaced one.
+
+use burn::tensor::Tensor;
+
+use super::{Sampler, StepOutput, host_normal, respaced};
+use crate::diffusion::{GaussianDiffusion, X0Clip};
+use crate::rng::Rng;
+
+/// x_{t−1} = μ_θ(x_t, t) + σ_t z, z ~ N(0, I), with no noise at the last step (Ho et al.
+/// Algorithm 2). On a respaced chain β is recomputed from the kept ᾱ (Nichol & Dhariwal §4)
+/// and the network is still called with the original t. σ_t² follows the diffusion's variance
+/// type: β̃ (fixed-small), β (fixed-large) or the network's (learned).
+pub struct Ancestral {
+    diffusion: GaussianDiffusion,
+    clip: X0Clip,
+}
+
+impl Ancestral {
+    /// A sampler over the kept steps of `base` (all of them for the full chain).
+    pub fn new(base: &GaussianDiffusion, kept: &[usize], clip: X0Clip) -> Self {
+        Self {
+            diffusion: respaced(base, kept),
+            clip,
+        }
+    }
+}
+
+impl<const D: usize> Sampler<D> for Ancestral {
+    fn timesteps(&self) -> Vec<usize> {
+        self.diffusion
+            .schedule
+            .timestep_map
+            .iter()
+            .rev()
+            .copied()
+            .collect()
+    }
+
+    fn step(
+        &mut self,
+        i: usize,
+        x_t: Tensor<D>,
+        model_output: Tensor<D>,
+        rng: &mut Rng,
+    ) -> StepOutput<D> {
+        let n = self.diffusion.num_timesteps();
+        let idx = n - 1 - i;
+        let b = x_t.dims()[0];
+        let t = vec![idx; b];
+        let p = self
+            .diffusion
+            .p_mean_variance(model_output, x_t.clone(), &t, self.clip);
+        let prev = if idx == 0 {
+            p.params.mean
+        } else {
+            let z = host_normal(x_t.dims(), rng, &x_t.device());
+            p.params.mean + z * (p.params.log_variance * 0.5).exp()
+        };
+        StepOutput {
+            prev_sample: prev,
+            pred_x0: p.pred_xstart,
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! DDIM (Song et al. 2021): x_{s} = √ᾱ_s x̂0 + √(1 − ᾱ_s − σ²) ε̂ + σ z over a subsequence of
+//! steps, with σ = η·√((1−ᾱ_s)/(1−ᾱ_t))·√(1 − ᾱ_t/ᾱ_s) (eq. 16). η = 0 is deterministic,
+//! η = 1 is ancestral sampling on the subsequence.
+
+use burn::tensor::Tensor;
+
+use super::{Sampler, StepOutput, host_normal};
+use crate::diffusion::{GaussianDiffusion, X0Clip, apply_clip, parameterization::eps_from_x0};
+use crate::rng::Rng;
+
+/// How the visited steps are spread over the chain (Lin et al. 2024, Table 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spacing {
+    /// round(linspace(0, T−1, K)).
+    Linspace,
+    /// 0, T/K, 2T/K, … (DDIM's original spacing).
+    Leading,
+    /// T−1, T−1−T/K, … (always includes the last step).
+    Trailing,
+}
+
+impl std::str::FromStr for Spacing {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "linspace" => Ok(Self::Linspace),
+            "leading" => Ok(Self::Leading),
+            "trailing" => Ok(Self::Trailing),
+            o => Err(format!(
+                "unknown spacing `{o}`; expected linspace, leading or trailing"
+            )),
+        }
+    }
+}
+
+/// `k` steps out of `t` (sorted ascending, distinct).
+pub fn spaced_steps(t: usize, k: usize, spacing: Spacing) -> Vec<usize> {
+    let k = k.clamp(1, t);
+    let mut v: Vec<usize> = match spacing {
+        Spacing::Linspace => crate::schedule::linspace(0.0, (t - 1) as f64, k)
+            .iter()
+            .map(|x| x.round() as usize)
+            .collect(),
+        Spacing::Leading => (0..k).map(|i| i * (t / k)).collect(),
+        Spacing::Trailing => {
+            let step = t as f64 / k as f64;
+            (0..k)
+                .map(|i| ((t as f64 - i as f64 * step).round() as usize).saturating_sub(1))
+                .collect()
+        }
+    };
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// The DDIM sampler.
+pub struct Ddim {
+    diffusion: GaussianDiffusion,
+    steps: Vec<usize>,
+    eta: f64,
+    clip: X0Clip,
+}
+
+impl Ddim {
+    /// DDIM over `steps` (ascending indices of `base`'s chain) with noise scale `eta`.
+    pub fn new(base: &GaussianDiffusion, steps: Vec<usize>, eta: f64, clip: X0Clip) -> Self {
+        Self {
+            diffusion: base.clone(),
+            steps,
+            eta,
+            clip,
+        }
+    }
+}
+
+impl<const D: usize> Sampler<D> for Ddim {
+    fn timesteps(&self) -> Vec<usize> {
+        self.steps.iter().rev().copied().collect()
+    }
+
+    fn step(
+        &mut self,
+        i: usize,
+        x_t: Tensor<D>,
+        model_output: Tensor<D>,
+        rng: &mut Rng,
+    ) -> StepOutput<D> {
+        let s = &self.diffusion.schedule;
+        let n = self.steps.len();
+        let t = self.steps[n - 1 - i];
+        let ab_t = s.alphas_cumprod[t];
+        let ab_prev = if i + 1 < n {
+            s.alphas_cumprod[self.steps[n - 2 - i]]
+        } else {
+            1.0
+        };
+        let b = x_t.dims()[0];
+        let tv = vec![t; b];
+        let (out, _) = self.diffusion.split_output(model_output);
+        let x0 = self
+            .diffusion
+            .parameterization
+            .to_x0(s, x_t.clone(), &tv, out);
+        let x0 = apply_clip(x0, self.clip);
+        let eps = eps_from_x0(s, x_t.clone(), &tv, x0.clone());
+        let sigma = self.eta
+            * ((1.0 - ab_prev) / (1.0 - ab_t)).sqrt()
+            * (1.0 - ab_t / ab_prev).max(0.0).sqrt();
+        let dir = (1.0 - ab_prev - sigma * sigma).max(0.0).sqrt();
+        let mut prev = x0.clone() * ab_prev.sqrt() + eps * dir;
+        if sigma > 0.0 {
+            prev = prev + host_normal(x_t.dims(), rng, &x_t.device()) * sigma;
+        }
+        StepOutput {
+            prev_sample: prev,
+            pred_x0: x0,
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Generating samples: the reverse chain, one step per call, so that any sampler works with any
+//! denoiser (as diffusers' schedulers do).
+
+pub mod ancestral;
+pub mod ddim;
+pub mod dpm_solver;
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::diffusion::{Denoiser, GaussianDiffusion, X0Clip};
+use crate::rng::Rng;
+
+pub use ancestral::Ancestral;
+pub use ddim::{Ddim, Spacing};
+pub use dpm_solver::DpmSolverPp2M;
+
+/// The result of one reverse step.
+#[derive(Debug, Clone)]
+pub struct StepOutput<const D: usize> {
+    /// x_{t−1} (or the next visited step's sample).
+    pub prev_sample: Tensor<D>,
+    /// The prediction of x0 made at this step.
+    pub pred_x0: Tensor<D>,
+}
+
+/// A reverse-process sampler over a fixed list of visited steps.
+pub trait Sampler<const D: usize> {
+    /// The steps visited, noisiest first, as 0-based indices of the base (training) chain; the
+    /// network is called with these.
+    fn timesteps(&self) -> Vec<usize>;
+
+    /// Maps x_t at the `i`-th visited step and the network's output there to the next sample.
+    /// `rng` supplies the step's noise where the sampler is stochastic.
+    fn step(
+        &mut self,
+        i: usize,
+        x_t: Tensor<D>,
+        model_output: Tensor<D>,
+        rng: &mut Rng,
+    ) -> StepOutput<D>;
+}
+
+/// Standard normal noise of `shape` from the host generator (so a seed gives the same images on
+/// every backend with the same dtype).
+pub fn host_normal<const D: usize>(shape: [usize; D], rng: &mut Rng, device: &Device) -> Tensor<D> {
+    let n = shape.iter().product();
+    Tensor::<D>::from_data(TensorData::new(rng.normal_f32(n), shape), device)
+}
+
+/// Runs a sampler from x_T ~ N(0, I) to x_0. `on_step(i, x_t, pred_x0)` sees every step (for
+/// progress bars and the denoising chain).
+pub fn sample_loop<const D: usize, M: Denoiser<D>, S: Sampler<D>>(
+    model: &M,
+    sampler: &mut S,
+    shape: [usize; D],
+    device: &Device,
+    rng: &mut Rng,
+    mut on_step: impl FnMut(usize, usize, &Tensor<D>, &Tensor<D>),
+) -> Tensor<D> {
+    let mut x = host_normal(shape, rng, device);
+    let steps = sampler.timesteps();
+    for (i, &t) in steps.iter().enumerate() {
+        let tt = Tensor::<1>::from_data(
+            TensorData::new(vec![t as f32; shape[0]], [shape[0]]),
+            device,
+        );
+        let out = model.forward(x.clone(), tt);
+        let o = sampler.step(i, x, out, rng);
+        on_step(i, t, &o.prev_sample, &o.pred_x0);
+        x = o.prev_sample;
+    }
+    x
+}
+
+/// A diffusion respaced to `kept` steps (0-based, sorted), keeping the base chain's
+/// parameterization and variance type.
+pub fn respaced(base: &GaussianDiffusion, kept: &[usize]) -> GaussianDiffusion {
+    let schedule = base
+        .schedule
+        .respace(kept)
+        .expect("kept steps inside the chain");
+    GaussianDiffusion::new(schedule, base.parameterization, base.variance)
+}
+
+/// Options shared by the samplers.
+#[derive(Debug, Clone, Copy)]
+pub struct SampleOptions {
+    /// Post-processing of x̂0.
+    pub clip: X0Clip,
+}
+
+impl Default for SampleOptions {
+    fn default() -> Self {
+        Self { clip: X0Clip::Clip }
+    }
+}

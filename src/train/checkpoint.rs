@@ -1,0 +1,217 @@
+//! Checkpoints: a directory per step holding `model.safetensors`, `ema.safetensors`,
+//! `optimizer.safetensors` and `state.json`, written to a temporary directory and renamed into
+//! place, with `latest` naming the newest complete one.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use safetensors::tensor::{Dtype, TensorView};
+
+/// Writes `bytes` to `path` atomically (a temporary file in the same directory, then rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+/// A named tensor on the host: shape and f32 values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    /// Copies a flat device tensor to the host with `shape`.
+    pub fn from_tensor(t: &Tensor<1>, shape: Vec<usize>) -> Self {
+        let data = t
+            .to_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("f32 tensor data");
+        Self { shape, data }
+    }
+
+    /// A flat f32 tensor on `device`.
+    pub fn to_tensor(&self, device: &Device) -> Tensor<1> {
+        Tensor::<1>::from_data(
+            TensorData::new(self.data.clone(), [self.data.len()]),
+            (device, DType::F32),
+        )
+    }
+}
+
+/// Serializes named tensors as safetensors bytes.
+pub fn to_safetensors(tensors: &BTreeMap<String, HostTensor>) -> Result<Vec<u8>> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(k, t)| {
+            let b: Vec<u8> = t.data.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (k.clone(), t.shape.clone(), b)
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = bytes
+        .iter()
+        .map(|(k, s, b)| Ok((k.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<_, safetensors::SafeTensorError>>()?;
+    Ok(safetensors::tensor::serialize(views, None)?)
+}
+
+/// Reads named f32 tensors from a safetensors file.
+pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
+            bail!(
+                "{}: tensor {name} is {:?}, expected F32",
+                path.display(),
+                view.dtype()
+            );
+        }
+        let data = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        out.insert(
+            name,
+            HostTensor {
+                shape: view.shape().to_vec(),
+                data,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The directory of the checkpoint at `step` under `run/checkpoints`.
+pub fn step_dir(run: &Path, step: u64) -> PathBuf {
+    run.join("checkpoints").join(format!("step-{step:08}"))
+}
+
+/// Writes a checkpoint directory atomically: `files` (name → bytes) go into a temporary
+/// directory that is renamed to `step-XXXXXXXX`; then `latest` is updated, and all but the
+/// newest `keep` checkpoints are removed.
+pub fn write_checkpoint(
+    run: &Path,
+    step: u64,
+    files: &[(&str, Vec<u8>)],
+    keep: usize,
+) -> Result<PathBuf> {
+    let root = run.join("checkpoints");
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let final_dir = step_dir(run, step);
+    let tmp = root.join(format!(".tmp-step-{step:08}-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    for (name, bytes) in files {
+        std::fs::write(tmp.join(name), bytes)
+            .with_context(|| format!("cannot write {name} in {}", tmp.display()))?;
+    }
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir)?;
+    }
+    std::fs::rename(&tmp, &final_dir)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), final_dir.display()))?;
+    write_atomic(&root.join("latest"), format!("step-{step:08}\n").as_bytes())?;
+    // Keep the newest `keep`.
+    let mut steps = list_checkpoints(run)?;
+    steps.sort_unstable();
+    if keep > 0 && steps.len() > keep {
+        for old in &steps[..steps.len() - keep] {
+            let _ = std::fs::remove_dir_all(step_dir(run, *old));
+        }
+    }
+    Ok(final_dir)
+}
+
+/// Steps of the complete checkpoints under `run/checkpoints`.
+pub fn list_checkpoints(run: &Path) -> Result<Vec<u64>> {
+    let root = run.join("checkpoints");
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return Ok(out);
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(n) = name.strip_prefix("step-")
+            && let Ok(s) = n.parse::<u64>()
+        {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+/// Resolves a user path to a checkpoint directory: a checkpoint directory itself (holding
+/// `state.json`), or a run directory whose `checkpoints/latest` names one.
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if path.join("state.json").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let latest = path.join("checkpoints").join("latest");
+    if latest.is_file() {
+        let name = std::fs::read_to_string(&latest)
+            .with_context(|| format!("cannot read {}", latest.display()))?;
+        let dir = path.join("checkpoints").join(name.trim());
+        if dir.join("state.json").is_file() {
+            return Ok(dir);
+        }
+        bail!(
+            "{} names {}, which holds no state.json",
+            latest.display(),
+            dir.display()
+        );
+    }
+    bail!(
+        "{}: neither a checkpoint directory (with state.json) nor a run directory (with checkpoints/latest)",
+        path.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safetensors_round_trip_and_atomic_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = BTreeMap::new();
+        m.insert(
+            "a.weight".to_string(),
+            HostTensor {
+                shape: vec![2, 2],
+                data: vec![1.0, -2.0, 3.5, f32::MIN_POSITIVE],
+            },
+        );
+        let bytes = to_safetensors(&m).unwrap();
+        let p = dir.path().join("m.safetensors");
+        write_atomic(&p, &bytes).unwrap();
+        assert_eq!(read_safetensors(&p).unwrap(), m);
+        for step in [10, 20, 30] {
+            write_checkpoint(dir.path(), step, &[("state.json", b"{}".to_vec())], 2).unwrap();
+        }
+        let mut steps = list_checkpoints(dir.path()).unwrap();
+        steps.sort();
+        assert_eq!(steps, vec![20, 30]);
+        assert_eq!(resolve(dir.path()).unwrap(), step_dir(dir.path(), 30));
+        let e = resolve(&dir.path().join("nope")).unwrap_err().to_string();
+        assert!(e.contains("neither a checkpoint directory"), "{e}");
+        std::fs::write(dir.path().join("bad.safetensors"), b"garbage").unwrap();
+        assert!(read_safetensors(&dir.path().join("bad.safetensors")).is_err());
+    }
+}

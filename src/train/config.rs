@@ -1,0 +1,241 @@
+//! The training configuration: every key of `config.toml`, each with a command-line flag of the
+//! same name.
+
+use serde::{Deserialize, Serialize};
+
+use crate::diffusion::losses::{LossConfig, LossKind, Weighting};
+use crate::diffusion::{Parameterization, VarianceType};
+use crate::model::{MlpConfig, UNetConfig};
+
+/// Everything a training run needs; `config.toml` of a run holds it resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Dataset: `bundled`, `idx:DIR`, `toy:NAME`.
+    pub data: String,
+    /// Network preset: `mnist`, `cifar10`, `tiny`, or `mlp` (2-D data).
+    pub preset: String,
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Images per optimizer step (split into `grad_accum` micro-batches).
+    pub batch_size: usize,
+    /// Micro-batches whose gradients are summed before each update.
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Linear warm-up steps.
+    pub warmup_steps: u64,
+    /// Clip the global gradient norm to this (none when absent or 0).
+    pub grad_clip: Option<f64>,
+    /// AdamW β1.
+    pub adam_beta1: f64,
+    /// AdamW β2.
+    pub adam_beta2: f64,
+    /// AdamW ε.
+    pub adam_eps: f64,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f64,
+    /// EMA decay.
+    pub ema_decay: f64,
+    /// EMA warm-up power (0 disables the warm-up).
+    pub ema_warmup_power: f64,
+    /// Seed of everything.
+    pub seed: u64,
+    /// Run directory.
+    pub out: String,
+    /// Log to `log.jsonl` every N steps.
+    pub log_every: u64,
+    /// Write a sample grid every N steps (0: only at the end).
+    pub sample_every: u64,
+    /// Images in the sample grid.
+    pub sample_count: usize,
+    /// Steps of the sampler used for grids (DDIM, η = 0).
+    pub sample_steps: usize,
+    /// Checkpoint every N steps (and at the end).
+    pub checkpoint_every: u64,
+    /// Checkpoints kept.
+    pub keep_checkpoints: usize,
+    /// `cpu`, `cuda` or `wgpu`.
+    pub device: String,
+    /// Noise schedule: linear, quadratic, sigmoid, cosine, constant, file:PATH.
+    pub schedule: String,
+    /// T.
+    pub timesteps: usize,
+    /// β_1 override.
+    pub beta_start: Option<f64>,
+    /// β_T override.
+    pub beta_end: Option<f64>,
+    /// Rescale to zero terminal SNR.
+    pub zero_terminal_snr: bool,
+    /// What the network predicts.
+    pub parameterization: Parameterization,
+    /// Reverse variance.
+    pub variance: VarianceType,
+    /// Objective: simple, vlb, hybrid.
+    pub loss: String,
+    /// λ of the hybrid loss.
+    pub hybrid_lambda: f64,
+    /// Weighting: none, vlb, p2, min-snr.
+    pub weighting: String,
+    /// P2 k.
+    pub p2_k: f64,
+    /// P2 γ.
+    pub p2_gamma: f64,
+    /// Min-SNR γ.
+    pub min_snr_gamma: f64,
+    /// Timestep sampler: uniform or loss-second-moment.
+    pub t_sampler: String,
+    /// Random horizontal flips of images.
+    pub hflip: bool,
+    /// Dropout override (the preset's otherwise).
+    pub dropout: Option<f64>,
+    /// The U-Net (filled from `preset` unless given).
+    pub model: Option<UNetConfig>,
+    /// The MLP (for `preset = "mlp"`).
+    pub mlp: Option<MlpConfig>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            data: "bundled".into(),
+            preset: "mnist".into(),
+            steps: 100,
+            batch_size: 32,
+            grad_accum: 1,
+            lr: 1e-3,
+            warmup_steps: 20,
+            grad_clip: Some(1.0),
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_eps: 1e-8,
+            weight_decay: 0.0,
+            ema_decay: 0.9999,
+            ema_warmup_power: 2.0 / 3.0,
+            seed: 0,
+            out: "runs/default".into(),
+            log_every: 10,
+            sample_every: 0,
+            sample_count: 36,
+            sample_steps: 25,
+            checkpoint_every: 50,
+            keep_checkpoints: 3,
+            device: "cpu".into(),
+            schedule: "linear".into(),
+            timesteps: 1000,
+            beta_start: None,
+            beta_end: None,
+            zero_terminal_snr: false,
+            parameterization: Parameterization::Eps,
+            variance: VarianceType::FixedLarge,
+            loss: "simple".into(),
+            hybrid_lambda: 0.001,
+            weighting: "none".into(),
+            p2_k: 1.0,
+            p2_gamma: 1.0,
+            min_snr_gamma: 5.0,
+            t_sampler: "uniform".into(),
+            hflip: false,
+            dropout: None,
+            model: None,
+            mlp: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads a TOML file; unknown keys are an error naming the key.
+    pub fn from_toml(text: &str, source: &str) -> anyhow::Result<Self> {
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{source}: {}", e.message().trim()))
+    }
+
+    /// The resolved configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+
+    /// The loss configuration named by `loss` and `weighting`.
+    pub fn loss_config(&self) -> anyhow::Result<LossConfig> {
+        let kind = match self.loss.as_str() {
+            "simple" => LossKind::Simple,
+            "vlb" => LossKind::Vlb,
+            "hybrid" => LossKind::Hybrid {
+                lambda: self.hybrid_lambda,
+            },
+            o => anyhow::bail!("--loss: unknown loss `{o}`; expected simple, vlb or hybrid"),
+        };
+        let weighting = match self.weighting.as_str() {
+            "none" => Weighting::None,
+            "vlb" => Weighting::Vlb,
+            "p2" => Weighting::P2 {
+                k: self.p2_k,
+                gamma: self.p2_gamma,
+            },
+            "min-snr" => Weighting::MinSnr {
+                gamma: self.min_snr_gamma,
+            },
+            o => anyhow::bail!(
+                "--weighting: unknown weighting `{o}`; expected none, vlb, p2 or min-snr"
+            ),
+        };
+        if matches!(kind, LossKind::Simple) && self.variance.is_learned() {
+            anyhow::bail!(
+                "--loss simple cannot train a learned variance; use --loss hybrid or vlb"
+            );
+        }
+        Ok(LossConfig { kind, weighting })
+    }
+
+    /// The U-Net configuration: `model` if given, else the preset, with overrides applied.
+    pub fn unet_config(&self) -> anyhow::Result<UNetConfig> {
+        let mut c = match &self.model {
+            Some(m) => m.clone(),
+            None => {
+                UNetConfig::preset(&self.preset).map_err(|e| anyhow::anyhow!("--preset: {e}"))?
+            }
+        };
+        c.learn_sigma = self.variance.is_learned();
+        if let Some(p) = self.dropout {
+            c.dropout = p;
+        }
+        Ok(c)
+    }
+
+    /// Checks the values that no type can check.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use anyhow::bail;
+        if self.steps == 0 {
+            bail!("--steps must be at least 1");
+        }
+        if self.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        if self.grad_accum == 0 || !self.batch_size.is_multiple_of(self.grad_accum) {
+            bail!(
+                "--grad-accum {} must divide --batch-size {}",
+                self.grad_accum,
+                self.batch_size
+            );
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            bail!("--lr must be a positive number, got {}", self.lr);
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            bail!("--ema-decay must be in [0, 1), got {}", self.ema_decay);
+        }
+        if !matches!(self.t_sampler.as_str(), "uniform" | "loss-second-moment") {
+            bail!(
+                "--t-sampler: unknown sampler `{}`; expected uniform or loss-second-moment",
+                self.t_sampler
+            );
+        }
+        if !matches!(self.device.as_str(), "cpu" | "cuda" | "wgpu") {
+            bail!(
+                "--device: unknown device `{}`; expected cpu, cuda or wgpu",
+                self.device
+            );
+        }
+        self.loss_config()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,11 @@
+//! Training (Algorithm 1): optimizer, EMA, checkpoints and the loop.
+
+pub mod checkpoint;
+pub mod config;
+pub mod ema;
+pub mod optim;
+pub mod params;
+pub mod trainer;
+
+pub use config::TrainConfig;
+pub use trainer::{TrainSummary, train, train_auto};

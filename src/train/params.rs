@@ -1,0 +1,142 @@
+//! Parameters by name: collecting them from a module and putting values back.
+//!
+//! Names are the module paths (`down.0.stages.1.res.conv1.weight`), stable across runs and
+//! processes, so optimizer state, EMA weights and checkpoints are keyed by them.
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+
+/// A named tensor flattened to 1-D, with its original shape.
+#[derive(Debug, Clone)]
+pub struct Named {
+    /// Flattened values (on the module's device, without autodiff).
+    pub value: Tensor<1>,
+    /// The parameter's shape.
+    pub shape: Vec<usize>,
+}
+
+struct Collector<'a, F: FnMut(&str, &Tensor<1>, Vec<usize>, burn::module::ParamId)> {
+    path: Vec<String>,
+    f: &'a mut F,
+}
+
+impl<F: FnMut(&str, &Tensor<1>, Vec<usize>, burn::module::ParamId)> ModuleVisitor
+    for Collector<'_, F>
+{
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let t = param.val();
+        let shape = t.dims().to_vec();
+        let flat = t.reshape([-1]);
+        (self.f)(&self.path.join("."), &flat, shape, param.id);
+    }
+}
+
+/// Calls `f(name, flat value, shape, id)` for every float parameter, in module order.
+pub fn visit_params<M: Module>(
+    module: &M,
+    mut f: impl FnMut(&str, &Tensor<1>, Vec<usize>, burn::module::ParamId),
+) {
+    let mut c = Collector {
+        path: Vec::new(),
+        f: &mut f,
+    };
+    module.visit(&mut c);
+}
+
+/// Every float parameter by name (values detached from autodiff).
+pub fn named_params<M: Module>(module: &M) -> BTreeMap<String, Named> {
+    let mut out = BTreeMap::new();
+    visit_params(module, |name, t, shape, _| {
+        out.insert(
+            name.to_string(),
+            Named {
+                value: t.clone().inner(),
+                shape,
+            },
+        );
+    });
+    out
+}
+
+/// Replaces parameter values by name through `f(name, current) -> new`; the parameter keeps its
+/// id, device and whether it requires a gradient.
+pub struct Replacer<'a, F: FnMut(&str, Tensor<1>) -> Tensor<1>> {
+    path: Vec<String>,
+    f: &'a mut F,
+}
+
+impl<F: FnMut(&str, Tensor<1>) -> Tensor<1>> ModuleMapper for Replacer<'_, F> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let name = self.path.join(".");
+        let (id, tensor, mapper) = param.consume();
+        let shape = tensor.dims();
+        let require_grad = tensor.is_require_grad();
+        let device = tensor.device();
+        let new = (self.f)(&name, tensor.inner().reshape([-1]));
+        let mut new: Tensor<D> = Tensor::from_inner(new.reshape(shape));
+        if new.device() != device {
+            new = new.to_device(&device);
+        }
+        if require_grad {
+            new = new.require_grad();
+        }
+        Param::from_mapped_value(id, new, mapper)
+    }
+}
+
+/// Applies `f(name, flat value) -> flat value` to every float parameter of `module`.
+pub fn map_params<M: Module>(module: M, mut f: impl FnMut(&str, Tensor<1>) -> Tensor<1>) -> M {
+    let mut r = Replacer {
+        path: Vec::new(),
+        f: &mut f,
+    };
+    module.map(&mut r)
+}
+
+struct GradCollector<'a> {
+    path: Vec<String>,
+    grads: &'a burn::tensor::Gradients,
+    out: BTreeMap<String, Tensor<1>>,
+}
+
+impl ModuleVisitor for GradCollector<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = param.val().grad(self.grads) {
+            self.out.insert(self.path.join("."), g.reshape([-1]));
+        }
+    }
+}
+
+/// The gradient of every parameter that has one, by name, flattened.
+pub fn named_grads<M: Module>(
+    module: &M,
+    grads: &burn::tensor::Gradients,
+) -> BTreeMap<String, Tensor<1>> {
+    let mut c = GradCollector {
+        path: Vec::new(),
+        grads,
+        out: BTreeMap::new(),
+    };
+    module.visit(&mut c);
+    c.out
+}

@@ -1,0 +1,623 @@
+//! The training loop (Ho et al. Algorithm 1) with EMA, checkpoints, logs and sample grids.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{
+    HostTensor, read_safetensors, resolve, to_safetensors, write_atomic, write_checkpoint,
+};
+use super::config::TrainConfig;
+use super::ema::{Ema, EmaConfig};
+use super::optim::{AdamW, AdamWConfig, clip_factor, learning_rate};
+use super::params::{map_params, named_grads, named_params, visit_params};
+use crate::data::loader::{BatchStream, Loader, Position};
+use crate::data::{Dataset, Split};
+use crate::diffusion::losses::LossConfig;
+use crate::diffusion::timestep_sampler::TimestepSampler;
+use crate::diffusion::{Denoiser, GaussianDiffusion, X0Clip};
+use crate::model::{Mlp, UNet};
+use crate::rng::Rng;
+use crate::sample::{Ddim, Spacing, sample_loop};
+use crate::schedule::{BetaSchedule, NoiseSchedule, read_betas_file};
+
+/// A network the trainer can build from a configuration.
+pub trait Net<const D: usize>: Module + Denoiser<D> + Clone + 'static {
+    /// Builds the network of `cfg` on `device`, checking that it fits items of `item_shape`.
+    fn build(cfg: &TrainConfig, item_shape: &[usize], device: &Device) -> Result<Self>;
+}
+
+impl Net<4> for UNet {
+    fn build(cfg: &TrainConfig, item_shape: &[usize], device: &Device) -> Result<Self> {
+        let c = cfg.unet_config()?;
+        let want = [c.in_channels, c.image_size, c.image_size];
+        if item_shape != want {
+            bail!(
+                "--data {}: items are {:?} but the {} network takes {}×{}×{} images; choose a preset (or model) of that size",
+                cfg.data,
+                item_shape,
+                cfg.preset,
+                want[0],
+                want[1],
+                want[2]
+            );
+        }
+        UNet::new(&c, device).map_err(|e| anyhow::anyhow!("model: {e}"))
+    }
+}
+
+impl Net<2> for Mlp {
+    fn build(cfg: &TrainConfig, item_shape: &[usize], device: &Device) -> Result<Self> {
+        let mut c = cfg.mlp.clone().unwrap_or_default();
+        c.learn_sigma = cfg.variance.is_learned();
+        if item_shape != [c.dim] {
+            bail!(
+                "--data {}: items are {item_shape:?} but the MLP takes {}-D points",
+                cfg.data,
+                c.dim
+            );
+        }
+        Ok(Mlp::new(&c, device))
+    }
+}
+
+/// What `state.json` holds: everything besides tensors needed to continue bit-identically.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Draws timesteps.
+    pub rng_t: Rng,
+    /// Draws the noise ε.
+    pub rng_noise: Rng,
+    /// Next item of the data stream.
+    pub data: Position,
+    /// The timestep sampler (with its loss history).
+    pub t_sampler: TimestepSampler,
+    /// AdamW's step count.
+    pub adam_step: u64,
+    /// EMA updates done.
+    pub ema_updates: u64,
+}
+
+/// Builds the diffusion a configuration describes.
+pub fn diffusion_from(cfg: &TrainConfig) -> Result<GaussianDiffusion> {
+    let kind = if let Some(p) = cfg.schedule.strip_prefix("file:") {
+        BetaSchedule::Custom(read_betas_file(Path::new(p))?)
+    } else {
+        BetaSchedule::named(&cfg.schedule, cfg.timesteps, cfg.beta_start, cfg.beta_end)?
+    };
+    let t = match &kind {
+        BetaSchedule::Custom(b) => b.len(),
+        _ => cfg.timesteps,
+    };
+    let s = NoiseSchedule::new(&kind, t, cfg.zero_terminal_snr)?;
+    Ok(GaussianDiffusion::new(
+        s,
+        cfg.parameterization,
+        cfg.variance,
+    ))
+}
+
+/// Model weights by name as host tensors.
+pub fn host_params<M: Module>(model: &M) -> BTreeMap<String, HostTensor> {
+    let mut out = BTreeMap::new();
+    visit_params(model, |name, t, shape, _| {
+        out.insert(name.to_string(), HostTensor::from_tensor(t, shape));
+    });
+    out
+}
+
+/// Loads named host tensors into a model; every parameter must be present with its shape.
+pub fn load_params<M: Module>(
+    model: M,
+    tensors: &BTreeMap<String, HostTensor>,
+    source: &str,
+    device: &Device,
+) -> Result<M> {
+    let mut problem: Option<String> = None;
+    let mut expected = BTreeMap::new();
+    visit_params(&model, |name, _, shape, _| {
+        expected.insert(name.to_string(), shape);
+    });
+    for (name, shape) in &expected {
+        match tensors.get(name) {
+            None => {
+                problem.get_or_insert(format!(
+                    "{source}: parameter {name} is missing (a checkpoint of another configuration?)"
+                ));
+            }
+            Some(t) if &t.shape != shape => {
+                problem.get_or_insert(format!(
+                    "{source}: parameter {name} has shape {:?}, the model expects {:?} (a checkpoint of another configuration?)",
+                    t.shape, shape
+                ));
+            }
+            _ => {}
+        }
+    }
+    if let Some(extra) = tensors.keys().find(|k| !expected.contains_key(*k)) {
+        problem.get_or_insert(format!("{source}: holds {extra}, which the model does not have (a checkpoint of another configuration?)"));
+    }
+    if let Some(p) = problem {
+        bail!(p);
+    }
+    Ok(map_params(model, |name, _| tensors[name].to_tensor(device)))
+}
+
+fn to_host_map(m: &BTreeMap<String, Tensor<1>>, prefix: &str) -> BTreeMap<String, HostTensor> {
+    m.iter()
+        .map(|(k, t)| {
+            (
+                format!("{prefix}{k}"),
+                HostTensor::from_tensor(t, vec![t.dims()[0]]),
+            )
+        })
+        .collect()
+}
+
+fn from_host_map(
+    m: &BTreeMap<String, HostTensor>,
+    prefix: &str,
+    device: &Device,
+) -> BTreeMap<String, Tensor<1>> {
+    m.iter()
+        .filter_map(|(k, t)| {
+            k.strip_prefix(prefix)
+                .map(|n| (n.to_string(), t.to_tensor(device)))
+        })
+        .collect()
+}
+
+/// One line of `log.jsonl`.
+#[derive(Debug, Serialize)]
+struct LogLine {
+    step: u64,
+    loss: f64,
+    loss_by_quartile: [Option<f64>; 4],
+    grad_norm: f64,
+    lr: f64,
+    img_per_s: f64,
+    elapsed_s: f64,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    /// The run directory.
+    pub run: PathBuf,
+    /// Steps done in total.
+    pub steps: u64,
+    /// The last logged loss.
+    pub last_loss: f64,
+    /// Training throughput of this invocation.
+    pub img_per_s: f64,
+    /// Wall time of this invocation.
+    pub wall_s: f64,
+    /// The last sample grid written.
+    pub grid: Option<PathBuf>,
+}
+
+/// Runs (or resumes) training as `cfg` says. `resume`: continue the run in `cfg.out` from its
+/// latest checkpoint.
+pub fn train<M: Net<D>, const D: usize>(
+    cfg: &TrainConfig,
+    dataset: Arc<dyn Dataset>,
+    resume: bool,
+    quiet: bool,
+) -> Result<TrainSummary> {
+    cfg.validate()?;
+    let run = PathBuf::from(&cfg.out);
+    let device = crate::device::by_name(&cfg.device)?.autodiff();
+    let diffusion = diffusion_from(cfg)?;
+    let loss_cfg: LossConfig = cfg.loss_config()?;
+    let n_t = diffusion.num_timesteps();
+    let item_shape = dataset.item_shape();
+    if item_shape.len() + 1 != D {
+        bail!(
+            "--data {}: items of shape {:?} do not suit the {} network",
+            cfg.data,
+            item_shape,
+            cfg.preset
+        );
+    }
+
+    device.seed(cfg.seed);
+    let mut model = M::build(cfg, &item_shape, &device)?;
+    let mut opt = AdamW::new(AdamWConfig {
+        beta1: cfg.adam_beta1,
+        beta2: cfg.adam_beta2,
+        eps: cfg.adam_eps,
+        weight_decay: cfg.weight_decay,
+    });
+    let mut ema = Ema::new(EmaConfig {
+        decay: cfg.ema_decay,
+        warmup_power: (cfg.ema_warmup_power > 0.0).then_some(cfg.ema_warmup_power),
+    });
+    let mut seeder = Rng::new(cfg.seed);
+    let mut state = TrainState {
+        step: 0,
+        rng_t: seeder.fork(1),
+        rng_noise: seeder.fork(2),
+        data: Position::default(),
+        t_sampler: match cfg.t_sampler.as_str() {
+            "loss-second-moment" => TimestepSampler::loss_second_moment(n_t),
+            _ => TimestepSampler::uniform(n_t),
+        },
+        adam_step: 0,
+        ema_updates: 0,
+    };
+
+    let config_path = run.join("config.toml");
+    if resume {
+        let ckpt = resolve(&run)
+            .with_context(|| format!("--resume: no checkpoint to resume in {}", run.display()))?;
+        if config_path.is_file() {
+            let saved = TrainConfig::from_toml(
+                &std::fs::read_to_string(&config_path)?,
+                &config_path.display().to_string(),
+            )?;
+            check_compatible(&saved, cfg)?;
+        }
+        let inner = device.clone().inner();
+        model = load_params(
+            model,
+            &read_safetensors(&ckpt.join("model.safetensors"))?,
+            &ckpt.join("model.safetensors").display().to_string(),
+            &inner,
+        )?;
+        let ema_t = read_safetensors(&ckpt.join("ema.safetensors"))?;
+        ema.params = from_host_map(&ema_t, "", &inner);
+        let opt_t = read_safetensors(&ckpt.join("optimizer.safetensors"))?;
+        opt.m = from_host_map(&opt_t, "m.", &inner);
+        opt.v = from_host_map(&opt_t, "v.", &inner);
+        let st_path = ckpt.join("state.json");
+        state = serde_json::from_str(&std::fs::read_to_string(&st_path)?)
+            .with_context(|| format!("{}: not a valid training state", st_path.display()))?;
+        opt.step = state.adam_step;
+        ema.updates = state.ema_updates;
+        if !quiet {
+            eprintln!("resuming {} at step {}", ckpt.display(), state.step);
+        }
+    } else if run.join("checkpoints").join("latest").exists() {
+        bail!(
+            "--out {}: this run already has checkpoints; pass --resume to continue it or choose another --out",
+            run.display()
+        );
+    }
+    std::fs::create_dir_all(&run).with_context(|| format!("cannot create {}", run.display()))?;
+    write_atomic(&config_path, cfg.to_toml().as_bytes())?;
+
+    let micro = cfg.batch_size / cfg.grad_accum;
+    let mut loader = Loader::spawn(BatchStream::new(
+        dataset.clone(),
+        micro,
+        cfg.seed,
+        cfg.hflip,
+        state.data,
+    ));
+    let bar = progress_bar(cfg.steps, state.step, quiet);
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run.join("log.jsonl"))
+        .with_context(|| format!("cannot open {}", run.join("log.jsonl").display()))?;
+
+    let start = Instant::now();
+    let first_step = state.step;
+    let mut window_start = Instant::now();
+    let mut window_images = 0usize;
+    let (mut loss_sum, mut loss_n) = (0.0f64, 0usize);
+    let mut q_sum = [0.0f64; 4];
+    let mut q_n = [0usize; 4];
+    let mut last_loss = f64::NAN;
+    let mut grid = None;
+    let mut last_ckpt: Option<PathBuf> = crate::train::checkpoint::resolve(&run).ok();
+
+    while state.step < cfg.steps {
+        let step = state.step + 1;
+        let mut grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
+        let mut step_loss = 0.0;
+        for k in 0..cfg.grad_accum {
+            // Dropout draws from the backend generator: seed it from (seed, step, micro-batch).
+            device.seed(cfg.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (k as u64) << 48);
+            let batch = loader.next_batch();
+            state.data = batch.next;
+            let shape: [usize; D] = batch.shape.clone().try_into().expect("batch rank");
+            let x0 = Tensor::<D>::from_data(TensorData::new(batch.data, shape), &device);
+            let (t, w) = state.t_sampler.sample(micro, &mut state.rng_t);
+            let numel: usize = shape.iter().product();
+            let noise = Tensor::<D>::from_data(
+                TensorData::new(state.rng_noise.normal_f32(numel), shape),
+                &device,
+            );
+            let x_t = diffusion.q_sample(x0.clone(), &t, noise.clone());
+            let out = model.forward(x_t.clone(), diffusion.model_timesteps(&t, &x_t));
+            let losses = diffusion.training_losses(&loss_cfg, out, x0, x_t, &t, noise);
+            let w = Tensor::<1>::from_data(TensorData::new(w, [micro]), &device);
+            let per_sample: Vec<f64> = losses
+                .loss
+                .clone()
+                .detach()
+                .into_data()
+                .convert::<f64>()
+                .try_into_vec::<f64>()
+                .unwrap_or_default();
+            let loss = (losses.loss * w).mean() / cfg.grad_accum as f64;
+            let g = named_grads(&model, &loss.backward());
+            for (name, gi) in g {
+                let sum = match grads.remove(&name) {
+                    Some(acc) => acc + gi,
+                    None => gi,
+                };
+                grads.insert(name, sum);
+            }
+            if per_sample.iter().any(|l| !l.is_finite()) {
+                bail!(
+                    "non-finite loss at step {step}; stopping without saving. The last good checkpoint is {}",
+                    last_ckpt
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "none (no checkpoint was written yet)".into())
+                );
+            }
+            state.t_sampler.update(&t, &per_sample);
+            for (&ti, &l) in t.iter().zip(&per_sample) {
+                let q = (ti * 4 / n_t).min(3);
+                q_sum[q] += l;
+                q_n[q] += 1;
+                step_loss += l / (micro * cfg.grad_accum) as f64;
+            }
+        }
+        let (factor, grad_norm) = clip_factor(&grads, cfg.grad_clip.filter(|c| *c > 0.0));
+        let lr = learning_rate(cfg.lr, cfg.warmup_steps, step);
+        model = opt.step(model, &grads, lr, factor);
+        drop(grads);
+        ema.update(
+            &named_params(&model)
+                .into_iter()
+                .map(|(k, v)| (k, v.value))
+                .collect(),
+        );
+        state.step = step;
+        state.adam_step = opt.step;
+        state.ema_updates = ema.updates;
+        loss_sum += step_loss;
+        loss_n += 1;
+        window_images += cfg.batch_size;
+        last_loss = step_loss;
+        if let Some(b) = &bar {
+            b.set_position(step);
+            b.set_message(format!("loss {step_loss:.4}"));
+        }
+
+        if step.is_multiple_of(cfg.log_every.max(1)) || step == cfg.steps {
+            let secs = window_start.elapsed().as_secs_f64();
+            let line = LogLine {
+                step,
+                loss: loss_sum / loss_n.max(1) as f64,
+                loss_by_quartile: std::array::from_fn(|i| {
+                    (q_n[i] > 0).then(|| q_sum[i] / q_n[i] as f64)
+                }),
+                grad_norm,
+                lr,
+                img_per_s: window_images as f64 / secs.max(1e-9),
+                elapsed_s: start.elapsed().as_secs_f64(),
+            };
+            writeln!(log, "{}", serde_json::to_string(&line)?)?;
+            if let Some(b) = &bar {
+                b.set_message(format!(
+                    "loss {:.4} | {:.1} img/s",
+                    line.loss, line.img_per_s
+                ));
+            }
+            window_start = Instant::now();
+            window_images = 0;
+            loss_sum = 0.0;
+            loss_n = 0;
+            q_sum = [0.0; 4];
+            q_n = [0; 4];
+        }
+        let at_end = step == cfg.steps;
+        if cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every) || at_end {
+            last_ckpt = Some(save_checkpoint(
+                &run,
+                &model,
+                &ema,
+                &opt,
+                &state,
+                cfg.keep_checkpoints,
+            )?);
+        }
+        if cfg.sample_every > 0 && step.is_multiple_of(cfg.sample_every) || at_end {
+            let ema_model = ema_model(&model, &ema, &device);
+            grid = Some(write_samples::<M, D>(
+                &run,
+                step,
+                &ema_model,
+                &diffusion,
+                cfg,
+                &item_shape,
+                &device.clone().inner(),
+            )?);
+        }
+    }
+    if let Some(b) = &bar {
+        b.finish();
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let done = state.step - first_step;
+    Ok(TrainSummary {
+        run,
+        steps: state.step,
+        last_loss,
+        img_per_s: (done as usize * cfg.batch_size) as f64 / wall.max(1e-9),
+        wall_s: wall,
+        grid,
+    })
+}
+
+/// A copy of `model` without autodiff holding the EMA weights.
+pub fn ema_model<M: Module>(model: &M, ema: &Ema, device: &Device) -> M {
+    let inner = device.clone().inner();
+    map_params(model.valid(), |name, p| match ema.params.get(name) {
+        Some(e) => e.clone().to_device(&inner),
+        None => p,
+    })
+}
+
+fn save_checkpoint<M: Module>(
+    run: &Path,
+    model: &M,
+    ema: &Ema,
+    opt: &AdamW,
+    state: &TrainState,
+    keep: usize,
+) -> Result<PathBuf> {
+    let model_b = to_safetensors(&host_params(model))?;
+    let ema_b = to_safetensors(&to_host_map(&ema.params, ""))?;
+    let mut o = to_host_map(&opt.m, "m.");
+    o.extend(to_host_map(&opt.v, "v."));
+    let opt_b = to_safetensors(&o)?;
+    let st = serde_json::to_vec_pretty(state)?;
+    write_checkpoint(
+        run,
+        state.step,
+        &[
+            ("model.safetensors", model_b),
+            ("ema.safetensors", ema_b),
+            ("optimizer.safetensors", opt_b),
+            ("state.json", st),
+        ],
+        keep,
+    )
+}
+
+fn write_samples<M: Net<D>, const D: usize>(
+    run: &Path,
+    step: u64,
+    model: &M,
+    diffusion: &GaussianDiffusion,
+    cfg: &TrainConfig,
+    item_shape: &[usize],
+    device: &Device,
+) -> Result<PathBuf> {
+    let n = cfg.sample_count.max(1);
+    let steps = crate::sample::ddim::spaced_steps(
+        diffusion.num_timesteps(),
+        cfg.sample_steps,
+        Spacing::Linspace,
+    );
+    let mut sampler = Ddim::new(diffusion, steps, 0.0, X0Clip::Clip);
+    let mut rng = Rng::new(cfg.seed ^ 0x5A3B_1E00);
+    let mut shape = [0usize; D];
+    shape[0] = n;
+    shape[1..].copy_from_slice(item_shape);
+    let x = sample_loop(
+        model,
+        &mut sampler,
+        shape,
+        device,
+        &mut rng,
+        |_, _, _, _| {},
+    );
+    let data: Vec<f32> = x
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let path = run.join("samples").join(format!("step-{step:08}.png"));
+    if D == 4 {
+        let s = shape.to_vec();
+        let s4 = [s[0], s[1], s[2], s[3]];
+        crate::viz::grid::save_grid(&path, &data, s4, crate::viz::grid::square_cols(n))?;
+    } else {
+        crate::viz::grid::save_scatter(&path, &data, 512, 1.5)?;
+    }
+    Ok(path)
+}
+
+/// The keys that define the model and the diffusion must match to resume.
+fn check_compatible(saved: &TrainConfig, now: &TrainConfig) -> Result<()> {
+    let pairs: [(&str, String, String); 9] = [
+        ("preset", saved.preset.clone(), now.preset.clone()),
+        ("schedule", saved.schedule.clone(), now.schedule.clone()),
+        (
+            "timesteps",
+            saved.timesteps.to_string(),
+            now.timesteps.to_string(),
+        ),
+        (
+            "parameterization",
+            format!("{:?}", saved.parameterization),
+            format!("{:?}", now.parameterization),
+        ),
+        (
+            "variance",
+            format!("{:?}", saved.variance),
+            format!("{:?}", now.variance),
+        ),
+        (
+            "model",
+            format!("{:?}", saved.unet_config().ok()),
+            format!("{:?}", now.unet_config().ok()),
+        ),
+        ("mlp", format!("{:?}", saved.mlp), format!("{:?}", now.mlp)),
+        (
+            "batch_size",
+            saved.batch_size.to_string(),
+            now.batch_size.to_string(),
+        ),
+        ("seed", saved.seed.to_string(), now.seed.to_string()),
+    ];
+    for (key, a, b) in pairs {
+        if a != b {
+            bail!(
+                "--resume: the checkpoint is of another configuration: the run was made with {key} = {a}, this configuration has {b}; resume with the run's config.toml or start a new --out"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn progress_bar(total: u64, pos: u64, quiet: bool) -> Option<indicatif::ProgressBar> {
+    if quiet {
+        return None;
+    }
+    let b = indicatif::ProgressBar::new(total);
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps | {msg} | ETA {eta}")
+            .expect("template"),
+    );
+    b.set_position(pos);
+    Some(b)
+}
+
+/// Opens the dataset of `cfg` (training split).
+pub fn open_dataset(cfg: &TrainConfig) -> Result<Arc<dyn Dataset>> {
+    Ok(Arc::from(crate::data::open(
+        &cfg.data,
+        Split::Train,
+        cfg.seed,
+    )?))
+}
+
+/// Trains with the network the data calls for: the U-Net for images, the MLP for 2-D points.
+pub fn train_auto(cfg: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainSummary> {
+    let ds = open_dataset(cfg)?;
+    if cfg.preset == "mlp" || ds.item_shape().len() == 1 {
+        if cfg.preset != "mlp" {
+            bail!("--data {}: 2-D points need --preset mlp", cfg.data);
+        }
+        train::<Mlp, 2>(cfg, ds, resume, quiet)
+    } else {
+        train::<UNet, 4>(cfg, ds, resume, quiet)
+    }
+}

@@ -1,0 +1,3 @@
+//! Pictures: image grids and charts.
+
+pub mod grid;

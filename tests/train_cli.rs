@@ -1,0 +1,273 @@
+//! `ddpm train` end to end on tiny synthetic data: bit-identical resume and clear errors.
+
+use std::path::Path;
+use std::process::Command;
+
+fn ddpm(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ddpm"))
+        .args(args)
+        .output()
+        .expect("run ddpm")
+}
+
+/// Writes `n` pseudo-random `size`×`size` images as a raw IDX3 file in `dir`.
+fn write_idx(dir: &Path, n: u32, size: u32) {
+    let mut v = Vec::new();
+    for x in [0x0803u32, n, size, size] {
+        v.extend(x.to_be_bytes());
+    }
+    let mut s = 12345u32;
+    for _ in 0..n * size * size {
+        s = s.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        v.push((s >> 16) as u8);
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("train-images-idx3-ubyte"), v).unwrap();
+}
+
+fn common<'a>(data: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--quiet",
+        "--data",
+        data,
+        "--preset",
+        "tiny",
+        "--steps",
+        steps,
+        "--batch-size",
+        "4",
+        "--timesteps",
+        "50",
+        "--dropout",
+        "0.1",
+        "--checkpoint-every",
+        "3",
+        "--sample-count",
+        "4",
+        "--sample-steps",
+        "3",
+        "--log-every",
+        "1",
+        "--out",
+        out,
+        "--t-sampler",
+        "loss-second-moment",
+        "--grad-accum",
+        "2",
+    ]
+}
+
+#[test]
+fn resume_continues_bit_identically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    write_idx(&data_dir, 10, 8);
+    let data = format!("idx:{}", data_dir.display());
+    let straight = tmp.path().join("straight");
+    let split = tmp.path().join("split");
+    let (s, p) = (straight.display().to_string(), split.display().to_string());
+    let o = ddpm(&common(&data, &s, "6"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = ddpm(&common(&data, &p, "3"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Without --resume an existing run is refused, not overwritten.
+    let o = ddpm(&common(&data, &p, "6"));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--resume"));
+    let o = ddpm(&["train", "--quiet", "--out", &p, "--steps", "6", "--resume"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in [
+        "model.safetensors",
+        "ema.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+    ] {
+        let a = std::fs::read(straight.join("checkpoints/step-00000006").join(f)).unwrap();
+        let b = std::fs::read(split.join("checkpoints/step-00000006").join(f)).unwrap();
+        assert!(
+            a == b,
+            "{f} differs between the straight and the resumed run"
+        );
+    }
+    let grid = split.join("samples/step-00000006.png");
+    assert!(grid.is_file());
+    let log = std::fs::read_to_string(split.join("log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 6);
+}
+
+#[test]
+fn bad_inputs_get_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run").display().to_string();
+    let check = |args: &[&str], needle: &str| {
+        let o = ddpm(args);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected `{needle}` in: {err}"
+        );
+    };
+    // Missing dataset files.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    check(
+        &[
+            "train",
+            "--data",
+            &format!("idx:{}", empty.display()),
+            "--out",
+            &out,
+        ],
+        "train-images-idx3-ubyte",
+    );
+    // Truncated file.
+    let trunc = tmp.path().join("trunc");
+    write_idx(&trunc, 4, 8);
+    let f = trunc.join("train-images-idx3-ubyte");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() - 10]).unwrap();
+    check(
+        &[
+            "train",
+            "--data",
+            &format!("idx:{}", trunc.display()),
+            "--out",
+            &out,
+        ],
+        "truncated",
+    );
+    // Wrong magic number.
+    let mut bad = bytes.clone();
+    bad[3] = 0x01;
+    std::fs::write(&f, &bad).unwrap();
+    check(
+        &[
+            "train",
+            "--data",
+            &format!("idx:{}", trunc.display()),
+            "--out",
+            &out,
+        ],
+        "wrong magic",
+    );
+    // Corrupt gzip.
+    let gz = tmp.path().join("gz");
+    std::fs::create_dir_all(&gz).unwrap();
+    std::fs::write(
+        gz.join("train-images-idx3-ubyte.gz"),
+        [0x1f, 0x8b, 8, 0, 9, 9, 9],
+    )
+    .unwrap();
+    check(
+        &[
+            "train",
+            "--data",
+            &format!("idx:{}", gz.display()),
+            "--out",
+            &out,
+        ],
+        "corrupt",
+    );
+    // Image size that does not fit the preset.
+    let small = tmp.path().join("small");
+    write_idx(&small, 4, 8);
+    check(
+        &[
+            "train",
+            "--data",
+            &format!("idx:{}", small.display()),
+            "--preset",
+            "mnist",
+            "--out",
+            &out,
+        ],
+        "28×28",
+    );
+    // Unknown config key.
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(&cfg, "stpes = 10\n").unwrap();
+    let o = ddpm(&["train", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("stpes"));
+    // Bad flag values exit 2 naming the flag.
+    let o = ddpm(&["train", "--variance", "huge"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--variance"));
+    let o = ddpm(&["train", "--grad-accum", "3", "--batch-size", "4"]);
+    assert_eq!(o.status.code(), Some(2));
+    // A checkpoint from another configuration.
+    let data = format!("idx:{}", small.display());
+    let run = tmp.path().join("r2").display().to_string();
+    let o = ddpm(&[
+        "train",
+        "--quiet",
+        "--data",
+        &data,
+        "--preset",
+        "tiny",
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--timesteps",
+        "50",
+        "--sample-count",
+        "1",
+        "--sample-steps",
+        "2",
+        "--out",
+        &run,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let other = tmp.path().join("other.toml");
+    std::fs::write(&other, format!("data = \"{data}\"\npreset = \"tiny\"\nsteps = 2\nbatch_size = 2\ntimesteps = 50\nout = \"{run}\"\ndropout = 0.0\nvariance = \"learned-range\"\nloss = \"hybrid\"\n")).unwrap();
+    check(
+        &[
+            "train",
+            "--quiet",
+            "--config",
+            other.to_str().unwrap(),
+            "--resume",
+        ],
+        "another configuration",
+    );
+    // A non-finite loss stops the run and keeps the last good checkpoint.
+    let nan_run = tmp.path().join("nan").display().to_string();
+    let o = ddpm(&[
+        "train",
+        "--quiet",
+        "--data",
+        &data,
+        "--preset",
+        "tiny",
+        "--steps",
+        "5",
+        "--batch-size",
+        "2",
+        "--timesteps",
+        "50",
+        "--lr",
+        "1e30",
+        "--warmup-steps",
+        "0",
+        "--grad-clip",
+        "0",
+        "--checkpoint-every",
+        "1",
+        "--out",
+        &nan_run,
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("non-finite loss") && err.contains("step-0000000"),
+        "{err}"
+    );
+    assert!(
+        Path::new(&nan_run)
+            .join("checkpoints/step-00000001/state.json")
+            .is_file()
+    );
+}
