@@ -271,3 +271,131 @@ fn bad_inputs_get_clear_errors() {
             .is_file()
     );
 }
+
+#[test]
+fn sample_from_a_trained_checkpoint_with_every_sampler() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    write_idx(&data_dir, 8, 8);
+    let data = format!("idx:{}", data_dir.display());
+    let run = tmp.path().join("run").display().to_string();
+    let o = ddpm(&[
+        "train",
+        "--quiet",
+        "--data",
+        &data,
+        "--preset",
+        "tiny",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--timesteps",
+        "40",
+        "--sample-count",
+        "1",
+        "--sample-steps",
+        "2",
+        "--out",
+        &run,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (sampler, steps) in [
+        ("ddpm", "40"),
+        ("ddpm", "10"),
+        ("ddim", "5"),
+        ("dpmpp2m", "5"),
+    ] {
+        let out = tmp.path().join(format!("s-{sampler}-{steps}"));
+        let o = ddpm(&[
+            "sample",
+            "--quiet",
+            "--checkpoint",
+            &run,
+            "--n",
+            "5",
+            "--batch-size",
+            "3",
+            "--sampler",
+            sampler,
+            "--steps",
+            steps,
+            "--out",
+            out.to_str().unwrap(),
+            "--save-chain",
+            "--safetensors",
+            "--seed",
+            "3",
+        ]);
+        assert!(
+            o.status.success(),
+            "{sampler}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        for f in [
+            "grid.png",
+            "chain.png",
+            "samples.safetensors",
+            "00000.png",
+            "00004.png",
+        ] {
+            assert!(out.join(f).is_file(), "{sampler}: {f} missing");
+        }
+    }
+    // The same seed reproduces the same images.
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    for d in [&a, &b] {
+        let o = ddpm(&[
+            "sample",
+            "--quiet",
+            "--checkpoint",
+            &run,
+            "--n",
+            "2",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "4",
+            "--eta",
+            "1",
+            "--out",
+            d.to_str().unwrap(),
+        ]);
+        assert!(o.status.success());
+    }
+    assert_eq!(
+        std::fs::read(a.join("grid.png")).unwrap(),
+        std::fs::read(b.join("grid.png")).unwrap()
+    );
+    // Bad input.
+    let o = ddpm(&[
+        "sample",
+        "--checkpoint",
+        tmp.path().join("nope").to_str().unwrap(),
+        "--out",
+        a.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--checkpoint"));
+    let o = ddpm(&[
+        "sample",
+        "--checkpoint",
+        &run,
+        "--sampler",
+        "euler",
+        "--out",
+        a.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = ddpm(&[
+        "sample",
+        "--checkpoint",
+        &run,
+        "--steps",
+        "41",
+        "--out",
+        a.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+}

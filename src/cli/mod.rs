@@ -1,6 +1,7 @@
 //! The command line, one file per subcommand. Results go to stdout, progress and errors to
 //! stderr. Exit codes: 0 success, 1 failure, 2 usage error.
 
+mod sample;
 mod schedule;
 mod train;
 
@@ -50,6 +51,8 @@ enum Command {
     Schedule(schedule::ScheduleArgs),
     /// Train a diffusion model (Algorithm 1); with no flags, on the bundled MNIST digits.
     Train(Box<train::TrainArgs>),
+    /// Generate images from a checkpoint (Algorithm 2, respaced, DDIM, DPM-Solver++).
+    Sample(Box<sample::SampleArgs>),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -58,6 +61,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Schedule(args) => schedule::run(args),
         Command::Train(args) => train::run(*args),
+        Command::Sample(args) => sample::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -68,9 +68,13 @@ impl DpmSolverPp2M {
         let (_, s_t, l_t) = self.lambda(t);
         let (a_s, s_s, l_s) = self.lambda(self.steps[n - 2 - i]);
         let h = l_s - l_t;
-        // D = x̂0 (first order) or (1 + 1/(2r)) x̂0_t − 1/(2r) x̂0_prev with r = h_prev/h.
+        // D = x̂0 (first order) or (1 + 1/(2r)) x̂0_t − 1/(2r) x̂0_prev with r = h_prev/h. The
+        // update into the final visited step stays first order ("lower order final", as
+        // diffusers does): its h is typically far larger than the previous one, and the
+        // extrapolation weight 1/(2r) would blow up.
+        let last_update = i + 2 == n;
         let d = match prev {
-            Some(p) if self.prev_h > 0.0 => {
+            Some(p) if self.prev_h > 0.0 && !last_update => {
                 let r = self.prev_h / h;
                 x0.clone() * (1.0 + 0.5 / r) - p * (0.5 / r)
             }

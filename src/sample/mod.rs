@@ -94,3 +94,6 @@ impl Default for SampleOptions {
         Self { clip: X0Clip::Clip }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -481,8 +481,21 @@ fn save_checkpoint<M: Module>(
     state: &TrainState,
     keep: usize,
 ) -> Result<PathBuf> {
-    let model_b = to_safetensors(&host_params(model))?;
-    let ema_b = to_safetensors(&to_host_map(&ema.params, ""))?;
+    let weights = host_params(model);
+    let model_b = to_safetensors(&weights)?;
+    // EMA weights keep the parameters' shapes, so `ema.safetensors` loads like the model.
+    let ema_host: BTreeMap<String, HostTensor> = ema
+        .params
+        .iter()
+        .map(|(k, t)| {
+            let shape = weights
+                .get(k)
+                .map(|w| w.shape.clone())
+                .unwrap_or_else(|| vec![t.dims()[0]]);
+            (k.clone(), HostTensor::from_tensor(t, shape))
+        })
+        .collect();
+    let ema_b = to_safetensors(&ema_host)?;
     let mut o = to_host_map(&opt.m, "m.");
     o.extend(to_host_map(&opt.v, "v."));
     let opt_b = to_safetensors(&o)?;

@@ -1,0 +1,380 @@
+//! `ddpm sample`: generate images from a trained checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::{Device, Tensor};
+use clap::Args;
+
+use super::{CliError, CliResult};
+use crate::diffusion::{Denoiser, GaussianDiffusion, X0Clip};
+use crate::model::{Mlp, UNet};
+use crate::rng::Rng;
+use crate::sample::{
+    Ancestral, Ddim, DpmSolverPp2M, Sampler, Spacing, ddim::spaced_steps, sample_loop,
+};
+use crate::schedule::space_timesteps;
+use crate::train::TrainConfig;
+use crate::train::checkpoint::{
+    HostTensor, read_safetensors, resolve, to_safetensors, write_atomic,
+};
+use crate::train::trainer::{Net, diffusion_from, load_params};
+use crate::viz::grid::{encode_png, image_pixels, save_grid, save_scatter, square_cols};
+
+#[derive(Args)]
+#[command(
+    after_help = "Examples:\n  ddpm sample --checkpoint runs/default --n 64 --sampler ddim --steps 50 --out samples/\n  ddpm sample --checkpoint runs/mnist --n 16 --sampler ddpm --steps 1000 --save-chain --out chain/\n  ddpm sample --checkpoint runs/mnist/checkpoints/step-00002000 --sampler dpmpp2m --steps 20 --out fast/"
+)]
+pub struct SampleArgs {
+    /// A run directory (its latest checkpoint) or a checkpoint directory.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Use the raw weights instead of the EMA weights.
+    #[arg(long)]
+    no_ema: bool,
+    /// Number of images.
+    #[arg(long, default_value_t = 64)]
+    n: usize,
+    /// ddpm (Algorithm 2, respaced to --steps), ddim or dpmpp2m.
+    #[arg(long, default_value = "ddim")]
+    sampler: String,
+    /// Network evaluations (the full chain for ddpm when equal to T).
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// DDIM η (0: deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    eta: f64,
+    /// Step spacing for ddim/dpmpp2m: linspace, leading, trailing.
+    #[arg(long, default_value = "leading")]
+    spacing: String,
+    /// Respacing for ddpm as section counts or ddimN (overrides --steps).
+    #[arg(long)]
+    respace: Option<String>,
+    /// x̂0 post-processing: clip (default), none, or dynamic:P (percentile P in (0, 1]).
+    #[arg(long, default_value = "clip")]
+    clip: String,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Images per network batch.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also save the raw values as samples.safetensors.
+    #[arg(long)]
+    safetensors: bool,
+    /// Save x_t and x̂0 at ten steps of the chain (chain.png).
+    #[arg(long)]
+    save_chain: bool,
+    /// cpu, cuda or wgpu.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn parse_clip(s: &str) -> Result<X0Clip, CliError> {
+    match s {
+        "clip" => Ok(X0Clip::Clip),
+        "none" => Ok(X0Clip::None),
+        d => match d
+            .strip_prefix("dynamic:")
+            .and_then(|p| p.parse::<f64>().ok())
+        {
+            Some(p) if p > 0.0 && p <= 1.0 => Ok(X0Clip::Dynamic(p)),
+            _ => Err(CliError::Usage(format!(
+                "--clip: `{s}`; expected clip, none or dynamic:P with P in (0, 1]"
+            ))),
+        },
+    }
+}
+
+enum AnySampler {
+    Ancestral(Box<Ancestral>),
+    Ddim(Box<Ddim>),
+    Dpm(Box<DpmSolverPp2M>),
+}
+
+/// Samples (flat), their shape, and the saved chain (step, x_t, x̂0) of the first images.
+type Sampled = (Vec<f32>, Vec<usize>, Vec<(usize, Vec<f32>, Vec<f32>)>);
+
+fn build_sampler(
+    a: &SampleArgs,
+    d: &GaussianDiffusion,
+    clip: X0Clip,
+) -> Result<AnySampler, CliError> {
+    let t = d.num_timesteps();
+    if a.steps == 0 || a.steps > t {
+        return Err(CliError::Usage(format!(
+            "--steps must be in 1..={t}, got {}",
+            a.steps
+        )));
+    }
+    let spacing: Spacing = a
+        .spacing
+        .parse()
+        .map_err(|e: String| CliError::Usage(format!("--spacing: {e}")))?;
+    Ok(match a.sampler.as_str() {
+        "ddpm" => {
+            let spec = a.respace.clone().unwrap_or_else(|| a.steps.to_string());
+            let kept = space_timesteps(t, &spec)?;
+            AnySampler::Ancestral(Box::new(Ancestral::new(d, &kept, clip)))
+        }
+        "ddim" => AnySampler::Ddim(Box::new(Ddim::new(
+            d,
+            spaced_steps(t, a.steps, spacing),
+            a.eta,
+            clip,
+        ))),
+        "dpmpp2m" => AnySampler::Dpm(Box::new(DpmSolverPp2M::new(
+            d,
+            spaced_steps(t, a.steps, spacing),
+            clip,
+        ))),
+        o => {
+            return Err(CliError::Usage(format!(
+                "--sampler: unknown sampler `{o}`; expected ddpm, ddim or dpmpp2m"
+            )));
+        }
+    })
+}
+
+/// The run directory a checkpoint directory belongs to.
+fn run_of(ckpt: &Path) -> PathBuf {
+    ckpt.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn run_with<const D: usize, M: Net<D>>(
+    a: &SampleArgs,
+    cfg: &TrainConfig,
+    ckpt: &Path,
+    item_shape: Vec<usize>,
+    device: &Device,
+) -> Result<Sampled, CliError>
+where
+    AnySampler: SamplerFor<D>,
+{
+    let diffusion = diffusion_from(cfg)?;
+    let clip = parse_clip(&a.clip)?;
+    let model = M::build(cfg, &item_shape, device)?;
+    let file = ckpt.join(if a.no_ema {
+        "model.safetensors"
+    } else {
+        "ema.safetensors"
+    });
+    let model = load_params(
+        model,
+        &read_safetensors(&file)?,
+        &file.display().to_string(),
+        device,
+    )?;
+    let mut rng = Rng::new(a.seed);
+    let mut all = Vec::new();
+    let mut chain = Vec::new();
+    let bs = a.batch_size.max(1);
+    let n_batches = a.n.div_ceil(bs);
+    let total_steps = {
+        let s = build_sampler(a, &diffusion, clip)?;
+        s.steps_len() * n_batches
+    };
+    let bar = (!a.quiet).then(|| {
+        let b = indicatif::ProgressBar::new(total_steps as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps | ETA {eta}")
+                .expect("template"),
+        );
+        b
+    });
+    let mut done = 0;
+    while done < a.n {
+        let n = bs.min(a.n - done);
+        let mut sampler = build_sampler(a, &diffusion, clip)?;
+        let mut shape = [0usize; D];
+        shape[0] = n;
+        shape[1..].copy_from_slice(&item_shape);
+        let k = sampler.steps_len();
+        let keep: Vec<usize> = (0..10).map(|j| (j * (k - 1)) / 9).collect();
+        let x = sampler.run(&model, shape, device, &mut rng, |i, t, xt, x0| {
+            if let Some(b) = &bar {
+                b.inc(1);
+            }
+            if a.save_chain && done == 0 && keep.contains(&i) {
+                let m = n.min(8);
+                let take = |x: &Tensor<D>| -> Vec<f32> {
+                    x.clone()
+                        .narrow(0, 0, m)
+                        .into_data()
+                        .convert::<f32>()
+                        .try_into_vec::<f32>()
+                        .unwrap_or_default()
+                };
+                chain.push((t, take(xt), take(x0)));
+            }
+        });
+        all.extend(
+            x.into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        );
+        done += n;
+    }
+    if let Some(b) = bar {
+        b.finish();
+    }
+    let mut shape = vec![a.n];
+    shape.extend(item_shape);
+    Ok((all, shape, chain))
+}
+
+/// Runs whichever sampler was chosen.
+trait SamplerFor<const D: usize> {
+    fn steps_len(&self) -> usize;
+    fn run<M: Denoiser<D>>(
+        &mut self,
+        model: &M,
+        shape: [usize; D],
+        device: &Device,
+        rng: &mut Rng,
+        on: impl FnMut(usize, usize, &Tensor<D>, &Tensor<D>),
+    ) -> Tensor<D>;
+}
+
+macro_rules! impl_sampler_for {
+    ($d:literal) => {
+        impl SamplerFor<$d> for AnySampler {
+            fn steps_len(&self) -> usize {
+                match self {
+                    AnySampler::Ancestral(s) => Sampler::<$d>::timesteps(s.as_ref()).len(),
+                    AnySampler::Ddim(s) => Sampler::<$d>::timesteps(s.as_ref()).len(),
+                    AnySampler::Dpm(s) => Sampler::<$d>::timesteps(s.as_ref()).len(),
+                }
+            }
+            fn run<M: Denoiser<$d>>(
+                &mut self,
+                model: &M,
+                shape: [usize; $d],
+                device: &Device,
+                rng: &mut Rng,
+                on: impl FnMut(usize, usize, &Tensor<$d>, &Tensor<$d>),
+            ) -> Tensor<$d> {
+                match self {
+                    AnySampler::Ancestral(s) => {
+                        sample_loop(model, s.as_mut(), shape, device, rng, on)
+                    }
+                    AnySampler::Ddim(s) => sample_loop(model, s.as_mut(), shape, device, rng, on),
+                    AnySampler::Dpm(s) => sample_loop(model, s.as_mut(), shape, device, rng, on),
+                }
+            }
+        }
+    };
+}
+impl_sampler_for!(2);
+impl_sampler_for!(4);
+
+pub fn run(a: SampleArgs) -> CliResult {
+    if a.n == 0 {
+        return Err(CliError::Usage("--n must be at least 1".into()));
+    }
+    let ckpt =
+        resolve(&a.checkpoint).map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
+    let cfg_path = run_of(&ckpt).join("config.toml");
+    let text = std::fs::read_to_string(&cfg_path).with_context(|| {
+        format!(
+            "cannot read {} (the run's configuration)",
+            cfg_path.display()
+        )
+    })?;
+    let cfg = TrainConfig::from_toml(&text, &cfg_path.display().to_string())?;
+    let device = crate::device::by_name(&a.device).map_err(|e| CliError::Usage(e.to_string()))?;
+    let start = std::time::Instant::now();
+    let (data, shape, chain) = if cfg.preset == "mlp" {
+        let dim = cfg.mlp.clone().unwrap_or_default().dim;
+        run_with::<2, Mlp>(&a, &cfg, &ckpt, vec![dim], &device)?
+    } else {
+        let u = cfg.unet_config()?;
+        run_with::<4, UNet>(
+            &a,
+            &cfg,
+            &ckpt,
+            vec![u.in_channels, u.image_size, u.image_size],
+            &device,
+        )?
+    };
+    let secs = start.elapsed().as_secs_f64();
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create {}", a.out.display()))?;
+    if shape.len() == 4 {
+        let s4 = [shape[0], shape[1], shape[2], shape[3]];
+        for i in 0..shape[0] {
+            let px = image_pixels(&data, s4, i);
+            write_atomic(
+                &a.out.join(format!("{i:05}.png")),
+                &encode_png(s4[3], s4[2], s4[1], &px)?,
+            )?;
+        }
+        save_grid(&a.out.join("grid.png"), &data, s4, square_cols(shape[0]))?;
+        if a.save_chain && !chain.is_empty() {
+            save_chain(&a.out.join("chain.png"), &chain, s4)?;
+        }
+    } else {
+        save_scatter(&a.out.join("grid.png"), &data, 512, 1.5)?;
+        let csv: String = data
+            .chunks(shape[1])
+            .map(|p| {
+                p.iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+                    + "\n"
+            })
+            .collect();
+        write_atomic(&a.out.join("samples.csv"), csv.as_bytes())?;
+    }
+    if a.safetensors {
+        let mut m = std::collections::BTreeMap::new();
+        m.insert(
+            "samples".to_string(),
+            HostTensor {
+                shape: shape.clone(),
+                data: data.clone(),
+            },
+        );
+        write_atomic(&a.out.join("samples.safetensors"), &to_safetensors(&m)?)?;
+    }
+    println!(
+        "sampled {} in {secs:.1} s with {} ({} steps); wrote {}",
+        shape[0],
+        a.sampler,
+        a.steps,
+        a.out.join("grid.png").display()
+    );
+    Ok(())
+}
+
+/// Rows: for each of the first images, x_t then x̂0; columns: the saved steps, noisiest first.
+fn save_chain(path: &Path, chain: &[(usize, Vec<f32>, Vec<f32>)], s4: [usize; 4]) -> Result<()> {
+    let [_, c, h, w] = s4;
+    let per = c * h * w;
+    let m = chain[0].1.len() / per;
+    if m == 0 {
+        bail!("empty chain");
+    }
+    let cols = chain.len();
+    let mut grid = Vec::with_capacity(2 * m * cols * per);
+    for i in 0..m {
+        for which in 0..2 {
+            for (_, xt, x0) in chain {
+                let src = if which == 0 { xt } else { x0 };
+                grid.extend_from_slice(&src[i * per..(i + 1) * per]);
+            }
+        }
+    }
+    save_grid(path, &grid, [2 * m * cols, c, h, w], cols)
+}

@@ -1,0 +1,487 @@
+//! Samplers driven by exact denoisers of known data distributions.
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::*;
+use crate::diffusion::{Parameterization, VarianceType};
+use crate::schedule::{BetaSchedule, NoiseSchedule, space_timesteps};
+
+fn dev() -> Device {
+    Device::flex()
+}
+
+/// The exact ε-predictor E[ε | x_t] for 1-D data drawn from a mixture of Gaussians
+/// Σ π_k N(μ_k, s_k²): x_t | k ~ N(√ᾱ μ_k, ᾱ s_k² + 1 − ᾱ), and E[ε | x_t, k] =
+/// √(1−ᾱ)(x_t − √ᾱ μ_k)/(ᾱ s_k² + 1 − ᾱ), averaged over the posterior of k.
+///
+/// With `learned` (the chain being sampled), it also outputs the exact reverse log-variance
+/// log(β̃ + coef1²·Var[x0 | x_t]) of that chain as a learned-variance channel.
+struct ExactMixture {
+    alphas_cumprod: Vec<f64>,
+    comps: Vec<(f64, f64, f64)>, // (π, μ, s)
+    learned: Option<NoiseSchedule>,
+}
+
+impl crate::diffusion::Denoiser<2> for ExactMixture {
+    fn forward(&self, x_t: Tensor<2>, t: Tensor<1>) -> Tensor<2> {
+        let ts: Vec<f64> = t.into_data().convert::<f64>().try_into_vec().unwrap();
+        let [n, d] = x_t.dims();
+        let xs: Vec<f64> = x_t.into_data().convert::<f64>().try_into_vec().unwrap();
+        let mut eps = Vec::with_capacity(n * d);
+        let mut logvar = Vec::with_capacity(n * d);
+        for (i, &x) in xs.iter().enumerate() {
+            let t = ts[i / d] as usize;
+            let ab = self.alphas_cumprod[t];
+            let (mut den, mut e, mut m1, mut m2) = (0.0, 0.0, 0.0, 0.0);
+            for &(pi, mu, s) in &self.comps {
+                let v = ab * s * s + 1.0 - ab;
+                let m = ab.sqrt() * mu;
+                let w = pi * (-(x - m) * (x - m) / (2.0 * v)).exp() / v.sqrt();
+                // Given component k: E[ε|x_t], E[x0|x_t], Var[x0|x_t].
+                let post_mean = mu + ab.sqrt() * s * s * (x - m) / v;
+                let post_var = s * s * (1.0 - ab) / v;
+                e += w * (1.0 - ab).sqrt() * (x - m) / v;
+                m1 += w * post_mean;
+                m2 += w * (post_var + post_mean * post_mean);
+                den += w;
+            }
+            eps.push((e / den) as f32);
+            if let Some(rs) = &self.learned {
+                let j = rs
+                    .timestep_map
+                    .iter()
+                    .position(|&k| k == t)
+                    .expect("a step of the chain");
+                let var_x0 = (m2 / den - (m1 / den).powi(2)).max(0.0);
+                let v = rs.posterior_variance[j] + rs.posterior_mean_coef1[j].powi(2) * var_x0;
+                logvar.push(v.max(1e-20).ln() as f32);
+            }
+        }
+        let e = Tensor::<2>::from_data(TensorData::new(eps, [n, d]), &dev());
+        if self.learned.is_some() {
+            let lv = Tensor::<2>::from_data(TensorData::new(logvar, [n, d]), &dev());
+            Tensor::cat(vec![e, lv], 1)
+        } else {
+            e
+        }
+    }
+}
+
+fn base(t: usize) -> GaussianDiffusion {
+    let s = NoiseSchedule::new(
+        &BetaSchedule::named("linear", t, None, None).unwrap(),
+        t,
+        false,
+    )
+    .unwrap();
+    GaussianDiffusion::new(s, Parameterization::Eps, VarianceType::FixedSmall)
+}
+
+fn moments(x: Tensor<2>) -> (Vec<f64>, f64, f64) {
+    let v: Vec<f64> = x.into_data().convert::<f64>().try_into_vec().unwrap();
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (v, mean, var)
+}
+
+fn run<S: Sampler<2>>(model: &ExactMixture, sampler: &mut S, n: usize, seed: u64) -> Tensor<2> {
+    let mut rng = Rng::new(seed);
+    sample_loop(model, sampler, [n, 1], &dev(), &mut rng, |_, _, _, _| {})
+}
+
+/// A named sampler run and its discretization allowance.
+type SamplerCase = (
+    &'static str,
+    Box<dyn FnMut(&ExactMixture, usize, u64) -> Tensor<2>>,
+    f64,
+);
+
+/// Every sampler, with the discretization allowance it is granted on top of Monte Carlo error.
+fn samplers(d: &GaussianDiffusion) -> Vec<SamplerCase> {
+    let t = d.num_timesteps();
+    let full: Vec<usize> = (0..t).collect();
+    let r50 = space_timesteps(t, "50").unwrap();
+    let d1 = d.clone();
+    let d2 = d.clone();
+    let d3 = d.clone();
+    let d4 = d.clone();
+    let d5 = d.clone();
+    vec![
+        (
+            "ancestral-1000",
+            Box::new(move |m, n, s| run(m, &mut Ancestral::new(&d1, &full, X0Clip::None), n, s)),
+            0.0,
+        ),
+        (
+            "ancestral-respaced-50-learned-variance",
+            Box::new(move |m, n, s| {
+                // The exact denoiser also knows the respaced chain's optimal reverse variance.
+                let learned = GaussianDiffusion::new(
+                    d2.schedule.clone(),
+                    d2.parameterization,
+                    VarianceType::Learned,
+                );
+                let exact = ExactMixture {
+                    alphas_cumprod: m.alphas_cumprod.clone(),
+                    comps: m.comps.clone(),
+                    learned: Some(d2.schedule.respace(&r50).unwrap()),
+                };
+                run(
+                    &exact,
+                    &mut Ancestral::new(&learned, &r50, X0Clip::None),
+                    n,
+                    s,
+                )
+            }),
+            0.03,
+        ),
+        (
+            "ddim-50-eta0",
+            Box::new(move |m, n, s| {
+                run(
+                    m,
+                    &mut Ddim::new(
+                        &d3,
+                        ddim::spaced_steps(t, 50, Spacing::Leading),
+                        0.0,
+                        X0Clip::None,
+                    ),
+                    n,
+                    s,
+                )
+            }),
+            0.03,
+        ),
+        (
+            "ddim-50-eta1",
+            Box::new(move |m, n, s| {
+                run(
+                    m,
+                    &mut Ddim::new(
+                        &d4,
+                        ddim::spaced_steps(t, 50, Spacing::Trailing),
+                        1.0,
+                        X0Clip::None,
+                    ),
+                    n,
+                    s,
+                )
+            }),
+            0.03,
+        ),
+        (
+            "dpmpp2m-20",
+            Box::new(move |m, n, s| {
+                run(
+                    m,
+                    &mut DpmSolverPp2M::new(
+                        &d5,
+                        ddim::spaced_steps(t, 20, Spacing::Linspace),
+                        X0Clip::None,
+                    ),
+                    n,
+                    s,
+                )
+            }),
+            0.03,
+        ),
+    ]
+}
+
+/// x as an affine function of independent standard normals: x = c + Σ w_i z_i.
+#[derive(Clone)]
+struct Affine {
+    c: f64,
+    w: Vec<f64>,
+}
+
+impl Affine {
+    fn scale(&self, k: f64) -> Self {
+        Self {
+            c: self.c * k,
+            w: self.w.iter().map(|x| x * k).collect(),
+        }
+    }
+    fn add(&self, o: &Self) -> Self {
+        let n = self.w.len().max(o.w.len());
+        let g = |v: &Vec<f64>, i: usize| v.get(i).copied().unwrap_or(0.0);
+        Self {
+            c: self.c + o.c,
+            w: (0..n).map(|i| g(&self.w, i) + g(&o.w, i)).collect(),
+        }
+    }
+    fn plus(&self, k: f64) -> Self {
+        Self {
+            c: self.c + k,
+            w: self.w.clone(),
+        }
+    }
+    fn var(&self) -> f64 {
+        self.w.iter().map(|x| x * x).sum()
+    }
+}
+
+/// The exact output distribution of DDIM (η) or DPM-Solver++(2M) driven by the exact denoiser of
+/// N(μ, s²) data: every update is affine in x_T and the step noises, so mean and variance follow
+/// in closed form, written here from the papers' update rules independently of the samplers.
+fn gaussian_chain(ab: &[f64], steps: &[usize], mu: f64, s2: f64, eta: Option<f64>) -> (f64, f64) {
+    let desc: Vec<usize> = steps.iter().rev().copied().collect();
+    let mut x = Affine {
+        c: 0.0,
+        w: vec![1.0],
+    };
+    let mut noises = 1;
+    let x0_of = |x: &Affine, a: f64| {
+        let v = a * s2 + 1.0 - a;
+        x.plus(-a.sqrt() * mu).scale(a.sqrt() * s2 / v).plus(mu)
+    };
+    let lam = |a: f64| (a.sqrt() / (1.0 - a).sqrt()).ln();
+    let (mut prev_x0, mut prev_h): (Option<Affine>, f64) = (None, 0.0);
+    for (i, &t) in desc.iter().enumerate() {
+        let a = ab[t];
+        let x0 = x0_of(&x, a);
+        if i + 1 == desc.len() && eta.is_none() {
+            return (x0.c, x0.var());
+        }
+        let ap = if i + 1 < desc.len() {
+            ab[desc[i + 1]]
+        } else {
+            1.0
+        };
+        let eps = x.add(&x0.scale(-a.sqrt())).scale(1.0 / (1.0 - a).sqrt());
+        match eta {
+            Some(e) => {
+                let sigma = e * ((1.0 - ap) / (1.0 - a)).sqrt() * (1.0 - a / ap).max(0.0).sqrt();
+                let mut nx = x0
+                    .scale(ap.sqrt())
+                    .add(&eps.scale((1.0 - ap - sigma * sigma).max(0.0).sqrt()));
+                if sigma > 0.0 {
+                    let mut w = vec![0.0; noises + 1];
+                    w[noises] = sigma;
+                    noises += 1;
+                    nx = nx.add(&Affine { c: 0.0, w });
+                }
+                x = nx;
+            }
+            None => {
+                let h = lam(ap) - lam(a);
+                let d = match &prev_x0 {
+                    Some(p) if i + 2 != desc.len() => {
+                        let r = prev_h / h;
+                        x0.scale(1.0 + 0.5 / r).add(&p.scale(-0.5 / r))
+                    }
+                    _ => x0.clone(),
+                };
+                x = x
+                    .scale((1.0 - ap).sqrt() / (1.0 - a).sqrt())
+                    .add(&d.scale(-ap.sqrt() * ((-h).exp() - 1.0)));
+                prev_x0 = Some(x0);
+                prev_h = h;
+            }
+        }
+    }
+    (x.c, x.var())
+}
+
+#[test]
+fn samplers_reproduce_a_gaussian() {
+    let d = base(1000);
+    let (mu, s) = (0.5, 0.3);
+    let model = ExactMixture {
+        alphas_cumprod: d.schedule.alphas_cumprod.clone(),
+        comps: vec![(1.0, mu, s)],
+        learned: None,
+    };
+    let n = 4000;
+    let ab = &d.schedule.alphas_cumprod;
+    // The exact distribution each sampler produces: the data's for the ancestral chains (the
+    // 1000-step chain up to its O(β) error, the respaced one with the exact reverse variance);
+    // the closed-form chain for DDIM and DPM-Solver++, whose few large steps shrink the variance
+    // of this narrow Gaussian by up to ~30% (a property of the discretization, not of sampling).
+    let t = 1000;
+    let expected = [
+        (mu, s * s),
+        (mu, s * s),
+        gaussian_chain(
+            ab,
+            &ddim::spaced_steps(t, 50, Spacing::Leading),
+            mu,
+            s * s,
+            Some(0.0),
+        ),
+        gaussian_chain(
+            ab,
+            &ddim::spaced_steps(t, 50, Spacing::Trailing),
+            mu,
+            s * s,
+            Some(1.0),
+        ),
+        gaussian_chain(
+            ab,
+            &ddim::spaced_steps(t, 20, Spacing::Linspace),
+            mu,
+            s * s,
+            None,
+        ),
+    ];
+    for ((name, mut f, _), (want_mean, want_var)) in samplers(&d).into_iter().zip(expected) {
+        assert!(
+            (want_var - s * s).abs() < 0.3 * s * s,
+            "{name}: closed form {want_var}"
+        );
+        let (_, mean, var) = moments(f(&model, n, 1));
+        // 5 standard errors of the sample mean and variance, plus 2% for the 1000-step chain's
+        // own O(β) error.
+        let tol_mean = 5.0 * (want_var / n as f64).sqrt() + 0.02 * s;
+        let tol_var = 5.0 * want_var * (2.0 / (n - 1) as f64).sqrt() + 0.02 * s * s;
+        assert!(
+            (mean - want_mean).abs() < tol_mean,
+            "{name}: mean {mean} vs {want_mean}"
+        );
+        assert!(
+            (var - want_var).abs() < tol_var,
+            "{name}: var {var} vs {want_var}"
+        );
+    }
+}
+
+#[test]
+fn samplers_reproduce_a_two_gaussian_mixture() {
+    let d = base(1000);
+    let comps = vec![(0.3, -0.6, 0.1), (0.7, 0.6, 0.1)];
+    let model = ExactMixture {
+        alphas_cumprod: d.schedule.alphas_cumprod.clone(),
+        comps: comps.clone(),
+        learned: None,
+    };
+    let mean_true: f64 = comps.iter().map(|(p, m, _)| p * m).sum();
+    let var_true: f64 = comps
+        .iter()
+        .map(|(p, m, s)| p * (s * s + m * m))
+        .sum::<f64>()
+        - mean_true * mean_true;
+    let n = 4000;
+    for (name, mut f, allow) in samplers(&d) {
+        let (v, mean, var) = moments(f(&model, n, 2));
+        let sd = var_true.sqrt();
+        assert!(
+            (mean - mean_true).abs() < 5.0 * sd / (n as f64).sqrt() + allow * sd,
+            "{name}: mean {mean} vs {mean_true}"
+        );
+        // Variance of the sample variance: (μ4 − σ⁴)/n, bounded here by 2σ⁴/n·3.
+        let tol_var = 5.0 * var_true * (6.0 / n as f64).sqrt() + allow * var_true;
+        assert!(
+            (var - var_true).abs() < tol_var,
+            "{name}: var {var} vs {var_true}"
+        );
+        // The mixture weight: the share of samples in the left mode, a binomial proportion.
+        let left = v.iter().filter(|&&x| x < 0.0).count() as f64 / n as f64;
+        let se = (0.3f64 * 0.7 / n as f64).sqrt();
+        assert!(
+            (left - 0.3).abs() < 5.0 * se + allow,
+            "{name}: left weight {left}"
+        );
+    }
+}
+
+#[test]
+fn ancestral_sampler_follows_algorithm_2_line_by_line() {
+    // Algorithm 2 of Ho et al. transcribed with σ_t² = β_t: x_T ~ N(0, I); for t = T..1:
+    // z ~ N(0, I) if t > 1 else 0; x_{t−1} = 1/√α_t (x_t − (1−α_t)/√(1−ᾱ_t) ε_θ(x_t, t)) + σ_t z.
+    let t_max = 100;
+    let s = NoiseSchedule::new(
+        &BetaSchedule::named("linear", t_max, None, None).unwrap(),
+        t_max,
+        false,
+    )
+    .unwrap();
+    let d = GaussianDiffusion::new(s.clone(), Parameterization::Eps, VarianceType::FixedLarge);
+    let model = ExactMixture {
+        alphas_cumprod: s.alphas_cumprod.clone(),
+        comps: vec![(0.5, -0.5, 0.2), (0.5, 0.5, 0.2)],
+        learned: None,
+    };
+    let n = 16;
+    let ours: Vec<f64> = {
+        let mut rng = Rng::new(9);
+        let mut a = Ancestral::new(&d, &(0..t_max).collect::<Vec<_>>(), X0Clip::None);
+        let x = sample_loop(&model, &mut a, [n, 1], &dev(), &mut rng, |_, _, _, _| {});
+        x.into_data().convert::<f64>().try_into_vec().unwrap()
+    };
+    let mut rng = Rng::new(9);
+    let mut x: Vec<f64> = rng.normal_f32(n).into_iter().map(|v| v as f64).collect();
+    for t in (1..=t_max).rev() {
+        let i = t - 1;
+        let z: Vec<f64> = if t > 1 {
+            rng.normal_f32(n).into_iter().map(|v| v as f64).collect()
+        } else {
+            vec![0.0; n]
+        };
+        let xt = Tensor::<2>::from_data(
+            TensorData::new(x.iter().map(|&v| v as f32).collect::<Vec<_>>(), [n, 1]),
+            &dev(),
+        );
+        let tt = Tensor::<1>::from_data(TensorData::new(vec![i as f32; n], [n]), &dev());
+        let eps: Vec<f64> = crate::diffusion::Denoiser::forward(&model, xt, tt)
+            .into_data()
+            .convert::<f64>()
+            .try_into_vec()
+            .unwrap();
+        let (a, ab, b) = (s.alphas[i], s.alphas_cumprod[i], s.betas[i]);
+        for k in 0..n {
+            x[k] = (x[k] - (1.0 - a) / (1.0 - ab).sqrt() * eps[k]) / a.sqrt() + b.sqrt() * z[k];
+        }
+    }
+    for (o, r) in ours.iter().zip(&x) {
+        assert!((o - r).abs() < 1e-3 * (1.0 + r.abs()), "{o} vs {r}");
+    }
+}
+
+#[test]
+fn same_seed_same_samples() {
+    let d = base(200);
+    let model = ExactMixture {
+        alphas_cumprod: d.schedule.alphas_cumprod.clone(),
+        comps: vec![(1.0, 0.0, 0.5)],
+        learned: None,
+    };
+    let steps = ddim::spaced_steps(200, 10, Spacing::Linspace);
+    let a = run(
+        &model,
+        &mut Ddim::new(&d, steps.clone(), 1.0, X0Clip::Clip),
+        8,
+        5,
+    );
+    let b = run(
+        &model,
+        &mut Ddim::new(&d, steps.clone(), 1.0, X0Clip::Clip),
+        8,
+        5,
+    );
+    let c = run(&model, &mut Ddim::new(&d, steps, 1.0, X0Clip::Clip), 8, 6);
+    let v = |t: Tensor<2>| {
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
+    };
+    assert_eq!(v(a.clone()), v(b));
+    assert_ne!(v(a), v(c));
+}
+
+#[test]
+fn spacings_pick_the_documented_steps() {
+    assert_eq!(
+        ddim::spaced_steps(1000, 4, Spacing::Leading),
+        vec![0, 250, 500, 750]
+    );
+    assert_eq!(
+        ddim::spaced_steps(1000, 4, Spacing::Trailing),
+        vec![249, 499, 749, 999]
+    );
+    assert_eq!(
+        ddim::spaced_steps(1000, 3, Spacing::Linspace),
+        vec![0, 500, 999]
+    );
+}
