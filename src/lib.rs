@@ -8,6 +8,7 @@ pub mod cli;
 pub mod data;
 pub mod device;
 pub mod diffusion;
+pub mod eval;
 pub mod model;
 pub mod rng;
 pub mod sample;

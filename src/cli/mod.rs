@@ -1,6 +1,7 @@
 //! The command line, one file per subcommand. Results go to stdout, progress and errors to
 //! stderr. Exit codes: 0 success, 1 failure, 2 usage error.
 
+mod eval;
 mod sample;
 mod schedule;
 mod train;
@@ -53,6 +54,9 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Generate images from a checkpoint (Algorithm 2, respaced, DDIM, DPM-Solver++).
     Sample(Box<sample::SampleArgs>),
+    /// Evaluate a model: likelihood in bits/dim.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -62,6 +66,7 @@ pub fn main() -> ExitCode {
         Command::Schedule(args) => schedule::run(args),
         Command::Train(args) => train::run(*args),
         Command::Sample(args) => sample::run(*args),
+        Command::Eval(cmd) => eval::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

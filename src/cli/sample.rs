@@ -15,10 +15,8 @@ use crate::sample::{
 };
 use crate::schedule::space_timesteps;
 use crate::train::TrainConfig;
-use crate::train::checkpoint::{
-    HostTensor, read_safetensors, resolve, to_safetensors, write_atomic,
-};
-use crate::train::trainer::{Net, diffusion_from, load_params};
+use crate::train::checkpoint::{HostTensor, resolve, to_safetensors, write_atomic};
+use crate::train::trainer::{Net, diffusion_from, item_shape_of, load_for_inference};
 use crate::viz::grid::{encode_png, image_pixels, save_grid, save_scatter, square_cols};
 
 #[derive(Args)]
@@ -150,30 +148,17 @@ fn run_of(ckpt: &Path) -> PathBuf {
         .unwrap_or_default()
 }
 
-fn run_with<const D: usize, M: Net<D>>(
-    a: &SampleArgs,
-    cfg: &TrainConfig,
-    ckpt: &Path,
-    item_shape: Vec<usize>,
-    device: &Device,
-) -> Result<Sampled, CliError>
+fn run_with<const D: usize, M: Net<D>>(a: &SampleArgs, device: &Device) -> Result<Sampled, CliError>
 where
     AnySampler: SamplerFor<D>,
 {
+    let loaded = load_for_inference::<M, D>(&a.checkpoint, a.no_ema, device)
+        .map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
+    let cfg = &loaded.config;
+    let item_shape = item_shape_of(cfg)?;
+    let model = loaded.model;
     let diffusion = diffusion_from(cfg)?;
     let clip = parse_clip(&a.clip)?;
-    let model = M::build(cfg, &item_shape, device)?;
-    let file = ckpt.join(if a.no_ema {
-        "model.safetensors"
-    } else {
-        "ema.safetensors"
-    });
-    let model = load_params(
-        model,
-        &read_safetensors(&file)?,
-        &file.display().to_string(),
-        device,
-    )?;
     let mut rng = Rng::new(a.seed);
     let mut all = Vec::new();
     let mut chain = Vec::new();
@@ -282,30 +267,17 @@ pub fn run(a: SampleArgs) -> CliResult {
     if a.n == 0 {
         return Err(CliError::Usage("--n must be at least 1".into()));
     }
-    let ckpt =
-        resolve(&a.checkpoint).map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
+    let ckpt = resolve(&a.checkpoint).map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
     let cfg_path = run_of(&ckpt).join("config.toml");
-    let text = std::fs::read_to_string(&cfg_path).with_context(|| {
-        format!(
-            "cannot read {} (the run's configuration)",
-            cfg_path.display()
-        )
-    })?;
+    let text = std::fs::read_to_string(&cfg_path)
+        .with_context(|| format!("cannot read {} (the run's configuration)", cfg_path.display()))?;
     let cfg = TrainConfig::from_toml(&text, &cfg_path.display().to_string())?;
     let device = crate::device::by_name(&a.device).map_err(|e| CliError::Usage(e.to_string()))?;
     let start = std::time::Instant::now();
     let (data, shape, chain) = if cfg.preset == "mlp" {
-        let dim = cfg.mlp.clone().unwrap_or_default().dim;
-        run_with::<2, Mlp>(&a, &cfg, &ckpt, vec![dim], &device)?
+        run_with::<2, Mlp>(&a, &device)?
     } else {
-        let u = cfg.unet_config()?;
-        run_with::<4, UNet>(
-            &a,
-            &cfg,
-            &ckpt,
-            vec![u.in_channels, u.image_size, u.image_size],
-            &device,
-        )?
+        run_with::<4, UNet>(&a, &device)?
     };
     let secs = start.elapsed().as_secs_f64();
     std::fs::create_dir_all(&a.out)

@@ -634,3 +634,39 @@ pub fn train_auto(cfg: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainS
         train::<UNet, 4>(cfg, ds, resume, quiet)
     }
 }
+
+/// A trained model ready for inference: the run's configuration and the network with its EMA
+/// (or raw) weights from a run or checkpoint directory.
+pub struct Loaded<M> {
+    /// The run's configuration.
+    pub config: TrainConfig,
+    /// The checkpoint directory used.
+    pub checkpoint: PathBuf,
+    /// The network.
+    pub model: M,
+}
+
+/// Loads the network of a run or checkpoint directory (`no_ema`: the raw weights).
+pub fn load_for_inference<M: Net<D>, const D: usize>(path: &Path, no_ema: bool, device: &Device) -> Result<Loaded<M>> {
+    let ckpt = resolve(path)?;
+    let run = ckpt.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let cfg_path = run.join("config.toml");
+    let text = std::fs::read_to_string(&cfg_path)
+        .with_context(|| format!("cannot read {} (the run's configuration)", cfg_path.display()))?;
+    let config = TrainConfig::from_toml(&text, &cfg_path.display().to_string())?;
+    let item_shape = item_shape_of(&config)?;
+    let model = M::build(&config, &item_shape, device)?;
+    let file = ckpt.join(if no_ema { "model.safetensors" } else { "ema.safetensors" });
+    let model = load_params(model, &read_safetensors(&file)?, &file.display().to_string(), device)?;
+    Ok(Loaded { config, checkpoint: ckpt, model })
+}
+
+/// The item shape a configuration's network takes.
+pub fn item_shape_of(cfg: &TrainConfig) -> Result<Vec<usize>> {
+    if cfg.preset == "mlp" {
+        Ok(vec![cfg.mlp.clone().unwrap_or_default().dim])
+    } else {
+        let u = cfg.unet_config()?;
+        Ok(vec![u.in_channels, u.image_size, u.image_size])
+    }
+}

@@ -1,0 +1,126 @@
+//! The Fréchet distance between Gaussians fitted to two feature sets (Dowson & Landau 1982;
+//! Heusel et al. 2017 for FID):
+//! d² = ‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2(Σ1^{½} Σ2 Σ1^{½})^{½}).
+
+use anyhow::{Result, bail};
+use nalgebra::{DMatrix, DVector, SymmetricEigen};
+
+/// Mean and covariance of a feature set.
+#[derive(Debug, Clone)]
+pub struct FeatureStats {
+    /// Mean, d.
+    pub mean: DVector<f64>,
+    /// Covariance (unbiased, divided by n − 1), d × d.
+    pub cov: DMatrix<f64>,
+    /// Number of feature vectors.
+    pub n: usize,
+}
+
+impl FeatureStats {
+    /// Statistics of `n` feature vectors of dimension `d`, row-major in `features`.
+    pub fn from_features(features: &[f64], n: usize, d: usize) -> Result<Self> {
+        if features.len() != n * d {
+            bail!("features: expected {n}×{d} values, got {}", features.len());
+        }
+        if n < 2 {
+            bail!("at least 2 feature vectors are needed for a covariance, got {n}");
+        }
+        let x = DMatrix::from_row_slice(n, d, features);
+        let mean = x.row_mean().transpose();
+        let mut centered = x;
+        for mut row in centered.row_iter_mut() {
+            row -= mean.transpose();
+        }
+        let cov = centered.transpose() * &centered / (n as f64 - 1.0);
+        Ok(Self { mean, cov, n })
+    }
+
+    /// Whether the covariance estimate is full rank (needs more samples than dimensions).
+    pub fn well_determined(&self) -> bool {
+        self.n > self.mean.len()
+    }
+}
+
+/// Square root of a symmetric positive semi-definite matrix through its eigendecomposition,
+/// with eigenvalues below zero (rounding) set to zero.
+pub fn sqrt_psd(m: &DMatrix<f64>) -> DMatrix<f64> {
+    let sym = (m + m.transpose()) * 0.5;
+    let e = SymmetricEigen::new(sym);
+    let s = e.eigenvalues.map(|v| v.max(0.0).sqrt());
+    &e.eigenvectors * DMatrix::from_diagonal(&s) * e.eigenvectors.transpose()
+}
+
+/// The squared Fréchet distance between N(μ1, Σ1) and N(μ2, Σ2). The trace term is computed as
+/// Σ √λ_i of the eigenvalues of the symmetric PSD matrix Σ1^{½} Σ2 Σ1^{½}, which is stable for
+/// near-singular covariances (no inverse is taken; negative rounding is clamped).
+pub fn frechet_distance(a: &FeatureStats, b: &FeatureStats) -> Result<f64> {
+    if a.mean.len() != b.mean.len() {
+        bail!("feature dimensions differ: {} vs {}", a.mean.len(), b.mean.len());
+    }
+    let diff = &a.mean - &b.mean;
+    let s1 = sqrt_psd(&a.cov);
+    let m = &s1 * &b.cov * &s1;
+    let m = (&m + m.transpose()) * 0.5;
+    let tr_sqrt: f64 = SymmetricEigen::new(m).eigenvalues.iter().map(|v| v.max(0.0).sqrt()).sum();
+    Ok(diff.dot(&diff) + a.cov.trace() + b.cov.trace() - 2.0 * tr_sqrt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    fn stats(mean: Vec<f64>, cov: DMatrix<f64>) -> FeatureStats {
+        FeatureStats {
+            mean: DVector::from_vec(mean),
+            cov,
+            n: 1000,
+        }
+    }
+
+    #[test]
+    fn diagonal_covariances_match_the_closed_form() {
+        let a = stats(vec![0.0, 1.0, 2.0], DMatrix::from_diagonal(&DVector::from_vec(vec![1.0, 4.0, 0.25])));
+        let b = stats(vec![1.0, 1.0, 0.0], DMatrix::from_diagonal(&DVector::from_vec(vec![9.0, 1.0, 0.0])));
+        // Σ(μ1−μ2)² + Σ(σ1−σ2)²
+        let want = (1.0 + 0.0 + 4.0) + (4.0 + 1.0 + 0.25);
+        assert!((frechet_distance(&a, &b).unwrap() - want).abs() < 1e-9);
+    }
+
+    #[test]
+    fn identical_sets_give_zero_and_scaled_covariances_the_closed_form() {
+        let mut rng = Rng::new(1);
+        let (n, d) = (500, 20);
+        let mut f = vec![0.0; n * d];
+        rng.fill_normal(&mut f);
+        // Correlate the features.
+        for r in 0..n {
+            for c in 1..d {
+                f[r * d + c] += 0.5 * f[r * d + c - 1];
+            }
+        }
+        let a = FeatureStats::from_features(&f, n, d).unwrap();
+        assert!(frechet_distance(&a, &a).unwrap().abs() < 1e-9);
+        // Σ2 = c·Σ1 commutes with Σ1: d² = (1 + c − 2√c)·Tr Σ1.
+        let c = 2.25;
+        let b = stats(a.mean.iter().copied().collect(), &a.cov * c);
+        let want = (1.0 + c - 2.0 * c.sqrt()) * a.cov.trace();
+        assert!((frechet_distance(&a, &b).unwrap() - want).abs() < 1e-8 * want.max(1.0));
+    }
+
+    #[test]
+    fn near_singular_covariances_stay_finite() {
+        // Fewer samples than dimensions: rank-deficient covariances.
+        let mut rng = Rng::new(2);
+        let (n, d) = (10, 40);
+        let mut f = vec![0.0; n * d];
+        rng.fill_normal(&mut f);
+        let a = FeatureStats::from_features(&f, n, d).unwrap();
+        assert!(!a.well_determined());
+        rng.fill_normal(&mut f);
+        let b = FeatureStats::from_features(&f, n, d).unwrap();
+        let fd = frechet_distance(&a, &b).unwrap();
+        assert!(fd.is_finite() && fd > 0.0, "{fd}");
+        assert!(FeatureStats::from_features(&f[..d], 1, d).is_err());
+    }
+}
