@@ -4,6 +4,7 @@
 //! [`diffusion`] (the forward process, posterior, reverse step, likelihood and losses of the
 //! lecture, generic over any [`diffusion::Denoiser`]) → the command line in [`cli`].
 
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod device;

@@ -5,6 +5,8 @@
 //! Nothing here knows about tensors or networks: the tables are cast once to the tensor dtype
 //! by the `diffusion` module.
 
+#![deny(missing_docs)]
+
 use std::fmt;
 use std::path::Path;
 
@@ -48,19 +50,42 @@ pub const COSINE_MAX_BETA: f64 = 0.999;
 pub enum BetaSchedule {
     /// β_t linear in t from `beta_start` to `beta_end` (Ho et al. 2020, §4), evaluated exactly
     /// as `numpy.linspace`: β_i = beta_start + i·(beta_end − beta_start)/(T − 1), β_T = beta_end.
-    Linear { beta_start: f64, beta_end: f64 },
+    Linear {
+        /// β_1.
+        beta_start: f64,
+        /// β_T.
+        beta_end: f64,
+    },
     /// √β_t linear in t (the `quad` schedule of Ho et al.'s code):
     /// β_i = (√beta_start + i·(√beta_end − √beta_start)/(T − 1))².
-    Quadratic { beta_start: f64, beta_end: f64 },
+    Quadratic {
+        /// β_1.
+        beta_start: f64,
+        /// β_T.
+        beta_end: f64,
+    },
     /// The sigmoid schedule of GeoDiff (Xu et al. 2022) as used by the Annotated Diffusion
     /// Model: β_i = beta_start + (beta_end − beta_start)·σ(x_i), x_i = linspace(−6, 6, T)_i,
     /// σ the logistic function.
-    Sigmoid { beta_start: f64, beta_end: f64 },
+    Sigmoid {
+        /// β_1.
+        beta_start: f64,
+        /// β_T.
+        beta_end: f64,
+    },
     /// The cosine schedule (Nichol & Dhariwal 2021, eq. 17):
     /// ᾱ(t) = cos²(((t/T) + s)/(1 + s) · π/2), β_i = min(1 − ᾱ((i+1)/T)/ᾱ(i/T), max_beta).
-    Cosine { s: f64, max_beta: f64 },
+    Cosine {
+        /// The offset s (0.008).
+        s: f64,
+        /// The cap on β_t (0.999).
+        max_beta: f64,
+    },
     /// β_t = beta for every t (the `const` schedule of Ho et al.'s code).
-    Constant { beta: f64 },
+    Constant {
+        /// β.
+        beta: f64,
+    },
     /// An explicit list β_1..β_T.
     Custom(Vec<f64>),
 }

@@ -16,7 +16,9 @@ pub enum EvalCommand {
 }
 
 #[derive(Args)]
-#[command(after_help = "Examples:\n  ddpm eval nll --checkpoint runs/mnist --data idx:../shared/data/mnist --split test --limit 100\n  ddpm eval nll --checkpoint runs/default --data bundled --limit 16 --json")]
+#[command(
+    after_help = "Examples:\n  ddpm eval nll --checkpoint runs/mnist --data idx:../shared/data/mnist --split test --limit 100\n  ddpm eval nll --checkpoint runs/default --data bundled --limit 16 --json"
+)]
 pub struct NllArgs {
     /// A run directory (its latest checkpoint) or a checkpoint directory.
     #[arg(long)]
@@ -57,11 +59,15 @@ pub fn run(cmd: EvalCommand) -> CliResult {
 }
 
 fn nll(a: NllArgs) -> CliResult {
-    let split: Split = a.split.parse().map_err(|e: String| CliError::Usage(format!("--split: {e}")))?;
+    let split: Split = a
+        .split
+        .parse()
+        .map_err(|e: String| CliError::Usage(format!("--split: {e}")))?;
     let device = crate::device::by_name(&a.device).map_err(|e| CliError::Usage(e.to_string()))?;
     let loaded = load_for_inference::<UNet, 4>(&a.checkpoint, a.no_ema, &device)
         .map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
-    let data = crate::data::open(&a.data, split, 0).map_err(|e| CliError::Usage(format!("{e:#}")))?;
+    let data =
+        crate::data::open(&a.data, split, 0).map_err(|e| CliError::Usage(format!("{e:#}")))?;
     let u = loaded.config.unet_config()?;
     let want = vec![u.in_channels, u.image_size, u.image_size];
     if data.item_shape() != want {
@@ -77,19 +83,34 @@ fn nll(a: NllArgs) -> CliResult {
     let total = (n.div_ceil(a.batch_size.max(1)) * diffusion.num_timesteps()) as u64;
     let bar = (!a.quiet).then(|| {
         let b = indicatif::ProgressBar::new(total);
-        b.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} evaluations | ETA {eta}").expect("template"));
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} evaluations | ETA {eta}")
+                .expect("template"),
+        );
         b
     });
-    let r = crate::eval::nll::evaluate(&diffusion, &loaded.model, data.as_ref(), a.limit, a.batch_size, a.seed, &device, || {
-        if let Some(b) = &bar {
-            b.inc(1);
-        }
-    });
+    let r = crate::eval::nll::evaluate(
+        &diffusion,
+        &loaded.model,
+        data.as_ref(),
+        a.limit,
+        a.batch_size,
+        a.seed,
+        &device,
+        || {
+            if let Some(b) = &bar {
+                b.inc(1);
+            }
+        },
+    );
     if let Some(b) = bar {
         b.finish();
     }
     if a.json {
-        println!("{}", serde_json::to_string(&r).map_err(anyhow::Error::from)?);
+        println!(
+            "{}",
+            serde_json::to_string(&r).map_err(anyhow::Error::from)?
+        );
     } else {
         println!(
             "{:.4} ± {:.4} bits/dim over {} images (prior {:.2e}, decoder L_0 {:.4}, Σ L_t {:.4}; ε MSE {:.4})",

@@ -1,6 +1,7 @@
 //! The command line, one file per subcommand. Results go to stdout, progress and errors to
 //! stderr. Exit codes: 0 success, 1 failure, 2 usage error.
 
+mod bench;
 mod eval;
 mod sample;
 mod schedule;
@@ -57,6 +58,8 @@ enum Command {
     /// Evaluate a model: likelihood in bits/dim.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
+    /// Measure training / sampling throughput of a preset.
+    Bench(bench::BenchArgs),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -67,6 +70,7 @@ pub fn main() -> ExitCode {
         Command::Train(args) => train::run(*args),
         Command::Sample(args) => sample::run(*args),
         Command::Eval(cmd) => eval::run(cmd),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -267,10 +267,15 @@ pub fn run(a: SampleArgs) -> CliResult {
     if a.n == 0 {
         return Err(CliError::Usage("--n must be at least 1".into()));
     }
-    let ckpt = resolve(&a.checkpoint).map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
+    let ckpt =
+        resolve(&a.checkpoint).map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
     let cfg_path = run_of(&ckpt).join("config.toml");
-    let text = std::fs::read_to_string(&cfg_path)
-        .with_context(|| format!("cannot read {} (the run's configuration)", cfg_path.display()))?;
+    let text = std::fs::read_to_string(&cfg_path).with_context(|| {
+        format!(
+            "cannot read {} (the run's configuration)",
+            cfg_path.display()
+        )
+    })?;
     let cfg = TrainConfig::from_toml(&text, &cfg_path.display().to_string())?;
     let device = crate::device::by_name(&a.device).map_err(|e| CliError::Usage(e.to_string()))?;
     let start = std::time::Instant::now();

@@ -5,6 +5,8 @@
 //! and live on the host as `&[usize]`: every coefficient is looked up in the f64 tables, then
 //! cast once to the tensor's dtype. The network is seen only through [`Denoiser`].
 
+#![deny(missing_docs)]
+
 pub mod likelihood;
 pub mod losses;
 pub mod parameterization;

@@ -506,3 +506,15 @@ fn hybrid_loss_stops_the_mean_gradient_in_the_vlb_term() {
         assert!(hybrid[row * 4 + 2] != 0.0);
     }
 }
+
+#[test]
+fn dynamic_thresholding_rescales_only_samples_beyond_the_range() {
+    // Sample 0 lies in [−1, 1]: s = max(1, q) = 1 leaves it unchanged. Sample 1 reaches ±4 with
+    // its 50th percentile of |x| at 2: it is clipped to [−2, 2] and divided by 2.
+    let x = tensor(vec![0.5, -0.9, 0.1, 0.3, 1.0, -2.0, 3.0, -4.0], [2, 4]);
+    let y = host(apply_clip(x, X0Clip::Dynamic(0.5)));
+    let want = [0.5, -0.9, 0.1, 0.3, 0.5, -1.0, 1.0, -1.0];
+    for (a, b) in y.iter().zip(want) {
+        assert!((a - b).abs() < 1e-12, "{y:?}");
+    }
+}

@@ -55,13 +55,21 @@ pub fn sqrt_psd(m: &DMatrix<f64>) -> DMatrix<f64> {
 /// near-singular covariances (no inverse is taken; negative rounding is clamped).
 pub fn frechet_distance(a: &FeatureStats, b: &FeatureStats) -> Result<f64> {
     if a.mean.len() != b.mean.len() {
-        bail!("feature dimensions differ: {} vs {}", a.mean.len(), b.mean.len());
+        bail!(
+            "feature dimensions differ: {} vs {}",
+            a.mean.len(),
+            b.mean.len()
+        );
     }
     let diff = &a.mean - &b.mean;
     let s1 = sqrt_psd(&a.cov);
     let m = &s1 * &b.cov * &s1;
     let m = (&m + m.transpose()) * 0.5;
-    let tr_sqrt: f64 = SymmetricEigen::new(m).eigenvalues.iter().map(|v| v.max(0.0).sqrt()).sum();
+    let tr_sqrt: f64 = SymmetricEigen::new(m)
+        .eigenvalues
+        .iter()
+        .map(|v| v.max(0.0).sqrt())
+        .sum();
     Ok(diff.dot(&diff) + a.cov.trace() + b.cov.trace() - 2.0 * tr_sqrt)
 }
 
@@ -80,8 +88,14 @@ mod tests {
 
     #[test]
     fn diagonal_covariances_match_the_closed_form() {
-        let a = stats(vec![0.0, 1.0, 2.0], DMatrix::from_diagonal(&DVector::from_vec(vec![1.0, 4.0, 0.25])));
-        let b = stats(vec![1.0, 1.0, 0.0], DMatrix::from_diagonal(&DVector::from_vec(vec![9.0, 1.0, 0.0])));
+        let a = stats(
+            vec![0.0, 1.0, 2.0],
+            DMatrix::from_diagonal(&DVector::from_vec(vec![1.0, 4.0, 0.25])),
+        );
+        let b = stats(
+            vec![1.0, 1.0, 0.0],
+            DMatrix::from_diagonal(&DVector::from_vec(vec![9.0, 1.0, 0.0])),
+        );
         // Σ(μ1−μ2)² + Σ(σ1−σ2)²
         let want = (1.0 + 0.0 + 4.0) + (4.0 + 1.0 + 0.25);
         assert!((frechet_distance(&a, &b).unwrap() - want).abs() < 1e-9);

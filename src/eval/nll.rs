@@ -55,7 +55,10 @@ pub fn evaluate<M: Denoiser<4>>(
         for i in 0..b {
             data.get(start + i, &mut buf[i * item..(i + 1) * item]);
         }
-        let x0 = Tensor::<4>::from_data(TensorData::new(buf, [b, shape[0], shape[1], shape[2]]), device);
+        let x0 = Tensor::<4>::from_data(
+            TensorData::new(buf, [b, shape[0], shape[1], shape[2]]),
+            device,
+        );
         let r = calc_bpd_loop(diffusion, model, x0, X0Clip::Clip, &mut rng, |_| on_eval());
         for i in 0..b {
             totals.push(r.total_bpd[i]);
@@ -70,7 +73,11 @@ pub fn evaluate<M: Denoiser<4>>(
     }
     let nf = n as f64;
     let bpd = totals.iter().sum::<f64>() / nf;
-    let var = if n > 1 { totals.iter().map(|x| (x - bpd).powi(2)).sum::<f64>() / (nf - 1.0) } else { 0.0 };
+    let var = if n > 1 {
+        totals.iter().map(|x| (x - bpd).powi(2)).sum::<f64>() / (nf - 1.0)
+    } else {
+        0.0
+    };
     NllReport {
         bpd,
         bpd_stderr: (var / nf).sqrt(),

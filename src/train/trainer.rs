@@ -647,18 +647,43 @@ pub struct Loaded<M> {
 }
 
 /// Loads the network of a run or checkpoint directory (`no_ema`: the raw weights).
-pub fn load_for_inference<M: Net<D>, const D: usize>(path: &Path, no_ema: bool, device: &Device) -> Result<Loaded<M>> {
+pub fn load_for_inference<M: Net<D>, const D: usize>(
+    path: &Path,
+    no_ema: bool,
+    device: &Device,
+) -> Result<Loaded<M>> {
     let ckpt = resolve(path)?;
-    let run = ckpt.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let run = ckpt
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let cfg_path = run.join("config.toml");
-    let text = std::fs::read_to_string(&cfg_path)
-        .with_context(|| format!("cannot read {} (the run's configuration)", cfg_path.display()))?;
+    let text = std::fs::read_to_string(&cfg_path).with_context(|| {
+        format!(
+            "cannot read {} (the run's configuration)",
+            cfg_path.display()
+        )
+    })?;
     let config = TrainConfig::from_toml(&text, &cfg_path.display().to_string())?;
     let item_shape = item_shape_of(&config)?;
     let model = M::build(&config, &item_shape, device)?;
-    let file = ckpt.join(if no_ema { "model.safetensors" } else { "ema.safetensors" });
-    let model = load_params(model, &read_safetensors(&file)?, &file.display().to_string(), device)?;
-    Ok(Loaded { config, checkpoint: ckpt, model })
+    let file = ckpt.join(if no_ema {
+        "model.safetensors"
+    } else {
+        "ema.safetensors"
+    });
+    let model = load_params(
+        model,
+        &read_safetensors(&file)?,
+        &file.display().to_string(),
+        device,
+    )?;
+    Ok(Loaded {
+        config,
+        checkpoint: ckpt,
+        model,
+    })
 }
 
 /// The item shape a configuration's network takes.

@@ -1,0 +1,118 @@
+//! Throughput measurement of the U-Net presets: one training step (forward, L_simple, backward,
+//! AdamW) or one network evaluation (sampling), timed after a warm-up.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::Result;
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::Serialize;
+
+use crate::model::{UNet, UNetConfig};
+use crate::rng::Rng;
+use crate::train::optim::{AdamW, AdamWConfig};
+use crate::train::params::named_grads;
+
+/// One benchmark result (the JSON line of `ddpm bench --json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    /// Preset name.
+    pub preset: String,
+    /// `train` or `sample`.
+    pub mode: String,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Median wall time of a step.
+    pub ms_per_step: f64,
+    /// batch_size / median step time.
+    pub img_per_s: f64,
+    /// Peak resident memory of the process.
+    pub peak_rss_mb: f64,
+}
+
+/// Peak resident set size of this process in MiB (Linux `VmHWM`; 0 elsewhere).
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Times `steps` steps (after `warmup`) of `mode` for the preset at `batch` on `device`.
+pub fn run(
+    preset: &str,
+    mode: &str,
+    batch: usize,
+    steps: usize,
+    warmup: usize,
+    device: &Device,
+) -> Result<BenchResult> {
+    let cfg = UNetConfig::preset(preset).map_err(|e| anyhow::anyhow!("--preset: {e}"))?;
+    let train = match mode {
+        "train" => true,
+        "sample" => false,
+        o => anyhow::bail!("--mode: unknown mode `{o}`; expected train or sample"),
+    };
+    let dev = if train {
+        device.clone().autodiff()
+    } else {
+        device.clone()
+    };
+    dev.seed(0);
+    let mut model = UNet::new(&cfg, &dev).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let shape = [batch, cfg.in_channels, cfg.image_size, cfg.image_size];
+    let n: usize = shape.iter().product();
+    let mut rng = Rng::new(0);
+    let mut opt = AdamW::new(AdamWConfig::default());
+    let mut times = Vec::with_capacity(steps);
+    for i in 0..warmup + steps {
+        let x = Tensor::<4>::from_data(TensorData::new(rng.normal_f32(n), shape), &dev);
+        let t = Tensor::<1>::from_data(
+            TensorData::new(
+                (0..batch)
+                    .map(|_| rng.below(1000) as f32)
+                    .collect::<Vec<_>>(),
+                [batch],
+            ),
+            &dev,
+        );
+        let start = Instant::now();
+        if train {
+            let target = Tensor::<4>::from_data(TensorData::new(rng.normal_f32(n), shape), &dev);
+            let out = model.forward(x, t);
+            let loss = (out - target).powf_scalar(2.0).mean();
+            let grads: BTreeMap<String, Tensor<1>> = named_grads(&model, &loss.backward());
+            model = opt.step(model, &grads, 1e-4, 1.0);
+            // Wait for the update to finish (asynchronous backends).
+            dev.sync().ok();
+        } else {
+            let out = model.forward(x, t);
+            let _ = out.into_data();
+        }
+        if i >= warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let ms = median(times) * 1000.0;
+    Ok(BenchResult {
+        preset: preset.to_string(),
+        mode: mode.to_string(),
+        batch_size: batch,
+        ms_per_step: ms,
+        img_per_s: batch as f64 / (ms / 1000.0),
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
