@@ -66,9 +66,9 @@ fn nll(a: NllArgs) -> CliResult {
     let device = crate::device::by_name(&a.device).map_err(|e| CliError::Usage(e.to_string()))?;
     let loaded = load_for_inference::<UNet, 4>(&a.checkpoint, a.no_ema, &device)
         .map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
-    let data =
-        crate::data::open(&a.data, split, 0).map_err(|e| CliError::Usage(format!("{e:#}")))?;
     let u = loaded.config.unet_config()?;
+    let data = crate::data::open(&a.data, split, 0, Some((u.in_channels, u.image_size)))
+        .map_err(|e| CliError::Usage(format!("{e:#}")))?;
     let want = vec![u.in_channels, u.image_size, u.image_size];
     if data.item_shape() != want {
         return Err(CliError::Usage(format!(
@@ -93,9 +93,11 @@ fn nll(a: NllArgs) -> CliResult {
         &diffusion,
         &loaded.model,
         data.as_ref(),
-        a.limit,
-        a.batch_size,
-        a.seed,
+        crate::eval::nll::NllOptions {
+            limit: a.limit,
+            batch: a.batch_size,
+            seed: a.seed,
+        },
         &device,
         || {
             if let Some(b) = &bar {

@@ -2,6 +2,7 @@
 //! stderr. Exit codes: 0 success, 1 failure, 2 usage error.
 
 mod bench;
+mod data;
 mod eval;
 mod sample;
 mod schedule;
@@ -60,6 +61,9 @@ enum Command {
     Eval(eval::EvalCommand),
     /// Measure training / sampling throughput of a preset.
     Bench(bench::BenchArgs),
+    /// Datasets: download them.
+    #[command(subcommand)]
+    Data(data::DataCommand),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -71,6 +75,7 @@ pub fn main() -> ExitCode {
         Command::Sample(args) => sample::run(*args),
         Command::Eval(cmd) => eval::run(cmd),
         Command::Bench(args) => bench::run(args),
+        Command::Data(cmd) => data::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,9 @@
 //! Datasets: every item is a float vector in [−1, 1] of a fixed shape.
 
 pub mod bundled;
+pub mod cifar;
+pub mod fetch;
+pub mod folder;
 pub mod idx;
 pub mod loader;
 pub mod toy2d;
@@ -46,8 +49,15 @@ impl std::str::FromStr for Split {
 /// Opens a dataset from a specification:
 /// `bundled` (the first 10,000 MNIST training digits compiled into the binary),
 /// `idx:DIR` (MNIST / Fashion-MNIST IDX files, gzipped or raw, in DIR),
+/// `cifar10:DIR` (CIFAR-10 binary batches), `folder:DIR` (PNG/JPEG images, resized and
+/// centre-cropped to `image` = (channels, size), the network's input),
 /// `toy:swiss-roll|two-moons|8-gaussians|checkerboard` (2-D points, 10,000 drawn from `seed`).
-pub fn open(spec: &str, split: Split, seed: u64) -> Result<Box<dyn Dataset>> {
+pub fn open(
+    spec: &str,
+    split: Split,
+    seed: u64,
+    image: Option<(usize, usize)>,
+) -> Result<Box<dyn Dataset>> {
     if spec == "bundled" {
         if split == Split::Test {
             bail!(
@@ -62,11 +72,27 @@ pub fn open(spec: &str, split: Split, seed: u64) -> Result<Box<dyn Dataset>> {
             split,
         )?));
     }
+    if let Some(dir) = spec.strip_prefix("cifar10:") {
+        return Ok(Box::new(cifar::Cifar10::open_dir(
+            std::path::Path::new(dir),
+            split,
+        )?));
+    }
+    if let Some(dir) = spec.strip_prefix("folder:") {
+        let (c, s) = image.unwrap_or((3, 32));
+        return Ok(Box::new(folder::ImageFolder::open(
+            std::path::Path::new(dir),
+            c,
+            s,
+        )?));
+    }
     if let Some(name) = spec.strip_prefix("toy:") {
         let kind: toy2d::Toy2d = name
             .parse()
             .map_err(|e: String| anyhow::anyhow!("--data {spec}: {e}"))?;
         return Ok(Box::new(toy2d::ToyDataset::new(kind, 10_000, seed)));
     }
-    bail!("--data {spec}: unknown dataset; expected bundled, idx:DIR or toy:NAME")
+    bail!(
+        "--data {spec}: unknown dataset; expected bundled, idx:DIR, cifar10:DIR, folder:DIR or toy:NAME"
+    )
 }

@@ -28,18 +28,28 @@ pub struct NllReport {
     pub n: usize,
 }
 
+/// Which images to evaluate and how.
+#[derive(Debug, Clone, Copy)]
+pub struct NllOptions {
+    /// Evaluate only the first N items (all when `None`).
+    pub limit: Option<usize>,
+    /// Images per network batch.
+    pub batch: usize,
+    /// Seed of the noise.
+    pub seed: u64,
+}
+
 /// Evaluates the bound on the first `limit` items of `data` (all when `None`), `batch` at a
 /// time; `on_batch(done)` reports progress in network evaluations.
 pub fn evaluate<M: Denoiser<4>>(
     diffusion: &GaussianDiffusion,
     model: &M,
     data: &dyn Dataset,
-    limit: Option<usize>,
-    batch: usize,
-    seed: u64,
+    opts: NllOptions,
     device: &Device,
     mut on_eval: impl FnMut(),
 ) -> NllReport {
+    let NllOptions { limit, batch, seed } = opts;
     let n = limit.unwrap_or(data.len()).min(data.len());
     let shape = data.item_shape();
     let item: usize = shape.iter().product();
@@ -64,8 +74,8 @@ pub fn evaluate<M: Denoiser<4>>(
             totals.push(r.total_bpd[i]);
             prior += r.prior_bpd[i];
             decoder += r.vb[i][0];
-            for t in 0..n_t {
-                by_t[t] += r.vb[i][t];
+            for (acc, v) in by_t.iter_mut().zip(&r.vb[i]) {
+                *acc += v;
             }
             mse += r.mse[i].iter().sum::<f64>() / n_t as f64;
         }

@@ -615,10 +615,18 @@ fn progress_bar(total: u64, pos: u64, quiet: bool) -> Option<indicatif::Progress
 
 /// Opens the dataset of `cfg` (training split).
 pub fn open_dataset(cfg: &TrainConfig) -> Result<Arc<dyn Dataset>> {
+    let image = (cfg.preset != "mlp")
+        .then(|| {
+            cfg.unet_config()
+                .ok()
+                .map(|u| (u.in_channels, u.image_size))
+        })
+        .flatten();
     Ok(Arc::from(crate::data::open(
         &cfg.data,
         Split::Train,
         cfg.seed,
+        image,
     )?))
 }
 

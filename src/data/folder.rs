@@ -1,0 +1,147 @@
+//! A folder of PNG / JPEG images, resized (shorter side) and centre-cropped to a square.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use image::imageops::FilterType;
+
+use super::Dataset;
+
+/// Images from a folder (recursively), decoded once, as `[channels, size, size]` in [−1, 1].
+pub struct ImageFolder {
+    pixels: Vec<u8>,
+    count: usize,
+    channels: usize,
+    size: usize,
+    source: String,
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the folder {}", dir.display()))?;
+    for e in entries {
+        let p = e?.path();
+        if p.is_dir() {
+            collect(&p, out)?;
+        } else if matches!(
+            p.extension()
+                .and_then(|x| x.to_str())
+                .map(|x| x.to_ascii_lowercase())
+                .as_deref(),
+            Some("png" | "jpg" | "jpeg")
+        ) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+impl ImageFolder {
+    /// Loads every PNG/JPEG under `dir` as `channels` (1: grayscale, 3: RGB) × `size` × `size`.
+    pub fn open(dir: &Path, channels: usize, size: usize) -> Result<Self> {
+        if !matches!(channels, 1 | 3) {
+            bail!("folder datasets are grayscale (1 channel) or RGB (3), not {channels}");
+        }
+        let mut files = Vec::new();
+        collect(dir, &mut files)?;
+        files.sort();
+        if files.is_empty() {
+            bail!("{}: holds no .png, .jpg or .jpeg images", dir.display());
+        }
+        let mut pixels = Vec::with_capacity(files.len() * channels * size * size);
+        for f in &files {
+            let img = image::open(f)
+                .with_context(|| format!("{}: cannot decode the image", f.display()))?;
+            let (w, h) = (img.width() as f64, img.height() as f64);
+            let scale = size as f64 / w.min(h);
+            let (nw, nh) = (
+                ((w * scale).round() as u32).max(size as u32),
+                ((h * scale).round() as u32).max(size as u32),
+            );
+            let resized = img.resize_exact(nw, nh, FilterType::Triangle);
+            let (x0, y0) = ((nw - size as u32) / 2, (nh - size as u32) / 2);
+            let crop = resized.crop_imm(x0, y0, size as u32, size as u32);
+            if channels == 1 {
+                let g = crop.to_luma8();
+                pixels.extend_from_slice(g.as_raw());
+            } else {
+                let rgb = crop.to_rgb8();
+                // HWC → CHW.
+                let raw = rgb.as_raw();
+                for c in 0..3 {
+                    pixels.extend(raw.iter().skip(c).step_by(3));
+                }
+            }
+        }
+        Ok(Self {
+            pixels,
+            count: files.len(),
+            channels,
+            size,
+            source: dir.display().to_string(),
+        })
+    }
+}
+
+impl Dataset for ImageFolder {
+    fn len(&self) -> usize {
+        self.count
+    }
+    fn item_shape(&self) -> Vec<usize> {
+        vec![self.channels, self.size, self.size]
+    }
+    fn get(&self, index: usize, out: &mut [f32]) {
+        let n = self.channels * self.size * self.size;
+        for (o, &p) in out.iter_mut().zip(&self.pixels[index * n..(index + 1) * n]) {
+            *o = p as f32 / 127.5 - 1.0;
+        }
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} ({} images, {}×{}×{})",
+            self.source, self.count, self.channels, self.size, self.size
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resizes_and_centre_crops_and_rejects_bad_files() {
+        let dir = tempfile::tempdir().unwrap();
+        // A 40×20 RGB image: left half black, right half white.
+        let img = image::RgbImage::from_fn(40, 20, |x, _| {
+            if x < 20 {
+                image::Rgb([0, 0, 0])
+            } else {
+                image::Rgb([255, 255, 255])
+            }
+        });
+        img.save(dir.path().join("a.png")).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not an image").unwrap();
+        let d = ImageFolder::open(dir.path(), 3, 10).unwrap();
+        assert_eq!((d.len(), d.item_shape()), (1, vec![3, 10, 10]));
+        let mut out = vec![0.0; 300];
+        d.get(0, &mut out);
+        // Resized to 20×10 then the centre 10×10 cropped: black on the left, white on the right.
+        assert!(out[0] < -0.9 && out[9] > 0.9, "{} {}", out[0], out[9]);
+        let g = ImageFolder::open(dir.path(), 1, 8).unwrap();
+        assert_eq!(g.item_shape(), vec![1, 8, 8]);
+        std::fs::write(dir.path().join("broken.jpg"), b"garbage").unwrap();
+        let e = ImageFolder::open(dir.path(), 1, 8)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("broken.jpg"), "{e}");
+        let empty = tempfile::tempdir().unwrap();
+        assert!(
+            ImageFolder::open(empty.path(), 1, 8)
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("no .png")
+        );
+    }
+}
