@@ -4,6 +4,7 @@
 mod bench;
 mod data;
 mod eval;
+mod plot;
 mod sample;
 mod schedule;
 mod train;
@@ -64,6 +65,9 @@ enum Command {
     /// Datasets: download them.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// The lecture's pictures: schedules, diffused distributions, the forward process, losses.
+    #[command(subcommand)]
+    Plot(plot::PlotCommand),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -76,6 +80,7 @@ pub fn main() -> ExitCode {
         Command::Eval(cmd) => eval::run(cmd),
         Command::Bench(args) => bench::run(args),
         Command::Data(cmd) => data::run(cmd),
+        Command::Plot(cmd) => plot::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,3 +1,4 @@
 //! Pictures: image grids and charts.
 
 pub mod grid;
+pub mod plot;

@@ -1,0 +1,144 @@
+//! `ddpm plot`: the lecture's pictures.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::{CliError, CliResult};
+use crate::rng::Rng;
+use crate::viz::plot;
+
+#[derive(Subcommand)]
+pub enum PlotCommand {
+    /// β_t, ᾱ_t and log-SNR of the linear, quadratic, sigmoid and cosine schedules.
+    Schedules(SchedulesArgs),
+    /// The diffused data distribution q(x_t) at several t.
+    Diffusion(DiffusionArgs),
+    /// A real image noised by q(x_t|x_0) at several t.
+    Forward(ForwardArgs),
+    /// Training loss over steps, overall and by t-quartile.
+    Loss(LossArgs),
+}
+
+#[derive(Args)]
+pub struct SchedulesArgs {
+    /// T.
+    #[arg(long, default_value_t = 1000)]
+    timesteps: usize,
+    /// Output PNG.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "Examples:\n  ddpm plot diffusion --data toy:swiss-roll --out diffused.png\n  ddpm plot diffusion --data toy:mixture-1d --t 0,50,100,250,999 --out mixture.png"
+)]
+pub struct DiffusionArgs {
+    /// toy:swiss-roll, toy:two-moons, toy:8-gaussians, toy:checkerboard or toy:mixture-1d.
+    #[arg(long, default_value = "toy:swiss-roll")]
+    data: String,
+    /// Timesteps (0-based) to show.
+    #[arg(long, default_value = "0,100,250,500,999", value_delimiter = ',')]
+    t: Vec<usize>,
+    /// Noise schedule over 1000 steps.
+    #[arg(long, default_value = "linear")]
+    schedule: String,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output PNG.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct ForwardArgs {
+    /// A PNG or JPEG image.
+    #[arg(long)]
+    image: PathBuf,
+    /// Timesteps (0-based) to show.
+    #[arg(long, default_value = "0,50,100,250,500,999", value_delimiter = ',')]
+    t: Vec<usize>,
+    /// Noise schedule over 1000 steps.
+    #[arg(long, default_value = "linear")]
+    schedule: String,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output PNG.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct LossArgs {
+    /// A run directory (with log.jsonl).
+    #[arg(long)]
+    run: PathBuf,
+    /// Output PNG.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn schedule_1000(name: &str) -> Result<crate::schedule::NoiseSchedule, CliError> {
+    let k = crate::schedule::BetaSchedule::named(name, 1000, None, None)?;
+    Ok(crate::schedule::NoiseSchedule::new(&k, 1000, false)?)
+}
+
+fn check_ts(ts: &[usize]) -> Result<(), CliError> {
+    if ts.is_empty() || ts.iter().any(|&t| t >= 1000) {
+        return Err(CliError::Usage(format!(
+            "--t: expected timesteps in 0..=999, got {ts:?}"
+        )));
+    }
+    Ok(())
+}
+
+pub fn run(cmd: PlotCommand) -> CliResult {
+    match cmd {
+        PlotCommand::Schedules(a) => {
+            if a.timesteps < 21 {
+                return Err(CliError::Usage(
+                    "--timesteps: at least 21 (the default β ranges scale by 1000/T)".into(),
+                ));
+            }
+            plot::schedules(&a.out, a.timesteps)?;
+        }
+        PlotCommand::Diffusion(a) => {
+            check_ts(&a.t)?;
+            let s = schedule_1000(&a.schedule)?;
+            plot::diffusion(&a.out, &a.data, &a.t, &s, a.seed)
+                .map_err(|e| CliError::Usage(format!("{e:#}")))?;
+        }
+        PlotCommand::Forward(a) => {
+            check_ts(&a.t)?;
+            let s = schedule_1000(&a.schedule)?;
+            let img = image::open(&a.image)
+                .map_err(|e| CliError::Usage(format!("--image {}: {e}", a.image.display())))?
+                .to_rgb8();
+            let (w, h) = (img.width() as usize, img.height() as usize);
+            let x0: Vec<f64> = (0..3)
+                .flat_map(|c| {
+                    img.pixels()
+                        .map(move |p| p.0[c] as f64 / 127.5 - 1.0)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let mut rng = Rng::new(a.seed);
+            let mut noise = vec![0.0; x0.len()];
+            rng.fill_normal(&mut noise);
+            let mut all = Vec::new();
+            for &t in &a.t {
+                let (m, sd) = (s.sqrt_alphas_cumprod[t], s.sqrt_one_minus_alphas_cumprod[t]);
+                all.extend(x0.iter().zip(&noise).map(|(x, e)| (m * x + sd * e) as f32));
+            }
+            crate::viz::grid::save_grid(&a.out, &all, [a.t.len(), 3, h, w], a.t.len())?;
+        }
+        PlotCommand::Loss(a) => {
+            plot::loss(&a.out, &a.run.join("log.jsonl"))
+                .map_err(|e| CliError::Usage(format!("--run: {e:#}")))?;
+        }
+    }
+    Ok(())
+}
