@@ -342,6 +342,24 @@ fn sample_from_a_trained_checkpoint_with_every_sampler() {
             assert!(out.join(f).is_file(), "{sampler}: {f} missing");
         }
     }
+    // The denoising chain picture.
+    let chain = tmp.path().join("chain.png");
+    let o = ddpm(&[
+        "plot",
+        "chain",
+        "--checkpoint",
+        &run,
+        "--steps",
+        "40",
+        "--n",
+        "2",
+        "--out",
+        chain.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let png = image::open(&chain).unwrap();
+    // 2 samples × (x_t, x̂0) rows of 10 steps of 8×8 images with 2-pixel borders.
+    assert_eq!((png.width(), png.height()), (10 * 10 + 2, 4 * 10 + 2));
     // The same seed reproduces the same images.
     let a = tmp.path().join("a");
     let b = tmp.path().join("b");

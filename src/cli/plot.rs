@@ -18,6 +18,31 @@ pub enum PlotCommand {
     Forward(ForwardArgs),
     /// Training loss over steps, overall and by t-quartile.
     Loss(LossArgs),
+    /// The denoising chain of a trained model: x_t and its x̂0 at ten steps (content, then
+    /// detail).
+    Chain(ChainArgs),
+}
+
+#[derive(Args)]
+pub struct ChainArgs {
+    /// A run directory (its latest checkpoint) or a checkpoint directory.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// ddpm, ddim or dpmpp2m.
+    #[arg(long, default_value = "ddpm")]
+    sampler: String,
+    /// Steps of the sampler.
+    #[arg(long, default_value_t = 1000)]
+    steps: usize,
+    /// Samples (rows of x_t / x̂0 pairs), at most 8.
+    #[arg(long, default_value_t = 4)]
+    n: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output PNG.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -134,6 +159,16 @@ pub fn run(cmd: PlotCommand) -> CliResult {
                 all.extend(x0.iter().zip(&noise).map(|(x, e)| (m * x + sd * e) as f32));
             }
             crate::viz::grid::save_grid(&a.out, &all, [a.t.len(), 3, h, w], a.t.len())?;
+        }
+        PlotCommand::Chain(a) => {
+            super::sample::chain(
+                a.checkpoint,
+                a.sampler,
+                a.steps,
+                a.n.clamp(1, 8),
+                a.seed,
+                &a.out,
+            )?;
         }
         PlotCommand::Loss(a) => {
             plot::loss(&a.out, &a.run.join("log.jsonl"))

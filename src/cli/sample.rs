@@ -355,3 +355,39 @@ fn save_chain(path: &Path, chain: &[(usize, Vec<f32>, Vec<f32>)], s4: [usize; 4]
     }
     save_grid(path, &grid, [2 * m * cols, c, h, w], cols)
 }
+
+/// `ddpm plot chain`: the denoising chain (x_t and x̂0 at ten steps) of `n` samples as one PNG.
+pub(super) fn chain(
+    checkpoint: PathBuf,
+    sampler: String,
+    steps: usize,
+    n: usize,
+    seed: u64,
+    out: &Path,
+) -> CliResult {
+    let tmp = out.with_extension("chain-tmp");
+    let args = SampleArgs {
+        checkpoint,
+        no_ema: false,
+        n,
+        sampler,
+        steps,
+        eta: 0.0,
+        spacing: "leading".into(),
+        respace: None,
+        clip: "clip".into(),
+        seed,
+        batch_size: n,
+        out: tmp.clone(),
+        safetensors: false,
+        save_chain: true,
+        device: "cpu".into(),
+        quiet: false,
+    };
+    run(args)?;
+    let res = std::fs::rename(tmp.join("chain.png"), out)
+        .with_context(|| format!("cannot write {}", out.display()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    res?;
+    Ok(())
+}
