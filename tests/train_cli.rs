@@ -417,3 +417,84 @@ fn sample_from_a_trained_checkpoint_with_every_sampler() {
     ]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn classifier_fd_and_its_bad_inputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    write_idx(&data_dir, 20, 8);
+    let mut labels = vec![];
+    for x in [0x0801u32, 20] {
+        labels.extend(x.to_be_bytes());
+    }
+    labels.extend((0..20u8).map(|i| i % 10));
+    std::fs::write(data_dir.join("train-labels-idx1-ubyte"), labels).unwrap();
+    let data = format!("idx:{}", data_dir.display());
+    let cls = tmp.path().join("c.safetensors");
+    let o = ddpm(&[
+        "eval",
+        "classifier-train",
+        "--data",
+        &data,
+        "--batch-size",
+        "8",
+        "--out",
+        cls.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let samples = tmp.path().join("samples");
+    std::fs::create_dir_all(&samples).unwrap();
+    for i in 0..3u8 {
+        image::GrayImage::from_fn(8, 8, |x, y| image::Luma([(x * 30 + y * i as u32) as u8]))
+            .save(samples.join(format!("{i}.png")))
+            .unwrap();
+    }
+    let fd = |s: &str| {
+        ddpm(&[
+            "eval",
+            "fd",
+            "--classifier",
+            cls.to_str().unwrap(),
+            "--samples",
+            s,
+            "--reference",
+            &data,
+            "--json",
+        ])
+    };
+    let folder = format!("folder:{}", samples.display());
+    let o = fd(&folder);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["fd"].as_f64().unwrap() >= -1e-9 && v["n_samples"] == 3);
+    // Too few samples for a full-rank covariance: a warning, not silence.
+    assert!(String::from_utf8_lossy(&o.stderr).contains("rank-deficient"));
+    // The same set against itself is at distance 0.
+    let o = fd(&data);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["fd"].as_f64().unwrap().abs() < 1e-6, "{v}");
+    // Mixed sizes and non-image files are refused.
+    image::GrayImage::new(10, 10)
+        .save(samples.join("big.png"))
+        .unwrap();
+    let o = fd(&folder);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("mixed sizes"));
+    std::fs::remove_file(samples.join("big.png")).unwrap();
+    std::fs::write(samples.join("notes.txt"), "x").unwrap();
+    let o = fd(&folder);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not an image"));
+    // A weights file of the wrong kind.
+    let o = ddpm(&[
+        "eval",
+        "fd",
+        "--classifier",
+        data_dir.join("train-labels-idx1-ubyte").to_str().unwrap(),
+        "--samples",
+        &folder,
+        "--reference",
+        &data,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--classifier"));
+}

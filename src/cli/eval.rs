@@ -13,6 +13,60 @@ use crate::train::trainer::{diffusion_from, load_for_inference};
 pub enum EvalCommand {
     /// The variational bound (every L_t, L_0, L_T) in bits/dim, averaged over images.
     Nll(NllArgs),
+    /// Train the small CNN classifier used by `eval fd` (MNIST-like labelled data).
+    ClassifierTrain(ClassifierTrainArgs),
+    /// Fréchet distance on the classifier's features, and a classifier Inception Score.
+    Fd(FdArgs),
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "Example:\n  ddpm eval classifier-train --data idx:../shared/data/mnist --epochs 1 --out mnist-classifier.safetensors"
+)]
+pub struct ClassifierTrainArgs {
+    /// Labelled images: bundled or idx:DIR.
+    #[arg(long, default_value = "bundled")]
+    data: String,
+    /// Epochs.
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output file (safetensors).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "Features are the classifier's 128-d penultimate layer: the distance is comparable only between\nruns that use the same classifier file, and it is not FID (no Inception network).\n\nExample:\n  ddpm eval fd --classifier mnist-classifier.safetensors --samples folder:samples/ --reference idx:../shared/data/mnist --reference-split test"
+)]
+pub struct FdArgs {
+    /// A classifier from `eval classifier-train`.
+    #[arg(long)]
+    classifier: PathBuf,
+    /// The images to judge: folder:DIR (generated PNGs, all of the classifier's size) or a dataset.
+    #[arg(long)]
+    samples: String,
+    /// The reference images: a dataset (bundled, idx:DIR, …).
+    #[arg(long)]
+    reference: String,
+    /// Split of a dataset given to --samples.
+    #[arg(long, default_value = "train")]
+    samples_split: String,
+    /// Split of the reference dataset.
+    #[arg(long, default_value = "train")]
+    reference_split: String,
+    /// Use at most N images of each.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Print {fd, inception_score, n_samples, n_reference} as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -55,7 +109,121 @@ pub struct NllArgs {
 pub fn run(cmd: EvalCommand) -> CliResult {
     match cmd {
         EvalCommand::Nll(a) => nll(a),
+        EvalCommand::ClassifierTrain(a) => classifier_train(a),
+        EvalCommand::Fd(a) => fd(a),
     }
+}
+
+fn classifier_train(a: ClassifierTrainArgs) -> CliResult {
+    use crate::eval::classifier;
+    let device = crate::device::by_name("cpu").map_err(|e| CliError::Usage(e.to_string()))?;
+    let data = crate::data::open(&a.data, Split::Train, a.seed, None)
+        .map_err(|e| CliError::Usage(format!("{e:#}")))?;
+    let labels = crate::data::open_labels(&a.data, Split::Train)
+        .map_err(|e| CliError::Usage(format!("{e:#}")))?;
+    if data.item_shape().len() != 3 {
+        return Err(CliError::Usage(format!(
+            "--data {}: the classifier takes images",
+            a.data
+        )));
+    }
+    let steps = data.len().div_ceil(a.batch_size.max(1)) * a.epochs;
+    let bar = indicatif::ProgressBar::new(steps as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps | {msg} | ETA {eta}")
+            .expect("template"),
+    );
+    let model = classifier::train(
+        data.as_ref(),
+        &labels,
+        a.epochs,
+        a.batch_size.max(1),
+        a.seed,
+        &device,
+        |_, l| {
+            bar.inc(1);
+            bar.set_message(format!("loss {l:.3}"));
+        },
+    )?;
+    bar.finish();
+    classifier::save(&model, &data.item_shape(), &a.out)?;
+    let test = crate::data::open(&a.data, Split::Test, 0, None)
+        .ok()
+        .zip(crate::data::open_labels(&a.data, Split::Test).ok());
+    match test {
+        Some((t, l)) => println!(
+            "wrote {}; test accuracy {:.4}",
+            a.out.display(),
+            classifier::accuracy(&model, t.as_ref(), &l, 256, &device)
+        ),
+        None => println!(
+            "wrote {}; training accuracy {:.4}",
+            a.out.display(),
+            classifier::accuracy(&model, data.as_ref(), &labels, 256, &device)
+        ),
+    }
+    Ok(())
+}
+
+fn fd(a: FdArgs) -> CliResult {
+    use crate::eval::classifier;
+    use crate::eval::frechet::{FeatureStats, frechet_distance};
+    let device = crate::device::by_name("cpu").map_err(|e| CliError::Usage(e.to_string()))?;
+    let (model, shape) = classifier::load(&a.classifier, &device)
+        .map_err(|e| CliError::Usage(format!("--classifier: {e:#}")))?;
+    let open =
+        |spec: &str, split: &str, flag: &str| -> Result<Box<dyn crate::data::Dataset>, CliError> {
+            let split: Split = split
+                .parse()
+                .map_err(|e: String| CliError::Usage(format!("{flag}-split: {e}")))?;
+            if let Some(dir) = spec.strip_prefix("folder:") {
+                crate::data::folder::check_samples_folder(std::path::Path::new(dir), shape[1])
+                    .map_err(|e| CliError::Usage(format!("{flag}: {e:#}")))?;
+            }
+            let d = crate::data::open(spec, split, 0, Some((shape[0], shape[1])))
+                .map_err(|e| CliError::Usage(format!("{flag}: {e:#}")))?;
+            if d.item_shape() != shape {
+                return Err(CliError::Usage(format!(
+                    "{flag} {spec}: items are {:?}, the classifier takes {:?}",
+                    d.item_shape(),
+                    shape
+                )));
+            }
+            Ok(d)
+        };
+    let samples = open(&a.samples, &a.samples_split, "--samples")?;
+    let reference = open(&a.reference, &a.reference_split, "--reference")?;
+    let (fs, ps, ns) = classifier::features(&model, samples.as_ref(), a.limit, 256, &device);
+    let (fr, _, nr) = classifier::features(&model, reference.as_ref(), a.limit, 256, &device);
+    for (name, n) in [("--samples", ns), ("--reference", nr)] {
+        if n < 2 {
+            return Err(CliError::Usage(format!(
+                "{name}: {n} image(s); a covariance needs at least 2 (and more than {} for a full-rank one)",
+                classifier::FEATURES
+            )));
+        }
+        if n <= classifier::FEATURES {
+            eprintln!(
+                "warning: {name} has {n} images, not more than the {} feature dimensions: the covariance is rank-deficient and the distance is biased; use more images",
+                classifier::FEATURES
+            );
+        }
+    }
+    let s = FeatureStats::from_features(&fs, ns, classifier::FEATURES)?;
+    let r = FeatureStats::from_features(&fr, nr, classifier::FEATURES)?;
+    let d = frechet_distance(&s, &r)?;
+    let is = classifier::inception_score(&ps, ns);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"fd": d, "inception_score": is, "n_samples": ns, "n_reference": nr})
+        );
+    } else {
+        println!(
+            "classifier FD {d:.4} ({ns} samples vs {nr} reference images); classifier IS {is:.3}"
+        );
+    }
+    Ok(())
 }
 
 fn nll(a: NllArgs) -> CliResult {

@@ -104,6 +104,43 @@ impl Dataset for ImageFolder {
     }
 }
 
+/// Checks that `dir` holds only PNG/JPEG images, all `size`×`size` (as a folder of generated
+/// samples must: no resizing may hide a mismatch).
+pub fn check_samples_folder(dir: &Path, size: usize) -> Result<usize> {
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the folder {}", dir.display()))?;
+    let mut n = 0;
+    for e in entries {
+        let p = e?.path();
+        if p.is_dir() {
+            continue;
+        }
+        let ext = p
+            .extension()
+            .and_then(|x| x.to_str())
+            .map(|x| x.to_ascii_lowercase());
+        if !matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg")) {
+            bail!(
+                "{}: not an image (a samples folder must hold only .png/.jpg files)",
+                p.display()
+            );
+        }
+        let (w, h) = image::image_dimensions(&p)
+            .with_context(|| format!("{}: cannot read the image", p.display()))?;
+        if (w as usize, h as usize) != (size, size) {
+            bail!(
+                "{}: {w}×{h}, but the samples must all be {size}×{size} (mixed sizes)",
+                p.display()
+            );
+        }
+        n += 1;
+    }
+    if n == 0 {
+        bail!("{}: holds no images", dir.display());
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -159,6 +159,25 @@ pub fn parse_labels(bytes: &[u8], source: &str) -> Result<Vec<u8>> {
     Ok(bytes[8..].to_vec())
 }
 
+/// The labels of `split` in `dir`: `train-labels-idx1-ubyte[.gz]` or `t10k-labels-idx1-ubyte[.gz]`.
+pub fn open_labels_dir(dir: &Path, split: Split) -> Result<Vec<u8>> {
+    let stem = match split {
+        Split::Train => "train-labels-idx1-ubyte",
+        Split::Test => "t10k-labels-idx1-ubyte",
+    };
+    let Some(path) = [format!("{stem}.gz"), stem.to_string()]
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+    else {
+        bail!(
+            "{}: no {stem}.gz or {stem} found (the labels of the IDX images)",
+            dir.display()
+        );
+    };
+    parse_labels(&read_maybe_gz(&path)?, &path.display().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

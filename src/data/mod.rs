@@ -96,3 +96,14 @@ pub fn open(
         "--data {spec}: unknown dataset; expected bundled, idx:DIR, cifar10:DIR, folder:DIR or toy:NAME"
     )
 }
+
+/// The class labels of a labelled dataset (`bundled` or `idx:DIR`), in item order.
+pub fn open_labels(spec: &str, split: Split) -> Result<Vec<u8>> {
+    if spec == "bundled" && split == Split::Train {
+        return bundled::mnist_10k_labels();
+    }
+    if let Some(dir) = spec.strip_prefix("idx:") {
+        return idx::open_labels_dir(std::path::Path::new(dir), split);
+    }
+    bail!("--data {spec}: labels are read from bundled (train) or idx:DIR datasets")
+}

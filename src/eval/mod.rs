@@ -1,4 +1,5 @@
 //! Evaluation: likelihood in bits/dim and Fréchet distances.
 
+pub mod classifier;
 pub mod frechet;
 pub mod nll;
