@@ -342,6 +342,38 @@ fn sample_from_a_trained_checkpoint_with_every_sampler() {
             assert!(out.join(f).is_file(), "{sampler}: {f} missing");
         }
     }
+    // Analytic-DPM variance on a respaced chain.
+    let out = tmp.path().join("analytic");
+    let o = ddpm(&[
+        "sample",
+        "--quiet",
+        "--checkpoint",
+        &run,
+        "--n",
+        "2",
+        "--sampler",
+        "ddpm",
+        "--steps",
+        "10",
+        "--analytic-variance",
+        "--analytic-images",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("grid.png").is_file());
+    let o = ddpm(&[
+        "sample",
+        "--checkpoint",
+        &run,
+        "--sampler",
+        "ddim",
+        "--analytic-variance",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
     // The denoising chain picture.
     let chain = tmp.path().join("chain.png");
     let o = ddpm(&[

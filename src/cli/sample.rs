@@ -45,6 +45,13 @@ pub struct SampleArgs {
     /// Step spacing for ddim/dpmpp2m: linspace, leading, trailing.
     #[arg(long, default_value = "leading")]
     spacing: String,
+    /// For --sampler ddpm: the Analytic-DPM reverse variance (Bao et al. 2022), with
+    /// Γ_n = E‖ε̂‖²/d estimated on --analytic-images images of the run's training data.
+    #[arg(long)]
+    analytic_variance: bool,
+    /// Images used to estimate Γ_n for --analytic-variance.
+    #[arg(long, default_value_t = 64)]
+    analytic_images: usize,
     /// Respacing for ddpm as section counts or ddimN (overrides --steps).
     #[arg(long)]
     respace: Option<String>,
@@ -159,6 +166,19 @@ where
     let model = loaded.model;
     let diffusion = diffusion_from(cfg)?;
     let clip = parse_clip(&a.clip)?;
+    let analytic = if a.analytic_variance {
+        Some(analytic_table::<D, M>(
+            a,
+            cfg,
+            &model,
+            &diffusion,
+            clip,
+            &item_shape,
+            device,
+        )?)
+    } else {
+        None
+    };
     let mut rng = Rng::new(a.seed);
     let mut all = Vec::new();
     let mut chain = Vec::new();
@@ -180,6 +200,9 @@ where
     while done < a.n {
         let n = bs.min(a.n - done);
         let mut sampler = build_sampler(a, &diffusion, clip)?;
+        if let (AnySampler::Ancestral(s), Some(v)) = (&mut sampler, &analytic) {
+            s.set_variance(v.clone());
+        }
         let mut shape = [0usize; D];
         shape[0] = n;
         shape[1..].copy_from_slice(&item_shape);
@@ -216,6 +239,41 @@ where
     let mut shape = vec![a.n];
     shape.extend(item_shape);
     Ok((all, shape, chain))
+}
+
+/// The Analytic-DPM variance of the ddpm sampler's chain, with Γ estimated on the run's data.
+fn analytic_table<const D: usize, M: Net<D>>(
+    a: &SampleArgs,
+    cfg: &TrainConfig,
+    model: &M,
+    diffusion: &GaussianDiffusion,
+    clip: X0Clip,
+    item_shape: &[usize],
+    device: &Device,
+) -> Result<Vec<f64>, CliError> {
+    let AnySampler::Ancestral(s) = build_sampler(a, diffusion, clip)? else {
+        return Err(CliError::Usage(
+            "--analytic-variance applies to --sampler ddpm".into(),
+        ));
+    };
+    let ds = crate::train::trainer::open_dataset(cfg)?;
+    let k = a.analytic_images.clamp(1, ds.len());
+    let item: usize = item_shape.iter().product();
+    let mut buf = vec![0.0f32; k * item];
+    for i in 0..k {
+        ds.get(i, &mut buf[i * item..(i + 1) * item]);
+    }
+    let mut shape = [0usize; D];
+    shape[0] = k;
+    shape[1..].copy_from_slice(item_shape);
+    let x0 = Tensor::<D>::from_data(burn::tensor::TensorData::new(buf, shape), device);
+    let mut rng = Rng::new(a.seed ^ 0xA7A1);
+    let chain = s.chain();
+    let gamma = crate::diffusion::analytic::estimate_gamma(chain, model, x0, &mut rng);
+    Ok(crate::diffusion::analytic::analytic_variance(
+        &chain.schedule,
+        &gamma,
+    ))
 }
 
 /// Runs whichever sampler was chosen.
@@ -375,6 +433,8 @@ pub(super) fn chain(
         eta: 0.0,
         spacing: "leading".into(),
         respace: None,
+        analytic_variance: false,
+        analytic_images: 64,
         clip: "clip".into(),
         seed,
         batch_size: n,

@@ -7,6 +7,7 @@
 
 #![deny(missing_docs)]
 
+pub mod analytic;
 pub mod likelihood;
 pub mod losses;
 pub mod parameterization;

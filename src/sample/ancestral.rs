@@ -13,6 +13,7 @@ use crate::rng::Rng;
 pub struct Ancestral {
     diffusion: GaussianDiffusion,
     clip: X0Clip,
+    variance: Option<Vec<f64>>,
 }
 
 impl Ancestral {
@@ -21,7 +22,30 @@ impl Ancestral {
         Self {
             diffusion: respaced(base, kept),
             clip,
+            variance: None,
         }
+    }
+
+    /// Uses σ_n² = `variance[n]` for each step of the (respaced) chain instead of the model's
+    /// variance type — e.g. the Analytic-DPM variance of [`crate::diffusion::analytic`].
+    pub fn with_variance(mut self, variance: Vec<f64>) -> Self {
+        self.set_variance(variance);
+        self
+    }
+
+    /// In-place form of [`Self::with_variance`].
+    pub fn set_variance(&mut self, variance: Vec<f64>) {
+        assert_eq!(
+            variance.len(),
+            self.diffusion.num_timesteps(),
+            "one variance per step"
+        );
+        self.variance = Some(variance);
+    }
+
+    /// The chain this sampler walks (respaced when fewer steps were kept).
+    pub fn chain(&self) -> &GaussianDiffusion {
+        &self.diffusion
     }
 }
 
@@ -54,7 +78,15 @@ impl<const D: usize> Sampler<D> for Ancestral {
             p.params.mean
         } else {
             let z = host_normal(x_t.dims(), rng, &x_t.device());
-            p.params.mean + z * (p.params.log_variance * 0.5).exp()
+            let sd = match &self.variance {
+                Some(v) => crate::diffusion::extract(
+                    &v.iter().map(|x| x.sqrt()).collect::<Vec<_>>(),
+                    &t,
+                    &x_t,
+                ),
+                None => (p.params.log_variance * 0.5).exp(),
+            };
+            p.params.mean + z * sd
         };
         StepOutput {
             prev_sample: prev,

@@ -485,3 +485,60 @@ fn spacings_pick_the_documented_steps() {
         vec![0, 500, 999]
     );
 }
+
+#[test]
+fn analytic_variance_is_the_exact_reverse_variance_for_gaussian_data() {
+    // For N(μ, s²) data Γ_n = E‖ε̂‖²/d = (1 − ᾱ_n)/(ᾱ_n s² + 1 − ᾱ_n) exactly, and the best
+    // reverse variance is β̃_n + coef1_n²·Var[x0 | x_n]: Analytic-DPM's closed form must agree.
+    let d = base(1000);
+    let s2 = 0.09;
+    let kept = space_timesteps(1000, "50").unwrap();
+    let chain = d.schedule.respace(&kept).unwrap();
+    let gamma: Vec<f64> = chain
+        .alphas_cumprod
+        .iter()
+        .map(|ab| (1.0 - ab) / (ab * s2 + 1.0 - ab))
+        .collect();
+    let got = crate::diffusion::analytic::analytic_variance(&chain, &gamma);
+    for (n, g) in got.iter().enumerate() {
+        let ab = chain.alphas_cumprod[n];
+        let var_x0 = s2 * (1.0 - ab) / (ab * s2 + 1.0 - ab);
+        let want = chain.posterior_variance[n] + chain.posterior_mean_coef1[n].powi(2) * var_x0;
+        assert!(
+            (got[n] - want).abs() < 1e-12 * want.max(1e-12),
+            "n={n}: {} vs {want}",
+            got[n]
+        );
+    }
+}
+
+#[test]
+fn respaced_sampling_with_estimated_analytic_variance_recovers_the_data_variance() {
+    let d = base(1000);
+    let (mu, s) = (0.5, 0.3);
+    let model = ExactMixture {
+        alphas_cumprod: d.schedule.alphas_cumprod.clone(),
+        comps: vec![(1.0, mu, s)],
+        learned: None,
+    };
+    let kept = space_timesteps(1000, "50").unwrap();
+    let sampler = Ancestral::new(&d, &kept, X0Clip::None);
+    // Γ estimated by Monte Carlo on 2000 data draws.
+    let mut rng = Rng::new(11);
+    let x0: Vec<f32> = (0..2000).map(|_| (mu + s * rng.normal()) as f32).collect();
+    let x0 = Tensor::<2>::from_data(TensorData::new(x0, [2000, 1]), &dev());
+    let gamma = crate::diffusion::analytic::estimate_gamma(sampler.chain(), &model, x0, &mut rng);
+    let var = crate::diffusion::analytic::analytic_variance(&sampler.chain().schedule, &gamma);
+    let mut sampler = sampler.with_variance(var);
+    let n = 4000;
+    let (_, mean, v) = moments(run(&model, &mut sampler, n, 3));
+    assert!(
+        (mean - mu).abs() < 5.0 * s / (n as f64).sqrt(),
+        "mean {mean}"
+    );
+    // Monte Carlo error of the sample variance plus that of the Γ estimate (2000 draws).
+    assert!(
+        (v - s * s).abs() < 5.0 * s * s * (2.0 / n as f64).sqrt() + 0.01 * s * s,
+        "var {v}"
+    );
+}
