@@ -505,9 +505,8 @@ fn analytic_variance_is_the_exact_reverse_variance_for_gaussian_data() {
         let var_x0 = s2 * (1.0 - ab) / (ab * s2 + 1.0 - ab);
         let want = chain.posterior_variance[n] + chain.posterior_mean_coef1[n].powi(2) * var_x0;
         assert!(
-            (got[n] - want).abs() < 1e-12 * want.max(1e-12),
-            "n={n}: {} vs {want}",
-            got[n]
+            (g - want).abs() < 1e-12 * want.max(1e-12),
+            "n={n}: {g} vs {want}"
         );
     }
 }
