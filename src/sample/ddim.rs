@@ -4,8 +4,8 @@
 
 use burn::tensor::Tensor;
 
-use super::{Sampler, StepOutput, host_normal};
-use crate::diffusion::{GaussianDiffusion, X0Clip, apply_clip, parameterization::eps_from_x0};
+use super::{Sampler, StepOutput, host_normal, predict_x0};
+use crate::diffusion::{GaussianDiffusion, X0Clip, parameterization::eps_from_x0};
 use crate::rng::Rng;
 
 /// How the visited steps are spread over the chain (Lin et al. 2024, Table 2).
@@ -95,14 +95,8 @@ impl<const D: usize> Sampler<D> for Ddim {
         } else {
             1.0
         };
-        let b = x_t.dims()[0];
-        let tv = vec![t; b];
-        let (out, _) = self.diffusion.split_output(model_output);
-        let x0 = self
-            .diffusion
-            .parameterization
-            .to_x0(s, x_t.clone(), &tv, out);
-        let x0 = apply_clip(x0, self.clip);
+        let tv = vec![t; x_t.dims()[0]];
+        let x0 = predict_x0(&self.diffusion, x_t.clone(), t, model_output, self.clip);
         let eps = eps_from_x0(s, x_t.clone(), &tv, x0.clone());
         let sigma = self.eta
             * ((1.0 - ab_prev) / (1.0 - ab_t)).sqrt()

@@ -3,8 +3,8 @@
 
 use burn::tensor::Tensor;
 
-use super::{Sampler, StepOutput};
-use crate::diffusion::{GaussianDiffusion, X0Clip, apply_clip};
+use super::{Sampler, StepOutput, predict_x0};
+use crate::diffusion::{GaussianDiffusion, X0Clip};
 use crate::rng::Rng;
 
 /// DPM-Solver++(2M) over a list of steps, with λ_t = log(α_t/σ_t), α_t = √ᾱ_t,
@@ -44,17 +44,9 @@ impl DpmSolverPp2M {
         model_output: Tensor<D>,
         prev: Option<Tensor<D>>,
     ) -> (StepOutput<D>, Tensor<D>) {
-        let sch = &self.diffusion.schedule;
         let n = self.steps.len();
         let t = self.steps[n - 1 - i];
-        let b = x_t.dims()[0];
-        let tv = vec![t; b];
-        let (out, _) = self.diffusion.split_output(model_output);
-        let x0 = self
-            .diffusion
-            .parameterization
-            .to_x0(sch, x_t.clone(), &tv, out);
-        let x0 = apply_clip(x0, self.clip);
+        let x0 = predict_x0(&self.diffusion, x_t.clone(), t, model_output, self.clip);
         if i + 1 == n {
             // Last visited step: return the denoised prediction.
             return (

@@ -72,6 +72,24 @@ pub fn sample_loop<const D: usize, M: Denoiser<D>, S: Sampler<D>>(
     x
 }
 
+/// The network's prediction of x0 at chain step `t` (the same for the whole batch), read
+/// through the diffusion's parameterization (variance channels dropped) and post-processed by
+/// `clip`.
+pub fn predict_x0<const D: usize>(
+    diffusion: &GaussianDiffusion,
+    x_t: Tensor<D>,
+    t: usize,
+    model_output: Tensor<D>,
+    clip: X0Clip,
+) -> Tensor<D> {
+    let tv = vec![t; x_t.dims()[0]];
+    let (out, _) = diffusion.split_output(model_output);
+    let x0 = diffusion
+        .parameterization
+        .to_x0(&diffusion.schedule, x_t, &tv, out);
+    crate::diffusion::apply_clip(x0, clip)
+}
+
 /// A diffusion respaced to `kept` steps (0-based, sorted), keeping the base chain's
 /// parameterization and variance type.
 pub fn respaced(base: &GaussianDiffusion, kept: &[usize]) -> GaussianDiffusion {
