@@ -336,8 +336,8 @@ fn sample_from_a_trained_checkpoint_with_every_sampler() {
             "grid.png",
             "chain.png",
             "samples.safetensors",
-            "00000.png",
-            "00004.png",
+            "images/00000.png",
+            "images/00004.png",
         ] {
             assert!(out.join(f).is_file(), "{sampler}: {f} missing");
         }

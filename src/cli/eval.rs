@@ -43,7 +43,7 @@ pub struct ClassifierTrainArgs {
 
 #[derive(Args)]
 #[command(
-    after_help = "Features are the classifier's 128-d penultimate layer: the distance is comparable only between\nruns that use the same classifier file, and it is not FID (no Inception network).\n\nExample:\n  ddpm eval fd --classifier mnist-classifier.safetensors --samples folder:samples/ --reference idx:../shared/data/mnist --reference-split test"
+    after_help = "Features are the classifier's 128-d penultimate layer: the distance is comparable only between\nruns that use the same classifier file, and it is not FID (no Inception network).\n\nExample:\n  ddpm eval fd --classifier mnist-classifier.safetensors --samples folder:samples/images --reference idx:../shared/data/mnist --reference-split test"
 )]
 pub struct FdArgs {
     /// A classifier from `eval classifier-train`.

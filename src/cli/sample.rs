@@ -347,10 +347,11 @@ pub fn run(a: SampleArgs) -> CliResult {
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     if shape.len() == 4 {
         let s4 = [shape[0], shape[1], shape[2], shape[3]];
+        // One PNG per image in images/ (a clean folder for `eval fd --samples folder:…`).
         for i in 0..shape[0] {
             let px = image_pixels(&data, s4, i);
             write_atomic(
-                &a.out.join(format!("{i:05}.png")),
+                &a.out.join("images").join(format!("{i:05}.png")),
                 &encode_png(s4[3], s4[2], s4[1], &px)?,
             )?;
         }
