@@ -38,7 +38,7 @@ pub fn run(a: BenchArgs) -> CliResult {
             "--steps and --batch-size must be at least 1".into(),
         ));
     }
-    let device = crate::device::by_name(&a.device).map_err(|e| CliError::Usage(e.to_string()))?;
+    let device = super::device(&a.device)?;
     let r = crate::bench::run(&a.preset, &a.mode, a.batch_size, a.steps, a.warmup, &device)
         .map_err(|e| CliError::Usage(format!("{e:#}")))?;
     if a.json {

@@ -116,7 +116,7 @@ pub fn run(cmd: EvalCommand) -> CliResult {
 
 fn classifier_train(a: ClassifierTrainArgs) -> CliResult {
     use crate::eval::classifier;
-    let device = crate::device::by_name("cpu").map_err(|e| CliError::Usage(e.to_string()))?;
+    let device = super::device("cpu")?;
     let data = crate::data::open(&a.data, Split::Train, a.seed, None)
         .map_err(|e| CliError::Usage(format!("{e:#}")))?;
     let labels = crate::data::open_labels(&a.data, Split::Train)
@@ -128,11 +128,7 @@ fn classifier_train(a: ClassifierTrainArgs) -> CliResult {
         )));
     }
     let steps = data.len().div_ceil(a.batch_size.max(1)) * a.epochs;
-    let bar = indicatif::ProgressBar::new(steps as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps | {msg} | ETA {eta}")
-            .expect("template"),
-    );
+    let bar = super::progress(steps as u64, "steps", true);
     let model = classifier::train(
         data.as_ref(),
         &labels,
@@ -168,7 +164,7 @@ fn classifier_train(a: ClassifierTrainArgs) -> CliResult {
 fn fd(a: FdArgs) -> CliResult {
     use crate::eval::classifier;
     use crate::eval::frechet::{FeatureStats, frechet_distance};
-    let device = crate::device::by_name("cpu").map_err(|e| CliError::Usage(e.to_string()))?;
+    let device = super::device("cpu")?;
     let (model, shape) = classifier::load(&a.classifier, &device)
         .map_err(|e| CliError::Usage(format!("--classifier: {e:#}")))?;
     let open =
@@ -231,7 +227,7 @@ fn nll(a: NllArgs) -> CliResult {
         .split
         .parse()
         .map_err(|e: String| CliError::Usage(format!("--split: {e}")))?;
-    let device = crate::device::by_name(&a.device).map_err(|e| CliError::Usage(e.to_string()))?;
+    let device = super::device(&a.device)?;
     let loaded = load_for_inference::<UNet, 4>(&a.checkpoint, a.no_ema, &device)
         .map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
     let u = loaded.config.unet_config()?;
@@ -249,14 +245,7 @@ fn nll(a: NllArgs) -> CliResult {
     let diffusion = diffusion_from(&loaded.config)?;
     let n = a.limit.unwrap_or(data.len()).min(data.len());
     let total = (n.div_ceil(a.batch_size.max(1)) * diffusion.num_timesteps()) as u64;
-    let bar = (!a.quiet).then(|| {
-        let b = indicatif::ProgressBar::new(total);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} evaluations | ETA {eta}")
-                .expect("template"),
-        );
-        b
-    });
+    let bar = (!a.quiet).then(|| super::progress(total, "evaluations", false));
     let r = crate::eval::nll::evaluate(
         &diffusion,
         &loaded.model,

@@ -37,6 +37,24 @@ impl From<crate::schedule::ScheduleError> for CliError {
 /// Result of a subcommand.
 pub type CliResult = Result<(), CliError>;
 
+/// The device a `--device` flag names (an unknown or unbuilt one is a usage error).
+fn device(name: &str) -> Result<burn::tensor::Device, CliError> {
+    crate::device::by_name(name).map_err(|e| CliError::Usage(e.to_string()))
+}
+
+/// A progress bar on stderr over `total` units named `unit`, with `{msg}` when `with_msg`.
+fn progress(total: u64, unit: &str, with_msg: bool) -> indicatif::ProgressBar {
+    let msg = if with_msg { " | {msg}" } else { "" };
+    let b = indicatif::ProgressBar::new(total);
+    b.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{bar:30}} {{pos}}/{{len}} {unit}{msg} | ETA {{eta}}"
+        ))
+        .expect("template"),
+    );
+    b
+}
+
 #[derive(Parser)]
 #[command(
     name = "ddpm",

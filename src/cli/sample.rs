@@ -188,14 +188,7 @@ where
         let s = build_sampler(a, &diffusion, clip)?;
         s.steps_len() * n_batches
     };
-    let bar = (!a.quiet).then(|| {
-        let b = indicatif::ProgressBar::new(total_steps as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps | ETA {eta}")
-                .expect("template"),
-        );
-        b
-    });
+    let bar = (!a.quiet).then(|| super::progress(total_steps as u64, "steps", false));
     let mut done = 0;
     while done < a.n {
         let n = bs.min(a.n - done);
@@ -335,7 +328,7 @@ pub fn run(a: SampleArgs) -> CliResult {
         )
     })?;
     let cfg = TrainConfig::from_toml(&text, &cfg_path.display().to_string())?;
-    let device = crate::device::by_name(&a.device).map_err(|e| CliError::Usage(e.to_string()))?;
+    let device = super::device(&a.device)?;
     let start = std::time::Instant::now();
     let (data, shape, chain) = if cfg.preset == "mlp" {
         run_with::<2, Mlp>(&a, &device)?
