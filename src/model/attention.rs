@@ -34,9 +34,7 @@ impl AttentionBlock {
         let n = h * w;
         let heads = self.heads;
         let d = c / heads;
-        let tokens = self
-            .norm
-            .forward(x.clone())
+        let tokens = crate::kernels::group_norm(&self.norm, x.clone(), false)
             .reshape([b, c, n])
             .swap_dims(1, 2);
         let qkv = self.qkv.forward(tokens); // [B, N, 3C]

@@ -10,6 +10,8 @@ use burn::tensor::Device;
 use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 
+use crate::kernels;
+
 /// A 3×3 convolution with padding 1 (stride `stride`); zero-initialized when `zero`.
 pub fn conv3x3(cin: usize, cout: usize, stride: usize, zero: bool, device: &Device) -> Conv2d {
     let mut c = Conv2dConfig::new([cin, cout], [3, 3])
@@ -116,26 +118,26 @@ impl ResBlock {
 
     /// `x`: `[B, cin, H, W]`, `emb`: `[B, emb_dim]`.
     pub fn forward(&self, x: Tensor<4>, emb: Tensor<2>) -> Tensor<4> {
-        let h = silu(self.norm1.forward(x.clone()));
+        let h = kernels::group_norm(&self.norm1, x.clone(), true);
         let (h, x) = if self.resample != 0 {
             (self.resample(h), self.resample(x))
         } else {
             (h, x)
         };
-        let h = self.conv1.forward(h);
+        let h = kernels::conv2d(&self.conv1, h);
         let [b, c, _, _] = h.dims();
         let e = self.emb_proj.forward(silu(emb));
         let h = if self.scale_shift {
             let e = e.reshape([b, 2 * c, 1, 1]);
             let scale = e.clone().narrow(1, 0, c);
             let shift = e.narrow(1, c, c);
-            self.norm2.forward(h) * (scale + 1.0) + shift
+            silu(kernels::group_norm(&self.norm2, h, false) * (scale + 1.0) + shift)
         } else {
-            self.norm2.forward(h + e.reshape([b, c, 1, 1]))
+            kernels::group_norm(&self.norm2, h + e.reshape([b, c, 1, 1]), true)
         };
-        let h = self.conv2.forward(self.dropout.forward(silu(h)));
+        let h = kernels::conv2d(&self.conv2, self.dropout.forward(h));
         let x = match &self.skip {
-            Some(conv) => conv.forward(x),
+            Some(conv) => kernels::conv2d(conv, x),
             None => x,
         };
         x + h
@@ -169,7 +171,7 @@ impl Downsample {
     /// Applies it.
     pub fn forward(&self, x: Tensor<4>, emb: Tensor<2>) -> Tensor<4> {
         match (&self.conv, &self.res) {
-            (Some(c), _) => c.forward(x),
+            (Some(c), _) => kernels::conv2d(c, x),
             (None, Some(r)) => r.forward(x, emb),
             (None, None) => unreachable!("a downsample holds a conv or a residual block"),
         }
@@ -204,7 +206,7 @@ impl Upsample {
     /// Applies it.
     pub fn forward(&self, x: Tensor<4>, emb: Tensor<2>) -> Tensor<4> {
         match (&self.conv, &self.res) {
-            (Some(c), _) => c.forward(upsample_nearest(x)),
+            (Some(c), _) => kernels::conv2d(c, upsample_nearest(x)),
             (None, Some(r)) => r.forward(x, emb),
             (None, None) => unreachable!("an upsample holds a conv or a residual block"),
         }

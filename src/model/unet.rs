@@ -10,6 +10,7 @@ use super::attention::AttentionBlock;
 use super::blocks::{Downsample, ResBlock, ResBlockSpec, Resample, Upsample, conv3x3};
 use super::config::{ConfigError, TimeInjection, UNetConfig};
 use super::embedding::time_features;
+use crate::kernels;
 
 /// A residual block, optionally followed by self-attention.
 #[derive(Module, Debug)]
@@ -160,7 +161,7 @@ impl UNet {
         let t = t * self.time_scale;
         let emb = time_features(t, self.base_channels, self.time_features);
         let emb = self.emb2.forward(silu(self.emb1.forward(emb)));
-        let mut h = self.conv_in.forward(x);
+        let mut h = kernels::conv2d(&self.conv_in, x);
         let mut hs = vec![h.clone()];
         for level in &self.down {
             for stage in &level.stages {
@@ -184,7 +185,7 @@ impl UNet {
                 h = u.forward(h, emb.clone());
             }
         }
-        self.conv_out.forward(silu(self.norm_out.forward(h)))
+        kernels::conv2d(&self.conv_out, kernels::group_norm(&self.norm_out, h, true))
     }
 }
 

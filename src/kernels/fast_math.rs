@@ -1,0 +1,70 @@
+//! Branch-free `exp`, sigmoid and SiLU for f32 that the compiler vectorizes (libm's `expf` is a
+//! scalar call per element and was 6.5 % of a training step).
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+// ln 2 split in a part exact in f32 and the remainder (Cody–Waite reduction).
+const LN2_HI: f32 = 0.693_145_75;
+const LN2_LO: f32 = 1.428_606_8e-6;
+// 1.5 · 2^23: adding and subtracting it rounds an f32 of magnitude < 2^22 to the nearest integer.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
+/// e^x for f32, relative error below 2e-7 on [-87, 88]; inputs outside are clamped (the result
+/// saturates at about 1.2e-38 below and 1.7e38 above instead of 0 and ∞).
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    // Taylor series of e^r on |r| ≤ ln2/2: the truncation error r^8/8! is below 6e-9.
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    p * scale
+}
+
+/// σ(x) = 1 / (1 + e^-x).
+#[inline(always)]
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+/// SiLU(x) = x σ(x).
+#[inline(always)]
+pub fn silu(x: f32) -> f32 {
+    x * sigmoid(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_libm_over_the_range() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x <= 88.0 {
+            let want = (x as f64).exp();
+            let got = exp(x) as f64;
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 2e-7, "worst relative error {worst}");
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(-1000.0) < 2e-38 && exp(-1000.0) >= 0.0);
+        assert!(exp(1000.0).is_finite());
+    }
+
+    #[test]
+    fn sigmoid_and_silu_match_their_definitions() {
+        for i in -400..=400 {
+            let x = i as f32 * 0.05;
+            let s = 1.0 / (1.0 + (-(x as f64)).exp());
+            assert!((sigmoid(x) as f64 - s).abs() < 2e-7, "sigmoid({x})");
+            assert!((silu(x) as f64 - x as f64 * s).abs() < 4e-6 * (1.0 + x.abs() as f64));
+        }
+    }
+}

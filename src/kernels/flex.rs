@@ -1,0 +1,303 @@
+//! The kernels plugged into burn's `flex` CPU backend as a backend extension, with their autodiff
+//! backward passes.
+
+use super::{conv, group_norm};
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::{FlexTensor, Layout};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::nn::conv::Conv2d;
+use burn::nn::{GroupNorm, PaddingConfig2d};
+use burn::tensor::{Bytes, DType, Device, Shape, Tensor};
+
+/// Operations of the U-Net that burn's generic implementations make slow on the CPU.
+#[backend_extension(Flex, Autodiff)]
+pub trait KernelBackend: burn::backend::Backend {
+    /// 2-D convolution with bias, one group, no dilation, symmetric zero padding.
+    fn ddpm_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FloatTensor<Self>;
+
+    /// Affine GroupNorm over `[B, C, H, W]`, followed by SiLU when `with_silu`.
+    fn ddpm_group_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        epsilon: f64,
+        with_silu: bool,
+    ) -> FloatTensor<Self>;
+}
+
+/// A contiguous copy (or the tensor itself when it already is one) and its shape.
+fn contiguous(t: &FlexTensor) -> (FlexTensor, Vec<usize>) {
+    let t = t.to_contiguous();
+    let shape = t.shape().to_vec();
+    (t, shape)
+}
+
+fn data(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>()
+        .expect("ddpm kernels take contiguous f32 tensors")
+}
+
+fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::new(
+        Bytes::from_elems(values),
+        Layout::contiguous(Shape::from(shape)),
+        DType::F32,
+    )
+}
+
+fn conv_geometry(
+    x: &[usize],
+    w: &[usize],
+    stride: [usize; 2],
+    pad: [usize; 2],
+) -> conv::ConvGeometry {
+    conv::ConvGeometry {
+        batch: x[0],
+        cin: x[1],
+        h: x[2],
+        w: x[3],
+        cout: w[0],
+        kh: w[2],
+        kw: w[3],
+        stride,
+        pad,
+    }
+}
+
+fn norm_geometry(x: &[usize], groups: usize) -> group_norm::NormGeometry {
+    group_norm::NormGeometry {
+        batch: x[0],
+        channels: x[1],
+        spatial: x[2..].iter().product(),
+        groups,
+    }
+}
+
+impl KernelBackend for Flex {
+    fn ddpm_conv2d(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FlexTensor {
+        let (x, xs) = contiguous(&x);
+        let (w, ws) = contiguous(&weight);
+        let (b, _) = contiguous(&bias);
+        let g = conv_geometry(&xs, &ws, stride, padding);
+        let y = conv::forward(data(&x), data(&w), data(&b), &g);
+        tensor(y, vec![g.batch, g.cout, g.out_h(), g.out_w()])
+    }
+
+    fn ddpm_group_norm(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        groups: usize,
+        epsilon: f64,
+        with_silu: bool,
+    ) -> FlexTensor {
+        let (x, xs) = contiguous(&x);
+        let (gm, _) = contiguous(&gamma);
+        let (bt, _) = contiguous(&beta);
+        let g = norm_geometry(&xs, groups);
+        let (y, _) = group_norm::forward(data(&x), data(&gm), data(&bt), &g, epsilon, with_silu);
+        tensor(y, xs)
+    }
+}
+
+#[derive(Debug)]
+struct ConvBackward;
+
+impl Backward<Flex, 3> for ConvBackward {
+    type State = (FlexTensor, FlexTensor, conv::ConvGeometry);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let (dy, _) = contiguous(&grads.consume::<Flex>(&ops.node));
+        let (x, w, g) = ops.state;
+        let out = conv::backward(data(&x), data(&w), data(&dy), &g);
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, tensor(out.dx, x.shape().to_vec()));
+        }
+        if let Some(node) = node_w {
+            grads.register::<Flex>(node.id, tensor(out.dweight, w.shape().to_vec()));
+        }
+        if let Some(node) = node_b {
+            grads.register::<Flex>(node.id, tensor(out.dbias, vec![g.cout]));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct NormBackward;
+
+impl Backward<Flex, 3> for NormBackward {
+    type State = (
+        [FlexTensor; 3],
+        group_norm::NormStats,
+        group_norm::NormGeometry,
+        bool,
+    );
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let (dy, _) = contiguous(&grads.consume::<Flex>(&ops.node));
+        let ([x, gamma, beta], stats, g, with_silu) = ops.state;
+        let out = group_norm::backward(
+            data(&x),
+            data(&gamma),
+            data(&beta),
+            &stats,
+            data(&dy),
+            &g,
+            with_silu,
+        );
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, tensor(out.dx, x.shape().to_vec()));
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<Flex>(node.id, tensor(out.dgamma, vec![g.channels]));
+        }
+        if let Some(node) = node_beta {
+            grads.register::<Flex>(node.id, tensor(out.dbeta, vec![g.channels]));
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> KernelBackend for Autodiff<Flex, C> {
+    fn ddpm_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FloatTensor<Self> {
+        match ConvBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (xc, xs) = contiguous(x.primitive());
+                let (wc, ws) = contiguous(weight.primitive());
+                let g = conv_geometry(&xs, &ws, stride, padding);
+                let y = Flex::ddpm_conv2d(
+                    xc.clone(),
+                    wc.clone(),
+                    bias.into_primitive(),
+                    stride,
+                    padding,
+                );
+                prep.finish((xc, wc, g), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::ddpm_conv2d(
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+                stride,
+                padding,
+            )),
+        }
+    }
+
+    fn ddpm_group_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        epsilon: f64,
+        with_silu: bool,
+    ) -> FloatTensor<Self> {
+        match NormBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (xc, xs) = contiguous(x.primitive());
+                let (gm, _) = contiguous(gamma.primitive());
+                let (bt, _) = contiguous(beta.primitive());
+                let g = norm_geometry(&xs, groups);
+                let (y, stats) =
+                    group_norm::forward(data(&xc), data(&gm), data(&bt), &g, epsilon, with_silu);
+                let y = tensor(y, xs);
+                prep.finish(([xc, gm, bt], stats, g, with_silu), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::ddpm_group_norm(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                groups,
+                epsilon,
+                with_silu,
+            )),
+        }
+    }
+}
+
+/// Whether `x` lives on the flex backend (with or without autodiff) as f32.
+fn on_flex(x: &Tensor<4>) -> bool {
+    super::enabled() && x.dtype() == DType::F32 && x.device() == Device::flex()
+}
+
+/// The convolution through the kernel, or `None` when the kernel does not cover it.
+pub(super) fn try_conv2d(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
+    if !on_flex(x) || conv.groups != 1 || conv.dilation != [1, 1] {
+        return None;
+    }
+    let pad = match conv.padding {
+        PaddingConfig2d::Valid => [0, 0],
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
+            [top, left]
+        }
+        _ => return None,
+    };
+    let bias = conv.bias.as_ref()?.val();
+    let [_, cin, h, w] = x.dims();
+    let [_, wcin, kh, kw] = conv.weight.dims();
+    if cin != wcin || h + 2 * pad[0] < kh || w + 2 * pad[1] < kw {
+        return None; // burn's own path reports the mismatch
+    }
+    let y = <Dispatch as KernelBackend>::ddpm_conv2d(
+        x.clone().into_dispatch(),
+        conv.weight.val().into_dispatch(),
+        bias.into_dispatch(),
+        conv.stride,
+        pad,
+    );
+    Some(Tensor::from_dispatch(y))
+}
+
+/// GroupNorm (+ SiLU) through the kernel, or `None` when the kernel does not cover it.
+pub(super) fn try_group_norm(
+    norm: &GroupNorm,
+    x: &Tensor<4>,
+    with_silu: bool,
+) -> Option<Tensor<4>> {
+    if !on_flex(x) || !norm.affine || x.dims()[1] != norm.num_channels {
+        return None;
+    }
+    let gamma = norm.gamma.as_ref()?.val();
+    let beta = norm.beta.as_ref()?.val();
+    let y = <Dispatch as KernelBackend>::ddpm_group_norm(
+        x.clone().into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        norm.num_groups,
+        norm.epsilon,
+        with_silu,
+    );
+    Some(Tensor::from_dispatch(y))
+}

@@ -1,0 +1,173 @@
+//! The kernels against burn's generic operations on the flex backend, values and gradients.
+
+use super::flex;
+use burn::module::Param;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{GroupNorm, GroupNormConfig, PaddingConfig2d};
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Tensor, TensorData};
+
+fn random(shape: [usize; 4], seed: u64, device: &Device) -> Tensor<4> {
+    let n = shape.iter().product();
+    let values = crate::rng::Rng::new(seed).normal_f32(n);
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+fn close(a: Tensor<4>, b: Tensor<4>, what: &str) {
+    let (a, b) = (
+        a.into_data().try_to_vec::<f32>().unwrap(),
+        b.into_data().try_to_vec::<f32>().unwrap(),
+    );
+    assert_eq!(a.len(), b.len(), "{what}");
+    close_slices(&a, &b, what);
+}
+
+fn close_slices(a: &[f32], b: &[f32], what: &str) {
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+            "{what}[{i}]: {x} vs {y}"
+        );
+    }
+}
+
+fn grad_vec<const D: usize>(t: &Tensor<D>, grads: &burn::tensor::Gradients) -> Vec<f32> {
+    t.grad(grads)
+        .expect("gradient")
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap()
+}
+
+fn convs(device: &Device) -> Vec<(Conv2d, [usize; 4])> {
+    let conv = |cin, cout, k, stride, pad, bias_seed: f32| {
+        let mut c = Conv2dConfig::new([cin, cout], [k, k])
+            .with_stride([stride, stride])
+            .with_padding(if pad == 0 {
+                PaddingConfig2d::Valid
+            } else {
+                PaddingConfig2d::Explicit(pad, pad, pad, pad)
+            })
+            .init(device);
+        // Non-zero biases so that the bias path is exercised.
+        let b = (c.bias.take().unwrap().val().detach() + bias_seed).into_data();
+        let b = burn::tensor::Tensor::<1>::from_data(b, device);
+        c.bias = Some(Param::from_tensor(b));
+        c
+    };
+    vec![
+        (conv(3, 5, 3, 1, 1, 0.3), [4, 3, 9, 7]),
+        (conv(4, 6, 3, 2, 1, -0.2), [3, 4, 8, 8]),
+        (conv(6, 4, 1, 1, 0, 0.1), [2, 6, 5, 5]),
+        (conv(2, 3, 3, 1, 0, 0.5), [1, 2, 6, 6]),
+    ]
+}
+
+#[test]
+fn conv_kernel_matches_burn_values_and_gradients() {
+    let device = Device::flex().autodiff();
+    for (i, (conv, shape)) in convs(&device).into_iter().enumerate() {
+        let x = random(shape, 10 + i as u64, &device).require_grad();
+        let y_kernel = flex::try_conv2d(&conv, &x).expect("the kernel covers this convolution");
+        let y_burn = conv.forward(x.clone());
+        close(
+            y_kernel.clone(),
+            y_burn.clone(),
+            &format!("conv {i} forward"),
+        );
+
+        let dy = random(y_burn.dims(), 20 + i as u64, &device);
+        let g_kernel = (y_kernel * dy.clone()).sum().backward();
+        let g_burn = (y_burn * dy).sum().backward();
+        close_slices(
+            &grad_vec(&x, &g_kernel),
+            &grad_vec(&x, &g_burn),
+            &format!("conv {i} dx"),
+        );
+        let w = conv.weight.val();
+        close_slices(
+            &grad_vec(&w, &g_kernel),
+            &grad_vec(&w, &g_burn),
+            &format!("conv {i} dw"),
+        );
+        let b = conv.bias.as_ref().unwrap().val();
+        close_slices(
+            &grad_vec(&b, &g_kernel),
+            &grad_vec(&b, &g_burn),
+            &format!("conv {i} db"),
+        );
+    }
+}
+
+#[test]
+fn conv_kernel_runs_without_autodiff_and_declines_what_it_does_not_cover() {
+    let device = Device::flex();
+    let (conv, shape) = convs(&device).remove(0);
+    let x = random(shape, 3, &device);
+    close(
+        flex::try_conv2d(&conv, &x).unwrap(),
+        conv.forward(x.clone()),
+        "inference conv",
+    );
+    let grouped = Conv2dConfig::new([4, 4], [3, 3])
+        .with_groups(2)
+        .init(&device);
+    assert!(flex::try_conv2d(&grouped, &random([1, 4, 5, 5], 4, &device)).is_none());
+    let dilated = Conv2dConfig::new([3, 3], [3, 3])
+        .with_dilation([2, 2])
+        .init(&device);
+    assert!(flex::try_conv2d(&dilated, &random([1, 3, 9, 9], 5, &device)).is_none());
+}
+
+#[test]
+fn group_norm_kernel_matches_burn_values_and_gradients() {
+    let device = Device::flex().autodiff();
+    for (i, (groups, shape)) in [
+        (2usize, [3usize, 6, 5, 4]),
+        (8, [2, 32, 7, 7]),
+        (1, [2, 3, 2, 2]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut norm: GroupNorm = GroupNormConfig::new(groups, shape[1]).init(&device);
+        // Non-trivial affine parameters.
+        let c = shape[1];
+        let gamma = Tensor::<1>::from_data(
+            TensorData::new(crate::rng::Rng::new(30 + i as u64).normal_f32(c), [c]),
+            &device,
+        ) * 0.3
+            + 1.0;
+        norm.gamma = Some(Param::from_tensor(gamma));
+        norm.beta = Some(Param::from_tensor(Tensor::<1>::from_data(
+            TensorData::new(crate::rng::Rng::new(40 + i as u64).normal_f32(c), [c]),
+            &device,
+        )));
+        for with_silu in [false, true] {
+            let what = format!("group norm {i} silu {with_silu}");
+            let x = (random(shape, 50 + i as u64, &device) * 2.0 + 0.5).require_grad();
+            let y_kernel = flex::try_group_norm(&norm, &x, with_silu).expect("covered");
+            let y_burn = norm.forward(x.clone());
+            let y_burn = if with_silu { silu(y_burn) } else { y_burn };
+            close(y_kernel.clone(), y_burn.clone(), &what);
+            let dy = random(shape, 60 + i as u64, &device);
+            let g_kernel = (y_kernel * dy.clone()).sum().backward();
+            let g_burn = (y_burn * dy).sum().backward();
+            close_slices(
+                &grad_vec(&x, &g_kernel),
+                &grad_vec(&x, &g_burn),
+                &format!("{what} dx"),
+            );
+            for p in [
+                norm.gamma.as_ref().unwrap().val(),
+                norm.beta.as_ref().unwrap().val(),
+            ] {
+                close_slices(
+                    &grad_vec(&p, &g_kernel),
+                    &grad_vec(&p, &g_burn),
+                    &format!("{what} dγ/dβ"),
+                );
+            }
+        }
+    }
+}
