@@ -68,12 +68,13 @@ impl ConvGeometry {
     }
 }
 
-/// `dst[m×n]` (row-major) = (`dst` if `accumulate`) + `a[m×k] · b[k×n]`, where element (i, j) of
-/// `a` is `a[i·a_rs + j·a_cs]` and likewise for `b`.
+/// `dst[m×n]` = (`dst` if `accumulate`) + `a[m×k] · b[k×n]`, where element (i, j) of `a` is
+/// `a[i·a_rs + j·a_cs]` and likewise for `b` and `dst`.
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     dims: [usize; 3],
     dst: &mut [f32],
+    dst_strides: [usize; 2],
     accumulate: bool,
     a: &[f32],
     a_strides: [usize; 2],
@@ -85,9 +86,16 @@ fn matmul(
     if m == 0 || n == 0 {
         return;
     }
-    assert!(dst.len() >= m * n, "matmul: destination too small");
+    let last = |s: [usize; 2], rows: usize, cols: usize| (rows - 1) * s[0] + (cols - 1) * s[1];
+    assert!(
+        dst.len() > last(dst_strides, m, n),
+        "matmul: destination too small"
+    );
+    assert!(
+        dst_strides[0] >= n * dst_strides[1] || dst_strides[1] >= m * dst_strides[0],
+        "matmul: destination entries overlap"
+    );
     if k > 0 {
-        let last = |s: [usize; 2], rows: usize, cols: usize| (rows - 1) * s[0] + (cols - 1) * s[1];
         assert!(a.len() > last(a_strides, m, k), "matmul: lhs too small");
         assert!(b.len() > last(b_strides, k, n), "matmul: rhs too small");
     }
@@ -99,8 +107,8 @@ fn matmul(
             n,
             k,
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            dst_strides[1] as isize,
+            dst_strides[0] as isize,
             accumulate,
             a.as_ptr(),
             a_strides[1] as isize,
@@ -204,6 +212,65 @@ fn col2im(col: &[f32], g: &ConvGeometry, dx: &mut [f32]) {
     }
 }
 
+/// How one image is convolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    /// 1×1, stride 1, no padding: the image is the GEMM operand.
+    Pointwise,
+    /// Stride 1: one GEMM per kernel tap straight from the zero-padded image. On a grid as wide
+    /// as the padded image, output position q = oy·wp + ox reads pixel q + i·wp + j of the padded
+    /// plane for tap (i, j), so each tap's operand is the padded image itself at an offset: no
+    /// im2col matrix is built. The `kw − 1` extra columns per row are computed and dropped.
+    Shifted,
+    /// Anything else (strides): im2col.
+    Im2col,
+}
+
+impl ConvGeometry {
+    fn method(&self) -> Method {
+        if self.pointwise() {
+            Method::Pointwise
+        } else if self.stride == [1, 1] {
+            Method::Shifted
+        } else {
+            Method::Im2col
+        }
+    }
+
+    fn padded(&self) -> (usize, usize) {
+        (self.h + 2 * self.pad[0], self.w + 2 * self.pad[1])
+    }
+
+    /// Columns of the wide output grid of [`Method::Shifted`].
+    fn wide(&self) -> usize {
+        (self.out_h() - 1) * self.padded().1 + self.out_w()
+    }
+
+    /// Scratch floats one task needs: (operand, second buffer).
+    fn scratch(&self) -> (usize, usize) {
+        let (hp, wp) = self.padded();
+        match self.method() {
+            Method::Pointwise => (0, 0),
+            Method::Shifted => (self.cin * hp * wp, self.cout * self.wide()),
+            Method::Im2col => (
+                self.patch() * self.out_pixels(),
+                self.patch() * self.out_pixels(),
+            ),
+        }
+    }
+}
+
+/// Copies one image into the interior of its zero-padded planes (the border stays as it is: zero).
+fn pad_into(x: &[f32], g: &ConvGeometry, xpad: &mut [f32]) {
+    let (hp, wp) = g.padded();
+    for c in 0..g.cin {
+        for y in 0..g.h {
+            let src = &x[(c * g.h + y) * g.w..][..g.w];
+            xpad[c * hp * wp + (y + g.pad[0]) * wp + g.pad[1]..][..g.w].copy_from_slice(src);
+        }
+    }
+}
+
 /// y = conv(x, weight) + bias. `x`: `[B, cin, h, w]`, `weight`: `[cout, cin, kh, kw]`, `bias`:
 /// `[cout]`; returns `[B, cout, out_h, out_w]`.
 pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry) -> Vec<f32> {
@@ -218,31 +285,66 @@ pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry) -> Vec
     }
     let chunk = g.chunk();
     let par = g.gemm_parallelism();
+    let (ow, q, (hp, wp)) = (g.out_w(), g.wide(), g.padded());
     y.par_chunks_mut(chunk * out_len)
         .zip(x.par_chunks(chunk * in_len))
         .for_each(|(ys, xs)| {
-            let mut col = if g.pointwise() {
-                Vec::new()
-            } else {
-                vec![0f32; k * p]
-            };
+            let (s1, s2) = g.scratch();
+            let (mut operand, mut wide) = (vec![0f32; s1], vec![0f32; s2]);
             for (yb, xb) in ys.chunks_mut(out_len).zip(xs.chunks(in_len)) {
-                let patches: &[f32] = if g.pointwise() {
-                    xb
-                } else {
-                    im2col(xb, g, &mut col);
-                    &col
-                };
-                matmul(
-                    [g.cout, p, k],
-                    yb,
-                    false,
-                    weight,
-                    [k, 1],
-                    patches,
-                    [p, 1],
-                    par,
-                );
+                match g.method() {
+                    Method::Pointwise => {
+                        matmul(
+                            [g.cout, p, k],
+                            yb,
+                            [p, 1],
+                            false,
+                            weight,
+                            [k, 1],
+                            xb,
+                            [p, 1],
+                            par,
+                        );
+                    }
+                    Method::Im2col => {
+                        im2col(xb, g, &mut operand);
+                        let dims = [g.cout, p, k];
+                        matmul(
+                            dims,
+                            yb,
+                            [p, 1],
+                            false,
+                            weight,
+                            [k, 1],
+                            &operand,
+                            [p, 1],
+                            par,
+                        );
+                    }
+                    Method::Shifted => {
+                        pad_into(xb, g, &mut operand);
+                        for i in 0..g.kh {
+                            for j in 0..g.kw {
+                                matmul(
+                                    [g.cout, q, g.cin],
+                                    &mut wide,
+                                    [q, 1],
+                                    i + j > 0,
+                                    &weight[i * g.kw + j..],
+                                    [k, g.kh * g.kw],
+                                    &operand[i * wp + j..],
+                                    [hp * wp, 1],
+                                    par,
+                                );
+                            }
+                        }
+                        for (co, out) in yb.chunks_mut(p).enumerate() {
+                            for (oy, row) in out.chunks_mut(ow).enumerate() {
+                                row.copy_from_slice(&wide[co * q + oy * wp..][..ow]);
+                            }
+                        }
+                    }
+                }
                 for (row, b) in yb.chunks_mut(p).zip(bias) {
                     row.iter_mut().for_each(|v| *v += b);
                 }
@@ -260,6 +362,131 @@ pub struct ConvGrads {
     pub dweight: Vec<f32>,
     /// ∂L/∂bias.
     pub dbias: Vec<f32>,
+}
+
+/// Scratch buffers of one backward task.
+struct BackwardScratch {
+    operand: Vec<f32>,
+    second: Vec<f32>,
+    dxpad: Vec<f32>,
+}
+
+/// One image of the backward pass: adds its ∂L/∂W to `dw`, writes ∂L/∂x into `dxb`.
+#[allow(clippy::too_many_arguments)]
+fn backward_image(
+    xb: &[f32],
+    dyb: &[f32],
+    weight: &[f32],
+    g: &ConvGeometry,
+    dxb: &mut [f32],
+    dw: &mut [f32],
+    s: &mut BackwardScratch,
+    par: Parallelism,
+) {
+    let (p, k) = (g.out_pixels(), g.patch());
+    let (ow, q, (hp, wp)) = (g.out_w(), g.wide(), g.padded());
+    match g.method() {
+        Method::Pointwise => {
+            matmul(
+                [g.cout, k, p],
+                dw,
+                [k, 1],
+                true,
+                dyb,
+                [p, 1],
+                xb,
+                [1, p],
+                par,
+            );
+            matmul(
+                [k, p, g.cout],
+                dxb,
+                [p, 1],
+                false,
+                weight,
+                [1, k],
+                dyb,
+                [p, 1],
+                par,
+            );
+        }
+        Method::Im2col => {
+            // dW += dY · colᵀ; dcol = Wᵀ · dY, then back onto the pixels.
+            im2col(xb, g, &mut s.operand);
+            matmul(
+                [g.cout, k, p],
+                dw,
+                [k, 1],
+                true,
+                dyb,
+                [p, 1],
+                &s.operand,
+                [1, p],
+                par,
+            );
+            let dcol = &mut s.second;
+            matmul(
+                [k, p, g.cout],
+                dcol,
+                [p, 1],
+                false,
+                weight,
+                [1, k],
+                dyb,
+                [p, 1],
+                par,
+            );
+            dxb.fill(0.0);
+            col2im(dcol, g, dxb);
+        }
+        Method::Shifted => {
+            pad_into(xb, g, &mut s.operand);
+            // ∂L/∂y on the wide grid; the dropped columns stay zero (never written).
+            let dy_wide = &mut s.second;
+            for (co, src) in dyb.chunks(p).enumerate() {
+                for (oy, row) in src.chunks(ow).enumerate() {
+                    dy_wide[co * q + oy * wp..][..ow].copy_from_slice(row);
+                }
+            }
+            s.dxpad.fill(0.0);
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    let (tap, off) = (i * g.kw + j, i * wp + j);
+                    // dW[:, :, i, j] += dY_wide · shifted(x)ᵀ
+                    matmul(
+                        [g.cout, g.cin, q],
+                        &mut dw[tap..],
+                        [k, g.kh * g.kw],
+                        true,
+                        dy_wide,
+                        [q, 1],
+                        &s.operand[off..],
+                        [1, hp * wp],
+                        par,
+                    );
+                    // shifted(dx) += W[:, :, i, j]ᵀ · dY_wide
+                    matmul(
+                        [g.cin, q, g.cout],
+                        &mut s.dxpad[off..],
+                        [hp * wp, 1],
+                        true,
+                        &weight[tap..],
+                        [g.kh * g.kw, k],
+                        dy_wide,
+                        [q, 1],
+                        par,
+                    );
+                }
+            }
+            for c in 0..g.cin {
+                for y in 0..g.h {
+                    dxb[(c * g.h + y) * g.w..][..g.w].copy_from_slice(
+                        &s.dxpad[c * hp * wp + (y + g.pad[0]) * wp + g.pad[1]..][..g.w],
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// The backward pass of [`forward`] given ∂L/∂y (`dy`, `[B, cout, out_h, out_w]`).
@@ -283,56 +510,25 @@ pub fn backward(x: &[f32], weight: &[f32], dy: &[f32], g: &ConvGeometry) -> Conv
         .map(|((dxs, xs), dys)| {
             let mut dw = vec![0f32; g.cout * k];
             let mut db = vec![0f32; g.cout];
-            let mut col = if g.pointwise() {
-                Vec::new()
-            } else {
-                vec![0f32; k * p]
-            };
-            let mut dcol = if g.pointwise() {
-                Vec::new()
-            } else {
-                vec![0f32; k * p]
+            let (s1, s2) = g.scratch();
+            let (hp, wp) = g.padded();
+            let mut scratch = BackwardScratch {
+                operand: vec![0f32; s1],
+                second: vec![0f32; s2],
+                dxpad: if g.method() == Method::Shifted {
+                    vec![0f32; g.cin * hp * wp]
+                } else {
+                    Vec::new()
+                },
             };
             for ((dxb, xb), dyb) in dxs
                 .chunks_mut(in_len)
                 .zip(xs.chunks(in_len))
                 .zip(dys.chunks(out_len))
             {
-                let patches: &[f32] = if g.pointwise() {
-                    xb
-                } else {
-                    im2col(xb, g, &mut col);
-                    &col
-                };
-                // dW += dY · colᵀ
-                matmul(
-                    [g.cout, k, p],
-                    &mut dw,
-                    true,
-                    dyb,
-                    [p, 1],
-                    patches,
-                    [1, p],
-                    par,
-                );
+                backward_image(xb, dyb, weight, g, dxb, &mut dw, &mut scratch, par);
                 for (d, row) in db.iter_mut().zip(dyb.chunks(p)) {
                     *d += row.iter().sum::<f32>();
-                }
-                // dcol = Wᵀ · dY, then back onto the pixels.
-                if g.pointwise() {
-                    matmul([k, p, g.cout], dxb, false, weight, [1, k], dyb, [p, 1], par);
-                } else {
-                    matmul(
-                        [k, p, g.cout],
-                        &mut dcol,
-                        false,
-                        weight,
-                        [1, k],
-                        dyb,
-                        [p, 1],
-                        par,
-                    );
-                    col2im(&dcol, g, dxb);
                 }
             }
             (dw, db)

@@ -62,10 +62,23 @@ pub fn forward(
     (y, NormStats { mean, rstd })
 }
 
-/// Forward pass of one (image, group) slice; returns its mean and 1/σ.
-#[inline(never)]
+with_avx512! {
+    /// Forward pass of one (image, group) slice; returns its mean and 1/σ.
+    fn normalize_group => normalize_group_generic(
+        ys: &mut [f32],
+        xs: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        g: &NormGeometry,
+        idx: usize,
+        epsilon: f64,
+        with_silu: bool,
+    ) -> (f32, f32)
+}
+
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn normalize_group(
+fn normalize_group_generic(
     ys: &mut [f32],
     xs: &[f32],
     gamma: &[f32],
@@ -155,11 +168,26 @@ pub fn backward(
     NormGrads { dx, dgamma, dbeta }
 }
 
+with_avx512! {
+    /// Backward pass of one (image, group) slice; see [`backward_group_generic`].
+    fn backward_group => backward_group_generic(
+        dxs: &mut [f32],
+        xs: &[f32],
+        dys: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        stats: &NormStats,
+        g: &NormGeometry,
+        idx: usize,
+        with_silu: bool,
+    ) -> Vec<(f32, f32)>
+}
+
 /// Backward pass of one (image, group) slice: writes ∂L/∂x and returns (Σ ∂L/∂ŷ·x̂, Σ ∂L/∂ŷ) per
 /// channel of the group.
-#[inline(never)]
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn backward_group(
+fn backward_group_generic(
     dxs: &mut [f32],
     xs: &[f32],
     dys: &[f32],
