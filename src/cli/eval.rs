@@ -1,4 +1,4 @@
-//! `ddpm eval`: likelihood in bits/dim.
+//! `ddpm eval`: likelihood in bits/dim, classifier Fréchet distance (FID lives in `fid.rs`).
 
 use std::path::PathBuf;
 
@@ -17,6 +17,10 @@ pub enum EvalCommand {
     ClassifierTrain(ClassifierTrainArgs),
     /// Fréchet distance on the classifier's features, and a classifier Inception Score.
     Fd(FdArgs),
+    /// Cache the Inception (pytorch-fid) feature statistics of a dataset or image folder.
+    FidStats(super::fid::FidStatsArgs),
+    /// FID of generated images against a dataset or cached statistics (pytorch-fid's Inception).
+    Fid(super::fid::FidArgs),
 }
 
 #[derive(Args)]
@@ -111,6 +115,8 @@ pub fn run(cmd: EvalCommand) -> CliResult {
         EvalCommand::Nll(a) => nll(a),
         EvalCommand::ClassifierTrain(a) => classifier_train(a),
         EvalCommand::Fd(a) => fd(a),
+        EvalCommand::FidStats(a) => super::fid::fid_stats(a),
+        EvalCommand::Fid(a) => super::fid::fid(a),
     }
 }
 

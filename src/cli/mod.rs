@@ -4,6 +4,7 @@
 mod bench;
 mod data;
 mod eval;
+mod fid;
 mod plot;
 mod sample;
 mod schedule;

@@ -1,5 +1,7 @@
 //! Evaluation: likelihood in bits/dim and Fréchet distances.
 
 pub mod classifier;
+pub mod fid;
 pub mod frechet;
+pub mod inception;
 pub mod nll;
