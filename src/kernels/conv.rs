@@ -651,20 +651,14 @@ mod tests {
                     "{g:?} {what}: {got} vs {want}"
                 );
             };
-            for i in 0..x.len() {
-                let mut xp = x.clone();
-                xp[i] += 1.0;
-                check(grads.dx[i], functional(&xp, &wt, &b), "dx");
-            }
-            for i in 0..wt.len() {
-                let mut wp = wt.clone();
-                wp[i] += 1.0;
-                check(grads.dweight[i], functional(&x, &wp, &b), "dweight");
-            }
-            for i in 0..b.len() {
-                let mut bp = b.clone();
-                bp[i] += 1.0;
-                check(grads.dbias[i], functional(&x, &wt, &bp), "dbias");
+            let inputs = [x.clone(), wt.clone(), b.clone()];
+            let outputs = [&grads.dx, &grads.dweight, &grads.dbias];
+            for (which, (got, what)) in outputs.into_iter().zip(["dx", "dw", "db"]).enumerate() {
+                for (i, &v) in got.iter().enumerate() {
+                    let mut p = inputs.clone();
+                    p[which][i] += 1.0;
+                    check(v, functional(&p[0], &p[1], &p[2]), what);
+                }
             }
         }
     }

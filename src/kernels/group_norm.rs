@@ -64,7 +64,7 @@ pub fn forward(
 
 with_avx512! {
     /// Forward pass of one (image, group) slice; returns its mean and 1/σ.
-    fn normalize_group => normalize_group_generic(
+    fn normalize_group(
         ys: &mut [f32],
         xs: &[f32],
         gamma: &[f32],
@@ -73,46 +73,33 @@ with_avx512! {
         idx: usize,
         epsilon: f64,
         with_silu: bool,
-    ) -> (f32, f32)
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn normalize_group_generic(
-    ys: &mut [f32],
-    xs: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    g: &NormGeometry,
-    idx: usize,
-    epsilon: f64,
-    with_silu: bool,
-) -> (f32, f32) {
-    let n = xs.len();
-    let cpg = g.channels / g.groups;
-    let mean = lane_sum(xs, |v| v) / n as f64;
-    let m = mean as f32;
-    let var = lane_sum(xs, |v| (v - m) * (v - m)) / n as f64;
-    let rstd = 1.0 / (var + epsilon).sqrt();
-    let c0 = (idx % g.groups) * cpg;
-    for (ci, (yc, xc)) in ys
-        .chunks_mut(g.spatial)
-        .zip(xs.chunks(g.spatial))
-        .enumerate()
-    {
-        let a = (rstd * gamma[c0 + ci] as f64) as f32;
-        let b = (beta[c0 + ci] as f64 - mean * rstd * gamma[c0 + ci] as f64) as f32;
-        if with_silu {
-            for (o, &v) in yc.iter_mut().zip(xc) {
-                *o = silu(v * a + b);
-            }
-        } else {
-            for (o, &v) in yc.iter_mut().zip(xc) {
-                *o = v * a + b;
+    ) -> (f32, f32) {
+        let n = xs.len();
+        let cpg = g.channels / g.groups;
+        let mean = lane_sum(xs, |v| v) / n as f64;
+        let m = mean as f32;
+        let var = lane_sum(xs, |v| (v - m) * (v - m)) / n as f64;
+        let rstd = 1.0 / (var + epsilon).sqrt();
+        let c0 = (idx % g.groups) * cpg;
+        for (ci, (yc, xc)) in ys
+            .chunks_mut(g.spatial)
+            .zip(xs.chunks(g.spatial))
+            .enumerate()
+        {
+            let a = (rstd * gamma[c0 + ci] as f64) as f32;
+            let b = (beta[c0 + ci] as f64 - mean * rstd * gamma[c0 + ci] as f64) as f32;
+            if with_silu {
+                for (o, &v) in yc.iter_mut().zip(xc) {
+                    *o = silu(v * a + b);
+                }
+            } else {
+                for (o, &v) in yc.iter_mut().zip(xc) {
+                    *o = v * a + b;
+                }
             }
         }
+        (mean as f32, rstd as f32)
     }
-    (mean as f32, rstd as f32)
 }
 
 /// Gradients of [`forward`] with respect to x, γ and β.
@@ -169,8 +156,9 @@ pub fn backward(
 }
 
 with_avx512! {
-    /// Backward pass of one (image, group) slice; see [`backward_group_generic`].
-    fn backward_group => backward_group_generic(
+    /// Backward pass of one (image, group) slice: writes ∂L/∂x and returns (Σ ∂L/∂ŷ·x̂, Σ ∂L/∂ŷ) per
+    /// channel of the group.
+    fn backward_group(
         dxs: &mut [f32],
         xs: &[f32],
         dys: &[f32],
@@ -180,53 +168,37 @@ with_avx512! {
         g: &NormGeometry,
         idx: usize,
         with_silu: bool,
-    ) -> Vec<(f32, f32)>
-}
-
-/// Backward pass of one (image, group) slice: writes ∂L/∂x and returns (Σ ∂L/∂ŷ·x̂, Σ ∂L/∂ŷ) per
-/// channel of the group.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn backward_group_generic(
-    dxs: &mut [f32],
-    xs: &[f32],
-    dys: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    stats: &NormStats,
-    g: &NormGeometry,
-    idx: usize,
-    with_silu: bool,
-) -> Vec<(f32, f32)> {
-    let n = xs.len();
-    let cpg = g.channels / g.groups;
-    let (mean, rstd) = (stats.mean[idx], stats.rstd[idx]);
-    let c0 = (idx % g.groups) * cpg;
-    let mut sums = Vec::with_capacity(cpg);
-    let (mut sum_dxhat, mut sum_dxhat_xhat) = (0f64, 0f64);
-    for (ci, ((dxc, xc), dyc)) in dxs
-        .chunks_mut(g.spatial)
-        .zip(xs.chunks(g.spatial))
-        .zip(dys.chunks(g.spatial))
-        .enumerate()
-    {
-        let (gm, bt) = (gamma[c0 + ci], beta[c0 + ci]);
-        let [dg, db, sd, sdx] = if with_silu {
-            backward_channel::<true>(dxc, xc, dyc, mean, rstd, gm, bt)
-        } else {
-            backward_channel::<false>(dxc, xc, dyc, mean, rstd, gm, bt)
-        };
-        sums.push((dg, db));
-        sum_dxhat += sd as f64;
-        sum_dxhat_xhat += sdx as f64;
+    ) -> Vec<(f32, f32)> {
+        let n = xs.len();
+        let cpg = g.channels / g.groups;
+        let (mean, rstd) = (stats.mean[idx], stats.rstd[idx]);
+        let c0 = (idx % g.groups) * cpg;
+        let mut sums = Vec::with_capacity(cpg);
+        let (mut sum_dxhat, mut sum_dxhat_xhat) = (0f64, 0f64);
+        for (ci, ((dxc, xc), dyc)) in dxs
+            .chunks_mut(g.spatial)
+            .zip(xs.chunks(g.spatial))
+            .zip(dys.chunks(g.spatial))
+            .enumerate()
+        {
+            let (gm, bt) = (gamma[c0 + ci], beta[c0 + ci]);
+            let [dg, db, sd, sdx] = if with_silu {
+                backward_channel::<true>(dxc, xc, dyc, mean, rstd, gm, bt)
+            } else {
+                backward_channel::<false>(dxc, xc, dyc, mean, rstd, gm, bt)
+            };
+            sums.push((dg, db));
+            sum_dxhat += sd as f64;
+            sum_dxhat_xhat += sdx as f64;
+        }
+        let m1 = (sum_dxhat / n as f64) as f32;
+        let m2 = (sum_dxhat_xhat / n as f64) as f32;
+        for (o, &xv) in dxs.iter_mut().zip(xs) {
+            let xhat = (xv - mean) * rstd;
+            *o = rstd * (*o - m1 - xhat * m2);
+        }
+        sums
     }
-    let m1 = (sum_dxhat / n as f64) as f32;
-    let m2 = (sum_dxhat_xhat / n as f64) as f32;
-    for (o, &xv) in dxs.iter_mut().zip(xs) {
-        let xhat = (xv - mean) * rstd;
-        *o = rstd * (*o - m1 - xhat * m2);
-    }
-    sums
 }
 
 /// Lanes of the manual vectorization: accumulating into `LANES` independent sums lets the

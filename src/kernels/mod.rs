@@ -7,20 +7,24 @@
 //! [`set_enabled`]`(false)` — burn's generic implementation, so the model code stays
 //! backend-generic. Tests compare both paths, values and gradients.
 
-/// Defines `$name` as `$generic` compiled a second time for AVX-512 and chosen at run time when
-/// the CPU has it (the crate itself is built for baseline x86-64, whose SIMD is 4 lanes wide).
+/// Defines the function `$name` twice, as written and compiled for AVX-512, and calls the
+/// second when the CPU has it (the crate itself is built for baseline x86-64, whose SIMD is 4
+/// lanes wide).
 macro_rules! with_avx512 {
-    ($(#[$m:meta])* $vis:vis fn $name:ident => $generic:ident ($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) -> $ret:ty $body:block) => {
         $(#[$m])*
         #[inline(never)]
         #[allow(clippy::too_many_arguments)]
         $vis fn $name($($arg: $ty),*) -> $ret {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn generic($($arg: $ty),*) -> $ret $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")]
                 #[allow(clippy::too_many_arguments)]
                 unsafe fn fast($($arg: $ty),*) -> $ret {
-                    $generic($($arg),*)
+                    generic($($arg),*)
                 }
                 if std::is_x86_feature_detected!("avx512f")
                     && std::is_x86_feature_detected!("avx512dq")
@@ -32,7 +36,7 @@ macro_rules! with_avx512 {
                     return unsafe { fast($($arg),*) };
                 }
             }
-            $generic($($arg),*)
+            generic($($arg),*)
         }
     };
 }
