@@ -15,26 +15,34 @@ pub enum Format {
     Json,
 }
 
+/// The flags that choose a noise schedule, shared by `ddpm schedule` and `ddpm train`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ScheduleFlags {
+    /// Noise schedule: linear, quadratic, sigmoid, cosine, constant, or file:PATH (a list of β
+    /// values) [default: linear].
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Number of diffusion steps T (from the file for file:PATH) [default: 1000].
+    #[arg(long)]
+    pub timesteps: Option<usize>,
+    /// β_1 (linear, quadratic, sigmoid); default 1e-4·1000/T.
+    #[arg(long)]
+    pub beta_start: Option<f64>,
+    /// β_T (linear, quadratic, sigmoid) or the constant β; default 0.02·1000/T.
+    #[arg(long)]
+    pub beta_end: Option<f64>,
+    /// Rescale to zero terminal SNR (Lin et al. 2024).
+    #[arg(long)]
+    pub zero_terminal_snr: bool,
+}
+
 #[derive(Args)]
 #[command(
     after_help = "Examples:\n  ddpm schedule --schedule cosine --timesteps 1000 --format json\n  ddpm schedule --schedule linear --respace ddim50\n  ddpm schedule --schedule file:betas.txt --format csv"
 )]
 pub struct ScheduleArgs {
-    /// linear, quadratic, sigmoid, cosine, constant, or file:PATH (a list of β values).
-    #[arg(long, default_value = "linear")]
-    schedule: String,
-    /// Number of diffusion steps T (from the file for file:PATH).
-    #[arg(long)]
-    timesteps: Option<usize>,
-    /// β_1 (linear, quadratic, sigmoid); default 1e-4·1000/T.
-    #[arg(long)]
-    beta_start: Option<f64>,
-    /// β_T (linear, quadratic, sigmoid) or the constant β; default 0.02·1000/T.
-    #[arg(long)]
-    beta_end: Option<f64>,
-    /// Rescale to zero terminal SNR (Lin et al. 2024).
-    #[arg(long)]
-    zero_terminal_snr: bool,
+    #[command(flatten)]
+    schedule: ScheduleFlags,
     /// Respace to a shorter chain: section counts ("250", "10,10,20") or "ddimN".
     #[arg(long)]
     respace: Option<String>,
@@ -111,12 +119,13 @@ fn json_number(v: f64) -> serde_json::Value {
 }
 
 pub fn run(args: ScheduleArgs) -> CliResult {
+    let f = &args.schedule;
     let mut s = build_schedule(
-        &args.schedule,
-        args.timesteps,
-        args.beta_start,
-        args.beta_end,
-        args.zero_terminal_snr,
+        f.schedule.as_deref().unwrap_or("linear"),
+        f.timesteps,
+        f.beta_start,
+        f.beta_end,
+        f.zero_terminal_snr,
     )?;
     if let Some(spec) = &args.respace {
         let kept = space_timesteps(s.num_timesteps(), spec)?;

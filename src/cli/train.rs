@@ -91,21 +91,8 @@ pub struct TrainArgs {
     /// cpu, cuda or wgpu.
     #[arg(long)]
     device: Option<String>,
-    /// Noise schedule: linear, quadratic, sigmoid, cosine, constant, file:PATH.
-    #[arg(long)]
-    schedule: Option<String>,
-    /// Diffusion steps T.
-    #[arg(long)]
-    timesteps: Option<usize>,
-    /// β_1.
-    #[arg(long)]
-    beta_start: Option<f64>,
-    /// β_T.
-    #[arg(long)]
-    beta_end: Option<f64>,
-    /// Rescale the schedule to zero terminal SNR.
-    #[arg(long)]
-    zero_terminal_snr: bool,
+    #[command(flatten)]
+    schedule: super::schedule::ScheduleFlags,
     /// eps, x0 or v.
     #[arg(long)]
     parameterization: Option<String>,
@@ -187,8 +174,6 @@ fn resolve(args: &TrainArgs) -> Result<TrainConfig, CliError> {
         checkpoint_every,
         keep_checkpoints,
         device,
-        schedule,
-        timesteps,
         loss,
         hybrid_lambda,
         weighting,
@@ -200,16 +185,23 @@ fn resolve(args: &TrainArgs) -> Result<TrainConfig, CliError> {
     if let Some(v) = args.grad_clip {
         c.grad_clip = (v > 0.0).then_some(v);
     }
-    if args.beta_start.is_some() {
-        c.beta_start = args.beta_start;
+    let f = &args.schedule;
+    if let Some(v) = &f.schedule {
+        c.schedule = v.clone();
     }
-    if args.beta_end.is_some() {
-        c.beta_end = args.beta_end;
+    if let Some(v) = f.timesteps {
+        c.timesteps = v;
+    }
+    if f.beta_start.is_some() {
+        c.beta_start = f.beta_start;
+    }
+    if f.beta_end.is_some() {
+        c.beta_end = f.beta_end;
     }
     if args.dropout.is_some() {
         c.dropout = args.dropout;
     }
-    if args.zero_terminal_snr {
+    if f.zero_terminal_snr {
         c.zero_terminal_snr = true;
     }
     if args.hflip {
