@@ -92,7 +92,9 @@ fn every_plot_writes_a_readable_picture() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (w, h, colors) = inspect(&tmp.path().join("f.png"));
-    assert_eq!((w, h), (2 * (16 + 2) + 2, 12 + 4));
+    // Labelled panels: 90 px of row labels, 60 of title and column labels, the 16×12 image
+    // drawn 7× (112 / 16) with 8-pixel gaps.
+    assert_eq!((w, h), (90 + 2 * (7 * 16 + 8) + 8, 60 + (7 * 12 + 8) + 8));
     assert!(colors > 20);
     // Loss curves from a log.
     let run = tmp.path().join("run");

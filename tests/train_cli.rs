@@ -390,8 +390,12 @@ fn sample_from_a_trained_checkpoint_with_every_sampler() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let png = image::open(&chain).unwrap();
-    // 2 samples × (x_t, x̂0) rows of 10 steps of 8×8 images with 2-pixel borders.
-    assert_eq!((png.width(), png.height()), (10 * 10 + 2, 4 * 10 + 2));
+    // 2 samples × (x_t, x̂0) rows of 10 steps of 8×8 images drawn 8× (64 / 8), 8-pixel gaps,
+    // 90 px of row labels, 60 of title and column labels.
+    assert_eq!(
+        (png.width(), png.height()),
+        (90 + 10 * (64 + 8) + 8, 60 + 4 * (64 + 8) + 8)
+    );
     // The same seed reproduces the same images.
     let a = tmp.path().join("a");
     let b = tmp.path().join("b");

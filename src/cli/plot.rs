@@ -140,25 +140,45 @@ pub fn run(cmd: PlotCommand) -> CliResult {
             check_ts(&a.t)?;
             let s = schedule_1000(&a.schedule)?;
             let img = image::open(&a.image)
-                .map_err(|e| CliError::Usage(format!("--image {}: {e}", a.image.display())))?
-                .to_rgb8();
-            let (w, h) = (img.width() as usize, img.height() as usize);
-            let x0: Vec<f64> = (0..3)
-                .flat_map(|c| {
-                    img.pixels()
-                        .map(move |p| p.0[c] as f64 / 127.5 - 1.0)
+                .map_err(|e| CliError::Usage(format!("--image {}: {e}", a.image.display())))?;
+            let gray = !img.color().has_color();
+            let c = if gray { 1 } else { 3 };
+            let rgb = img.to_rgb8();
+            let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+            let x0: Vec<f64> = (0..c)
+                .flat_map(|ch| {
+                    rgb.pixels()
+                        .map(move |p| p.0[ch] as f64 / 127.5 - 1.0)
                         .collect::<Vec<_>>()
                 })
                 .collect();
             let mut rng = Rng::new(a.seed);
             let mut noise = vec![0.0; x0.len()];
             rng.fill_normal(&mut noise);
-            let mut all = Vec::new();
-            for &t in &a.t {
-                let (m, sd) = (s.sqrt_alphas_cumprod[t], s.sqrt_one_minus_alphas_cumprod[t]);
-                all.extend(x0.iter().zip(&noise).map(|(x, e)| (m * x + sd * e) as f32));
-            }
-            crate::viz::grid::save_grid(&a.out, &all, [a.t.len(), 3, h, w], a.t.len())?;
+            let panels: Vec<Vec<f32>> = a
+                .t
+                .iter()
+                .map(|&t| {
+                    let (m, sd) = (s.sqrt_alphas_cumprod[t], s.sqrt_one_minus_alphas_cumprod[t]);
+                    x0.iter()
+                        .zip(&noise)
+                        .map(|(x, e)| (m * x + sd * e) as f32)
+                        .collect()
+                })
+                .collect();
+            let name = a
+                .image
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            crate::viz::panels::save_panels(
+                &a.out,
+                &format!("q(x_t | x_0) of {name}, {} schedule", a.schedule),
+                &a.t.iter().map(|t| format!("t = {t}")).collect::<Vec<_>>(),
+                &[("x_t".to_string(), panels)],
+                [c, h, w],
+                (112 / h.max(w)).max(1),
+            )?;
         }
         PlotCommand::Chain(a) => {
             super::sample::chain(

@@ -395,17 +395,28 @@ fn save_chain(path: &Path, chain: &[(usize, Vec<f32>, Vec<f32>)], s4: [usize; 4]
     if m == 0 {
         bail!("empty chain");
     }
-    let cols = chain.len();
-    let mut grid = Vec::with_capacity(2 * m * cols * per);
+    let mut rows = Vec::with_capacity(2 * m);
     for i in 0..m {
-        for which in 0..2 {
-            for (_, xt, x0) in chain {
-                let src = if which == 0 { xt } else { x0 };
-                grid.extend_from_slice(&src[i * per..(i + 1) * per]);
-            }
+        for (which, label) in [(0, "x_t"), (1, "x̂0")] {
+            let panels = chain
+                .iter()
+                .map(|(_, xt, x0)| {
+                    let src = if which == 0 { xt } else { x0 };
+                    src[i * per..(i + 1) * per].to_vec()
+                })
+                .collect();
+            rows.push((format!("{label} ({})", i + 1), panels));
         }
     }
-    save_grid(path, &grid, [2 * m * cols, c, h, w], cols)
+    let columns: Vec<String> = chain.iter().map(|(t, _, _)| format!("t = {t}")).collect();
+    crate::viz::panels::save_panels(
+        path,
+        "The denoising chain: x_t and the model's prediction x̂0 (content first, then detail)",
+        &columns,
+        &rows,
+        [c, h, w],
+        (64 / h.max(w)).max(1),
+    )
 }
 
 /// `ddpm plot chain`: the denoising chain (x_t and x̂0 at ten steps) of `n` samples as one PNG.

@@ -1,4 +1,5 @@
 //! Pictures: image grids and charts.
 
 pub mod grid;
+pub mod panels;
 pub mod plot;

@@ -12,7 +12,7 @@ use crate::rng::Rng;
 use crate::schedule::{BetaSchedule, NoiseSchedule};
 
 const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
-const FAMILY: &str = "sans-serif";
+pub(super) const FAMILY: &str = "sans-serif";
 
 static REGISTER: Once = Once::new();
 
@@ -24,12 +24,12 @@ fn font() {
     });
 }
 
-fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+pub(super) fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("drawing failed: {e:?}")
 }
 
 /// Renders into an RGB buffer, then writes it atomically as PNG.
-fn render(
+pub(super) fn render(
     path: &Path,
     w: u32,
     h: u32,
