@@ -100,7 +100,7 @@ impl Default for TrainConfig {
         Self {
             data: "bundled".into(),
             preset: "mnist".into(),
-            steps: 100,
+            steps: 300,
             batch_size: 32,
             grad_accum: 1,
             lr: 1e-3,
