@@ -315,6 +315,19 @@ impl_sampler_for!(2);
 impl_sampler_for!(4);
 
 pub fn run(a: SampleArgs) -> CliResult {
+    let secs = generate(&a)?;
+    println!(
+        "sampled {} in {secs:.1} s with {} ({} steps); wrote {}",
+        a.n,
+        a.sampler,
+        a.steps,
+        a.out.join("grid.png").display()
+    );
+    Ok(())
+}
+
+/// Samples and writes everything `a` asks for; returns the sampling time in seconds.
+fn generate(a: &SampleArgs) -> Result<f64, CliError> {
     if a.n == 0 {
         return Err(CliError::Usage("--n must be at least 1".into()));
     }
@@ -377,14 +390,7 @@ pub fn run(a: SampleArgs) -> CliResult {
         );
         write_atomic(&a.out.join("samples.safetensors"), &to_safetensors(&m)?)?;
     }
-    println!(
-        "sampled {} in {secs:.1} s with {} ({} steps); wrote {}",
-        shape[0],
-        a.sampler,
-        a.steps,
-        a.out.join("grid.png").display()
-    );
-    Ok(())
+    Ok(secs)
 }
 
 /// Rows: for each of the first images, x_t then x̂0; columns: the saved steps, noisiest first.
@@ -449,10 +455,11 @@ pub(super) fn chain(
         device: "cpu".into(),
         quiet: false,
     };
-    run(args)?;
+    let secs = generate(&args)?;
     let res = std::fs::rename(tmp.join("chain.png"), out)
         .with_context(|| format!("cannot write {}", out.display()));
     let _ = std::fs::remove_dir_all(&tmp);
     res?;
+    println!("sampled the chain of {n} images in {secs:.1} s; wrote {}", out.display());
     Ok(())
 }
