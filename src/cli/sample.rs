@@ -460,6 +460,9 @@ pub(super) fn chain(
         .with_context(|| format!("cannot write {}", out.display()));
     let _ = std::fs::remove_dir_all(&tmp);
     res?;
-    println!("sampled the chain of {n} images in {secs:.1} s; wrote {}", out.display());
+    println!(
+        "sampled the chain of {n} images in {secs:.1} s; wrote {}",
+        out.display()
+    );
     Ok(())
 }
