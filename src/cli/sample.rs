@@ -344,9 +344,9 @@ fn generate(a: &SampleArgs) -> Result<f64, CliError> {
     let device = super::device(&a.device)?;
     let start = std::time::Instant::now();
     let (data, shape, chain) = if cfg.preset == "mlp" {
-        run_with::<2, Mlp>(&a, &device)?
+        run_with::<2, Mlp>(a, &device)?
     } else {
-        run_with::<4, UNet>(&a, &device)?
+        run_with::<4, UNet>(a, &device)?
     };
     let secs = start.elapsed().as_secs_f64();
     std::fs::create_dir_all(&a.out)
