@@ -260,6 +260,17 @@ impl ConvGeometry {
     }
 }
 
+/// The GEMM operand of [`Method::Pointwise`] (the image itself) or [`Method::Im2col`] (its
+/// im2col matrix, built in `col`).
+fn patches<'a>(x: &'a [f32], g: &ConvGeometry, col: &'a mut [f32]) -> &'a [f32] {
+    if g.method() == Method::Pointwise {
+        x
+    } else {
+        im2col(x, g, col);
+        col
+    }
+}
+
 /// Copies one image into the interior of its zero-padded planes (the border stays as it is: zero).
 fn pad_into(x: &[f32], g: &ConvGeometry, xpad: &mut [f32]) {
     let (hp, wp) = g.padded();
@@ -293,7 +304,8 @@ pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry) -> Vec
             let (mut operand, mut wide) = (vec![0f32; s1], vec![0f32; s2]);
             for (yb, xb) in ys.chunks_mut(out_len).zip(xs.chunks(in_len)) {
                 match g.method() {
-                    Method::Pointwise => {
+                    Method::Pointwise | Method::Im2col => {
+                        let patches = patches(xb, g, &mut operand);
                         matmul(
                             [g.cout, p, k],
                             yb,
@@ -301,22 +313,7 @@ pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry) -> Vec
                             false,
                             weight,
                             [k, 1],
-                            xb,
-                            [p, 1],
-                            par,
-                        );
-                    }
-                    Method::Im2col => {
-                        im2col(xb, g, &mut operand);
-                        let dims = [g.cout, p, k];
-                        matmul(
-                            dims,
-                            yb,
-                            [p, 1],
-                            false,
-                            weight,
-                            [k, 1],
-                            &operand,
+                            patches,
                             [p, 1],
                             par,
                         );
@@ -386,7 +383,9 @@ fn backward_image(
     let (p, k) = (g.out_pixels(), g.patch());
     let (ow, q, (hp, wp)) = (g.out_w(), g.wide(), g.padded());
     match g.method() {
-        Method::Pointwise => {
+        Method::Pointwise | Method::Im2col => {
+            // dW += dY · patchesᵀ
+            let patches = patches(xb, g, &mut s.operand);
             matmul(
                 [g.cout, k, p],
                 dw,
@@ -394,13 +393,19 @@ fn backward_image(
                 true,
                 dyb,
                 [p, 1],
-                xb,
+                patches,
                 [1, p],
                 par,
             );
+            // d(patches) = Wᵀ · dY: for 1×1 the patches are the image, else back onto the pixels.
+            let dpatches = if g.method() == Method::Pointwise {
+                &mut *dxb
+            } else {
+                &mut s.second
+            };
             matmul(
                 [k, p, g.cout],
-                dxb,
+                dpatches,
                 [p, 1],
                 false,
                 weight,
@@ -409,35 +414,10 @@ fn backward_image(
                 [p, 1],
                 par,
             );
-        }
-        Method::Im2col => {
-            // dW += dY · colᵀ; dcol = Wᵀ · dY, then back onto the pixels.
-            im2col(xb, g, &mut s.operand);
-            matmul(
-                [g.cout, k, p],
-                dw,
-                [k, 1],
-                true,
-                dyb,
-                [p, 1],
-                &s.operand,
-                [1, p],
-                par,
-            );
-            let dcol = &mut s.second;
-            matmul(
-                [k, p, g.cout],
-                dcol,
-                [p, 1],
-                false,
-                weight,
-                [1, k],
-                dyb,
-                [p, 1],
-                par,
-            );
-            dxb.fill(0.0);
-            col2im(dcol, g, dxb);
+            if g.method() == Method::Im2col {
+                dxb.fill(0.0);
+                col2im(&s.second, g, dxb);
+            }
         }
         Method::Shifted => {
             pad_into(xb, g, &mut s.operand);
