@@ -7,7 +7,7 @@
 use super::frechet::FeatureStats;
 use super::inception::{FEATURES, InceptionV3};
 use crate::data::Dataset;
-use crate::train::checkpoint::write_atomic;
+use crate::train::checkpoint::{float_values, write_atomic};
 use anyhow::{Context, Result, bail};
 use nalgebra::{DMatrix, DVector};
 use safetensors::tensor::{Dtype, TensorView};
@@ -124,19 +124,13 @@ pub fn load_stats(path: &Path) -> Result<FeatureStats> {
                 path.display()
             )
         })?;
-        let v = match t.dtype() {
-            Dtype::F64 => t
-                .data()
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
-                .collect(),
-            Dtype::F32 => t
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")) as f64)
-                .collect(),
-            other => bail!("{}: {name} is {other:?}, expected F64", path.display()),
-        };
+        let v = float_values(t.dtype(), t.data()).with_context(|| {
+            format!(
+                "{}: {name} is {:?}, expected F64",
+                path.display(),
+                t.dtype()
+            )
+        })?;
         Ok((t.shape().to_vec(), v))
     };
     let (ms, mu) = read("mu")?;

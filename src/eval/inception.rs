@@ -86,9 +86,10 @@ impl Weights for PthWeights {
     }
 }
 
-/// A safetensors file with pytorch-fid's parameter names (f32 or f64).
+/// A safetensors file with pytorch-fid's parameter names (f32 or f64), parsed once on opening.
 pub struct SafetensorsWeights {
-    bytes: Vec<u8>,
+    /// Name → (dtype, shape, raw little-endian bytes).
+    tensors: HashMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)>,
     path: String,
 }
 
@@ -97,10 +98,15 @@ impl SafetensorsWeights {
     pub fn open(path: &Path) -> Result<Self> {
         let bytes =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        safetensors::SafeTensors::deserialize(&bytes)
+        let st = safetensors::SafeTensors::deserialize(&bytes)
             .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
+        let tensors = st
+            .tensors()
+            .into_iter()
+            .map(|(name, v)| (name, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
+            .collect();
         Ok(Self {
-            bytes,
+            tensors,
             path: path.display().to_string(),
         })
     }
@@ -108,24 +114,15 @@ impl SafetensorsWeights {
 
 impl Weights for SafetensorsWeights {
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let st = safetensors::SafeTensors::deserialize(&self.bytes)?;
-        let t = st
-            .tensor(name)
+        let (dtype, got, data) = self
+            .tensors
+            .get(name)
             .with_context(|| format!("{}: no parameter {name}", self.path))?;
-        check_shape(&self.path, name, t.shape(), shape)?;
-        Ok(match t.dtype() {
-            safetensors::Dtype::F32 => t
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            safetensors::Dtype::F64 => t
-                .data()
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
-                .collect(),
-            other => bail!("{}: parameter {name} is {other:?}, expected F32", self.path),
-        })
+        check_shape(&self.path, name, got, shape)?;
+        let values = crate::train::checkpoint::float_values(*dtype, data).with_context(|| {
+            format!("{}: parameter {name} is {dtype:?}, expected F32", self.path)
+        })?;
+        Ok(values.into_iter().map(|v| v as f32).collect())
     }
 }
 

@@ -96,6 +96,24 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
     Ok(out)
 }
 
+/// The values of a safetensors tensor stored as little-endian F32 or F64, as f64 (exact);
+/// `None` for any other dtype.
+pub fn float_values(dtype: Dtype, data: &[u8]) -> Option<Vec<f64>> {
+    match dtype {
+        Dtype::F32 => Some(
+            data.chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")) as f64)
+                .collect(),
+        ),
+        Dtype::F64 => Some(
+            data.chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
 /// The directory of the checkpoint at `step` under `run/checkpoints`.
 pub fn step_dir(run: &Path, step: u64) -> PathBuf {
     run.join("checkpoints").join(format!("step-{step:08}"))
