@@ -282,14 +282,50 @@ fn pad_into(x: &[f32], g: &ConvGeometry, xpad: &mut [f32]) {
     }
 }
 
+/// Whether the AVX-512 direct kernels take `g` (when `allowed`), for the forward or the backward
+/// pass.
+fn use_direct(g: &ConvGeometry, allowed: bool, backward: bool) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::conv_direct::{applies, applies_backward};
+        allowed
+            && if backward {
+                applies_backward(g)
+            } else {
+                applies(g)
+            }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (g, allowed, backward);
+        false
+    }
+}
+
 /// y = conv(x, weight) + bias. `x`: `[B, cin, h, w]`, `weight`: `[cout, cin, kh, kw]`, `bias`:
-/// `[cout]`; returns `[B, cout, out_h, out_w]`.
+/// `[cout]`; returns `[B, cout, out_h, out_w]`. Stride-1 convolutions with 3-wide kernels run
+/// the AVX-512 direct kernels where the CPU has them, the rest GEMMs.
 pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    forward_with(x, weight, bias, g, true)
+}
+
+/// [`forward`], with the direct kernels only when `direct` (else always the GEMM route).
+pub fn forward_with(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    g: &ConvGeometry,
+    direct: bool,
+) -> Vec<f32> {
     let (p, k) = (g.out_pixels(), g.patch());
     let (in_len, out_len) = (g.cin * g.h * g.w, g.cout * p);
     assert_eq!(x.len(), g.batch * in_len, "conv2d: input length");
     assert_eq!(weight.len(), g.cout * k, "conv2d: weight length");
     assert_eq!(bias.len(), g.cout, "conv2d: bias length");
+    #[cfg(target_arch = "x86_64")]
+    if use_direct(g, direct, false) {
+        return super::conv_direct::forward(x, weight, bias, g);
+    }
     let mut y = vec![0f32; g.batch * out_len];
     if y.is_empty() {
         return y;
@@ -353,7 +389,7 @@ pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry) -> Vec
 /// Gradients of a convolution with respect to its input, weight and bias.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConvGrads {
-    /// ∂L/∂x, shaped like x.
+    /// ∂L/∂x, shaped like x (empty when it was not asked for).
     pub dx: Vec<f32>,
     /// ∂L/∂weight, shaped like the weight.
     pub dweight: Vec<f32>,
@@ -368,14 +404,14 @@ struct BackwardScratch {
     dxpad: Vec<f32>,
 }
 
-/// One image of the backward pass: adds its ∂L/∂W to `dw`, writes ∂L/∂x into `dxb`.
+/// One image of the backward pass: adds its ∂L/∂W to `dw`, writes ∂L/∂x into `dxb` when given.
 #[allow(clippy::too_many_arguments)]
 fn backward_image(
     xb: &[f32],
     dyb: &[f32],
     weight: &[f32],
     g: &ConvGeometry,
-    dxb: &mut [f32],
+    dxb: Option<&mut [f32]>,
     dw: &mut [f32],
     s: &mut BackwardScratch,
     par: Parallelism,
@@ -398,6 +434,7 @@ fn backward_image(
                 par,
             );
             // d(patches) = Wᵀ · dY: for 1×1 the patches are the image, else back onto the pixels.
+            let Some(dxb) = dxb else { return };
             let dpatches = if g.method() == Method::Pointwise {
                 &mut *dxb
             } else {
@@ -445,6 +482,9 @@ fn backward_image(
                         par,
                     );
                     // shifted(dx) += W[:, :, i, j]ᵀ · dY_wide
+                    if dxb.is_none() {
+                        continue;
+                    }
                     matmul(
                         [g.cin, q, g.cout],
                         &mut s.dxpad[off..],
@@ -458,6 +498,7 @@ fn backward_image(
                     );
                 }
             }
+            let Some(dxb) = dxb else { return };
             for c in 0..g.cin {
                 for y in 0..g.h {
                     dxb[(c * g.h + y) * g.w..][..g.w].copy_from_slice(
@@ -469,8 +510,37 @@ fn backward_image(
     }
 }
 
-/// The backward pass of [`forward`] given ∂L/∂y (`dy`, `[B, cout, out_h, out_w]`).
-pub fn backward(x: &[f32], weight: &[f32], dy: &[f32], g: &ConvGeometry) -> ConvGrads {
+/// The backward pass of [`forward`] given ∂L/∂y (`dy`, `[B, cout, out_h, out_w]`); ∂L/∂x only
+/// when `input_grad` (else `dx` is empty).
+pub fn backward(
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    g: &ConvGeometry,
+    input_grad: bool,
+) -> ConvGrads {
+    backward_with(x, weight, dy, g, true, input_grad)
+}
+
+/// Splits `dx` (empty when the input gradient is not wanted) into one part per task of `chunk`
+/// images, `None` for every task when it is empty.
+pub(super) fn dx_parts(dx: &mut [f32], tasks: usize, chunk: usize) -> Vec<Option<&mut [f32]>> {
+    if dx.is_empty() {
+        (0..tasks).map(|_| None).collect()
+    } else {
+        dx.chunks_mut(chunk.max(1)).map(Some).collect()
+    }
+}
+
+/// [`backward`], with the direct kernels only when `direct`.
+pub fn backward_with(
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    g: &ConvGeometry,
+    direct: bool,
+    input_grad: bool,
+) -> ConvGrads {
     let (p, k) = (g.out_pixels(), g.patch());
     let (in_len, out_len) = (g.cin * g.h * g.w, g.cout * p);
     assert_eq!(x.len(), g.batch * in_len, "conv2d backward: input length");
@@ -480,11 +550,16 @@ pub fn backward(x: &[f32], weight: &[f32], dy: &[f32], g: &ConvGeometry) -> Conv
         g.batch * out_len,
         "conv2d backward: gradient length"
     );
-    let mut dx = vec![0f32; g.batch * in_len];
+    #[cfg(target_arch = "x86_64")]
+    if use_direct(g, direct, true) {
+        return super::conv_direct::backward(x, weight, dy, g, input_grad);
+    }
+    let mut dx = vec![0f32; if input_grad { g.batch * in_len } else { 0 }];
     let chunk = g.chunk();
     let par = g.gemm_parallelism();
-    let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
-        .par_chunks_mut((chunk * in_len).max(1))
+    let tasks = g.batch.div_ceil(chunk);
+    let partial: Vec<(Vec<f32>, Vec<f32>)> = dx_parts(&mut dx, tasks, chunk * in_len)
+        .into_par_iter()
         .zip(x.par_chunks((chunk * in_len).max(1)))
         .zip(dy.par_chunks((chunk * out_len).max(1)))
         .map(|((dxs, xs), dys)| {
@@ -501,11 +576,9 @@ pub fn backward(x: &[f32], weight: &[f32], dy: &[f32], g: &ConvGeometry) -> Conv
                     Vec::new()
                 },
             };
-            for ((dxb, xb), dyb) in dxs
-                .chunks_mut(in_len)
-                .zip(xs.chunks(in_len))
-                .zip(dys.chunks(out_len))
-            {
+            let mut dx_images = dxs.map(|d| d.chunks_mut(in_len));
+            for (xb, dyb) in xs.chunks(in_len).zip(dys.chunks(out_len)) {
+                let dxb = dx_images.as_mut().and_then(|it| it.next());
                 backward_image(xb, dyb, weight, g, dxb, &mut dw, &mut scratch, par);
                 for (d, row) in db.iter_mut().zip(dyb.chunks(p)) {
                     *d += row.iter().sum::<f32>();
@@ -587,20 +660,105 @@ mod tests {
         ]
     }
 
+    /// Shapes that exercise every tile of the direct kernels: input channels past one block of
+    /// 64, output channels that fill no whole block (13, 33) or whole blocks of 32 and 64, wide
+    /// grids ending in partial tiles, a 5×5 kernel, no padding.
+    fn large_geometries() -> Vec<ConvGeometry> {
+        let g = |batch, cin, h, w, cout, k, p| ConvGeometry {
+            batch,
+            cin,
+            h,
+            w,
+            cout,
+            kh: k,
+            kw: k,
+            stride: [1, 1],
+            pad: [p, p],
+        };
+        vec![
+            g(2, 70, 9, 11, 13, 3, 1),
+            g(3, 5, 20, 6, 33, 3, 1),
+            g(2, 9, 6, 6, 64, 3, 0),
+            g(3, 3, 7, 8, 32, 5, 2),
+            g(1, 2, 5, 4, 3, 3, 2),
+        ]
+    }
+
+    fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (a, e)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (*a as f64 - e).abs() < tol * (1.0 + e.abs()),
+                "{what}[{i}]: {a} vs {e}"
+            );
+        }
+    }
+
     #[test]
     fn forward_matches_the_definition() {
-        for g in geometries() {
+        for g in geometries().into_iter().chain(large_geometries()) {
             let x = values(g.batch * g.cin * g.h * g.w, 1);
             let wt = values(g.cout * g.cin * g.kh * g.kw, 2);
             let b = values(g.cout, 3);
             let want = direct(&x, &wt, &b, &g);
-            let got = forward(&x, &wt, &b, &g);
-            assert_eq!(got.len(), want.len(), "{g:?}");
-            for (a, e) in got.iter().zip(&want) {
-                assert!(
-                    (*a as f64 - e).abs() < 1e-4 * (1.0 + e.abs()),
-                    "{g:?}: {a} vs {e}"
-                );
+            for direct in [false, true] {
+                let got = forward_with(&x, &wt, &b, &g, direct);
+                assert_close(&got, &want, 1e-4, &format!("{g:?} direct {direct}"));
+            }
+        }
+    }
+
+    /// ∂L/∂x, ∂L/∂W, ∂L/∂b of ⟨dy, conv(x)⟩ by brute-force sums in f64.
+    fn direct_grads(x: &[f32], wt: &[f32], dy: &[f32], g: &ConvGeometry) -> [Vec<f64>; 3] {
+        let (oh, ow) = (g.out_h(), g.out_w());
+        let mut dx = vec![0f64; x.len()];
+        let mut dw = vec![0f64; wt.len()];
+        let mut db = vec![0f64; g.cout];
+        for n in 0..g.batch {
+            for co in 0..g.cout {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let d = dy[((n * g.cout + co) * oh + oy) * ow + ox] as f64;
+                        db[co] += d;
+                        for c in 0..g.cin {
+                            for i in 0..g.kh {
+                                for j in 0..g.kw {
+                                    let iy = (oy * g.stride[0] + i).wrapping_sub(g.pad[0]);
+                                    let ix = (ox * g.stride[1] + j).wrapping_sub(g.pad[1]);
+                                    if iy >= g.h || ix >= g.w {
+                                        continue;
+                                    }
+                                    let xi = ((n * g.cin + c) * g.h + iy) * g.w + ix;
+                                    let wi = ((co * g.cin + c) * g.kh + i) * g.kw + j;
+                                    dx[xi] += wt[wi] as f64 * d;
+                                    dw[wi] += x[xi] as f64 * d;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        [dx, dw, db]
+    }
+
+    #[test]
+    fn backward_matches_brute_force_sums() {
+        for g in geometries().into_iter().chain(large_geometries()) {
+            let x = values(g.batch * g.cin * g.h * g.w, 8);
+            let wt = values(g.cout * g.cin * g.kh * g.kw, 9);
+            let dy = values(g.batch * g.cout * g.out_h() * g.out_w(), 10);
+            let [dx, dw, db] = direct_grads(&x, &wt, &dy, &g);
+            for direct in [false, true] {
+                let got = backward_with(&x, &wt, &dy, &g, direct, true);
+                let no_dx = backward_with(&x, &wt, &dy, &g, direct, false);
+                assert!(no_dx.dx.is_empty(), "{g:?}: dx not asked for");
+                assert_eq!(no_dx.dweight, got.dweight, "{g:?}: dw without dx");
+                assert_eq!(no_dx.dbias, got.dbias, "{g:?}: db without dx");
+                let what = format!("{g:?} direct {direct}");
+                assert_close(&got.dx, &dx, 1e-4, &format!("{what} dx"));
+                assert_close(&got.dweight, &dw, 1e-4, &format!("{what} dw"));
+                assert_close(&got.dbias, &db, 1e-4, &format!("{what} db"));
             }
         }
     }
@@ -615,7 +773,7 @@ mod tests {
             let wt = values(g.cout * g.cin * g.kh * g.kw, 5);
             let b = values(g.cout, 6);
             let dy = values(g.batch * g.cout * g.out_h() * g.out_w(), 7);
-            let grads = backward(&x, &wt, &dy, &g);
+            let grads = backward_with(&x, &wt, &dy, &g, false, true);
             let functional = |x: &[f32], wt: &[f32], b: &[f32]| -> f64 {
                 direct(x, wt, b, &g)
                     .iter()

@@ -127,7 +127,7 @@ impl Backward<Flex, 3> for ConvBackward {
         let [node_x, node_w, node_b] = ops.parents;
         let (dy, _) = contiguous(&grads.consume::<Flex>(&ops.node));
         let (x, w, g) = ops.state;
-        let out = conv::backward(data(&x), data(&w), data(&dy), &g);
+        let out = conv::backward(data(&x), data(&w), data(&dy), &g, node_x.is_some());
         if let Some(node) = node_x {
             grads.register::<Flex>(node.id, tensor(out.dx, x.shape().to_vec()));
         }

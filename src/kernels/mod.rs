@@ -42,6 +42,10 @@ macro_rules! with_avx512 {
 }
 
 pub mod conv;
+#[cfg(target_arch = "x86_64")]
+mod conv_direct;
+#[cfg(target_arch = "x86_64")]
+pub mod direct;
 pub mod fast_math;
 #[cfg(feature = "flex")]
 mod flex;

@@ -1,0 +1,219 @@
+//! Stride-1 convolutions with 3-wide kernels over a batch through the AVX-512 micro-kernels of
+//! [`super::direct`]: forward, and backward (input gradient as a flipped forward convolution of
+//! the padded ∂L/∂y, weight gradient accumulated per thread over groups of images).
+
+use super::conv::{ConvGeometry, ConvGrads};
+use super::direct::{self, LANES, NR, Plan};
+use rayon::prelude::*;
+
+/// Whether [`forward`] covers `g` on this CPU (and is worth it: not for 1×1 kernels, which are
+/// plain GEMMs, nor for fewer output channels than a micro-tile holds).
+pub fn applies(g: &ConvGeometry) -> bool {
+    direct::available()
+        && g.stride == [1, 1]
+        && g.kh * g.kw > 1
+        && g.pad[0] < g.kh
+        && g.pad[1] < g.kw
+        && g.out_h() > 0
+        && g.out_w() > 0
+        && g.cout >= NR
+}
+
+/// Whether [`backward`] covers `g`: as [`applies`], and enough input channels for the input
+/// gradient's micro-tiles.
+pub fn applies_backward(g: &ConvGeometry) -> bool {
+    applies(g) && g.cin >= NR
+}
+
+/// The padded sizes of the input, its plane stride and the taps' plane offsets.
+struct Layout {
+    wp: usize,
+    ps: usize,
+    offsets: Vec<usize>,
+}
+
+impl Layout {
+    fn of_input(g: &ConvGeometry) -> Self {
+        let (hp, wp) = (g.h + 2 * g.pad[0], g.w + 2 * g.pad[1]);
+        Self::new(hp, wp, g)
+    }
+
+    /// ∂L/∂y padded by `k − 1 − pad`: the input of the input-gradient convolution. Its rows are as
+    /// wide as the padded input's (stride 1).
+    fn of_output_grad(g: &ConvGeometry) -> Self {
+        let a = [g.kh - 1 - g.pad[0], g.kw - 1 - g.pad[1]];
+        Self::new(g.out_h() + 2 * a[0], g.out_w() + 2 * a[1], g)
+    }
+
+    fn new(hp: usize, wp: usize, g: &ConvGeometry) -> Self {
+        let offsets = (0..g.kh)
+            .flat_map(|i| (0..g.kw).map(move |j| i * wp + j))
+            .collect();
+        Self {
+            wp,
+            ps: direct::plane_stride(hp, wp),
+            offsets,
+        }
+    }
+
+    /// Positions of the wide output grid whose columns are `out_w` wide over `out_h` rows.
+    fn wide(&self, out_h: usize, out_w: usize) -> usize {
+        (out_h - 1) * self.wp + out_w
+    }
+}
+
+/// Copies the valid columns of wide rows (`qr` apart, row width `wp`) into `[rows, oh, ow]`,
+/// adding `bias[r]` when given.
+fn crop(
+    wide: &[f32],
+    qr: usize,
+    wp: usize,
+    oh: usize,
+    ow: usize,
+    bias: Option<&[f32]>,
+    dst: &mut [f32],
+) {
+    for (r, plane) in dst.chunks_exact_mut(oh * ow).enumerate() {
+        let b = bias.map_or(0.0, |b| b[r]);
+        for (oy, row) in plane.chunks_exact_mut(ow).enumerate() {
+            let src = &wide[r * qr + oy * wp..][..ow];
+            for (d, s) in row.iter_mut().zip(src) {
+                *d = s + b;
+            }
+        }
+    }
+}
+
+/// y = conv(x, weight) + bias (see [`super::conv::forward`]).
+pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    assert!(applies(g), "direct convolution does not cover {g:?}");
+    let lay = Layout::of_input(g);
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let q = lay.wide(oh, ow);
+    let qr = q.next_multiple_of(LANES);
+    let plan = Plan {
+        cin: g.cin,
+        ps: lay.ps,
+        offsets: &lay.offsets,
+        q,
+        qr,
+    };
+    let packed = direct::pack_weights(weight, g.cout, g.cin, g.kh * g.kw, false);
+    let (in_len, out_len) = (g.cin * g.h * g.w, g.cout * oh * ow);
+    let mut y = vec![0f32; g.batch * out_len];
+    if y.is_empty() {
+        return y;
+    }
+    // Kernel blocks per task: all of them, unless there are fewer images than threads.
+    let blocks = g.cout.div_ceil(NR);
+    let splits = rayon::current_num_threads()
+        .div_ceil(g.batch)
+        .clamp(1, blocks);
+    let per = blocks.div_ceil(splits);
+    let image = |xb: &[f32], yb: &mut [f32], xpad: &mut Vec<f32>, wide: &mut Vec<f32>| {
+        xpad.resize(g.cin * lay.ps, 0.0);
+        direct::pad_planes(xb, g.h, g.w, g.pad, xpad, lay.ps);
+        let run = |first: usize, yrows: &mut [f32], wide: &mut Vec<f32>| {
+            let last = (first + per).min(blocks);
+            wide.resize((last - first) * NR * qr, 0.0);
+            direct::conv_image(xpad, &packed, first..last, &plan, wide);
+            let rows = yrows.len() / (oh * ow);
+            let b = &bias[first * NR..first * NR + rows];
+            crop(wide, qr, lay.wp, oh, ow, Some(b), yrows);
+        };
+        if splits == 1 {
+            run(0, yb, wide);
+        } else {
+            yb.par_chunks_mut(per * NR * oh * ow)
+                .enumerate()
+                .for_each(|(k, rows)| run(k * per, rows, &mut Vec::new()));
+        }
+    };
+    y.par_chunks_mut(out_len)
+        .zip(x.par_chunks(in_len))
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(xpad, wide), (yb, xb)| image(xb, yb, xpad, wide),
+        );
+    y
+}
+
+/// The backward pass of [`forward`] (see [`super::conv::backward`]).
+pub fn backward(
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    g: &ConvGeometry,
+    input_grad: bool,
+) -> ConvGrads {
+    assert!(
+        applies_backward(g),
+        "direct convolution does not cover {g:?}"
+    );
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let (in_len, out_len) = (g.cin * g.h * g.w, g.cout * oh * ow);
+    let (k, taps) = (g.cin * g.kh * g.kw, g.kh * g.kw);
+    let lx = Layout::of_input(g);
+    let ld = Layout::of_output_grad(g);
+    debug_assert_eq!(lx.wp, ld.wp);
+    // The input gradient: a convolution of padded ∂L/∂y with `cout` input channels.
+    let q_dx = ld.wide(g.h, g.w);
+    let qr_dx = q_dx.next_multiple_of(LANES);
+    let flipped = direct::pack_weights(weight, g.cout, g.cin, taps, true);
+    let dx_plan = Plan {
+        cin: g.cout,
+        ps: ld.ps,
+        offsets: &ld.offsets,
+        q: q_dx,
+        qr: qr_dx,
+    };
+    let dx_blocks = g.cin.div_ceil(NR);
+    let chunk = g.batch.div_ceil(rayon::current_num_threads()).max(1);
+    let mut dx = vec![0f32; if input_grad { g.batch * in_len } else { 0 }];
+    let tasks = g.batch.div_ceil(chunk);
+    let partial: Vec<(Vec<f32>, Vec<f32>)> = super::conv::dx_parts(&mut dx, tasks, chunk * in_len)
+        .into_par_iter()
+        .zip(x.par_chunks((chunk * in_len).max(1)))
+        .zip(dy.par_chunks((chunk * out_len).max(1)))
+        .map(|((dxs, xs), dys)| {
+            let mut xpad = vec![0f32; g.cin * lx.ps];
+            let mut dypad = vec![0f32; if dxs.is_some() { g.cout * ld.ps } else { 0 }];
+            let mut wide = vec![
+                0f32;
+                if dxs.is_some() {
+                    dx_blocks * NR * qr_dx
+                } else {
+                    0
+                }
+            ];
+            let a = [g.kh - 1 - g.pad[0], g.kw - 1 - g.pad[1]];
+            let mut grad = direct::WeightGrad::new(g.cout, g.cin, &lx.offsets, lx.ps);
+            let mut dx_images = dxs.map(|d| d.chunks_mut(in_len));
+            for (xb, dyb) in xs.chunks(in_len).zip(dys.chunks(out_len)) {
+                direct::pad_planes(xb, g.h, g.w, g.pad, &mut xpad, lx.ps);
+                grad.add_image(&xpad, dyb, oh, ow, lx.wp);
+                if let Some(dxb) = dx_images.as_mut().and_then(|it| it.next()) {
+                    direct::pad_planes(dyb, oh, ow, a, &mut dypad, ld.ps);
+                    direct::conv_image(&dypad, &flipped, 0..dx_blocks, &dx_plan, &mut wide);
+                    crop(&wide, qr_dx, ld.wp, g.h, g.w, None, dxb);
+                }
+            }
+            let mut dw = vec![0f32; g.cout * k];
+            grad.add_to(&mut dw);
+            let mut db = vec![0f32; g.cout];
+            for dyb in dys.chunks(out_len) {
+                for (d, row) in db.iter_mut().zip(dyb.chunks(oh * ow)) {
+                    *d += row.iter().sum::<f32>();
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    let mut dweight = vec![0f32; g.cout * k];
+    let mut dbias = vec![0f32; g.cout];
+    for (dw, db) in partial {
+        dweight.iter_mut().zip(dw).for_each(|(a, b)| *a += b);
+        dbias.iter_mut().zip(db).for_each(|(a, b)| *a += b);
+    }
+    ConvGrads { dx, dweight, dbias }
+}

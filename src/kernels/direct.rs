@@ -1,0 +1,394 @@
+//! Direct stride-1 convolution on AVX-512: register-blocked micro-kernels that read the
+//! zero-padded image where it lies, with no im2col matrix and no GEMM packing.
+//!
+//! Layout. Each channel of an image is a zero-padded plane of `hp × wp` floats followed by zero
+//! slack up to the plane stride ([`plane_stride`]), so that vector reads running past the last
+//! pixel stay inside the plane and read zeros. Outputs are computed on the "wide" grid of
+//! [`super::conv`]: output q = oy·wp + ox reads plane position q + i·wp + j for tap (i, j); the
+//! `kw − 1` columns per row that fall outside the image are computed and dropped.
+//!
+//! * Forward ([`conv_image`]): a micro-tile is `NR` = 8 output channels × up to 3 vectors of 16
+//!   positions (24 accumulators); each (input channel, tap) step loads 3 vectors of the image and
+//!   broadcasts 8 weights from a packed copy ([`pack_weights`]).
+//! * Input gradient: for stride 1 it is the forward convolution of ∂L/∂y, padded by `k − 1 − p`,
+//!   with the kernel transposed and flipped (same micro-kernel, [`pack_weights`] with `flip`).
+//! * Weight gradient ([`weight_grad`]): for 8 output channels × the 3 taps of one kernel row,
+//!   24 vector accumulators run over the positions of a group of images, then reduce.
+
+// The micro-kernels index accumulators, loads and weights by the same small loop counters; that
+// reads better (and unrolls the same) as index loops.
+#![allow(clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+/// f32 lanes of one AVX-512 vector.
+pub const LANES: usize = 16;
+/// Output channels per forward micro-tile.
+pub const NR: usize = 8;
+/// Vectors of positions per forward micro-tile.
+const MR: usize = 3;
+/// Input channels summed per pass over a tile (keeps the tile's image rows in L1).
+const CIN_BLOCK: usize = 64;
+
+/// Whether this CPU runs the kernels (AVX-512F).
+pub fn available() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| std::is_x86_feature_detected!("avx512f"))
+}
+
+/// Floats between consecutive padded planes: the plane plus at least one vector of zero slack.
+pub fn plane_stride(hp: usize, wp: usize) -> usize {
+    (hp * wp + LANES).next_multiple_of(LANES)
+}
+
+/// Writes `planes` planes of `h × w` (contiguous in `src`) into `dst` as zero-padded planes of
+/// width `w + 2·pad[1]` and height `h + 2·pad[0]`, `ps` floats apart, zeroing border and slack.
+pub fn pad_planes(src: &[f32], h: usize, w: usize, pad: [usize; 2], dst: &mut [f32], ps: usize) {
+    let (hp, wp) = (h + 2 * pad[0], w + 2 * pad[1]);
+    let planes = src.len() / (h * w).max(1);
+    assert!(
+        ps >= hp * wp && dst.len() >= planes * ps,
+        "pad_planes: buffer"
+    );
+    for (plane, out) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(ps)) {
+        let (body, slack) = out.split_at_mut(hp * wp);
+        for (y, row) in body.chunks_exact_mut(wp).enumerate() {
+            match y.checked_sub(pad[0]).filter(|&iy| iy < h) {
+                Some(iy) => {
+                    row[..pad[1]].fill(0.0);
+                    row[pad[1]..pad[1] + w].copy_from_slice(&plane[iy * w..(iy + 1) * w]);
+                    row[pad[1] + w..].fill(0.0);
+                }
+                None => row.fill(0.0),
+            }
+        }
+        slack.fill(0.0);
+    }
+}
+
+/// Packs a `[cout, cin, kh, kw]` kernel for [`conv_image`]: blocks of `NR` output channels, each
+/// `[cin][kh·kw][NR]`, zero beyond the last channel. With `flip` it packs the kernel of the
+/// input-gradient convolution instead: output channel = the original input channel, input
+/// channel = the original output channel, taps reversed.
+pub fn pack_weights(weight: &[f32], cout: usize, cin: usize, taps: usize, flip: bool) -> Vec<f32> {
+    assert_eq!(weight.len(), cout * cin * taps, "pack_weights: length");
+    let (outs, ins) = if flip { (cin, cout) } else { (cout, cin) };
+    let blocks = outs.div_ceil(NR);
+    let mut packed = vec![0f32; blocks * ins * taps * NR];
+    for (b, block) in packed.chunks_exact_mut(ins * taps * NR).enumerate() {
+        for c in 0..ins {
+            for t in 0..taps {
+                for r in 0..NR {
+                    let o = b * NR + r;
+                    if o < outs {
+                        block[(c * taps + t) * NR + r] = if flip {
+                            weight[(c * cin + o) * taps + taps - 1 - t]
+                        } else {
+                            weight[(o * cin + c) * taps + t]
+                        };
+                    }
+                }
+            }
+        }
+    }
+    packed
+}
+
+/// The shape of one image's convolution on padded planes.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan<'a> {
+    /// Input channels.
+    pub cin: usize,
+    /// Plane stride of the input.
+    pub ps: usize,
+    /// Plane offset of each tap: i·wp + j.
+    pub offsets: &'a [usize],
+    /// Valid positions of the wide output grid.
+    pub q: usize,
+    /// Row length of the output buffer (≥ `q` rounded up to `LANES`).
+    pub qr: usize,
+}
+
+/// One micro-tile: `NR` output rows × `M` vectors, summing input channels `0..cin` of `x`
+/// (pointing at the tile's first position of its first channel) against packed weights `w`.
+///
+/// # Safety
+/// AVX-512F must be present; every read `x + c·ps + off + v·LANES .. +LANES` and `w` (`cin ·
+/// offsets.len() · NR` floats) and every write `out + r·qr + v·LANES .. +LANES` must be in bounds.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const M: usize>(
+    x: *const f32,
+    ps: usize,
+    cin: usize,
+    offsets: &[usize],
+    w: *const f32,
+    out: *mut f32,
+    qr: usize,
+    accumulate: bool,
+) {
+    // SAFETY: bounds are the caller's contract.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); NR]; M];
+        if accumulate {
+            for r in 0..NR {
+                for (v, a) in acc.iter_mut().enumerate() {
+                    a[r] = _mm512_loadu_ps(out.add(r * qr + v * LANES));
+                }
+            }
+        }
+        let mut wp = w;
+        for c in 0..cin {
+            let xc = x.add(c * ps);
+            for &off in offsets {
+                let p = xc.add(off);
+                let mut xv = [_mm512_setzero_ps(); M];
+                for (v, xv) in xv.iter_mut().enumerate() {
+                    *xv = _mm512_loadu_ps(p.add(v * LANES));
+                }
+                for r in 0..NR {
+                    let b = _mm512_set1_ps(*wp.add(r));
+                    for v in 0..M {
+                        acc[v][r] = _mm512_fmadd_ps(xv[v], b, acc[v][r]);
+                    }
+                }
+                wp = wp.add(NR);
+            }
+        }
+        for r in 0..NR {
+            for (v, a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(out.add(r * qr + v * LANES), a[r]);
+            }
+        }
+    }
+}
+
+/// Convolves one padded image `x` (`plan.cin` planes) with the packed kernel blocks `blocks` of
+/// `packed`, writing block b's `NR` rows of length `plan.qr` to `out[(b − blocks.start)·NR·qr..]`.
+pub fn conv_image(
+    x: &[f32],
+    packed: &[f32],
+    blocks: std::ops::Range<usize>,
+    plan: &Plan,
+    out: &mut [f32],
+) {
+    let taps = plan.offsets.len();
+    let max_off = plan.offsets.iter().copied().max().unwrap_or(0);
+    let vectors = plan.q.div_ceil(LANES);
+    assert!(available(), "direct convolution needs AVX-512F");
+    assert!(plan.qr >= vectors * LANES, "conv_image: output row");
+    assert!(
+        plan.cin == 0 || max_off + vectors * LANES <= plan.ps,
+        "conv_image: plane slack"
+    );
+    assert!(x.len() >= plan.cin * plan.ps, "conv_image: input");
+    assert!(
+        packed.len() >= blocks.end * plan.cin * taps * NR,
+        "conv_image: kernel"
+    );
+    assert!(
+        out.len() >= blocks.len() * NR * plan.qr,
+        "conv_image: output"
+    );
+    let block_len = plan.cin * taps * NR;
+    for c0 in (0..plan.cin).step_by(CIN_BLOCK) {
+        let cb = CIN_BLOCK.min(plan.cin - c0);
+        let mut v0 = 0;
+        while v0 < vectors {
+            let m = MR.min(vectors - v0);
+            for (k, b) in blocks.clone().enumerate() {
+                // SAFETY: AVX-512F checked above; reads reach at most channel c0 + cb − 1 at
+                // position max_off + vectors·LANES ≤ ps (asserted), the kernel block b < blocks.end
+                // (asserted), writes rows k·NR.. of `out` up to column vectors·LANES ≤ qr.
+                unsafe {
+                    let xp = x.as_ptr().add(c0 * plan.ps + v0 * LANES);
+                    let wp = packed.as_ptr().add(b * block_len + c0 * taps * NR);
+                    let op = out.as_mut_ptr().add(k * NR * plan.qr + v0 * LANES);
+                    let args = (xp, plan.ps, cb, plan.offsets, wp, op, plan.qr, c0 > 0);
+                    match m {
+                        3 => tile::<3>(
+                            args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7,
+                        ),
+                        2 => tile::<2>(
+                            args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7,
+                        ),
+                        _ => tile::<1>(
+                            args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7,
+                        ),
+                    }
+                }
+            }
+            v0 += m;
+        }
+    }
+}
+
+/// Positions of ∂L/∂y per pass of [`WeightGrad`] (its rows stay in L1 across the pass).
+const GRAD_BYTES: usize = 16 << 10;
+
+/// One register tile of the weight gradient: for `P` (input channel, tap) pairs × `CV` vectors of
+/// 16 output channels, adds Σ over positions q < n of x[offset_p + q] · ∂L/∂y[q, co] to `acc`
+/// (rows `ld` apart). ∂L/∂y is channels-last (`dyt`, rows `ld` apart), so the sum runs along
+/// the positions with output channels in the lanes: no horizontal reduction.
+///
+/// # Safety
+/// AVX-512F must be present; reads `dyt + q·ld .. + CV·LANES` and `x + offsets[p] + q` for q < n,
+/// and `acc + p·ld .. + CV·LANES` for p < P, must be in bounds.
+#[target_feature(enable = "avx512f")]
+unsafe fn grad_tile<const CV: usize, const P: usize>(
+    dyt: *const f32,
+    ld: usize,
+    x: *const f32,
+    offsets: &[usize],
+    n: usize,
+    acc: *mut f32,
+) {
+    // SAFETY: bounds are the caller's contract.
+    unsafe {
+        let mut a = [[_mm512_setzero_ps(); CV]; P];
+        let mut rows = [x; P];
+        for p in 0..P {
+            rows[p] = x.add(offsets[p]);
+            for v in 0..CV {
+                a[p][v] = _mm512_loadu_ps(acc.add(p * ld + v * LANES));
+            }
+        }
+        for q in 0..n {
+            let mut d = [_mm512_setzero_ps(); CV];
+            for (v, d) in d.iter_mut().enumerate() {
+                *d = _mm512_loadu_ps(dyt.add(q * ld + v * LANES));
+            }
+            for p in 0..P {
+                let b = _mm512_set1_ps(*rows[p].add(q));
+                for v in 0..CV {
+                    a[p][v] = _mm512_fmadd_ps(b, d[v], a[p][v]);
+                }
+            }
+        }
+        for p in 0..P {
+            for v in 0..CV {
+                _mm512_storeu_ps(acc.add(p * ld + v * LANES), a[p][v]);
+            }
+        }
+    }
+}
+
+/// The weight gradient of a stride-1 convolution, accumulated image by image:
+/// ∂L/∂W[co, c, t] = Σ over images and wide positions q of ∂L/∂y[co, q] · x_pad[c, q + offset_t].
+pub struct WeightGrad {
+    cout: usize,
+    cin: usize,
+    taps: usize,
+    /// Output channels rounded up to a whole number of vectors: the row length of `acc` and `dyt`.
+    ld: usize,
+    /// Vectors of output channels per tile.
+    cv: usize,
+    /// (input channel, tap) pairs per tile.
+    pairs: usize,
+    /// Plane offset of each pair (padded to a whole number of tiles with offset 0).
+    offsets: Vec<usize>,
+    /// `[pair][ld]` sums.
+    acc: Vec<f32>,
+    /// One image's ∂L/∂y on the wide grid, channels last.
+    dyt: Vec<f32>,
+}
+
+impl WeightGrad {
+    /// For `cout` output and `cin` input channels, tap offsets `taps` (i·wp + j) and input plane
+    /// stride `ps`.
+    pub fn new(cout: usize, cin: usize, taps: &[usize], ps: usize) -> Self {
+        let ld = cout.next_multiple_of(LANES).max(LANES);
+        let (cv, pairs) = match ld / LANES {
+            v if v % 4 == 0 => (4, 6),
+            v if v % 2 == 0 => (2, 12),
+            _ => (1, 24),
+        };
+        let mut offsets: Vec<usize> = (0..cin)
+            .flat_map(|c| taps.iter().map(move |t| c * ps + t))
+            .collect();
+        offsets.resize(offsets.len().next_multiple_of(pairs), 0);
+        Self {
+            cout,
+            cin,
+            taps: taps.len(),
+            ld,
+            cv,
+            pairs,
+            acc: vec![0f32; offsets.len() * ld],
+            offsets,
+            dyt: Vec::new(),
+        }
+    }
+
+    /// Adds one image: `xpad` its padded input (`cin` planes), `dy` its ∂L/∂y `[cout, oh, ow]`,
+    /// `wp` the padded row width.
+    pub fn add_image(&mut self, xpad: &[f32], dy: &[f32], oh: usize, ow: usize, wp: usize) {
+        assert!(available(), "direct convolution needs AVX-512F");
+        assert_eq!(
+            dy.len(),
+            self.cout * oh * ow,
+            "weight gradient: ∂L/∂y length"
+        );
+        if oh == 0 || ow == 0 {
+            return;
+        }
+        let q = (oh - 1) * wp + ow;
+        let reach = self.offsets.iter().copied().max().unwrap_or(0) + q;
+        assert!(xpad.len() >= reach, "weight gradient: input planes");
+        let ld = self.ld;
+        // Positions outside the image (the dropped columns) stay zero from the first image on.
+        if self.dyt.len() != q * ld {
+            self.dyt.clear();
+            self.dyt.resize(q * ld, 0.0);
+        }
+        // Transposed in 16 × 16 blocks so that the rows written stay in L1.
+        for oy in 0..oh {
+            for ox0 in (0..ow).step_by(LANES) {
+                let nx = LANES.min(ow - ox0);
+                for (co, plane) in dy.chunks_exact(oh * ow).enumerate() {
+                    let src = &plane[oy * ow + ox0..][..nx];
+                    for (k, &v) in src.iter().enumerate() {
+                        self.dyt[(oy * wp + ox0 + k) * ld + co] = v;
+                    }
+                }
+            }
+        }
+        let chunk = (GRAD_BYTES / (4 * ld)).max(1);
+        for q0 in (0..q).step_by(chunk) {
+            let n = chunk.min(q - q0);
+            for p0 in (0..self.offsets.len()).step_by(self.pairs) {
+                for v0 in (0..ld / LANES).step_by(self.cv) {
+                    let offsets = &self.offsets[p0..p0 + self.pairs];
+                    // SAFETY: AVX-512F checked; ∂L/∂y rows q0..q0+n < q have ld ≥ v0·16 + cv·16
+                    // columns; every x read is below max(offset) + q ≤ xpad.len() (asserted);
+                    // acc rows p0..p0+pairs exist (offsets padded to whole tiles).
+                    unsafe {
+                        let dyt = self.dyt.as_ptr().add(q0 * ld + v0 * LANES);
+                        let x = xpad.as_ptr().add(q0);
+                        let acc = self.acc.as_mut_ptr().add(p0 * ld + v0 * LANES);
+                        match self.cv {
+                            4 => grad_tile::<4, 6>(dyt, ld, x, offsets, n, acc),
+                            2 => grad_tile::<2, 12>(dyt, ld, x, offsets, n, acc),
+                            _ => grad_tile::<1, 24>(dyt, ld, x, offsets, n, acc),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds the sums into `dw` (`[cout, cin, taps]`).
+    pub fn add_to(&self, dw: &mut [f32]) {
+        assert_eq!(
+            dw.len(),
+            self.cout * self.cin * self.taps,
+            "weight gradient: kernel"
+        );
+        for (co, w) in dw.chunks_exact_mut(self.cin * self.taps).enumerate() {
+            for (p, d) in w.iter_mut().enumerate() {
+                *d += self.acc[p * self.ld + co];
+            }
+        }
+    }
+}
