@@ -12,8 +12,10 @@ const ROUND_MAGIC: f32 = 12_582_912.0;
 /// saturates at about 1.2e-38 below and 1.7e38 above instead of 0 and ∞).
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
+    // `max`/`min` and bit casts, unlike `clamp` and `as i32`, compile to vector instructions.
+    let x = x.max(-87.0).min(88.0);
+    let t = x * LOG2E + ROUND_MAGIC;
+    let n = t - ROUND_MAGIC;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     // Taylor series of e^r on |r| ≤ ln2/2: the truncation error r^8/8! is below 6e-9.
     let p = 1.0
@@ -22,7 +24,10 @@ pub fn exp(x: f32) -> f32 {
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0
                         + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // t = 1.5·2^23 + n exactly (|n| ≤ 127), so its low bits minus the magic's are n; 2^n is
+    // the float with biased exponent n + 127 (in 1..=254 on the clamped range).
+    let k = t.to_bits().wrapping_sub(ROUND_MAGIC.to_bits()) as i32;
+    let scale = f32::from_bits((k.wrapping_add(127) as u32) << 23);
     p * scale
 }
 
