@@ -62,28 +62,6 @@ impl Layout {
     }
 }
 
-/// Copies the valid columns of wide rows (`qr` apart, row width `wp`) into `[rows, oh, ow]`,
-/// adding `bias[r]` when given.
-fn crop(
-    wide: &[f32],
-    qr: usize,
-    wp: usize,
-    oh: usize,
-    ow: usize,
-    bias: Option<&[f32]>,
-    dst: &mut [f32],
-) {
-    for (r, plane) in dst.chunks_exact_mut(oh * ow).enumerate() {
-        let b = bias.map_or(0.0, |b| b[r]);
-        for (oy, row) in plane.chunks_exact_mut(ow).enumerate() {
-            let src = &wide[r * qr + oy * wp..][..ow];
-            for (d, s) in row.iter_mut().zip(src) {
-                *d = s + b;
-            }
-        }
-    }
-}
-
 /// y = conv(x, weight) + bias (see [`super::conv::forward`]).
 pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry) -> Vec<f32> {
     assert!(applies(g), "direct convolution does not cover {g:?}");
@@ -119,7 +97,7 @@ pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry) -> Vec
             direct::conv_image(xpad, &packed, first..last, &plan, wide);
             let rows = yrows.len() / (oh * ow);
             let b = &bias[first * NR..first * NR + rows];
-            crop(wide, qr, lay.wp, oh, ow, Some(b), yrows);
+            direct::crop(wide, qr, lay.wp, oh, ow, Some(b), yrows);
         };
         if splits == 1 {
             run(0, yb, wide);
@@ -195,7 +173,7 @@ pub fn backward(
                 if let Some(dxb) = dx_images.as_mut().and_then(|it| it.next()) {
                     direct::pad_planes(dyb, oh, ow, a, &mut dypad, ld.ps);
                     direct::conv_image(&dypad, &flipped, 0..dx_blocks, &dx_plan, &mut wide);
-                    crop(&wide, qr_dx, ld.wp, g.h, g.w, None, dxb);
+                    direct::crop(&wide, qr_dx, ld.wp, g.h, g.w, None, dxb);
                 }
             }
             let mut dw = vec![0f32; g.cout * k];

@@ -29,7 +29,7 @@ pub const NR: usize = 8;
 /// Vectors of positions per forward micro-tile.
 const MR: usize = 3;
 /// Input channels summed per pass over a tile (keeps the tile's image rows in L1).
-const CIN_BLOCK: usize = 64;
+const CIN_BLOCK: usize = 32;
 
 /// Whether this CPU runs the kernels (AVX-512F).
 pub fn available() -> bool {
@@ -42,28 +42,120 @@ pub fn plane_stride(hp: usize, wp: usize) -> usize {
     (hp * wp + LANES).next_multiple_of(LANES)
 }
 
+/// `dst[..n] = src[..n] + add`, 16 lanes at a time with a masked tail (a `memcpy` call per short
+/// image row cost more than the copy).
+///
+/// # Safety
+/// AVX-512F must be present; `src` readable and `dst` writable for `n` floats.
+#[target_feature(enable = "avx512f")]
+unsafe fn copy_run(dst: *mut f32, src: *const f32, n: usize, add: f32) {
+    // SAFETY: bounds are the caller's contract; masked lanes are neither read nor written.
+    unsafe {
+        let b = _mm512_set1_ps(add);
+        let mut k = 0;
+        while k + LANES <= n {
+            let v = _mm512_loadu_ps(src.add(k));
+            _mm512_storeu_ps(dst.add(k), _mm512_add_ps(v, b));
+            k += LANES;
+        }
+        if k < n {
+            let m: __mmask16 = (1u16 << (n - k)) - 1;
+            let v = _mm512_maskz_loadu_ps(m, src.add(k));
+            _mm512_mask_storeu_ps(dst.add(k), m, _mm512_add_ps(v, b));
+        }
+    }
+}
+
+/// `dst[..n] = 0`, 16 lanes at a time with a masked tail.
+///
+/// # Safety
+/// AVX-512F must be present; `dst` writable for `n` floats.
+#[target_feature(enable = "avx512f")]
+unsafe fn zero_run(dst: *mut f32, n: usize) {
+    // SAFETY: as for `copy_run`.
+    unsafe {
+        let z = _mm512_setzero_ps();
+        let mut k = 0;
+        while k + LANES <= n {
+            _mm512_storeu_ps(dst.add(k), z);
+            k += LANES;
+        }
+        if k < n {
+            let m: __mmask16 = (1u16 << (n - k)) - 1;
+            _mm512_mask_storeu_ps(dst.add(k), m, z);
+        }
+    }
+}
+
 /// Writes `planes` planes of `h × w` (contiguous in `src`) into `dst` as zero-padded planes of
 /// width `w + 2·pad[1]` and height `h + 2·pad[0]`, `ps` floats apart, zeroing border and slack.
+/// Each plane is alternating runs: zeros up to the first pixel, a row, zeros up to the next row
+/// (right border + left border), …, zeros to the end of the slack.
 pub fn pad_planes(src: &[f32], h: usize, w: usize, pad: [usize; 2], dst: &mut [f32], ps: usize) {
     let (hp, wp) = (h + 2 * pad[0], w + 2 * pad[1]);
-    let planes = src.len() / (h * w).max(1);
+    assert!(available(), "direct convolution needs AVX-512F");
+    assert!(
+        h * w > 0 && src.len().is_multiple_of(h * w),
+        "pad_planes: input"
+    );
+    let planes = src.len() / (h * w);
     assert!(
         ps >= hp * wp && dst.len() >= planes * ps,
         "pad_planes: buffer"
     );
     for (plane, out) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(ps)) {
-        let (body, slack) = out.split_at_mut(hp * wp);
-        for (y, row) in body.chunks_exact_mut(wp).enumerate() {
-            match y.checked_sub(pad[0]).filter(|&iy| iy < h) {
-                Some(iy) => {
-                    row[..pad[1]].fill(0.0);
-                    row[pad[1]..pad[1] + w].copy_from_slice(&plane[iy * w..(iy + 1) * w]);
-                    row[pad[1] + w..].fill(0.0);
-                }
-                None => row.fill(0.0),
+        // SAFETY: AVX-512F checked; the runs below tile out[0..ps) exactly: the zero run before
+        // row y ends at (y + pad0)·wp + pad1, the row covers w floats, and the last zero run
+        // ends at ps ≤ out.len(); every source row lies inside `plane`.
+        unsafe {
+            let o = out.as_mut_ptr();
+            let mut at = 0;
+            for y in 0..h {
+                let start = (y + pad[0]) * wp + pad[1];
+                zero_run(o.add(at), start - at);
+                copy_run(o.add(start), plane.as_ptr().add(y * w), w, 0.0);
+                at = start + w;
+            }
+            zero_run(o.add(at), ps - at);
+        }
+    }
+}
+
+/// Copies the valid columns of wide rows (`qr` apart, row width `wp`) into `dst` (`[rows, oh,
+/// ow]`), adding `bias[r]` to row r when given.
+#[allow(clippy::too_many_arguments)]
+pub fn crop(
+    wide: &[f32],
+    qr: usize,
+    wp: usize,
+    oh: usize,
+    ow: usize,
+    bias: Option<&[f32]>,
+    dst: &mut [f32],
+) {
+    assert!(available(), "direct convolution needs AVX-512F");
+    assert!(
+        oh * ow > 0 && dst.len().is_multiple_of(oh * ow),
+        "crop: output"
+    );
+    let rows = dst.len() / (oh * ow);
+    assert!(ow <= wp && (oh - 1) * wp + ow <= qr, "crop: row geometry");
+    assert!(wide.len() >= rows * qr, "crop: input");
+    assert!(bias.is_none_or(|b| b.len() >= rows), "crop: bias");
+    for (r, plane) in dst.chunks_exact_mut(oh * ow).enumerate() {
+        let b = bias.map_or(0.0, |b| b[r]);
+        for oy in 0..oh {
+            // SAFETY: AVX-512F checked; the source run r·qr + oy·wp .. + ow lies inside row r of
+            // `wide` (asserted), the destination run inside `plane`.
+            unsafe {
+                copy_run(
+                    plane.as_mut_ptr().add(oy * ow),
+                    wide.as_ptr().add(r * qr + oy * wp),
+                    ow,
+                    b,
+                );
             }
         }
-        slack.fill(0.0);
     }
 }
 
