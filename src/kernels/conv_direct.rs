@@ -3,7 +3,7 @@
 //! the padded ∂L/∂y, weight gradient accumulated per thread over groups of images).
 
 use super::conv::{ConvGeometry, ConvGrads};
-use super::direct::{self, LANES, NR, Plan};
+use super::direct::{self, NR, Plan};
 use rayon::prelude::*;
 
 /// Whether [`forward`] covers `g` on this CPU (and is worth it: not for 1×1 kernels, which are
@@ -55,11 +55,6 @@ impl Layout {
             offsets,
         }
     }
-
-    /// Positions of the wide output grid whose columns are `out_w` wide over `out_h` rows.
-    fn wide(&self, out_h: usize, out_w: usize) -> usize {
-        (out_h - 1) * self.wp + out_w
-    }
 }
 
 /// y = conv(x, weight) + bias (see [`super::conv::forward`]).
@@ -67,14 +62,13 @@ pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry) -> Vec
     assert!(applies(g), "direct convolution does not cover {g:?}");
     let lay = Layout::of_input(g);
     let (oh, ow) = (g.out_h(), g.out_w());
-    let q = lay.wide(oh, ow);
-    let qr = q.next_multiple_of(LANES);
     let plan = Plan {
         cin: g.cin,
         ps: lay.ps,
         offsets: &lay.offsets,
-        q,
-        qr,
+        wp: lay.wp,
+        oh,
+        ow,
     };
     let packed = direct::pack_weights(weight, g.cout, g.cin, g.kh * g.kw, false);
     let (in_len, out_len) = (g.cin * g.h * g.w, g.cout * oh * ow);
@@ -88,31 +82,25 @@ pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry) -> Vec
         .div_ceil(g.batch)
         .clamp(1, blocks);
     let per = blocks.div_ceil(splits);
-    let image = |xb: &[f32], yb: &mut [f32], xpad: &mut Vec<f32>, wide: &mut Vec<f32>| {
+    let image = |xb: &[f32], yb: &mut [f32], xpad: &mut Vec<f32>| {
         xpad.resize(g.cin * lay.ps, 0.0);
         direct::pad_planes(xb, g.h, g.w, g.pad, xpad, lay.ps);
-        let run = |first: usize, yrows: &mut [f32], wide: &mut Vec<f32>| {
+        let run = |first: usize, yrows: &mut [f32]| {
             let last = (first + per).min(blocks);
-            wide.resize((last - first) * NR * qr, 0.0);
-            direct::conv_image(xpad, &packed, first..last, &plan, wide);
-            let rows = yrows.len() / (oh * ow);
-            let b = &bias[first * NR..first * NR + rows];
-            direct::crop(wide, qr, lay.wp, oh, ow, Some(b), yrows);
+            let b = &bias[first * NR..];
+            direct::conv_image(xpad, &packed, first..last, &plan, Some(b), yrows);
         };
         if splits == 1 {
-            run(0, yb, wide);
+            run(0, yb);
         } else {
             yb.par_chunks_mut(per * NR * oh * ow)
                 .enumerate()
-                .for_each(|(k, rows)| run(k * per, rows, &mut Vec::new()));
+                .for_each(|(k, rows)| run(k * per, rows));
         }
     };
     y.par_chunks_mut(out_len)
         .zip(x.par_chunks(in_len))
-        .for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(xpad, wide), (yb, xb)| image(xb, yb, xpad, wide),
-        );
+        .for_each_init(Vec::new, |xpad, (yb, xb)| image(xb, yb, xpad));
     y
 }
 
@@ -135,15 +123,14 @@ pub fn backward(
     let ld = Layout::of_output_grad(g);
     debug_assert_eq!(lx.wp, ld.wp);
     // The input gradient: a convolution of padded ∂L/∂y with `cout` input channels.
-    let q_dx = ld.wide(g.h, g.w);
-    let qr_dx = q_dx.next_multiple_of(LANES);
     let flipped = direct::pack_weights(weight, g.cout, g.cin, taps, true);
     let dx_plan = Plan {
         cin: g.cout,
         ps: ld.ps,
         offsets: &ld.offsets,
-        q: q_dx,
-        qr: qr_dx,
+        wp: ld.wp,
+        oh: g.h,
+        ow: g.w,
     };
     let dx_blocks = g.cin.div_ceil(NR);
     let chunk = g.batch.div_ceil(rayon::current_num_threads()).max(1);
@@ -156,14 +143,6 @@ pub fn backward(
         .map(|((dxs, xs), dys)| {
             let mut xpad = vec![0f32; g.cin * lx.ps];
             let mut dypad = vec![0f32; if dxs.is_some() { g.cout * ld.ps } else { 0 }];
-            let mut wide = vec![
-                0f32;
-                if dxs.is_some() {
-                    dx_blocks * NR * qr_dx
-                } else {
-                    0
-                }
-            ];
             let a = [g.kh - 1 - g.pad[0], g.kw - 1 - g.pad[1]];
             let mut grad = direct::WeightGrad::new(g.cout, g.cin, &lx.offsets, lx.ps);
             let mut dx_images = dxs.map(|d| d.chunks_mut(in_len));
@@ -172,8 +151,7 @@ pub fn backward(
                 grad.add_image(&xpad, dyb, oh, ow, lx.wp);
                 if let Some(dxb) = dx_images.as_mut().and_then(|it| it.next()) {
                     direct::pad_planes(dyb, oh, ow, a, &mut dypad, ld.ps);
-                    direct::conv_image(&dypad, &flipped, 0..dx_blocks, &dx_plan, &mut wide);
-                    direct::crop(&wide, qr_dx, ld.wp, g.h, g.w, None, dxb);
+                    direct::conv_image(&dypad, &flipped, 0..dx_blocks, &dx_plan, None, dxb);
                 }
             }
             let mut dw = vec![0f32; g.cout * k];

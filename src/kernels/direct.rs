@@ -9,7 +9,9 @@
 //!
 //! * Forward ([`conv_image`]): a micro-tile is `NR` = 8 output channels × up to 3 vectors of 16
 //!   positions (24 accumulators); each (input channel, tap) step loads 3 vectors of the image and
-//!   broadcasts 8 weights from a packed copy ([`pack_weights`]).
+//!   broadcasts 8 weights from a packed copy ([`pack_weights`]). The finished tile goes straight
+//!   into the output tensor: each vector's output pixels are compressed together (dropping the
+//!   wide grid's extra columns) and stored with the bias added.
 //! * Input gradient: for stride 1 it is the forward convolution of ∂L/∂y, padded by `k − 1 − p`,
 //!   with the kernel transposed and flipped (same micro-kernel, [`pack_weights`] with `flip`).
 //! * Weight gradient ([`weight_grad`]): for 8 output channels × the 3 taps of one kernel row,
@@ -28,8 +30,6 @@ pub const LANES: usize = 16;
 pub const NR: usize = 8;
 /// Vectors of positions per forward micro-tile.
 const MR: usize = 3;
-/// Input channels summed per pass over a tile (keeps the tile's image rows in L1).
-const CIN_BLOCK: usize = 32;
 
 /// Whether this CPU runs the kernels (AVX-512F).
 pub fn available() -> bool {
@@ -121,44 +121,6 @@ pub fn pad_planes(src: &[f32], h: usize, w: usize, pad: [usize; 2], dst: &mut [f
     }
 }
 
-/// Copies the valid columns of wide rows (`qr` apart, row width `wp`) into `dst` (`[rows, oh,
-/// ow]`), adding `bias[r]` to row r when given.
-#[allow(clippy::too_many_arguments)]
-pub fn crop(
-    wide: &[f32],
-    qr: usize,
-    wp: usize,
-    oh: usize,
-    ow: usize,
-    bias: Option<&[f32]>,
-    dst: &mut [f32],
-) {
-    assert!(available(), "direct convolution needs AVX-512F");
-    assert!(
-        oh * ow > 0 && dst.len().is_multiple_of(oh * ow),
-        "crop: output"
-    );
-    let rows = dst.len() / (oh * ow);
-    assert!(ow <= wp && (oh - 1) * wp + ow <= qr, "crop: row geometry");
-    assert!(wide.len() >= rows * qr, "crop: input");
-    assert!(bias.is_none_or(|b| b.len() >= rows), "crop: bias");
-    for (r, plane) in dst.chunks_exact_mut(oh * ow).enumerate() {
-        let b = bias.map_or(0.0, |b| b[r]);
-        for oy in 0..oh {
-            // SAFETY: AVX-512F checked; the source run r·qr + oy·wp .. + ow lies inside row r of
-            // `wide` (asserted), the destination run inside `plane`.
-            unsafe {
-                copy_run(
-                    plane.as_mut_ptr().add(oy * ow),
-                    wide.as_ptr().add(r * qr + oy * wp),
-                    ow,
-                    b,
-                );
-            }
-        }
-    }
-}
-
 /// Packs a `[cout, cin, kh, kw]` kernel for [`conv_image`]: blocks of `NR` output channels, each
 /// `[cin][kh·kw][NR]`, zero beyond the last channel. With `flip` it packs the kernel of the
 /// input-gradient convolution instead: output channel = the original input channel, input
@@ -196,18 +158,54 @@ pub struct Plan<'a> {
     pub ps: usize,
     /// Plane offset of each tap: i·wp + j.
     pub offsets: &'a [usize],
-    /// Valid positions of the wide output grid.
-    pub q: usize,
-    /// Row length of the output buffer (≥ `q` rounded up to `LANES`).
-    pub qr: usize,
+    /// Row width of the padded input (= width of the wide output grid).
+    pub wp: usize,
+    /// Output rows.
+    pub oh: usize,
+    /// Output columns.
+    pub ow: usize,
 }
 
-/// One micro-tile: `NR` output rows × `M` vectors, summing input channels `0..cin` of `x`
-/// (pointing at the tile's first position of its first channel) against packed weights `w`.
+impl Plan<'_> {
+    /// Positions of the wide grid up to the last output pixel.
+    fn wide(&self) -> usize {
+        (self.oh - 1) * self.wp + self.ow
+    }
+}
+
+/// Where the 16 positions of one vector of the wide grid go: the lanes that are output pixels
+/// (`mask`) and the output index of the first of them (`dst`). The pixels of a vector are
+/// consecutive in the output, so a compress and a masked store put them in place.
+#[derive(Debug, Clone, Copy)]
+struct Store {
+    mask: u16,
+    dst: usize,
+}
+
+impl Store {
+    fn at(q0: usize, plan: &Plan) -> Self {
+        let q_end = plan.wide();
+        let mut mask = 0u16;
+        for l in 0..LANES {
+            let q = q0 + l;
+            if q < q_end && q % plan.wp < plan.ow {
+                mask |= 1 << l;
+            }
+        }
+        let dst = q0 / plan.wp * plan.ow + (q0 % plan.wp).min(plan.ow);
+        Self { mask, dst }
+    }
+}
+
+/// One micro-tile: `NR` output channels × `M` vectors, summing input channels `0..cin` of `x`
+/// (pointing at the tile's first position of its first channel) against packed weights `w`;
+/// row r (< `rows`) is written, plus `bias[r]`, to the output pixels of `stores` in
+/// `out + r·plane`.
 ///
 /// # Safety
 /// AVX-512F must be present; every read `x + c·ps + off + v·LANES .. +LANES` and `w` (`cin ·
-/// offsets.len() · NR` floats) and every write `out + r·qr + v·LANES .. +LANES` must be in bounds.
+/// offsets.len() · NR` floats) must be in bounds, `bias` readable for `rows` floats, and
+/// `out + r·plane + stores[v].dst` writable for popcount(mask) floats.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<const M: usize>(
@@ -216,20 +214,15 @@ unsafe fn tile<const M: usize>(
     cin: usize,
     offsets: &[usize],
     w: *const f32,
+    stores: &[Store; M],
     out: *mut f32,
-    qr: usize,
-    accumulate: bool,
+    plane: usize,
+    rows: usize,
+    bias: *const f32,
 ) {
     // SAFETY: bounds are the caller's contract.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); NR]; M];
-        if accumulate {
-            for r in 0..NR {
-                for (v, a) in acc.iter_mut().enumerate() {
-                    a[r] = _mm512_loadu_ps(out.add(r * qr + v * LANES));
-                }
-            }
-        }
         let mut wp = w;
         for c in 0..cin {
             let xc = x.add(c * ps);
@@ -248,28 +241,36 @@ unsafe fn tile<const M: usize>(
                 wp = wp.add(NR);
             }
         }
-        for r in 0..NR {
-            for (v, a) in acc.iter().enumerate() {
-                _mm512_storeu_ps(out.add(r * qr + v * LANES), a[r]);
+        for r in 0..rows {
+            let b = _mm512_set1_ps(*bias.add(r));
+            for v in 0..M {
+                let Store { mask, dst } = stores[v];
+                let packed = _mm512_maskz_compress_ps(mask, _mm512_add_ps(acc[v][r], b));
+                let n = mask.count_ones();
+                let keep = ((1u32 << n) - 1) as u16;
+                _mm512_mask_storeu_ps(out.add(r * plane + dst), keep, packed);
             }
         }
     }
 }
 
 /// Convolves one padded image `x` (`plan.cin` planes) with the packed kernel blocks `blocks` of
-/// `packed`, writing block b's `NR` rows of length `plan.qr` to `out[(b − blocks.start)·NR·qr..]`.
+/// `packed` and writes output channels `blocks.start·NR ..` (as many as `out` holds, `[rows, oh,
+/// ow]`) plus `bias` (one per row of `out`; zero when `None`).
 pub fn conv_image(
     x: &[f32],
     packed: &[f32],
     blocks: std::ops::Range<usize>,
     plan: &Plan,
+    bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
     let taps = plan.offsets.len();
     let max_off = plan.offsets.iter().copied().max().unwrap_or(0);
-    let vectors = plan.q.div_ceil(LANES);
+    let plane = plan.oh * plan.ow;
     assert!(available(), "direct convolution needs AVX-512F");
-    assert!(plan.qr >= vectors * LANES, "conv_image: output row");
+    assert!(plane > 0 && plan.ow <= plan.wp, "conv_image: output shape");
+    let vectors = plan.wide().div_ceil(LANES);
     assert!(
         plan.cin == 0 || max_off + vectors * LANES <= plan.ps,
         "conv_image: plane slack"
@@ -280,39 +281,56 @@ pub fn conv_image(
         "conv_image: kernel"
     );
     assert!(
-        out.len() >= blocks.len() * NR * plan.qr,
+        out.len().is_multiple_of(plane) && out.len() / plane <= blocks.len() * NR,
         "conv_image: output"
     );
+    let rows = out.len() / plane;
+    let zeros = [0f32; NR];
+    let bias = bias.unwrap_or(&[]);
+    assert!(bias.is_empty() || bias.len() >= rows, "conv_image: bias");
     let block_len = plan.cin * taps * NR;
-    for c0 in (0..plan.cin).step_by(CIN_BLOCK) {
-        let cb = CIN_BLOCK.min(plan.cin - c0);
-        let mut v0 = 0;
-        while v0 < vectors {
-            let m = MR.min(vectors - v0);
-            for (k, b) in blocks.clone().enumerate() {
-                // SAFETY: AVX-512F checked above; reads reach at most channel c0 + cb − 1 at
-                // position max_off + vectors·LANES ≤ ps (asserted), the kernel block b < blocks.end
-                // (asserted), writes rows k·NR.. of `out` up to column vectors·LANES ≤ qr.
-                unsafe {
-                    let xp = x.as_ptr().add(c0 * plan.ps + v0 * LANES);
-                    let wp = packed.as_ptr().add(b * block_len + c0 * taps * NR);
-                    let op = out.as_mut_ptr().add(k * NR * plan.qr + v0 * LANES);
-                    let args = (xp, plan.ps, cb, plan.offsets, wp, op, plan.qr, c0 > 0);
-                    match m {
-                        3 => tile::<3>(
-                            args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7,
-                        ),
-                        2 => tile::<2>(
-                            args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7,
-                        ),
-                        _ => tile::<1>(
-                            args.0, args.1, args.2, args.3, args.4, args.5, args.6, args.7,
-                        ),
-                    }
+    let mut v0 = 0;
+    while v0 < vectors {
+        let m = MR.min(vectors - v0);
+        let st = |v: usize| Store::at((v0 + v) * LANES, plan);
+        for (k, b) in blocks.clone().enumerate() {
+            let n = NR.min(rows.saturating_sub(k * NR));
+            if n == 0 {
+                break;
+            }
+            let bp = if bias.is_empty() {
+                zeros.as_ptr()
+            } else {
+                bias[k * NR..].as_ptr()
+            };
+            // SAFETY: AVX-512F checked above; reads reach position max_off + vectors·LANES ≤ ps
+            // of each plane (asserted), kernel block b < blocks.end (asserted); row k·NR + r < rows
+            // of `out` receives the output pixels of positions v0·16 .. (v0 + m)·16, which lie
+            // inside its plane; `bp` has n values.
+            unsafe {
+                let xp = x.as_ptr().add(v0 * LANES);
+                let wp = packed.as_ptr().add(b * block_len);
+                let op = out.as_mut_ptr().add(k * NR * plane);
+                let (ps, cin, offs) = (plan.ps, plan.cin, plan.offsets);
+                match m {
+                    3 => tile::<3>(
+                        xp,
+                        ps,
+                        cin,
+                        offs,
+                        wp,
+                        &[st(0), st(1), st(2)],
+                        op,
+                        plane,
+                        n,
+                        bp,
+                    ),
+                    2 => tile::<2>(xp, ps, cin, offs, wp, &[st(0), st(1)], op, plane, n, bp),
+                    _ => tile::<1>(xp, ps, cin, offs, wp, &[st(0)], op, plane, n, bp),
                 }
             }
-            v0 += m;
         }
+        v0 += m;
     }
 }
 
