@@ -289,48 +289,57 @@ pub fn conv_image(
     let bias = bias.unwrap_or(&[]);
     assert!(bias.is_empty() || bias.len() >= rows, "conv_image: bias");
     let block_len = plan.cin * taps * NR;
+    let mut tiles = Vec::with_capacity(vectors.div_ceil(MR));
     let mut v0 = 0;
     while v0 < vectors {
         let m = MR.min(vectors - v0);
+        tiles.push((v0, m));
+        v0 += m;
+    }
+    let out_ptr = out.as_mut_ptr();
+    let run = |v0: usize, m: usize, k: usize, b: usize| {
+        let n = NR.min(rows.saturating_sub(k * NR));
+        if n == 0 {
+            return;
+        }
         let st = |v: usize| Store::at((v0 + v) * LANES, plan);
-        for (k, b) in blocks.clone().enumerate() {
-            let n = NR.min(rows.saturating_sub(k * NR));
-            if n == 0 {
-                break;
-            }
-            let bp = if bias.is_empty() {
-                zeros.as_ptr()
-            } else {
-                bias[k * NR..].as_ptr()
-            };
-            // SAFETY: AVX-512F checked above; reads reach position max_off + vectors·LANES ≤ ps
-            // of each plane (asserted), kernel block b < blocks.end (asserted); row k·NR + r < rows
-            // of `out` receives the output pixels of positions v0·16 .. (v0 + m)·16, which lie
-            // inside its plane; `bp` has n values.
-            unsafe {
-                let xp = x.as_ptr().add(v0 * LANES);
-                let wp = packed.as_ptr().add(b * block_len);
-                let op = out.as_mut_ptr().add(k * NR * plane);
-                let (ps, cin, offs) = (plan.ps, plan.cin, plan.offsets);
-                match m {
-                    3 => tile::<3>(
-                        xp,
-                        ps,
-                        cin,
-                        offs,
-                        wp,
-                        &[st(0), st(1), st(2)],
-                        op,
-                        plane,
-                        n,
-                        bp,
-                    ),
-                    2 => tile::<2>(xp, ps, cin, offs, wp, &[st(0), st(1)], op, plane, n, bp),
-                    _ => tile::<1>(xp, ps, cin, offs, wp, &[st(0)], op, plane, n, bp),
-                }
+        let bp = if bias.is_empty() {
+            zeros.as_ptr()
+        } else {
+            bias[k * NR..].as_ptr()
+        };
+        // SAFETY: AVX-512F checked above; reads reach position max_off + vectors·LANES ≤ ps
+        // of each plane (asserted), kernel block b < blocks.end (asserted); row k·NR + r < rows
+        // of `out` receives the output pixels of positions v0·16 .. (v0 + m)·16, which lie
+        // inside its plane; `bp` has n values.
+        unsafe {
+            let xp = x.as_ptr().add(v0 * LANES);
+            let wp = packed.as_ptr().add(b * block_len);
+            let op = out_ptr.add(k * NR * plane);
+            let (ps, cin, offs) = (plan.ps, plan.cin, plan.offsets);
+            match m {
+                3 => tile::<3>(
+                    xp,
+                    ps,
+                    cin,
+                    offs,
+                    wp,
+                    &[st(0), st(1), st(2)],
+                    op,
+                    plane,
+                    n,
+                    bp,
+                ),
+                2 => tile::<2>(xp, ps, cin, offs, wp, &[st(0), st(1)], op, plane, n, bp),
+                _ => tile::<1>(xp, ps, cin, offs, wp, &[st(0)], op, plane, n, bp),
             }
         }
-        v0 += m;
+    };
+    // Tiles outer: one tile's image rows stay in L1 while the kernel blocks stream past them.
+    for &(v0, m) in &tiles {
+        for (k, b) in blocks.clone().enumerate() {
+            run(v0, m, k, b);
+        }
     }
 }
 
