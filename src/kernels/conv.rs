@@ -326,7 +326,7 @@ pub fn forward_with(
     if use_direct(g, direct, false) {
         return super::conv_direct::forward(x, weight, bias, g);
     }
-    let mut y = vec![0f32; g.batch * out_len];
+    let mut y = super::zeroed(g.batch * out_len);
     if y.is_empty() {
         return y;
     }
@@ -554,7 +554,7 @@ pub fn backward_with(
     if use_direct(g, direct, true) {
         return super::conv_direct::backward(x, weight, dy, g, input_grad);
     }
-    let mut dx = vec![0f32; if input_grad { g.batch * in_len } else { 0 }];
+    let mut dx = super::zeroed(if input_grad { g.batch * in_len } else { 0 });
     let chunk = g.chunk();
     let par = g.gemm_parallelism();
     let tasks = g.batch.div_ceil(chunk);

@@ -72,7 +72,7 @@ pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry) -> Vec
     };
     let packed = direct::pack_weights(weight, g.cout, g.cin, g.kh * g.kw, false);
     let (in_len, out_len) = (g.cin * g.h * g.w, g.cout * oh * ow);
-    let mut y = vec![0f32; g.batch * out_len];
+    let mut y = super::zeroed(g.batch * out_len);
     if y.is_empty() {
         return y;
     }
@@ -134,7 +134,7 @@ pub fn backward(
     };
     let dx_blocks = g.cin.div_ceil(NR);
     let chunk = g.batch.div_ceil(rayon::current_num_threads()).max(1);
-    let mut dx = vec![0f32; if input_grad { g.batch * in_len } else { 0 }];
+    let mut dx = super::zeroed(if input_grad { g.batch * in_len } else { 0 });
     let tasks = g.batch.div_ceil(chunk);
     let partial: Vec<(Vec<f32>, Vec<f32>)> = super::conv::dx_parts(&mut dx, tasks, chunk * in_len)
         .into_par_iter()

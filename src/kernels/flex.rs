@@ -37,18 +37,18 @@ pub trait KernelBackend: burn::backend::Backend {
 }
 
 /// A contiguous copy (or the tensor itself when it already is one) and its shape.
-fn contiguous(t: &FlexTensor) -> (FlexTensor, Vec<usize>) {
+pub(super) fn contiguous(t: &FlexTensor) -> (FlexTensor, Vec<usize>) {
     let t = t.to_contiguous();
     let shape = t.shape().to_vec();
     (t, shape)
 }
 
-fn data(t: &FlexTensor) -> &[f32] {
+pub(super) fn data(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>()
         .expect("ddpm kernels take contiguous f32 tensors")
 }
 
-fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+pub(super) fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::new(
         Bytes::from_elems(values),
         Layout::contiguous(Shape::from(shape)),
@@ -248,7 +248,7 @@ impl<C: CheckpointStrategy> KernelBackend for Autodiff<Flex, C> {
 }
 
 /// Whether `x` lives on the flex backend (with or without autodiff) as f32.
-fn on_flex(x: &Tensor<4>) -> bool {
+pub(super) fn on_flex(x: &Tensor<4>) -> bool {
     super::enabled() && x.dtype() == DType::F32 && x.device() == Device::flex()
 }
 

@@ -51,7 +51,7 @@ pub fn forward(
     assert_eq!(gamma.len(), g.channels, "group_norm: gamma length");
     assert_eq!(beta.len(), g.channels, "group_norm: beta length");
     let n = g.group_len().max(1);
-    let mut y = vec![0f32; x.len()];
+    let mut y = super::zeroed(x.len());
     let stats: Vec<(f32, f32)> = y
         .par_chunks_mut(n)
         .zip(x.par_chunks(n))
@@ -132,7 +132,7 @@ pub fn backward(
     );
     let n = g.group_len().max(1);
     let cpg = g.channels / g.groups;
-    let mut dx = vec![0f32; x.len()];
+    let mut dx = super::zeroed(x.len());
     // Per (image, channel): Σ ∂L/∂ŷ·x̂ and Σ ∂L/∂ŷ, summed over images afterwards.
     let per_channel: Vec<Vec<(f32, f32)>> = dx
         .par_chunks_mut(n)

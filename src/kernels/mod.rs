@@ -49,7 +49,10 @@ pub mod direct;
 pub mod fast_math;
 #[cfg(feature = "flex")]
 mod flex;
+#[cfg(feature = "flex")]
+mod flex_layout;
 pub mod group_norm;
+pub mod layout;
 #[cfg(test)]
 mod tests;
 
@@ -60,6 +63,19 @@ use burn::tensor::activation::silu;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// `n` zeros, written by the whole thread pool when there are many: an output buffer is
+/// allocated on the calling thread, where a serial `memset` (or the first-touch page faults)
+/// would leave the other threads idle.
+pub(crate) fn zeroed(n: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    if n < 1 << 16 {
+        return vec![0f32; n];
+    }
+    let mut v = Vec::with_capacity(n);
+    v.par_extend(rayon::iter::repeat_n(0f32, n));
+    v
+}
 
 /// Turns the kernels on or off for the whole process (off: burn's generic operations everywhere;
 /// for comparisons and benchmarks).
@@ -89,4 +105,25 @@ pub fn group_norm(norm: &GroupNorm, x: Tensor<4>, with_silu: bool) -> Tensor<4> 
     }
     let y = norm.forward(x);
     if with_silu { silu(y) } else { y }
+}
+
+/// Nearest 2× upsampling, `[B, C, H, W] → [B, C, 2H, 2W]`, through the kernel where it applies.
+pub fn upsample2(x: Tensor<4>) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if let Some(y) = flex_layout::try_upsample2(&x) {
+        return y;
+    }
+    let [b, c, h, w] = x.dims();
+    x.reshape([b, c, h, 1, w, 1])
+        .expand([b, c, h, 2, w, 2])
+        .reshape([b, c, 2 * h, 2 * w])
+}
+
+/// `[B, Ca, H, W] ++ [B, Cb, H, W] → [B, Ca + Cb, H, W]`, through the kernel where it applies.
+pub fn cat_channels(a: Tensor<4>, b: Tensor<4>) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if let Some(y) = flex_layout::try_cat_channels(&a, &b) {
+        return y;
+    }
+    Tensor::cat(vec![a, b], 1)
 }

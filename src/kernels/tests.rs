@@ -171,3 +171,38 @@ fn group_norm_kernel_matches_burn_values_and_gradients() {
         }
     }
 }
+
+#[test]
+fn layout_kernels_match_burn_values_and_gradients() {
+    use super::flex_layout::{try_cat_channels, try_upsample2};
+    let device = Device::flex().autodiff();
+    let x = random([3, 4, 5, 6], 70, &device).require_grad();
+    let up_kernel = try_upsample2(&x).expect("covered");
+    let [b, c, h, w] = x.dims();
+    let up_burn = x
+        .clone()
+        .reshape([b, c, h, 1, w, 1])
+        .expand([b, c, h, 2, w, 2])
+        .reshape([b, c, 2 * h, 2 * w]);
+    close(up_kernel.clone(), up_burn.clone(), "upsample");
+    let dy = random(up_burn.dims(), 71, &device);
+    let g_kernel = (up_kernel * dy.clone()).sum().backward();
+    let g_burn = (up_burn * dy).sum().backward();
+    close_slices(
+        &grad_vec(&x, &g_kernel),
+        &grad_vec(&x, &g_burn),
+        "upsample dx",
+    );
+
+    let a = random([3, 2, 5, 6], 72, &device).require_grad();
+    let cat_kernel = try_cat_channels(&a, &x).expect("covered");
+    let cat_burn = Tensor::cat(vec![a.clone(), x.clone()], 1);
+    close(cat_kernel.clone(), cat_burn.clone(), "cat");
+    let dy = random(cat_burn.dims(), 73, &device);
+    let g_kernel = (cat_kernel * dy.clone()).sum().backward();
+    let g_burn = (cat_burn * dy).sum().backward();
+    for (t, what) in [(&a, "cat da"), (&x, "cat dx")] {
+        close_slices(&grad_vec(t, &g_kernel), &grad_vec(t, &g_burn), what);
+    }
+    assert!(try_cat_channels(&a, &random([3, 2, 5, 5], 74, &device)).is_none());
+}

@@ -25,10 +25,7 @@ pub fn conv3x3(cin: usize, cout: usize, stride: usize, zero: bool, device: &Devi
 
 /// 2× nearest-neighbour upsampling, `[B, C, H, W] → [B, C, 2H, 2W]`.
 pub fn upsample_nearest(x: Tensor<4>) -> Tensor<4> {
-    let [b, c, h, w] = x.dims();
-    x.reshape([b, c, h, 1, w, 1])
-        .expand([b, c, h, 2, w, 2])
-        .reshape([b, c, 2 * h, 2 * w])
+    kernels::upsample2(x)
 }
 
 /// 2×2 average pooling with stride 2, `[B, C, H, W] → [B, C, H/2, W/2]` (H, W even).

@@ -179,7 +179,7 @@ impl UNet {
         for level in &self.up {
             for stage in &level.stages {
                 let skip = hs.pop().expect("one skip per stage");
-                h = stage.forward(Tensor::cat(vec![h, skip], 1), emb.clone());
+                h = stage.forward(kernels::cat_channels(h, skip), emb.clone());
             }
             if let Some(u) = &level.up {
                 h = u.forward(h, emb.clone());
