@@ -34,6 +34,19 @@ pub trait KernelBackend: burn::backend::Backend {
         epsilon: f64,
         with_silu: bool,
     ) -> FloatTensor<Self>;
+
+    /// [`Self::ddpm_group_norm`] of x + shift, `shift` being `[B, C]` (one value per image and
+    /// channel, broadcast over the pixels).
+    #[allow(clippy::too_many_arguments)]
+    fn ddpm_group_norm_shift(
+        x: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        epsilon: f64,
+        with_silu: bool,
+    ) -> FloatTensor<Self>;
 }
 
 /// A contiguous copy (or the tensor itself when it already is one) and its shape.
@@ -112,7 +125,34 @@ impl KernelBackend for Flex {
         let (gm, _) = contiguous(&gamma);
         let (bt, _) = contiguous(&beta);
         let g = norm_geometry(&xs, groups);
-        let (y, _) = group_norm::forward(data(&x), data(&gm), data(&bt), &g, epsilon, with_silu);
+        let (y, _) =
+            group_norm::forward(data(&x), data(&gm), data(&bt), None, &g, epsilon, with_silu);
+        tensor(y, xs)
+    }
+
+    fn ddpm_group_norm_shift(
+        x: FlexTensor,
+        shift: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        groups: usize,
+        epsilon: f64,
+        with_silu: bool,
+    ) -> FlexTensor {
+        let (x, xs) = contiguous(&x);
+        let (sh, _) = contiguous(&shift);
+        let (gm, _) = contiguous(&gamma);
+        let (bt, _) = contiguous(&beta);
+        let g = norm_geometry(&xs, groups);
+        let (y, _) = group_norm::forward(
+            data(&x),
+            data(&gm),
+            data(&bt),
+            Some(data(&sh)),
+            &g,
+            epsilon,
+            with_silu,
+        );
         tensor(y, xs)
     }
 }
@@ -140,38 +180,80 @@ impl Backward<Flex, 3> for ConvBackward {
     }
 }
 
+/// What a GroupNorm's backward pass keeps: x, γ, β, the shift when there is one, the statistics.
+#[derive(Debug, Clone)]
+pub(super) struct NormState {
+    x: FlexTensor,
+    gamma: FlexTensor,
+    beta: FlexTensor,
+    shift: Option<FlexTensor>,
+    stats: group_norm::NormStats,
+    g: group_norm::NormGeometry,
+    with_silu: bool,
+}
+
+impl NormState {
+    fn grads(&self, dy: &FlexTensor) -> group_norm::NormGrads {
+        group_norm::backward(
+            data(&self.x),
+            data(&self.gamma),
+            data(&self.beta),
+            self.shift.as_ref().map(data),
+            &self.stats,
+            data(dy),
+            &self.g,
+            self.with_silu,
+        )
+    }
+}
+
 #[derive(Debug)]
 struct NormBackward;
 
 impl Backward<Flex, 3> for NormBackward {
-    type State = (
-        [FlexTensor; 3],
-        group_norm::NormStats,
-        group_norm::NormGeometry,
-        bool,
-    );
+    type State = NormState;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_gamma, node_beta] = ops.parents;
         let (dy, _) = contiguous(&grads.consume::<Flex>(&ops.node));
-        let ([x, gamma, beta], stats, g, with_silu) = ops.state;
-        let out = group_norm::backward(
-            data(&x),
-            data(&gamma),
-            data(&beta),
-            &stats,
-            data(&dy),
-            &g,
-            with_silu,
-        );
+        let st = ops.state;
+        let out = st.grads(&dy);
+        let c = st.g.channels;
         if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, tensor(out.dx, x.shape().to_vec()));
+            grads.register::<Flex>(node.id, tensor(out.dx, st.x.shape().to_vec()));
         }
         if let Some(node) = node_gamma {
-            grads.register::<Flex>(node.id, tensor(out.dgamma, vec![g.channels]));
+            grads.register::<Flex>(node.id, tensor(out.dgamma, vec![c]));
         }
         if let Some(node) = node_beta {
-            grads.register::<Flex>(node.id, tensor(out.dbeta, vec![g.channels]));
+            grads.register::<Flex>(node.id, tensor(out.dbeta, vec![c]));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ShiftNormBackward;
+
+impl Backward<Flex, 4> for ShiftNormBackward {
+    type State = NormState;
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_shift, node_gamma, node_beta] = ops.parents;
+        let (dy, _) = contiguous(&grads.consume::<Flex>(&ops.node));
+        let st = ops.state;
+        let out = st.grads(&dy);
+        let c = st.g.channels;
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, tensor(out.dx, st.x.shape().to_vec()));
+        }
+        if let Some(node) = node_shift {
+            grads.register::<Flex>(node.id, tensor(out.dshift, vec![st.g.batch, c]));
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<Flex>(node.id, tensor(out.dgamma, vec![c]));
+        }
+        if let Some(node) = node_beta {
+            grads.register::<Flex>(node.id, tensor(out.dbeta, vec![c]));
         }
     }
 }
@@ -226,14 +308,16 @@ impl<C: CheckpointStrategy> KernelBackend for Autodiff<Flex, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (xc, xs) = contiguous(x.primitive());
-                let (gm, _) = contiguous(gamma.primitive());
-                let (bt, _) = contiguous(beta.primitive());
-                let g = norm_geometry(&xs, groups);
-                let (y, stats) =
-                    group_norm::forward(data(&xc), data(&gm), data(&bt), &g, epsilon, with_silu);
-                let y = tensor(y, xs);
-                prep.finish(([xc, gm, bt], stats, g, with_silu), y)
+                let (y, state) = norm_forward(
+                    x.primitive(),
+                    None,
+                    gamma.primitive(),
+                    beta.primitive(),
+                    groups,
+                    epsilon,
+                    with_silu,
+                );
+                prep.finish(state, y)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::ddpm_group_norm(
                 x.into_primitive(),
@@ -245,6 +329,80 @@ impl<C: CheckpointStrategy> KernelBackend for Autodiff<Flex, C> {
             )),
         }
     }
+
+    fn ddpm_group_norm_shift(
+        x: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        epsilon: f64,
+        with_silu: bool,
+    ) -> FloatTensor<Self> {
+        match ShiftNormBackward
+            .prepare::<C>([x.node(), shift.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (y, state) = norm_forward(
+                    x.primitive(),
+                    Some(shift.primitive()),
+                    gamma.primitive(),
+                    beta.primitive(),
+                    groups,
+                    epsilon,
+                    with_silu,
+                );
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::ddpm_group_norm_shift(
+                x.into_primitive(),
+                shift.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                groups,
+                epsilon,
+                with_silu,
+            )),
+        }
+    }
+}
+
+/// The forward pass of a tracked GroupNorm: its output and what its backward pass keeps.
+fn norm_forward(
+    x: &FlexTensor,
+    shift: Option<&FlexTensor>,
+    gamma: &FlexTensor,
+    beta: &FlexTensor,
+    groups: usize,
+    epsilon: f64,
+    with_silu: bool,
+) -> (FlexTensor, NormState) {
+    let (x, xs) = contiguous(x);
+    let shift = shift.map(|s| contiguous(s).0);
+    let (gamma, _) = contiguous(gamma);
+    let (beta, _) = contiguous(beta);
+    let g = norm_geometry(&xs, groups);
+    let (y, stats) = group_norm::forward(
+        data(&x),
+        data(&gamma),
+        data(&beta),
+        shift.as_ref().map(data),
+        &g,
+        epsilon,
+        with_silu,
+    );
+    let state = NormState {
+        x,
+        gamma,
+        beta,
+        shift,
+        stats,
+        g,
+        with_silu,
+    };
+    (tensor(y, xs), state)
 }
 
 /// Whether `x` lives on the flex backend (with or without autodiff) as f32.
@@ -280,24 +438,38 @@ pub(super) fn try_conv2d(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
     Some(Tensor::from_dispatch(y))
 }
 
-/// GroupNorm (+ SiLU) through the kernel, or `None` when the kernel does not cover it.
+/// GroupNorm (+ SiLU) of x (+ shift, `[B, C]`) through the kernel, or `None` when the kernel does
+/// not cover it.
 pub(super) fn try_group_norm(
     norm: &GroupNorm,
     x: &Tensor<4>,
+    shift: Option<&Tensor<2>>,
     with_silu: bool,
 ) -> Option<Tensor<4>> {
-    if !on_flex(x) || !norm.affine || x.dims()[1] != norm.num_channels {
+    let [b, c, _, _] = x.dims();
+    if !on_flex(x) || !norm.affine || c != norm.num_channels {
         return None;
     }
-    let gamma = norm.gamma.as_ref()?.val();
-    let beta = norm.beta.as_ref()?.val();
-    let y = <Dispatch as KernelBackend>::ddpm_group_norm(
-        x.clone().into_dispatch(),
-        gamma.into_dispatch(),
-        beta.into_dispatch(),
-        norm.num_groups,
-        norm.epsilon,
-        with_silu,
-    );
+    if shift.is_some_and(|s| s.dims() != [b, c] || s.dtype() != DType::F32) {
+        return None;
+    }
+    let gamma = norm.gamma.as_ref()?.val().into_dispatch();
+    let beta = norm.beta.as_ref()?.val().into_dispatch();
+    let x = x.clone().into_dispatch();
+    let (groups, eps) = (norm.num_groups, norm.epsilon);
+    let y = match shift {
+        None => {
+            <Dispatch as KernelBackend>::ddpm_group_norm(x, gamma, beta, groups, eps, with_silu)
+        }
+        Some(s) => <Dispatch as KernelBackend>::ddpm_group_norm_shift(
+            x,
+            s.clone().into_dispatch(),
+            gamma,
+            beta,
+            groups,
+            eps,
+            with_silu,
+        ),
+    };
     Some(Tensor::from_dispatch(y))
 }

@@ -33,12 +33,14 @@ pub struct NormStats {
     pub rstd: Vec<f32>,
 }
 
-/// y = GroupNorm(x)·γ + β, then SiLU when `with_silu`. Returns y and the statistics the backward
-/// pass needs.
+/// y = GroupNorm(x + s)·γ + β, then SiLU when `with_silu`, where the optional `shift` s holds one
+/// value per (image, channel) (`[B·C]`, added to every pixel of that channel: a ResBlock's time
+/// embedding). Returns y and the statistics the backward pass needs.
 pub fn forward(
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
+    shift: Option<&[f32]>,
     g: &NormGeometry,
     epsilon: f64,
     with_silu: bool,
@@ -50,25 +52,44 @@ pub fn forward(
     );
     assert_eq!(gamma.len(), g.channels, "group_norm: gamma length");
     assert_eq!(beta.len(), g.channels, "group_norm: beta length");
+    check_shift(shift, g);
     let n = g.group_len().max(1);
     let mut y = super::zeroed(x.len());
     let stats: Vec<(f32, f32)> = y
         .par_chunks_mut(n)
         .zip(x.par_chunks(n))
         .enumerate()
-        .map(|(idx, (ys, xs))| normalize_group(ys, xs, gamma, beta, g, idx, epsilon, with_silu))
+        .map(|(idx, (ys, xs))| {
+            let s = group_shift(shift, g, idx);
+            normalize_group(ys, xs, gamma, beta, s, g, idx, epsilon, with_silu)
+        })
         .collect();
     let (mean, rstd) = stats.into_iter().unzip();
     (y, NormStats { mean, rstd })
 }
 
+fn check_shift(shift: Option<&[f32]>, g: &NormGeometry) {
+    if let Some(s) = shift {
+        assert_eq!(s.len(), g.batch * g.channels, "group_norm: shift length");
+    }
+}
+
+/// The shift of each channel of (image, group) slice `idx` (zeros without a shift).
+fn group_shift<'a>(shift: Option<&'a [f32]>, g: &NormGeometry, idx: usize) -> &'a [f32] {
+    const NONE: [f32; 0] = [];
+    let cpg = g.channels / g.groups;
+    shift.map_or(&NONE, |s| &s[idx * cpg..(idx + 1) * cpg])
+}
+
 with_avx512! {
-    /// Forward pass of one (image, group) slice; returns its mean and 1/σ.
+    /// Forward pass of one (image, group) slice (`shift`: one value per channel of the group, or
+    /// empty); returns the mean of x + shift and 1/σ.
     fn normalize_group(
         ys: &mut [f32],
         xs: &[f32],
         gamma: &[f32],
         beta: &[f32],
+        shift: &[f32],
         g: &NormGeometry,
         idx: usize,
         epsilon: f64,
@@ -76,9 +97,22 @@ with_avx512! {
     ) -> (f32, f32) {
         let n = xs.len();
         let cpg = g.channels / g.groups;
-        let mean = lane_sum(xs, |v| v) / n as f64;
-        let m = mean as f32;
-        let var = lane_sum(xs, |v| (v - m) * (v - m)) / n as f64;
+        let s_of = |ci: usize| shift.get(ci).copied().unwrap_or(0.0);
+        let mean = xs
+            .chunks(g.spatial)
+            .enumerate()
+            .map(|(ci, xc)| lane_sum(xc, |v| v) + s_of(ci) as f64 * xc.len() as f64)
+            .sum::<f64>()
+            / n as f64;
+        let var = xs
+            .chunks(g.spatial)
+            .enumerate()
+            .map(|(ci, xc)| {
+                let m = (mean - s_of(ci) as f64) as f32;
+                lane_sum(xc, |v| (v - m) * (v - m))
+            })
+            .sum::<f64>()
+            / n as f64;
         let rstd = 1.0 / (var + epsilon).sqrt();
         let c0 = (idx % g.groups) * cpg;
         for (ci, (yc, xc)) in ys
@@ -86,8 +120,9 @@ with_avx512! {
             .zip(xs.chunks(g.spatial))
             .enumerate()
         {
+            let centre = mean - s_of(ci) as f64;
             let a = (rstd * gamma[c0 + ci] as f64) as f32;
-            let b = (beta[c0 + ci] as f64 - mean * rstd * gamma[c0 + ci] as f64) as f32;
+            let b = (beta[c0 + ci] as f64 - centre * rstd * gamma[c0 + ci] as f64) as f32;
             if with_silu {
                 for (o, &v) in yc.iter_mut().zip(xc) {
                     *o = silu(v * a + b);
@@ -111,6 +146,8 @@ pub struct NormGrads {
     pub dgamma: Vec<f32>,
     /// ∂L/∂β.
     pub dbeta: Vec<f32>,
+    /// ∂L/∂shift, `[B·C]` (empty without a shift).
+    pub dshift: Vec<f32>,
 }
 
 /// The backward pass of [`forward`] given ∂L/∂y.
@@ -119,6 +156,7 @@ pub fn backward(
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
+    shift: Option<&[f32]>,
     stats: &NormStats,
     dy: &[f32],
     g: &NormGeometry,
@@ -130,45 +168,61 @@ pub fn backward(
         g.batch * g.groups,
         "group_norm backward: statistics"
     );
+    check_shift(shift, g);
     let n = g.group_len().max(1);
     let cpg = g.channels / g.groups;
     let mut dx = super::zeroed(x.len());
-    // Per (image, channel): Σ ∂L/∂ŷ·x̂ and Σ ∂L/∂ŷ, summed over images afterwards.
-    let per_channel: Vec<Vec<(f32, f32)>> = dx
+    // Per (image, channel): Σ ∂L/∂ŷ·x̂, Σ ∂L/∂ŷ and Σ ∂L/∂x; the first two summed over images.
+    let per_channel: Vec<Vec<[f32; 3]>> = dx
         .par_chunks_mut(n)
         .zip(x.par_chunks(n))
         .zip(dy.par_chunks(n))
         .enumerate()
         .map(|(idx, ((dxs, xs), dys))| {
-            backward_group(dxs, xs, dys, gamma, beta, stats, g, idx, with_silu)
+            let s = group_shift(shift, g, idx);
+            backward_group(dxs, xs, dys, gamma, beta, s, stats, g, idx, with_silu)
         })
         .collect();
     let mut dgamma = vec![0f32; g.channels];
     let mut dbeta = vec![0f32; g.channels];
+    let mut dshift = Vec::with_capacity(if shift.is_some() {
+        x.len() / n * cpg
+    } else {
+        0
+    });
     for (idx, sums) in per_channel.into_iter().enumerate() {
         let c0 = (idx % g.groups) * cpg;
-        for (ci, (dg, db)) in sums.into_iter().enumerate() {
+        for (ci, [dg, db, ds]) in sums.into_iter().enumerate() {
             dgamma[c0 + ci] += dg;
             dbeta[c0 + ci] += db;
+            if shift.is_some() {
+                dshift.push(ds);
+            }
         }
     }
-    NormGrads { dx, dgamma, dbeta }
+    NormGrads {
+        dx,
+        dgamma,
+        dbeta,
+        dshift,
+    }
 }
 
 with_avx512! {
-    /// Backward pass of one (image, group) slice: writes ∂L/∂x and returns (Σ ∂L/∂ŷ·x̂, Σ ∂L/∂ŷ) per
-    /// channel of the group.
+    /// Backward pass of one (image, group) slice: writes ∂L/∂x and returns (Σ ∂L/∂ŷ·x̂, Σ ∂L/∂ŷ,
+    /// Σ ∂L/∂x) per channel of the group (the last is ∂L/∂shift).
     fn backward_group(
         dxs: &mut [f32],
         xs: &[f32],
         dys: &[f32],
         gamma: &[f32],
         beta: &[f32],
+        shift: &[f32],
         stats: &NormStats,
         g: &NormGeometry,
         idx: usize,
         with_silu: bool,
-    ) -> Vec<(f32, f32)> {
+    ) -> Vec<[f32; 3]> {
         let n = xs.len();
         let cpg = g.channels / g.groups;
         let (mean, rstd) = (stats.mean[idx], stats.rstd[idx]);
@@ -182,20 +236,31 @@ with_avx512! {
             .enumerate()
         {
             let (gm, bt) = (gamma[c0 + ci], beta[c0 + ci]);
+            let centre = mean - shift.get(ci).copied().unwrap_or(0.0);
             let [dg, db, sd, sdx] = if with_silu {
-                backward_channel::<true>(dxc, xc, dyc, mean, rstd, gm, bt)
+                backward_channel::<true>(dxc, xc, dyc, centre, rstd, gm, bt)
             } else {
-                backward_channel::<false>(dxc, xc, dyc, mean, rstd, gm, bt)
+                backward_channel::<false>(dxc, xc, dyc, centre, rstd, gm, bt)
             };
-            sums.push((dg, db));
+            sums.push([dg, db, 0.0]);
             sum_dxhat += sd as f64;
             sum_dxhat_xhat += sdx as f64;
         }
         let m1 = (sum_dxhat / n as f64) as f32;
         let m2 = (sum_dxhat_xhat / n as f64) as f32;
-        for (o, &xv) in dxs.iter_mut().zip(xs) {
-            let xhat = (xv - mean) * rstd;
-            *o = rstd * (*o - m1 - xhat * m2);
+        for (ci, (dxc, xc)) in dxs
+            .chunks_mut(g.spatial)
+            .zip(xs.chunks(g.spatial))
+            .enumerate()
+        {
+            let centre = mean - shift.get(ci).copied().unwrap_or(0.0);
+            for (o, &xv) in dxc.iter_mut().zip(xc) {
+                let xhat = (xv - centre) * rstd;
+                *o = rstd * (*o - m1 - xhat * m2);
+            }
+            if !shift.is_empty() {
+                sums[ci][2] = lane_sum(dxc, |v| v) as f32;
+            }
         }
         sums
     }
@@ -313,21 +378,34 @@ mod tests {
         groups: 2,
     };
 
+    /// x + s with the shift broadcast over each channel's pixels.
+    fn shifted(x: &[f64], shift: Option<&[f64]>, g: &NormGeometry) -> Vec<f64> {
+        x.iter()
+            .enumerate()
+            .map(|(i, v)| v + shift.map_or(0.0, |s| s[i / g.spatial]))
+            .collect()
+    }
+
     #[test]
     fn forward_matches_the_definition() {
         let g = GEOMETRY;
         let x = values(g.batch * g.channels * g.spatial, 1, 2.0, 0.7);
         let gamma = values(g.channels, 2, 0.5, 1.0);
         let beta = values(g.channels, 3, 0.5, 0.0);
+        let shift = values(g.batch * g.channels, 8, 1.0, 0.3);
         let f = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<_>>();
         for act in [false, true] {
-            let (y, _) = forward(&x, &gamma, &beta, &g, 1e-5, act);
-            let want = reference(&f(&x), &f(&gamma), &f(&beta), &g, 1e-5, act);
-            for (a, e) in y.iter().zip(&want) {
-                assert!(
-                    (*a as f64 - e).abs() < 1e-5 * (1.0 + e.abs()),
-                    "silu {act}: {a} vs {e}"
-                );
+            for s in [None, Some(&shift[..])] {
+                let (y, _) = forward(&x, &gamma, &beta, s, &g, 1e-5, act);
+                let xs = shifted(&f(&x), s.map(f).as_deref(), &g);
+                let want = reference(&xs, &f(&gamma), &f(&beta), &g, 1e-5, act);
+                for (a, e) in y.iter().zip(&want) {
+                    assert!(
+                        (*a as f64 - e).abs() < 1e-5 * (1.0 + e.abs()),
+                        "silu {act} shift {}: {a} vs {e}",
+                        s.is_some()
+                    );
+                }
             }
         }
     }
@@ -340,37 +418,45 @@ mod tests {
         let x = values(g.batch * g.channels * g.spatial, 4, 1.5, -0.3);
         let gamma = values(g.channels, 5, 0.5, 1.0);
         let beta = values(g.channels, 6, 0.5, 0.0);
+        let shift = values(g.batch * g.channels, 9, 1.0, -0.2);
         let dy = values(x.len(), 7, 1.0, 0.0);
         let f = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<_>>();
         for act in [false, true] {
-            let (_, stats) = forward(&x, &gamma, &beta, &g, 1e-5, act);
-            let grads = backward(&x, &gamma, &beta, &stats, &dy, &g, act);
-            let functional = |x: &[f64], gm: &[f64], bt: &[f64]| -> f64 {
-                reference(x, gm, bt, &g, 1e-5, act)
-                    .iter()
-                    .zip(&dy)
-                    .map(|(y, d)| y * *d as f64)
-                    .sum()
-            };
-            let (xf, gf, bf) = (f(&x), f(&gamma), f(&beta));
-            let h = 1e-4;
-            let diff = |which: usize, i: usize| -> f64 {
-                let mut p = [xf.clone(), gf.clone(), bf.clone()];
-                let mut m = [xf.clone(), gf.clone(), bf.clone()];
-                p[which][i] += h;
-                m[which][i] -= h;
-                (functional(&p[0], &p[1], &p[2]) - functional(&m[0], &m[1], &m[2])) / (2.0 * h)
-            };
-            for (which, got) in [&grads.dx, &grads.dgamma, &grads.dbeta]
-                .into_iter()
-                .enumerate()
-            {
-                for (i, &v) in got.iter().enumerate() {
-                    let want = diff(which, i);
-                    assert!(
-                        (v as f64 - want).abs() < 1e-3 * (1.0 + want.abs()),
-                        "silu {act}, input {which}[{i}]: {v} vs {want}"
-                    );
+            for with_shift in [false, true] {
+                let s = with_shift.then_some(&shift[..]);
+                let (_, stats) = forward(&x, &gamma, &beta, s, &g, 1e-5, act);
+                let grads = backward(&x, &gamma, &beta, s, &stats, &dy, &g, act);
+                let functional = |p: &[Vec<f64>; 4]| -> f64 {
+                    let xs = shifted(&p[0], with_shift.then_some(&p[3][..]), &g);
+                    reference(&xs, &p[1], &p[2], &g, 1e-5, act)
+                        .iter()
+                        .zip(&dy)
+                        .map(|(y, d)| y * *d as f64)
+                        .sum()
+                };
+                let base = [f(&x), f(&gamma), f(&beta), f(&shift)];
+                let h = 1e-4;
+                let diff = |which: usize, i: usize| -> f64 {
+                    let (mut p, mut m) = (base.clone(), base.clone());
+                    p[which][i] += h;
+                    m[which][i] -= h;
+                    (functional(&p) - functional(&m)) / (2.0 * h)
+                };
+                let mut outputs = vec![&grads.dx, &grads.dgamma, &grads.dbeta];
+                if with_shift {
+                    outputs.push(&grads.dshift);
+                } else {
+                    assert!(grads.dshift.is_empty());
+                }
+                for (which, got) in outputs.into_iter().enumerate() {
+                    assert_eq!(got.len(), base[which].len());
+                    for (i, &v) in got.iter().enumerate() {
+                        let want = diff(which, i);
+                        assert!(
+                            (v as f64 - want).abs() < 1e-3 * (1.0 + want.abs()),
+                            "silu {act} shift {with_shift}, input {which}[{i}]: {v} vs {want}"
+                        );
+                    }
                 }
             }
         }

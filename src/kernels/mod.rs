@@ -100,10 +100,27 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 /// `norm.forward(x)`, followed by SiLU when `with_silu`, through the fused kernel where it applies.
 pub fn group_norm(norm: &GroupNorm, x: Tensor<4>, with_silu: bool) -> Tensor<4> {
     #[cfg(feature = "flex")]
-    if let Some(y) = flex::try_group_norm(norm, &x, with_silu) {
+    if let Some(y) = flex::try_group_norm(norm, &x, None, with_silu) {
         return y;
     }
     let y = norm.forward(x);
+    if with_silu { silu(y) } else { y }
+}
+
+/// `norm.forward(x + shift)` with `shift` (`[B, C]`) broadcast over the pixels, followed by SiLU
+/// when `with_silu`: the fused kernel adds the shift on the fly where it applies.
+pub fn group_norm_shifted(
+    norm: &GroupNorm,
+    x: Tensor<4>,
+    shift: Tensor<2>,
+    with_silu: bool,
+) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if let Some(y) = flex::try_group_norm(norm, &x, Some(&shift), with_silu) {
+        return y;
+    }
+    let [b, c] = shift.dims();
+    let y = norm.forward(x + shift.reshape([b, c, 1, 1]));
     if with_silu { silu(y) } else { y }
 }
 

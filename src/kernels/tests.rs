@@ -146,7 +146,7 @@ fn group_norm_kernel_matches_burn_values_and_gradients() {
         for with_silu in [false, true] {
             let what = format!("group norm {i} silu {with_silu}");
             let x = (random(shape, 50 + i as u64, &device) * 2.0 + 0.5).require_grad();
-            let y_kernel = flex::try_group_norm(&norm, &x, with_silu).expect("covered");
+            let y_kernel = flex::try_group_norm(&norm, &x, None, with_silu).expect("covered");
             let y_burn = norm.forward(x.clone());
             let y_burn = if with_silu { silu(y_burn) } else { y_burn };
             close(y_kernel.clone(), y_burn.clone(), &what);
@@ -205,4 +205,37 @@ fn layout_kernels_match_burn_values_and_gradients() {
         close_slices(&grad_vec(t, &g_kernel), &grad_vec(t, &g_burn), what);
     }
     assert!(try_cat_channels(&a, &random([3, 2, 5, 5], 74, &device)).is_none());
+}
+
+#[test]
+fn shifted_group_norm_kernel_matches_burn_values_and_gradients() {
+    let device = Device::flex().autodiff();
+    let shape = [3usize, 8, 5, 4];
+    let norm: GroupNorm = GroupNormConfig::new(4, shape[1]).init(&device);
+    let x = (random(shape, 80, &device) * 1.5 - 0.2).require_grad();
+    let shift = Tensor::<2>::from_data(
+        TensorData::new(crate::rng::Rng::new(81).normal_f32(3 * 8), [3, 8]),
+        &device,
+    )
+    .require_grad();
+    for with_silu in [false, true] {
+        let what = format!("shifted group norm silu {with_silu}");
+        let y_kernel = flex::try_group_norm(&norm, &x, Some(&shift), with_silu).expect("covered");
+        let y_burn = norm.forward(x.clone() + shift.clone().reshape([3, 8, 1, 1]));
+        let y_burn = if with_silu { silu(y_burn) } else { y_burn };
+        close(y_kernel.clone(), y_burn.clone(), &what);
+        let dy = random(shape, 82, &device);
+        let g_kernel = (y_kernel * dy.clone()).sum().backward();
+        let g_burn = (y_burn * dy).sum().backward();
+        close_slices(
+            &grad_vec(&x, &g_kernel),
+            &grad_vec(&x, &g_burn),
+            &format!("{what} dx"),
+        );
+        close_slices(
+            &grad_vec(&shift, &g_kernel),
+            &grad_vec(&shift, &g_burn),
+            &format!("{what} dshift"),
+        );
+    }
 }

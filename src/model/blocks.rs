@@ -130,7 +130,7 @@ impl ResBlock {
             let shift = e.narrow(1, c, c);
             silu(kernels::group_norm(&self.norm2, h, false) * (scale + 1.0) + shift)
         } else {
-            kernels::group_norm(&self.norm2, h + e.reshape([b, c, 1, 1]), true)
+            kernels::group_norm_shifted(&self.norm2, h, e, true)
         };
         let h = kernels::conv2d(&self.conv2, self.dropout.forward(h));
         let x = match &self.skip {
