@@ -524,7 +524,7 @@ pub fn backward(
 
 /// Splits `dx` (empty when the input gradient is not wanted) into one part per task of `chunk`
 /// images, `None` for every task when it is empty.
-pub(super) fn dx_parts(dx: &mut [f32], tasks: usize, chunk: usize) -> Vec<Option<&mut [f32]>> {
+pub(super) fn dx_parts<T>(dx: &mut [T], tasks: usize, chunk: usize) -> Vec<Option<&mut [T]>> {
     if dx.is_empty() {
         (0..tasks).map(|_| None).collect()
     } else {

@@ -5,6 +5,7 @@
 use super::conv::{ConvGeometry, ConvGrads};
 use super::direct::{self, NR, Plan};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Whether [`forward`] covers `g` on this CPU (and is worth it: not for 1×1 kernels, which are
 /// plain GEMMs, nor for fewer output channels than a micro-tile holds).
@@ -72,20 +73,20 @@ pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry) -> Vec
     };
     let packed = direct::pack_weights(weight, g.cout, g.cin, g.kh * g.kw, false);
     let (in_len, out_len) = (g.cin * g.h * g.w, g.cout * oh * ow);
-    let mut y = super::zeroed(g.batch * out_len);
-    if y.is_empty() {
-        return y;
+    if g.batch * out_len == 0 {
+        return Vec::new();
     }
+    let mut y = super::uninit(g.batch * out_len);
     // Kernel blocks per task: all of them, unless there are fewer images than threads.
     let blocks = g.cout.div_ceil(NR);
     let splits = rayon::current_num_threads()
         .div_ceil(g.batch)
         .clamp(1, blocks);
     let per = blocks.div_ceil(splits);
-    let image = |xb: &[f32], yb: &mut [f32], xpad: &mut Vec<f32>| {
+    let image = |xb: &[f32], yb: &mut [MaybeUninit<f32>], xpad: &mut Vec<f32>| {
         xpad.resize(g.cin * lay.ps, 0.0);
         direct::pad_planes(xb, g.h, g.w, g.pad, xpad, lay.ps);
-        let run = |first: usize, yrows: &mut [f32]| {
+        let run = |first: usize, yrows: &mut [MaybeUninit<f32>]| {
             let last = (first + per).min(blocks);
             let b = &bias[first * NR..];
             direct::conv_image(xpad, &packed, first..last, &plan, Some(b), yrows);
@@ -101,7 +102,9 @@ pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry) -> Vec
     y.par_chunks_mut(out_len)
         .zip(x.par_chunks(in_len))
         .for_each_init(Vec::new, |xpad, (yb, xb)| image(xb, yb, xpad));
-    y
+    // SAFETY: every image's rows were split among the kernel-block groups and conv_image writes
+    // every element of the rows it is given.
+    unsafe { super::assume_init(y) }
 }
 
 /// The backward pass of [`forward`] (see [`super::conv::backward`]).
@@ -134,7 +137,7 @@ pub fn backward(
     };
     let dx_blocks = g.cin.div_ceil(NR);
     let chunk = g.batch.div_ceil(rayon::current_num_threads()).max(1);
-    let mut dx = super::zeroed(if input_grad { g.batch * in_len } else { 0 });
+    let mut dx = super::uninit(if input_grad { g.batch * in_len } else { 0 });
     let tasks = g.batch.div_ceil(chunk);
     let partial: Vec<(Vec<f32>, Vec<f32>)> = super::conv::dx_parts(&mut dx, tasks, chunk * in_len)
         .into_par_iter()
@@ -171,5 +174,8 @@ pub fn backward(
         dweight.iter_mut().zip(dw).for_each(|(a, b)| *a += b);
         dbias.iter_mut().zip(db).for_each(|(a, b)| *a += b);
     }
+    // SAFETY: with an input gradient, each task wrote every image of its part through
+    // conv_image, which writes every element; without one, `dx` is empty.
+    let dx = unsafe { super::assume_init(dx) };
     ConvGrads { dx, dweight, dbias }
 }

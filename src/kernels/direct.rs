@@ -22,6 +22,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 /// f32 lanes of one AVX-512 vector.
@@ -256,14 +257,15 @@ unsafe fn tile<const M: usize>(
 
 /// Convolves one padded image `x` (`plan.cin` planes) with the packed kernel blocks `blocks` of
 /// `packed` and writes output channels `blocks.start·NR ..` (as many as `out` holds, `[rows, oh,
-/// ow]`) plus `bias` (one per row of `out`; zero when `None`).
+/// ow]`) plus `bias` (one per row of `out`; zero when `None`). Every element of `out` is written,
+/// so it may start uninitialized.
 pub fn conv_image(
     x: &[f32],
     packed: &[f32],
     blocks: std::ops::Range<usize>,
     plan: &Plan,
     bias: Option<&[f32]>,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     let taps = plan.offsets.len();
     let max_off = plan.offsets.iter().copied().max().unwrap_or(0);
@@ -289,20 +291,22 @@ pub fn conv_image(
     let bias = bias.unwrap_or(&[]);
     assert!(bias.is_empty() || bias.len() >= rows, "conv_image: bias");
     let block_len = plan.cin * taps * NR;
+    // Each tile: its first vector, its vector count and where its vectors' pixels go. The
+    // vectors tile the wide grid, so every output pixel of every row is stored exactly once.
     let mut tiles = Vec::with_capacity(vectors.div_ceil(MR));
     let mut v0 = 0;
     while v0 < vectors {
         let m = MR.min(vectors - v0);
-        tiles.push((v0, m));
+        let stores: [Store; MR] = std::array::from_fn(|v| Store::at((v0 + v) * LANES, plan));
+        tiles.push((v0, m, stores));
         v0 += m;
     }
-    let out_ptr = out.as_mut_ptr();
-    let run = |v0: usize, m: usize, k: usize, b: usize| {
+    let out_ptr = out.as_mut_ptr().cast::<f32>();
+    let run = |v0: usize, m: usize, st: &[Store; MR], k: usize, b: usize| {
         let n = NR.min(rows.saturating_sub(k * NR));
         if n == 0 {
             return;
         }
-        let st = |v: usize| Store::at((v0 + v) * LANES, plan);
         let bp = if bias.is_empty() {
             zeros.as_ptr()
         } else {
@@ -318,27 +322,16 @@ pub fn conv_image(
             let op = out_ptr.add(k * NR * plane);
             let (ps, cin, offs) = (plan.ps, plan.cin, plan.offsets);
             match m {
-                3 => tile::<3>(
-                    xp,
-                    ps,
-                    cin,
-                    offs,
-                    wp,
-                    &[st(0), st(1), st(2)],
-                    op,
-                    plane,
-                    n,
-                    bp,
-                ),
-                2 => tile::<2>(xp, ps, cin, offs, wp, &[st(0), st(1)], op, plane, n, bp),
-                _ => tile::<1>(xp, ps, cin, offs, wp, &[st(0)], op, plane, n, bp),
+                3 => tile::<3>(xp, ps, cin, offs, wp, st, op, plane, n, bp),
+                2 => tile::<2>(xp, ps, cin, offs, wp, &[st[0], st[1]], op, plane, n, bp),
+                _ => tile::<1>(xp, ps, cin, offs, wp, &[st[0]], op, plane, n, bp),
             }
         }
     };
     // Tiles outer: one tile's image rows stay in L1 while the kernel blocks stream past them.
-    for &(v0, m) in &tiles {
+    for (v0, m, stores) in &tiles {
         for (k, b) in blocks.clone().enumerate() {
-            run(v0, m, k, b);
+            run(*v0, *m, stores, k, b);
         }
     }
 }

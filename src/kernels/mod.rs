@@ -68,6 +68,29 @@ static ENABLED: AtomicBool = AtomicBool::new(true);
 /// allocated on the calling thread, where a serial `memset` (or the first-touch page faults)
 /// would leave the other threads idle.
 pub(crate) fn zeroed(n: usize) -> Vec<f32> {
+    zeroed_impl(n)
+}
+
+/// `n` uninitialized floats for a kernel that writes every one of them (then [`assume_init`]).
+pub(crate) fn uninit(n: usize) -> Vec<std::mem::MaybeUninit<f32>> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: `MaybeUninit` needs no initialization; the capacity is n.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// The floats of a buffer from [`uninit`].
+///
+/// # Safety
+/// Every element must have been written.
+pub(crate) unsafe fn assume_init(v: Vec<std::mem::MaybeUninit<f32>>) -> Vec<f32> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: same allocation, layout-compatible element type, all elements initialized (the
+    // caller's contract); the original vector is not dropped.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
+}
+
+fn zeroed_impl(n: usize) -> Vec<f32> {
     use rayon::prelude::*;
     if n < 1 << 16 {
         return vec![0f32; n];
