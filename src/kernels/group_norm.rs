@@ -4,6 +4,7 @@
 
 use super::fast_math::{sigmoid, silu};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// The shapes of one GroupNorm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +55,7 @@ pub fn forward(
     assert_eq!(beta.len(), g.channels, "group_norm: beta length");
     check_shift(shift, g);
     let n = g.group_len().max(1);
-    let mut y = super::zeroed(x.len());
+    let mut y = super::uninit(x.len());
     let stats: Vec<(f32, f32)> = y
         .par_chunks_mut(n)
         .zip(x.par_chunks(n))
@@ -65,6 +66,9 @@ pub fn forward(
         })
         .collect();
     let (mean, rstd) = stats.into_iter().unzip();
+    // SAFETY: the slices of all (image, group) pairs cover y, and normalize_group writes every
+    // element of its slice.
+    let y = unsafe { super::assume_init(y) };
     (y, NormStats { mean, rstd })
 }
 
@@ -85,7 +89,7 @@ with_avx512! {
     /// Forward pass of one (image, group) slice (`shift`: one value per channel of the group, or
     /// empty); returns the mean of x + shift and 1/σ.
     fn normalize_group(
-        ys: &mut [f32],
+        ys: &mut [MaybeUninit<f32>],
         xs: &[f32],
         gamma: &[f32],
         beta: &[f32],
@@ -125,11 +129,11 @@ with_avx512! {
             let b = (beta[c0 + ci] as f64 - centre * rstd * gamma[c0 + ci] as f64) as f32;
             if with_silu {
                 for (o, &v) in yc.iter_mut().zip(xc) {
-                    *o = silu(v * a + b);
+                    o.write(silu(v * a + b));
                 }
             } else {
                 for (o, &v) in yc.iter_mut().zip(xc) {
-                    *o = v * a + b;
+                    o.write(v * a + b);
                 }
             }
         }
