@@ -32,10 +32,24 @@ pub fn exp(x: f32) -> f32 {
     p * scale
 }
 
-/// σ(x) = 1 / (1 + e^-x).
+/// 1/x for positive normal x, relative error below 2e-7: a bit-level first guess (within 12%)
+/// refined by three Newton steps r ← r(2 − xr), each squaring the error. Vector division has a
+/// throughput of about 10 cycles per 16 lanes; this is six FMAs and a subtraction.
 #[inline(always)]
+pub fn recip(x: f32) -> f32 {
+    let mut r = f32::from_bits(0x7EF3_11C7u32.wrapping_sub(x.to_bits()));
+    for _ in 0..3 {
+        r *= 2.0 - x * r;
+    }
+    r
+}
+
+/// σ(x) = 1 / (1 + e^-x) (x is clamped to ±80, where σ is 1 or 2e-35 to f32 precision, so that
+/// 1 + e^-x stays where [`recip`] is accurate).
+#[inline(always)]
+#[allow(clippy::manual_clamp)] // `clamp` does not vectorize
 pub fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + exp(-x))
+    recip(1.0 + exp(-x.max(-80.0).min(80.0)))
 }
 
 /// SiLU(x) = x σ(x).
@@ -65,6 +79,19 @@ mod tests {
     }
 
     #[test]
+    fn recip_is_accurate_over_the_range_sigmoid_uses() {
+        let mut worst = 0f64;
+        let mut x = 1.0f64;
+        while x < 1e35 {
+            let got = recip(x as f32) as f64;
+            let want = 1.0 / (x as f32) as f64;
+            worst = worst.max(((got - want) / want).abs());
+            x *= 1.001_37;
+        }
+        assert!(worst < 2e-7, "worst relative error {worst}");
+    }
+
+    #[test]
     fn sigmoid_and_silu_match_their_definitions() {
         for i in -400..=400 {
             let x = i as f32 * 0.05;
@@ -72,5 +99,7 @@ mod tests {
             assert!((sigmoid(x) as f64 - s).abs() < 2e-7, "sigmoid({x})");
             assert!((silu(x) as f64 - x as f64 * s).abs() < 4e-6 * (1.0 + x.abs() as f64));
         }
+        assert!((0.0..1e-30).contains(&sigmoid(-1000.0)));
+        assert!((sigmoid(1000.0) - 1.0).abs() < 1e-7);
     }
 }
