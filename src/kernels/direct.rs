@@ -199,7 +199,8 @@ impl Store {
 }
 
 /// One micro-tile: `NR` output channels × `M` vectors, summing input channels `0..cin` of `x`
-/// (pointing at the tile's first position of its first channel) against packed weights `w`;
+/// (pointing at the tile's first position of its first channel; with `T` > 0 `offsets` holds
+/// exactly `T` taps, and the tap loop is unrolled) against packed weights `w`;
 /// row r (< `rows`) is written, plus `bias[r]`, to the output pixels of `stores` in
 /// `out + r·plane`.
 ///
@@ -209,7 +210,7 @@ impl Store {
 /// `out + r·plane + stores[v].dst` writable for popcount(mask) floats.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const M: usize>(
+unsafe fn tile<const M: usize, const T: usize>(
     x: *const f32,
     ps: usize,
     cin: usize,
@@ -225,10 +226,10 @@ unsafe fn tile<const M: usize>(
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); NR]; M];
         let mut wp = w;
-        for c in 0..cin {
-            let xc = x.add(c * ps);
-            for &off in offsets {
-                let p = xc.add(off);
+        // One (input channel, tap) step: M image vectors times NR broadcast weights.
+        macro_rules! step {
+            ($p:expr) => {{
+                let p = $p;
                 let mut xv = [_mm512_setzero_ps(); M];
                 for (v, xv) in xv.iter_mut().enumerate() {
                     *xv = _mm512_loadu_ps(p.add(v * LANES));
@@ -240,6 +241,23 @@ unsafe fn tile<const M: usize>(
                     }
                 }
                 wp = wp.add(NR);
+            }};
+        }
+        if T > 0 {
+            // A fixed tap count (3×3): the tap loop unrolls with its offsets in registers.
+            let taps: [usize; T] = std::array::from_fn(|t| offsets[t]);
+            for c in 0..cin {
+                let xc = x.add(c * ps);
+                for &off in &taps {
+                    step!(xc.add(off));
+                }
+            }
+        } else {
+            for c in 0..cin {
+                let xc = x.add(c * ps);
+                for &off in offsets {
+                    step!(xc.add(off));
+                }
             }
         }
         for r in 0..rows {
@@ -321,10 +339,14 @@ pub fn conv_image(
             let wp = packed.as_ptr().add(b * block_len);
             let op = out_ptr.add(k * NR * plane);
             let (ps, cin, offs) = (plan.ps, plan.cin, plan.offsets);
-            match m {
-                3 => tile::<3>(xp, ps, cin, offs, wp, st, op, plane, n, bp),
-                2 => tile::<2>(xp, ps, cin, offs, wp, &[st[0], st[1]], op, plane, n, bp),
-                _ => tile::<1>(xp, ps, cin, offs, wp, &[st[0]], op, plane, n, bp),
+            let (s2, s1) = (&[st[0], st[1]], &[st[0]]);
+            match (m, offs.len()) {
+                (3, 9) => tile::<3, 9>(xp, ps, cin, offs, wp, st, op, plane, n, bp),
+                (2, 9) => tile::<2, 9>(xp, ps, cin, offs, wp, s2, op, plane, n, bp),
+                (_, 9) => tile::<1, 9>(xp, ps, cin, offs, wp, s1, op, plane, n, bp),
+                (3, _) => tile::<3, 0>(xp, ps, cin, offs, wp, st, op, plane, n, bp),
+                (2, _) => tile::<2, 0>(xp, ps, cin, offs, wp, s2, op, plane, n, bp),
+                _ => tile::<1, 0>(xp, ps, cin, offs, wp, s1, op, plane, n, bp),
             }
         }
     };
