@@ -1,6 +1,7 @@
 //! Throughput of the convolution kernels on the `mnist` preset's shapes (batch 64):
 //! `cargo bench --bench conv`. Prints milliseconds and GFLOP/s per call, forward and backward,
-//! for the GEMM route and the direct AVX-512 route (where it applies; else both are the GEMM).
+//! for the GEMM route and the direct AVX-512 route (where it applies: stride 1, not 1×1, at least
+//! 8 output channels, and 8 input channels for the backward pass; else both rows are the GEMM).
 
 use ddpm::kernels::conv::{ConvGeometry, backward_with, forward_with};
 use std::time::Instant;
@@ -45,8 +46,8 @@ fn main() {
         ("conv_out 32→1 @28", geometry(32, 1, 28, 3, 1)),
     ];
     println!(
-        "{:<22} {:>10} {:>9} {:>10} {:>9}",
-        "shape", "fwd ms", "GFLOP/s", "bwd ms", "GFLOP/s"
+        "{:<22} {:>7} {:>10} {:>9} {:>10} {:>9}",
+        "shape", "route", "fwd ms", "GFLOP/s", "bwd ms", "GFLOP/s"
     );
     for (name, g) in shapes {
         let x: Vec<f32> = (0..g.batch * g.cin * g.h * g.w)
