@@ -314,7 +314,10 @@ pub fn conv_image(
     let mut tiles = Vec::with_capacity(vectors.div_ceil(MR));
     let mut v0 = 0;
     while v0 < vectors {
-        let m = MR.min(vectors - v0);
+        // Four vectors left are two tiles of two rather than three and one: a one-vector tile
+        // does 8 broadcasts per 8 FMAs.
+        let left = vectors - v0;
+        let m = if left == 4 { 2 } else { MR.min(left) };
         let stores: [Store; MR] = std::array::from_fn(|v| Store::at((v0 + v) * LANES, plan));
         tiles.push((v0, m, stores));
         v0 += m;
