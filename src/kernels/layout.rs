@@ -16,7 +16,7 @@ pub fn upsample2(x: &[f32], h: usize, w: usize) -> Vec<f32> {
         plane > 0 && x.len().is_multiple_of(plane),
         "upsample2: input"
     );
-    let mut y = super::zeroed(4 * x.len());
+    let mut y = super::uninit(4 * x.len());
     y.par_chunks_mut(4 * plane)
         .zip(x.par_chunks(plane))
         .with_min_len(min_planes(plane))
@@ -24,13 +24,15 @@ pub fn upsample2(x: &[f32], h: usize, w: usize) -> Vec<f32> {
             for (src, rows) in xp.chunks_exact(w).zip(yp.chunks_exact_mut(4 * w)) {
                 let (top, bottom) = rows.split_at_mut(2 * w);
                 for (pair, &v) in top.chunks_exact_mut(2).zip(src) {
-                    pair[0] = v;
-                    pair[1] = v;
+                    pair[0].write(v);
+                    pair[1].write(v);
                 }
                 bottom.copy_from_slice(top);
             }
         });
-    y
+    // SAFETY: each output plane is 2h rows of 2w, written as h pairs of rows (top from the
+    // input row, bottom copied from top).
+    unsafe { super::assume_init(y) }
 }
 
 /// The adjoint of [`upsample2`]: dx[p, i, j] = Σ over the 2×2 block of dy above (i, j).
@@ -67,33 +69,43 @@ pub fn cat_channels(a: &[f32], b: &[f32], batch: usize, plane: usize) -> Vec<f32
         la * batch == a.len() && lb * batch == b.len() && la % plane.max(1) == 0,
         "cat_channels: inputs"
     );
-    let mut y = super::zeroed(a.len() + b.len());
+    if la == 0 || lb == 0 {
+        return if la == 0 { b.to_vec() } else { a.to_vec() };
+    }
+    let mut y = super::uninit(a.len() + b.len());
     y.par_chunks_mut(la + lb)
         .zip(a.par_chunks(la.max(1)).zip(b.par_chunks(lb.max(1))))
         .for_each(|(yb, (ab, bb))| {
-            yb[..la].copy_from_slice(ab);
-            yb[la..].copy_from_slice(bb);
+            yb[..la].write_copy_of_slice(ab);
+            yb[la..].write_copy_of_slice(bb);
         });
-    y
+    // SAFETY: each image's la + lb outputs are written from its two parts.
+    unsafe { super::assume_init(y) }
 }
 
 /// The adjoint of [`cat_channels`]: splits `[B, ca + cb, …]` into the two parts (`la`, `lb`
 /// elements per image).
 pub fn split_channels(dy: &[f32], batch: usize, la: usize, lb: usize) -> (Vec<f32>, Vec<f32>) {
     assert_eq!(dy.len(), batch * (la + lb), "split_channels: gradient");
-    let mut da = super::zeroed(batch * la);
-    let mut db = super::zeroed(batch * lb);
-    if la + lb == 0 {
-        return (da, db);
+    if la == 0 || lb == 0 {
+        let (a, b) = if la == 0 {
+            (Vec::new(), dy.to_vec())
+        } else {
+            (dy.to_vec(), Vec::new())
+        };
+        return (a, b);
     }
-    da.par_chunks_mut(la.max(1))
-        .zip(db.par_chunks_mut(lb.max(1)))
+    let mut da = super::uninit(batch * la);
+    let mut db = super::uninit(batch * lb);
+    da.par_chunks_mut(la)
+        .zip(db.par_chunks_mut(lb))
         .zip(dy.par_chunks(la + lb))
         .for_each(|((a, b), y)| {
-            a.copy_from_slice(&y[..la]);
-            b.copy_from_slice(&y[la..]);
+            a.write_copy_of_slice(&y[..la]);
+            b.write_copy_of_slice(&y[la..]);
         });
-    (da, db)
+    // SAFETY: both outputs are written image by image from each image's la + lb gradients.
+    unsafe { (super::assume_init(da), super::assume_init(db)) }
 }
 
 #[cfg(test)]
@@ -158,6 +170,12 @@ mod tests {
             }
         }
         let (da, db) = split_channels(&y, batch, ca * plane, cb * plane);
-        assert_eq!((da, db), (a, b));
+        assert_eq!((da, db), (a.clone(), b));
+        // A part without channels.
+        assert_eq!(cat_channels(&a, &[], batch, plane), a);
+        assert_eq!(
+            split_channels(&a, batch, ca * plane, 0),
+            (a.clone(), Vec::new())
+        );
     }
 }
