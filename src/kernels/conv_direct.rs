@@ -136,7 +136,9 @@ pub fn backward(
         ow: g.w,
     };
     let dx_blocks = g.cin.div_ceil(NR);
-    let chunk = g.batch.div_ceil(rayon::current_num_threads()).max(1);
+    // Four tasks per thread, so that a thread slowed down (a shared host) hands work over;
+    // each task keeps its own ∂L/∂W sums, added up at the end.
+    let chunk = g.batch.div_ceil(4 * rayon::current_num_threads()).max(1);
     let mut dx = super::uninit(if input_grad { g.batch * in_len } else { 0 });
     let tasks = g.batch.div_ceil(chunk);
     let partial: Vec<(Vec<f32>, Vec<f32>)> = super::conv::dx_parts(&mut dx, tasks, chunk * in_len)
