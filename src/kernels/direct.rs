@@ -365,41 +365,47 @@ pub fn conv_image(
 const GRAD_BYTES: usize = 16 << 10;
 
 /// One register tile of the weight gradient: for `P` (input channel, tap) pairs × `CV` vectors of
-/// 16 output channels, adds Σ over positions q < n of x[offset_p + q] · ∂L/∂y[q, co] to `acc`
-/// (rows `ld` apart). ∂L/∂y is channels-last (`dyt`, rows `ld` apart), so the sum runs along
-/// the positions with output channels in the lanes: no horizontal reduction.
+/// 16 output channels, adds Σ over the output pixels q = oy·wp + ox (oy < `rows`, ox < `ow`) of
+/// x[offset_p + q] · ∂L/∂y[q, co] to `acc` (rows `ld` apart); the wide grid's extra columns are
+/// skipped. ∂L/∂y is channels-last (`dyt`, rows `ld` apart), so the sum runs along the positions
+/// with output channels in the lanes: no horizontal reduction.
 ///
 /// # Safety
-/// AVX-512F must be present; reads `dyt + q·ld .. + CV·LANES` and `x + offsets[p] + q` for q < n,
-/// and `acc + p·ld .. + CV·LANES` for p < P, must be in bounds.
+/// AVX-512F must be present; reads `dyt + q·ld .. + CV·LANES` and `x + offsets[p] + q` for those
+/// q, and `acc + p·ld .. + CV·LANES` for p < P, must be in bounds.
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn grad_tile<const CV: usize, const P: usize>(
     dyt: *const f32,
     ld: usize,
     x: *const f32,
     offsets: &[usize],
-    n: usize,
+    rows: usize,
+    wp: usize,
+    ow: usize,
     acc: *mut f32,
 ) {
     // SAFETY: bounds are the caller's contract.
     unsafe {
         let mut a = [[_mm512_setzero_ps(); CV]; P];
-        let mut rows = [x; P];
+        let mut xs = [x; P];
         for p in 0..P {
-            rows[p] = x.add(offsets[p]);
+            xs[p] = x.add(offsets[p]);
             for v in 0..CV {
                 a[p][v] = _mm512_loadu_ps(acc.add(p * ld + v * LANES));
             }
         }
-        for q in 0..n {
-            let mut d = [_mm512_setzero_ps(); CV];
-            for (v, d) in d.iter_mut().enumerate() {
-                *d = _mm512_loadu_ps(dyt.add(q * ld + v * LANES));
-            }
-            for p in 0..P {
-                let b = _mm512_set1_ps(*rows[p].add(q));
-                for v in 0..CV {
-                    a[p][v] = _mm512_fmadd_ps(b, d[v], a[p][v]);
+        for r in 0..rows {
+            for q in r * wp..r * wp + ow {
+                let mut d = [_mm512_setzero_ps(); CV];
+                for (v, d) in d.iter_mut().enumerate() {
+                    *d = _mm512_loadu_ps(dyt.add(q * ld + v * LANES));
+                }
+                for p in 0..P {
+                    let b = _mm512_set1_ps(*xs[p].add(q));
+                    for v in 0..CV {
+                        a[p][v] = _mm512_fmadd_ps(b, d[v], a[p][v]);
+                    }
                 }
             }
         }
@@ -491,23 +497,26 @@ impl WeightGrad {
                 }
             }
         }
-        let chunk = (GRAD_BYTES / (4 * ld)).max(1);
-        for q0 in (0..q).step_by(chunk) {
-            let n = chunk.min(q - q0);
+        // Whole output rows per pass.
+        let rows_per = (GRAD_BYTES / (4 * ld * wp)).max(1);
+        for oy0 in (0..oh).step_by(rows_per) {
+            let rows = rows_per.min(oh - oy0);
+            let q0 = oy0 * wp;
             for p0 in (0..self.offsets.len()).step_by(self.pairs) {
                 for v0 in (0..ld / LANES).step_by(self.cv) {
                     let offsets = &self.offsets[p0..p0 + self.pairs];
-                    // SAFETY: AVX-512F checked; ∂L/∂y rows q0..q0+n < q have ld ≥ v0·16 + cv·16
-                    // columns; every x read is below max(offset) + q ≤ xpad.len() (asserted);
-                    // acc rows p0..p0+pairs exist (offsets padded to whole tiles).
+                    // SAFETY: AVX-512F checked; the pixels read, q0 + r·wp + ox with r < rows,
+                    // ox < ow, are below q, whose ∂L/∂y rows have ld ≥ v0·16 + cv·16 columns;
+                    // every x read is below max(offset) + q ≤ xpad.len() (asserted); acc rows
+                    // p0..p0+pairs exist (offsets padded to whole tiles).
                     unsafe {
                         let dyt = self.dyt.as_ptr().add(q0 * ld + v0 * LANES);
                         let x = xpad.as_ptr().add(q0);
                         let acc = self.acc.as_mut_ptr().add(p0 * ld + v0 * LANES);
                         match self.cv {
-                            4 => grad_tile::<4, 6>(dyt, ld, x, offsets, n, acc),
-                            2 => grad_tile::<2, 12>(dyt, ld, x, offsets, n, acc),
-                            _ => grad_tile::<1, 24>(dyt, ld, x, offsets, n, acc),
+                            4 => grad_tile::<4, 6>(dyt, ld, x, offsets, rows, wp, ow, acc),
+                            2 => grad_tile::<2, 12>(dyt, ld, x, offsets, rows, wp, ow, acc),
+                            _ => grad_tile::<1, 24>(dyt, ld, x, offsets, rows, wp, ow, acc),
                         }
                     }
                 }
