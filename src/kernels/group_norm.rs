@@ -102,21 +102,21 @@ with_avx512! {
         let n = xs.len();
         let cpg = g.channels / g.groups;
         let s_of = |ci: usize| shift.get(ci).copied().unwrap_or(0.0);
-        let mean = xs
-            .chunks(g.spatial)
-            .enumerate()
-            .map(|(ci, xc)| lane_sum(xc, |v| v) + s_of(ci) as f64 * xc.len() as f64)
-            .sum::<f64>()
-            / n as f64;
-        let var = xs
-            .chunks(g.spatial)
-            .enumerate()
-            .map(|(ci, xc)| {
-                let m = (mean - s_of(ci) as f64) as f32;
-                lane_sum(xc, |v| (v - m) * (v - m))
-            })
-            .sum::<f64>()
-            / n as f64;
+        // Plain loops (not iterator adapters) so that everything inlines into the AVX-512 copy
+        // of this function: a `fold` left out of line is compiled for baseline SSE.
+        let mut total = 0f64;
+        for ci in 0..cpg {
+            let xc = &xs[ci * g.spatial..(ci + 1) * g.spatial];
+            total += lane_sum(xc, |v| v) + s_of(ci) as f64 * g.spatial as f64;
+        }
+        let mean = total / n as f64;
+        let mut squares = 0f64;
+        for ci in 0..cpg {
+            let xc = &xs[ci * g.spatial..(ci + 1) * g.spatial];
+            let m = (mean - s_of(ci) as f64) as f32;
+            squares += lane_sum(xc, |v| (v - m) * (v - m));
+        }
+        let var = squares / n as f64;
         let rstd = 1.0 / (var + epsilon).sqrt();
         let c0 = (idx % g.groups) * cpg;
         for (ci, (yc, xc)) in ys
@@ -274,14 +274,16 @@ with_avx512! {
 /// compiler use SIMD registers for reductions (a single f32 sum is a serial dependency chain).
 const LANES: usize = 16;
 
-/// Σ f(x) over a slice, accumulated in `LANES` f32 partial sums, combined in f64.
+/// Σ f(x) over a slice, accumulated in 4·`LANES` f32 partial sums (four independent vector
+/// accumulators, so that the additions overlap instead of waiting on each other), combined in f64.
 #[inline(always)]
 fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
-    let mut acc = [0f32; LANES];
-    let chunks = xs.chunks_exact(LANES);
+    const WIDE: usize = 4 * LANES;
+    let mut acc = [0f32; WIDE];
+    let chunks = xs.chunks_exact(WIDE);
     let rest = chunks.remainder();
     for c in chunks {
-        for l in 0..LANES {
+        for l in 0..WIDE {
             acc[l] += f(c[l]);
         }
     }
