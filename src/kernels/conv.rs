@@ -303,10 +303,51 @@ fn use_direct(g: &ConvGeometry, allowed: bool, backward: bool) -> bool {
 }
 
 /// y = conv(x, weight) + bias. `x`: `[B, cin, h, w]`, `weight`: `[cout, cin, kh, kw]`, `bias`:
-/// `[cout]`; returns `[B, cout, out_h, out_w]`. Stride-1 convolutions with 3-wide kernels run
-/// the AVX-512 direct kernels where the CPU has them, the rest GEMMs.
+/// `[cout]`; returns `[B, cout, out_h, out_w]`. Stride-1 convolutions (not 1×1, ≥ 8 output
+/// channels) run the AVX-512 direct kernels where the CPU has them, the rest GEMMs.
 pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry) -> Vec<f32> {
     forward_with(x, weight, bias, g, true)
+}
+
+/// y = conv(x, weight) + bias + residual (`residual` shaped like y): a ResBlock's skip
+/// connection, added by the direct kernels as they store (elsewhere after the convolution).
+pub fn forward_residual(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    residual: &[f32],
+    g: &ConvGeometry,
+) -> Vec<f32> {
+    forward_residual_with(x, weight, bias, residual, g, true)
+}
+
+/// [`forward_residual`], with the direct kernels only when `direct`.
+pub fn forward_residual_with(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    residual: &[f32],
+    g: &ConvGeometry,
+    direct: bool,
+) -> Vec<f32> {
+    assert_eq!(
+        residual.len(),
+        g.batch * g.cout * g.out_pixels(),
+        "conv2d: residual length"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if use_direct(g, direct, false) {
+        assert_eq!(x.len(), g.batch * g.cin * g.h * g.w, "conv2d: input length");
+        assert_eq!(weight.len(), g.cout * g.patch(), "conv2d: weight length");
+        assert_eq!(bias.len(), g.cout, "conv2d: bias length");
+        return super::conv_direct::forward(x, weight, bias, Some(residual), g);
+    }
+    let mut y = forward_with(x, weight, bias, g, direct);
+    y.par_iter_mut()
+        .zip(residual.par_iter())
+        .with_min_len(1 << 14)
+        .for_each(|(a, b)| *a += b);
+    y
 }
 
 /// [`forward`], with the direct kernels only when `direct` (else always the GEMM route).
@@ -324,7 +365,7 @@ pub fn forward_with(
     assert_eq!(bias.len(), g.cout, "conv2d: bias length");
     #[cfg(target_arch = "x86_64")]
     if use_direct(g, direct, false) {
-        return super::conv_direct::forward(x, weight, bias, g);
+        return super::conv_direct::forward(x, weight, bias, None, g);
     }
     let mut y = super::zeroed(g.batch * out_len);
     if y.is_empty() {
@@ -704,6 +745,30 @@ mod tests {
             for direct in [false, true] {
                 let got = forward_with(&x, &wt, &b, &g, direct);
                 assert_close(&got, &want, 1e-4, &format!("{g:?} direct {direct}"));
+            }
+        }
+    }
+
+    #[test]
+    fn the_residual_is_added_to_the_output() {
+        for g in geometries().into_iter().chain(large_geometries()) {
+            let x = values(g.batch * g.cin * g.h * g.w, 11);
+            let wt = values(g.cout * g.cin * g.kh * g.kw, 12);
+            let b = values(g.cout, 13);
+            let r = values(g.batch * g.cout * g.out_h() * g.out_w(), 14);
+            let want: Vec<f64> = direct(&x, &wt, &b, &g)
+                .iter()
+                .zip(&r)
+                .map(|(y, r)| y + *r as f64)
+                .collect();
+            for direct in [false, true] {
+                let got = forward_residual_with(&x, &wt, &b, &r, &g, direct);
+                assert_close(
+                    &got,
+                    &want,
+                    1e-4,
+                    &format!("{g:?} residual, direct {direct}"),
+                );
             }
         }
     }

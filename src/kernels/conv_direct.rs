@@ -59,7 +59,14 @@ impl Layout {
 }
 
 /// y = conv(x, weight) + bias (see [`super::conv::forward`]).
-pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry) -> Vec<f32> {
+/// With `residual` (shaped like y) it is added to the output as it is stored.
+pub fn forward(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    g: &ConvGeometry,
+) -> Vec<f32> {
     assert!(applies(g), "direct convolution does not cover {g:?}");
     let lay = Layout::of_input(g);
     let (oh, ow) = (g.out_h(), g.out_w());
@@ -83,13 +90,16 @@ pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry) -> Vec
         .div_ceil(g.batch)
         .clamp(1, blocks);
     let per = blocks.div_ceil(splits);
-    let image = |xb: &[f32], yb: &mut [MaybeUninit<f32>], xpad: &mut Vec<f32>| {
+    let plane = oh * ow;
+    let image = |i: usize, xb: &[f32], yb: &mut [MaybeUninit<f32>], xpad: &mut Vec<f32>| {
         xpad.resize(g.cin * lay.ps, 0.0);
         direct::pad_planes(xb, g.h, g.w, g.pad, xpad, lay.ps);
         let run = |first: usize, yrows: &mut [MaybeUninit<f32>]| {
             let last = (first + per).min(blocks);
             let b = &bias[first * NR..];
-            direct::conv_image(xpad, &packed, first..last, &plan, Some(b), yrows);
+            let at = i * out_len + first * NR * plane;
+            let res = residual.map(|r| &r[at..at + yrows.len()]);
+            direct::conv_image(xpad, &packed, first..last, &plan, Some(b), res, yrows);
         };
         if splits == 1 {
             run(0, yb);
@@ -101,7 +111,8 @@ pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry) -> Vec
     };
     y.par_chunks_mut(out_len)
         .zip(x.par_chunks(in_len))
-        .for_each_init(Vec::new, |xpad, (yb, xb)| image(xb, yb, xpad));
+        .enumerate()
+        .for_each_init(Vec::new, |xpad, (i, (yb, xb))| image(i, xb, yb, xpad));
     // SAFETY: every image's rows were split among the kernel-block groups and conv_image writes
     // every element of the rows it is given.
     unsafe { super::assume_init(y) }
@@ -156,7 +167,7 @@ pub fn backward(
                 grad.add_image(&xpad, dyb, oh, ow, lx.wp);
                 if let Some(dxb) = dx_images.as_mut().and_then(|it| it.next()) {
                     direct::pad_planes(dyb, oh, ow, a, &mut dypad, ld.ps);
-                    direct::conv_image(&dypad, &flipped, 0..dx_blocks, &dx_plan, None, dxb);
+                    direct::conv_image(&dypad, &flipped, 0..dx_blocks, &dx_plan, None, None, dxb);
                 }
             }
             let mut dw = vec![0f32; g.cout * k];

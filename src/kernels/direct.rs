@@ -201,13 +201,14 @@ impl Store {
 /// One micro-tile: `NR` output channels × `M` vectors, summing input channels `0..cin` of `x`
 /// (pointing at the tile's first position of its first channel; with `T` > 0 `offsets` holds
 /// exactly `T` taps, and the tap loop is unrolled) against packed weights `w`;
-/// row r (< `rows`) is written, plus `bias[r]`, to the output pixels of `stores` in
-/// `out + r·plane`.
+/// row r (< `rows`) is written, plus `bias[r]` and (unless `residual` is null) the residual's
+/// element at the same place, to the output pixels of `stores` in `out + r·plane`.
 ///
 /// # Safety
 /// AVX-512F must be present; every read `x + c·ps + off + v·LANES .. +LANES` and `w` (`cin ·
 /// offsets.len() · NR` floats) must be in bounds, `bias` readable for `rows` floats, and
-/// `out + r·plane + stores[v].dst` writable for popcount(mask) floats.
+/// `out + r·plane + stores[v].dst` writable (and `residual + r·plane + stores[v].dst` readable,
+/// unless null) for popcount(mask) floats.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<const M: usize, const T: usize>(
@@ -221,6 +222,7 @@ unsafe fn tile<const M: usize, const T: usize>(
     plane: usize,
     rows: usize,
     bias: *const f32,
+    residual: *const f32,
 ) {
     // SAFETY: bounds are the caller's contract.
     unsafe {
@@ -264,9 +266,13 @@ unsafe fn tile<const M: usize, const T: usize>(
             let b = _mm512_set1_ps(*bias.add(r));
             for v in 0..M {
                 let Store { mask, dst } = stores[v];
-                let packed = _mm512_maskz_compress_ps(mask, _mm512_add_ps(acc[v][r], b));
+                let mut packed = _mm512_maskz_compress_ps(mask, _mm512_add_ps(acc[v][r], b));
                 let n = mask.count_ones();
                 let keep = ((1u32 << n) - 1) as u16;
+                if !residual.is_null() {
+                    let res = _mm512_maskz_loadu_ps(keep, residual.add(r * plane + dst));
+                    packed = _mm512_add_ps(packed, res);
+                }
                 _mm512_mask_storeu_ps(out.add(r * plane + dst), keep, packed);
             }
         }
@@ -275,14 +281,15 @@ unsafe fn tile<const M: usize, const T: usize>(
 
 /// Convolves one padded image `x` (`plan.cin` planes) with the packed kernel blocks `blocks` of
 /// `packed` and writes output channels `blocks.start·NR ..` (as many as `out` holds, `[rows, oh,
-/// ow]`) plus `bias` (one per row of `out`; zero when `None`). Every element of `out` is written,
-/// so it may start uninitialized.
+/// ow]`) plus `bias` (one per row of `out`; zero when `None`) plus `residual` (shaped like `out`)
+/// when given. Every element of `out` is written, so it may start uninitialized.
 pub fn conv_image(
     x: &[f32],
     packed: &[f32],
     blocks: std::ops::Range<usize>,
     plan: &Plan,
     bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
     out: &mut [MaybeUninit<f32>],
 ) {
     let taps = plan.offsets.len();
@@ -305,6 +312,11 @@ pub fn conv_image(
         "conv_image: output"
     );
     let rows = out.len() / plane;
+    assert!(
+        residual.is_none_or(|r| r.len() == out.len()),
+        "conv_image: residual"
+    );
+    let res_ptr = residual.map_or(std::ptr::null(), |r| r.as_ptr());
     let zeros = [0f32; NR];
     let bias = bias.unwrap_or(&[]);
     assert!(bias.is_empty() || bias.len() >= rows, "conv_image: bias");
@@ -336,20 +348,26 @@ pub fn conv_image(
         // SAFETY: AVX-512F checked above; reads reach position max_off + vectors·LANES ≤ ps
         // of each plane (asserted), kernel block b < blocks.end (asserted); row k·NR + r < rows
         // of `out` receives the output pixels of positions v0·16 .. (v0 + m)·16, which lie
-        // inside its plane; `bp` has n values.
+        // inside its plane, and the residual (same length as `out`, asserted) is read at the
+        // same places; `bp` has n values.
         unsafe {
             let xp = x.as_ptr().add(v0 * LANES);
             let wp = packed.as_ptr().add(b * block_len);
             let op = out_ptr.add(k * NR * plane);
+            let rp = if res_ptr.is_null() {
+                res_ptr
+            } else {
+                res_ptr.add(k * NR * plane)
+            };
             let (ps, cin, offs) = (plan.ps, plan.cin, plan.offsets);
             let (s2, s1) = (&[st[0], st[1]], &[st[0]]);
             match (m, offs.len()) {
-                (3, 9) => tile::<3, 9>(xp, ps, cin, offs, wp, st, op, plane, n, bp),
-                (2, 9) => tile::<2, 9>(xp, ps, cin, offs, wp, s2, op, plane, n, bp),
-                (_, 9) => tile::<1, 9>(xp, ps, cin, offs, wp, s1, op, plane, n, bp),
-                (3, _) => tile::<3, 0>(xp, ps, cin, offs, wp, st, op, plane, n, bp),
-                (2, _) => tile::<2, 0>(xp, ps, cin, offs, wp, s2, op, plane, n, bp),
-                _ => tile::<1, 0>(xp, ps, cin, offs, wp, s1, op, plane, n, bp),
+                (3, 9) => tile::<3, 9>(xp, ps, cin, offs, wp, st, op, plane, n, bp, rp),
+                (2, 9) => tile::<2, 9>(xp, ps, cin, offs, wp, s2, op, plane, n, bp, rp),
+                (_, 9) => tile::<1, 9>(xp, ps, cin, offs, wp, s1, op, plane, n, bp, rp),
+                (3, _) => tile::<3, 0>(xp, ps, cin, offs, wp, st, op, plane, n, bp, rp),
+                (2, _) => tile::<2, 0>(xp, ps, cin, offs, wp, s2, op, plane, n, bp, rp),
+                _ => tile::<1, 0>(xp, ps, cin, offs, wp, s1, op, plane, n, bp, rp),
             }
         }
     };

@@ -25,6 +25,17 @@ pub trait KernelBackend: burn::backend::Backend {
         padding: [usize; 2],
     ) -> FloatTensor<Self>;
 
+    /// [`Self::ddpm_conv2d`] plus `residual` (shaped like the output): a ResBlock's skip
+    /// connection added as the output is stored.
+    fn ddpm_conv2d_residual(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FloatTensor<Self>;
+
     /// Affine GroupNorm over `[B, C, H, W]`, followed by SiLU when `with_silu`.
     fn ddpm_group_norm(
         x: FloatTensor<Self>,
@@ -110,6 +121,23 @@ impl KernelBackend for Flex {
         let (b, _) = contiguous(&bias);
         let g = conv_geometry(&xs, &ws, stride, padding);
         let y = conv::forward(data(&x), data(&w), data(&b), &g);
+        tensor(y, vec![g.batch, g.cout, g.out_h(), g.out_w()])
+    }
+
+    fn ddpm_conv2d_residual(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        residual: FlexTensor,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FlexTensor {
+        let (x, xs) = contiguous(&x);
+        let (w, ws) = contiguous(&weight);
+        let (b, _) = contiguous(&bias);
+        let (r, _) = contiguous(&residual);
+        let g = conv_geometry(&xs, &ws, stride, padding);
+        let y = conv::forward_residual(data(&x), data(&w), data(&b), data(&r), &g);
         tensor(y, vec![g.batch, g.cout, g.out_h(), g.out_w()])
     }
 
@@ -208,6 +236,33 @@ impl NormState {
 }
 
 #[derive(Debug)]
+struct ConvResidualBackward;
+
+impl Backward<Flex, 4> for ConvResidualBackward {
+    type State = (FlexTensor, FlexTensor, conv::ConvGeometry);
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w, node_b, node_r] = ops.parents;
+        let (dy, _) = contiguous(&grads.consume::<Flex>(&ops.node));
+        let (x, w, g) = ops.state;
+        // ∂L/∂residual is ∂L/∂y itself.
+        if let Some(node) = node_r {
+            grads.register::<Flex>(node.id, dy.clone());
+        }
+        let out = conv::backward(data(&x), data(&w), data(&dy), &g, node_x.is_some());
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, tensor(out.dx, x.shape().to_vec()));
+        }
+        if let Some(node) = node_w {
+            grads.register::<Flex>(node.id, tensor(out.dweight, w.shape().to_vec()));
+        }
+        if let Some(node) = node_b {
+            grads.register::<Flex>(node.id, tensor(out.dbias, vec![g.cout]));
+        }
+    }
+}
+
+#[derive(Debug)]
 struct NormBackward;
 
 impl Backward<Flex, 3> for NormBackward {
@@ -288,6 +343,44 @@ impl<C: CheckpointStrategy> KernelBackend for Autodiff<Flex, C> {
                 x.into_primitive(),
                 weight.into_primitive(),
                 bias.into_primitive(),
+                stride,
+                padding,
+            )),
+        }
+    }
+
+    fn ddpm_conv2d_residual(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FloatTensor<Self> {
+        match ConvResidualBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node(), residual.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (xc, xs) = contiguous(x.primitive());
+                let (wc, ws) = contiguous(weight.primitive());
+                let g = conv_geometry(&xs, &ws, stride, padding);
+                let y = Flex::ddpm_conv2d_residual(
+                    xc.clone(),
+                    wc.clone(),
+                    bias.into_primitive(),
+                    residual.into_primitive(),
+                    stride,
+                    padding,
+                );
+                prep.finish((xc, wc, g), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::ddpm_conv2d_residual(
+                x.into_primitive(),
+                weight.into_primitive(),
+                bias.into_primitive(),
+                residual.into_primitive(),
                 stride,
                 padding,
             )),
@@ -410,9 +503,10 @@ pub(super) fn on_flex(x: &Tensor<4>) -> bool {
     super::enabled() && x.dtype() == DType::F32 && x.device() == Device::flex()
 }
 
-/// The convolution through the kernel, or `None` when the kernel does not cover it.
-pub(super) fn try_conv2d(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
-    if !on_flex(x) || conv.groups != 1 || conv.dilation != [1, 1] {
+/// The kernel's view of a convolution layer: its padding, or `None` when the kernel does not
+/// cover it (groups, dilation, asymmetric padding, no bias, mismatched input).
+fn kernel_padding(conv: &Conv2d, x: &Tensor<4>) -> Option<[usize; 2]> {
+    if !on_flex(x) || conv.groups != 1 || conv.dilation != [1, 1] || conv.bias.is_none() {
         return None;
     }
     let pad = match conv.padding {
@@ -422,16 +516,53 @@ pub(super) fn try_conv2d(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
         }
         _ => return None,
     };
-    let bias = conv.bias.as_ref()?.val();
     let [_, cin, h, w] = x.dims();
     let [_, wcin, kh, kw] = conv.weight.dims();
     if cin != wcin || h + 2 * pad[0] < kh || w + 2 * pad[1] < kw {
         return None; // burn's own path reports the mismatch
     }
+    Some(pad)
+}
+
+/// The convolution through the kernel, or `None` when the kernel does not cover it.
+pub(super) fn try_conv2d(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
+    let pad = kernel_padding(conv, x)?;
+    let bias = conv.bias.as_ref()?.val();
     let y = <Dispatch as KernelBackend>::ddpm_conv2d(
         x.clone().into_dispatch(),
         conv.weight.val().into_dispatch(),
         bias.into_dispatch(),
+        conv.stride,
+        pad,
+    );
+    Some(Tensor::from_dispatch(y))
+}
+
+/// The convolution plus `residual` through the kernel, or `None` when the kernel does not cover
+/// it or the residual is not shaped like the output.
+pub(super) fn try_conv2d_residual(
+    conv: &Conv2d,
+    x: &Tensor<4>,
+    residual: &Tensor<4>,
+) -> Option<Tensor<4>> {
+    let pad = kernel_padding(conv, x)?;
+    let [b, _, h, w] = x.dims();
+    let [cout, _, kh, kw] = conv.weight.dims();
+    let out = [
+        b,
+        cout,
+        (h + 2 * pad[0] - kh) / conv.stride[0] + 1,
+        (w + 2 * pad[1] - kw) / conv.stride[1] + 1,
+    ];
+    if !on_flex(residual) || residual.dims() != out {
+        return None;
+    }
+    let bias = conv.bias.as_ref()?.val();
+    let y = <Dispatch as KernelBackend>::ddpm_conv2d_residual(
+        x.clone().into_dispatch(),
+        conv.weight.val().into_dispatch(),
+        bias.into_dispatch(),
+        residual.clone().into_dispatch(),
         conv.stride,
         pad,
     );

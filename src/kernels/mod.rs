@@ -120,6 +120,15 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     conv.forward(x)
 }
 
+/// `conv.forward(x) + residual`, the residual added by the kernel as it stores where it applies.
+pub fn conv2d_residual(conv: &Conv2d, x: Tensor<4>, residual: Tensor<4>) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if let Some(y) = flex::try_conv2d_residual(conv, &x, &residual) {
+        return y;
+    }
+    conv.forward(x) + residual
+}
+
 /// `norm.forward(x)`, followed by SiLU when `with_silu`, through the fused kernel where it applies.
 pub fn group_norm(norm: &GroupNorm, x: Tensor<4>, with_silu: bool) -> Tensor<4> {
     #[cfg(feature = "flex")]

@@ -56,6 +56,8 @@ fn convs(device: &Device) -> Vec<(Conv2d, [usize; 4])> {
         c
     };
     vec![
+        // ≥ 8 input and output channels: the direct route, backward included.
+        (conv(9, 10, 3, 1, 1, 0.4), [2, 9, 6, 7]),
         (conv(3, 5, 3, 1, 1, 0.3), [4, 3, 9, 7]),
         (conv(4, 6, 3, 2, 1, -0.2), [3, 4, 8, 8]),
         (conv(6, 4, 1, 1, 0, 0.1), [2, 6, 5, 5]),
@@ -238,4 +240,41 @@ fn shifted_group_norm_kernel_matches_burn_values_and_gradients() {
             &format!("{what} dshift"),
         );
     }
+}
+
+#[test]
+fn residual_conv_kernel_matches_burn_values_and_gradients() {
+    let device = Device::flex().autodiff();
+    // The first takes the direct route; the others (few channels, stride 2, 1×1) the GEMM route.
+    for (i, (conv, shape)) in convs(&device).into_iter().enumerate() {
+        let x = random(shape, 90 + i as u64, &device).require_grad();
+        let y_shape = conv.forward(x.clone()).dims();
+        let r = random(y_shape, 95 + i as u64, &device).require_grad();
+        let y_kernel = flex::try_conv2d_residual(&conv, &x, &r).expect("covered");
+        let y_burn = conv.forward(x.clone()) + r.clone();
+        close(
+            y_kernel.clone(),
+            y_burn.clone(),
+            &format!("residual conv {i}"),
+        );
+        let dy = random(y_shape, 99, &device);
+        let g_kernel = (y_kernel * dy.clone()).sum().backward();
+        let g_burn = (y_burn * dy).sum().backward();
+        for (t, what) in [(&x, "dx"), (&r, "dresidual")] {
+            close_slices(
+                &grad_vec(t, &g_kernel),
+                &grad_vec(t, &g_burn),
+                &format!("residual conv {i} {what}"),
+            );
+        }
+        let w = conv.weight.val();
+        close_slices(
+            &grad_vec(&w, &g_kernel),
+            &grad_vec(&w, &g_burn),
+            &format!("residual conv {i} dw"),
+        );
+    }
+    let wrong = random([1, 1, 2, 2], 3, &device);
+    let (conv, shape) = convs(&device).remove(0);
+    assert!(flex::try_conv2d_residual(&conv, &random(shape, 4, &device), &wrong).is_none());
 }

@@ -132,12 +132,12 @@ impl ResBlock {
         } else {
             kernels::group_norm_shifted(&self.norm2, h, e, true)
         };
-        let h = kernels::conv2d(&self.conv2, self.dropout.forward(h));
         let x = match &self.skip {
             Some(conv) => kernels::conv2d(conv, x),
             None => x,
         };
-        x + h
+        // x + conv2(h), the skip added as the convolution stores its output.
+        kernels::conv2d_residual(&self.conv2, self.dropout.forward(h), x)
     }
 }
 
