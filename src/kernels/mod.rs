@@ -1,11 +1,14 @@
 //! Hand-written CPU kernels for the operations that dominate a U-Net step on burn's `flex`
-//! backend: convolution (im2col + a tuned GEMM, forward and backward), GroupNorm fused with the
-//! SiLU that follows it, and a vectorizable `exp`.
+//! backend: convolution (direct AVX-512 tiles for stride 1, GEMMs otherwise; forward and
+//! backward, optionally adding a residual), GroupNorm fused with the SiLU that follows it (and
+//! optionally a per-channel shift before it), nearest upsampling and channel concatenation over
+//! the thread pool, and a vectorizable `exp` / sigmoid.
 //!
-//! The model calls [`conv2d`] and [`group_norm`]; on a flex device they run these kernels (as a
-//! burn backend extension with its own backward pass), anywhere else — or after
-//! [`set_enabled`]`(false)` — burn's generic implementation, so the model code stays
-//! backend-generic. Tests compare both paths, values and gradients.
+//! The model calls [`conv2d`], [`conv2d_residual`], [`group_norm`], [`group_norm_shifted`],
+//! [`upsample2`] and [`cat_channels`]; on a flex device they run these kernels (as burn backend
+//! extensions with their own backward passes), anywhere else — or after [`set_enabled`]`(false)`
+//! — burn's generic implementation, so the model code stays backend-generic. Tests compare both
+//! paths, values and gradients.
 
 /// Defines the function `$name` twice, as written and compiled for AVX-512, and calls the
 /// second when the CPU has it (the crate itself is built for baseline x86-64, whose SIMD is 4
