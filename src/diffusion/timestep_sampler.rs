@@ -19,7 +19,7 @@ pub enum TimestepSampler {
         /// T.
         num_timesteps: usize,
     },
-    /// p_t ∝ √E[L_t²], estimated from the last 10 losses at each t, mixed with 0.001 uniform;
+    /// p_t ∝ √E\[L_t²\], estimated from the last 10 losses at each t, mixed with 0.001 uniform;
     /// uniform until every t has 10 losses of history. Samples are weighted 1/(T·p_t) so the
     /// objective stays unbiased.
     LossSecondMoment {

@@ -1,6 +1,6 @@
 //! 2-D convolution (one group, no dilation) on contiguous NCHW f32 buffers, images spread over
-//! the thread pool. Stride-1 convolutions go to the direct AVX-512 kernels of
-//! [`super::conv_direct`] where they apply; the GEMM route here covers the rest: 1×1 (the image
+//! the thread pool. Stride-1 convolutions go to the direct AVX-512 kernels (`conv_direct.rs`)
+//! where they apply; the GEMM route here covers the rest: 1×1 (the image
 //! is the operand), stride 1 elsewhere (one GEMM per kernel tap from the padded image), strided
 //! (im2col, recomputed in the backward pass rather than kept: it would be 9× the input).
 

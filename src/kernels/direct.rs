@@ -14,8 +14,10 @@
 //!   wide grid's extra columns) and stored with the bias added.
 //! * Input gradient: for stride 1 it is the forward convolution of ∂L/∂y, padded by `k − 1 − p`,
 //!   with the kernel transposed and flipped (same micro-kernel, [`pack_weights`] with `flip`).
-//! * Weight gradient ([`weight_grad`]): for 8 output channels × the 3 taps of one kernel row,
-//!   24 vector accumulators run over the positions of a group of images, then reduce.
+//! * Weight gradient ([`WeightGrad`]): ∂L/∂y is transposed to channels-last per image, so that
+//!   output channels fill the vector lanes; a tile of (input channel, tap) pairs × 16–64 output
+//!   channels accumulates over the output pixels (broadcasting the image value), with no
+//!   horizontal reduction and no work on the padded grid's extra columns.
 
 // The micro-kernels index accumulators, loads and weights by the same small loop counters; that
 // reads better (and unrolls the same) as index loops.

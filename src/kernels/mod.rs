@@ -4,7 +4,7 @@
 //! optionally a per-channel shift before it), nearest upsampling and channel concatenation over
 //! the thread pool, and a vectorizable `exp` / sigmoid.
 //!
-//! The model calls [`conv2d`], [`conv2d_residual`], [`group_norm`], [`group_norm_shifted`],
+//! The model calls [`conv2d`], [`conv2d_residual`], [`group_norm()`], [`group_norm_shifted`],
 //! [`upsample2`] and [`cat_channels`]; on a flex device they run these kernels (as burn backend
 //! extensions with their own backward passes), anywhere else — or after [`set_enabled`]`(false)`
 //! — burn's generic implementation, so the model code stays backend-generic. Tests compare both
