@@ -1,6 +1,7 @@
-//! Stride-1 convolutions with 3-wide kernels over a batch through the AVX-512 micro-kernels of
-//! [`super::direct`]: forward, and backward (input gradient as a flipped forward convolution of
-//! the padded ∂L/∂y, weight gradient accumulated per thread over groups of images).
+//! Stride-1 convolutions over a batch through the AVX-512 micro-kernels of [`super::direct`]:
+//! forward (optionally adding a residual), and backward (input gradient as a flipped forward
+//! convolution of the padded ∂L/∂y, weight gradient accumulated per task image by image, the
+//! tasks' sums added at the end).
 
 use super::conv::{ConvGeometry, ConvGrads};
 use super::direct::{self, NR, Plan};
@@ -26,7 +27,7 @@ pub fn applies_backward(g: &ConvGeometry) -> bool {
     applies(g) && g.cin >= NR
 }
 
-/// The padded sizes of the input, its plane stride and the taps' plane offsets.
+/// A padded layout: its row width, its plane stride and the taps' plane offsets.
 struct Layout {
     wp: usize,
     ps: usize,
