@@ -2,6 +2,7 @@
 //! backward passes.
 
 use super::{conv, group_norm};
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -116,12 +117,7 @@ impl KernelBackend for Flex {
         stride: [usize; 2],
         padding: [usize; 2],
     ) -> FlexTensor {
-        let (x, xs) = contiguous(&x);
-        let (w, ws) = contiguous(&weight);
-        let (b, _) = contiguous(&bias);
-        let g = conv_geometry(&xs, &ws, stride, padding);
-        let y = conv::forward(data(&x), data(&w), data(&b), &g);
-        tensor(y, vec![g.batch, g.cout, g.out_h(), g.out_w()])
+        conv_forward(&x, &weight, &bias, None, stride, padding)
     }
 
     fn ddpm_conv2d_residual(
@@ -132,13 +128,7 @@ impl KernelBackend for Flex {
         stride: [usize; 2],
         padding: [usize; 2],
     ) -> FlexTensor {
-        let (x, xs) = contiguous(&x);
-        let (w, ws) = contiguous(&weight);
-        let (b, _) = contiguous(&bias);
-        let (r, _) = contiguous(&residual);
-        let g = conv_geometry(&xs, &ws, stride, padding);
-        let y = conv::forward_residual(data(&x), data(&w), data(&b), data(&r), &g);
-        tensor(y, vec![g.batch, g.cout, g.out_h(), g.out_w()])
+        conv_forward(&x, &weight, &bias, Some(&residual), stride, padding)
     }
 
     fn ddpm_group_norm(
@@ -149,13 +139,7 @@ impl KernelBackend for Flex {
         epsilon: f64,
         with_silu: bool,
     ) -> FlexTensor {
-        let (x, xs) = contiguous(&x);
-        let (gm, _) = contiguous(&gamma);
-        let (bt, _) = contiguous(&beta);
-        let g = norm_geometry(&xs, groups);
-        let (y, _) =
-            group_norm::forward(data(&x), data(&gm), data(&bt), None, &g, epsilon, with_silu);
-        tensor(y, xs)
+        norm_forward(&x, None, &gamma, &beta, groups, epsilon, with_silu).0
     }
 
     fn ddpm_group_norm_shift(
@@ -167,44 +151,97 @@ impl KernelBackend for Flex {
         epsilon: f64,
         with_silu: bool,
     ) -> FlexTensor {
-        let (x, xs) = contiguous(&x);
-        let (sh, _) = contiguous(&shift);
-        let (gm, _) = contiguous(&gamma);
-        let (bt, _) = contiguous(&beta);
-        let g = norm_geometry(&xs, groups);
-        let (y, _) = group_norm::forward(
-            data(&x),
-            data(&gm),
-            data(&bt),
-            Some(data(&sh)),
-            &g,
-            epsilon,
-            with_silu,
-        );
-        tensor(y, xs)
+        norm_forward(&x, Some(&shift), &gamma, &beta, groups, epsilon, with_silu).0
     }
+}
+
+/// What a convolution's backward pass keeps: contiguous x and weight, and the geometry.
+type ConvState = (FlexTensor, FlexTensor, conv::ConvGeometry);
+
+fn conv_state(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> ConvState {
+    let (x, xs) = contiguous(x);
+    let (w, ws) = contiguous(weight);
+    let g = conv_geometry(&xs, &ws, stride, padding);
+    (x, w, g)
+}
+
+/// conv(x, weight) + bias (+ residual).
+fn conv_forward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: &FlexTensor,
+    residual: Option<&FlexTensor>,
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> FlexTensor {
+    let (x, w, g) = conv_state(x, weight, stride, padding);
+    let (b, _) = contiguous(bias);
+    let y = match residual {
+        None => conv::forward(data(&x), data(&w), data(&b), &g),
+        Some(r) => {
+            let (r, _) = contiguous(r);
+            conv::forward_residual(data(&x), data(&w), data(&b), data(&r), &g)
+        }
+    };
+    tensor(y, vec![g.batch, g.cout, g.out_h(), g.out_w()])
+}
+
+/// Registers `make()` as the gradient of `node` when there is a node that wants one.
+fn register(grads: &mut Gradients, node: Option<NodeId>, make: impl FnOnce() -> FlexTensor) {
+    if let Some(id) = node {
+        grads.register::<Flex>(id, make());
+    }
+}
+
+/// The ids of an operation's parents (`None` for those that need no gradient).
+fn parent_ids<S, const N: usize>(ops: &Ops<S, N>) -> [Option<NodeId>; N] {
+    std::array::from_fn(|i| ops.parents[i].as_ref().map(|n| n.id))
+}
+
+/// Registers ∂L/∂x, ∂L/∂W and ∂L/∂b of a convolution for the parents that want them (∂L/∂x is
+/// computed only then).
+fn register_conv_grads(
+    grads: &mut Gradients,
+    dy: &FlexTensor,
+    (x, w, g): ConvState,
+    [node_x, node_w, node_b]: [Option<NodeId>; 3],
+) {
+    let out = conv::backward(data(&x), data(&w), data(dy), &g, node_x.is_some());
+    register(grads, node_x, || tensor(out.dx, x.shape().to_vec()));
+    register(grads, node_w, || tensor(out.dweight, w.shape().to_vec()));
+    register(grads, node_b, || tensor(out.dbias, vec![g.cout]));
 }
 
 #[derive(Debug)]
 struct ConvBackward;
 
 impl Backward<Flex, 3> for ConvBackward {
-    type State = (FlexTensor, FlexTensor, conv::ConvGeometry);
+    type State = ConvState;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_w, node_b] = ops.parents;
         let (dy, _) = contiguous(&grads.consume::<Flex>(&ops.node));
-        let (x, w, g) = ops.state;
-        let out = conv::backward(data(&x), data(&w), data(&dy), &g, node_x.is_some());
-        if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, tensor(out.dx, x.shape().to_vec()));
-        }
-        if let Some(node) = node_w {
-            grads.register::<Flex>(node.id, tensor(out.dweight, w.shape().to_vec()));
-        }
-        if let Some(node) = node_b {
-            grads.register::<Flex>(node.id, tensor(out.dbias, vec![g.cout]));
-        }
+        let nodes = parent_ids(&ops);
+        register_conv_grads(grads, &dy, ops.state, nodes);
+    }
+}
+
+#[derive(Debug)]
+struct ConvResidualBackward;
+
+impl Backward<Flex, 4> for ConvResidualBackward {
+    type State = ConvState;
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (dy, _) = contiguous(&grads.consume::<Flex>(&ops.node));
+        let [node_x, node_w, node_b, node_r] = parent_ids(&ops);
+        // ∂L/∂residual is ∂L/∂y itself.
+        register(grads, node_r, || dy.clone());
+        register_conv_grads(grads, &dy, ops.state, [node_x, node_w, node_b]);
     }
 }
 
@@ -221,8 +258,14 @@ pub(super) struct NormState {
 }
 
 impl NormState {
-    fn grads(&self, dy: &FlexTensor) -> group_norm::NormGrads {
-        group_norm::backward(
+    /// Registers ∂L/∂x, ∂L/∂shift, ∂L/∂γ and ∂L/∂β for the parents that want them.
+    fn register_grads(
+        self,
+        grads: &mut Gradients,
+        dy: &FlexTensor,
+        [node_x, node_shift, node_gamma, node_beta]: [Option<NodeId>; 4],
+    ) {
+        let out = group_norm::backward(
             data(&self.x),
             data(&self.gamma),
             data(&self.beta),
@@ -231,34 +274,12 @@ impl NormState {
             data(dy),
             &self.g,
             self.with_silu,
-        )
-    }
-}
-
-#[derive(Debug)]
-struct ConvResidualBackward;
-
-impl Backward<Flex, 4> for ConvResidualBackward {
-    type State = (FlexTensor, FlexTensor, conv::ConvGeometry);
-
-    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_w, node_b, node_r] = ops.parents;
-        let (dy, _) = contiguous(&grads.consume::<Flex>(&ops.node));
-        let (x, w, g) = ops.state;
-        // ∂L/∂residual is ∂L/∂y itself.
-        if let Some(node) = node_r {
-            grads.register::<Flex>(node.id, dy.clone());
-        }
-        let out = conv::backward(data(&x), data(&w), data(&dy), &g, node_x.is_some());
-        if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, tensor(out.dx, x.shape().to_vec()));
-        }
-        if let Some(node) = node_w {
-            grads.register::<Flex>(node.id, tensor(out.dweight, w.shape().to_vec()));
-        }
-        if let Some(node) = node_b {
-            grads.register::<Flex>(node.id, tensor(out.dbias, vec![g.cout]));
-        }
+        );
+        let (b, c) = (self.g.batch, self.g.channels);
+        register(grads, node_x, || tensor(out.dx, self.x.shape().to_vec()));
+        register(grads, node_shift, || tensor(out.dshift, vec![b, c]));
+        register(grads, node_gamma, || tensor(out.dgamma, vec![c]));
+        register(grads, node_beta, || tensor(out.dbeta, vec![c]));
     }
 }
 
@@ -269,20 +290,10 @@ impl Backward<Flex, 3> for NormBackward {
     type State = NormState;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_gamma, node_beta] = ops.parents;
         let (dy, _) = contiguous(&grads.consume::<Flex>(&ops.node));
-        let st = ops.state;
-        let out = st.grads(&dy);
-        let c = st.g.channels;
-        if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, tensor(out.dx, st.x.shape().to_vec()));
-        }
-        if let Some(node) = node_gamma {
-            grads.register::<Flex>(node.id, tensor(out.dgamma, vec![c]));
-        }
-        if let Some(node) = node_beta {
-            grads.register::<Flex>(node.id, tensor(out.dbeta, vec![c]));
-        }
+        let [node_x, node_gamma, node_beta] = parent_ids(&ops);
+        ops.state
+            .register_grads(grads, &dy, [node_x, None, node_gamma, node_beta]);
     }
 }
 
@@ -293,23 +304,9 @@ impl Backward<Flex, 4> for ShiftNormBackward {
     type State = NormState;
 
     fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_shift, node_gamma, node_beta] = ops.parents;
         let (dy, _) = contiguous(&grads.consume::<Flex>(&ops.node));
-        let st = ops.state;
-        let out = st.grads(&dy);
-        let c = st.g.channels;
-        if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, tensor(out.dx, st.x.shape().to_vec()));
-        }
-        if let Some(node) = node_shift {
-            grads.register::<Flex>(node.id, tensor(out.dshift, vec![st.g.batch, c]));
-        }
-        if let Some(node) = node_gamma {
-            grads.register::<Flex>(node.id, tensor(out.dgamma, vec![c]));
-        }
-        if let Some(node) = node_beta {
-            grads.register::<Flex>(node.id, tensor(out.dbeta, vec![c]));
-        }
+        let nodes = parent_ids(&ops);
+        ops.state.register_grads(grads, &dy, nodes);
     }
 }
 
@@ -327,17 +324,10 @@ impl<C: CheckpointStrategy> KernelBackend for Autodiff<Flex, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (xc, xs) = contiguous(x.primitive());
-                let (wc, ws) = contiguous(weight.primitive());
-                let g = conv_geometry(&xs, &ws, stride, padding);
-                let y = Flex::ddpm_conv2d(
-                    xc.clone(),
-                    wc.clone(),
-                    bias.into_primitive(),
-                    stride,
-                    padding,
-                );
-                prep.finish((xc, wc, g), y)
+                let state = conv_state(x.primitive(), weight.primitive(), stride, padding);
+                let (x, w) = (&state.0, &state.1);
+                let y = conv_forward(x, w, bias.primitive(), None, stride, padding);
+                prep.finish(state, y)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::ddpm_conv2d(
                 x.into_primitive(),
@@ -363,18 +353,10 @@ impl<C: CheckpointStrategy> KernelBackend for Autodiff<Flex, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (xc, xs) = contiguous(x.primitive());
-                let (wc, ws) = contiguous(weight.primitive());
-                let g = conv_geometry(&xs, &ws, stride, padding);
-                let y = Flex::ddpm_conv2d_residual(
-                    xc.clone(),
-                    wc.clone(),
-                    bias.into_primitive(),
-                    residual.into_primitive(),
-                    stride,
-                    padding,
-                );
-                prep.finish((xc, wc, g), y)
+                let state = conv_state(x.primitive(), weight.primitive(), stride, padding);
+                let (x, w, r) = (&state.0, &state.1, residual.primitive());
+                let y = conv_forward(x, w, bias.primitive(), Some(r), stride, padding);
+                prep.finish(state, y)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::ddpm_conv2d_residual(
                 x.into_primitive(),
@@ -462,7 +444,7 @@ impl<C: CheckpointStrategy> KernelBackend for Autodiff<Flex, C> {
     }
 }
 
-/// The forward pass of a tracked GroupNorm: its output and what its backward pass keeps.
+/// The forward pass of a GroupNorm: its output and what its backward pass keeps.
 fn norm_forward(
     x: &FlexTensor,
     shift: Option<&FlexTensor>,
