@@ -565,14 +565,49 @@ pub fn backward(
     backward_with(x, weight, dy, g, true, input_grad)
 }
 
-/// Splits `dx` (empty when the input gradient is not wanted) into one part per task of `chunk`
-/// images, `None` for every task when it is empty.
-pub(super) fn dx_parts<T>(dx: &mut [T], tasks: usize, chunk: usize) -> Vec<Option<&mut [T]>> {
-    if dx.is_empty() {
-        (0..tasks).map(|_| None).collect()
+/// The task structure both backward routes share: images in groups of `chunk`, one task per
+/// group in parallel. Each task gets its part of `dx` (`None` when `dx` is empty: no input
+/// gradient), its images of x and of ∂L/∂y, and a zeroed ∂L/∂W to add its images into; ∂L/∂b is
+/// summed here. Returns ∂L/∂W and ∂L/∂b summed over the tasks.
+pub(super) fn backward_tasks<T: Send>(
+    x: &[f32],
+    dy: &[f32],
+    dx: &mut [T],
+    g: &ConvGeometry,
+    chunk: usize,
+    task: impl Fn(Option<&mut [T]>, &[f32], &[f32], &mut [f32]) + Sync,
+) -> (Vec<f32>, Vec<f32>) {
+    let (p, k) = (g.out_pixels(), g.patch());
+    let (in_len, out_len) = (g.cin * g.h * g.w, g.cout * p);
+    let chunk = chunk.max(1);
+    let dx_parts: Vec<Option<&mut [T]>> = if dx.is_empty() {
+        (0..g.batch.div_ceil(chunk)).map(|_| None).collect()
     } else {
-        dx.chunks_mut(chunk.max(1)).map(Some).collect()
+        dx.chunks_mut(chunk * in_len).map(Some).collect()
+    };
+    let partial: Vec<(Vec<f32>, Vec<f32>)> = dx_parts
+        .into_par_iter()
+        .zip(x.par_chunks((chunk * in_len).max(1)))
+        .zip(dy.par_chunks((chunk * out_len).max(1)))
+        .map(|((dxs, xs), dys)| {
+            let mut dw = vec![0f32; g.cout * k];
+            task(dxs, xs, dys, &mut dw);
+            let mut db = vec![0f32; g.cout];
+            for dyb in dys.chunks(out_len.max(1)) {
+                for (d, row) in db.iter_mut().zip(dyb.chunks(p.max(1))) {
+                    *d += row.iter().sum::<f32>();
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    let mut dweight = vec![0f32; g.cout * k];
+    let mut dbias = vec![0f32; g.cout];
+    for (dw, db) in partial {
+        dweight.iter_mut().zip(dw).for_each(|(a, b)| *a += b);
+        dbias.iter_mut().zip(db).for_each(|(a, b)| *a += b);
     }
+    (dweight, dbias)
 }
 
 /// [`backward`], with the direct kernels only when `direct`.
@@ -598,44 +633,25 @@ pub fn backward_with(
         return super::conv_direct::backward(x, weight, dy, g, input_grad);
     }
     let mut dx = super::zeroed(if input_grad { g.batch * in_len } else { 0 });
-    let chunk = g.chunk();
     let par = g.gemm_parallelism();
-    let tasks = g.batch.div_ceil(chunk);
-    let partial: Vec<(Vec<f32>, Vec<f32>)> = dx_parts(&mut dx, tasks, chunk * in_len)
-        .into_par_iter()
-        .zip(x.par_chunks((chunk * in_len).max(1)))
-        .zip(dy.par_chunks((chunk * out_len).max(1)))
-        .map(|((dxs, xs), dys)| {
-            let mut dw = vec![0f32; g.cout * k];
-            let mut db = vec![0f32; g.cout];
-            let (s1, s2) = g.scratch();
-            let (hp, wp) = g.padded();
-            let mut scratch = BackwardScratch {
-                operand: vec![0f32; s1],
-                second: vec![0f32; s2],
-                dxpad: if g.method() == Method::Shifted {
-                    vec![0f32; g.cin * hp * wp]
-                } else {
-                    Vec::new()
-                },
-            };
-            let mut dx_images = dxs.map(|d| d.chunks_mut(in_len));
-            for (xb, dyb) in xs.chunks(in_len).zip(dys.chunks(out_len)) {
-                let dxb = dx_images.as_mut().and_then(|it| it.next());
-                backward_image(xb, dyb, weight, g, dxb, &mut dw, &mut scratch, par);
-                for (d, row) in db.iter_mut().zip(dyb.chunks(p)) {
-                    *d += row.iter().sum::<f32>();
-                }
-            }
-            (dw, db)
-        })
-        .collect();
-    let mut dweight = vec![0f32; g.cout * k];
-    let mut dbias = vec![0f32; g.cout];
-    for (dw, db) in partial {
-        dweight.iter_mut().zip(dw).for_each(|(a, b)| *a += b);
-        dbias.iter_mut().zip(db).for_each(|(a, b)| *a += b);
-    }
+    let (dweight, dbias) = backward_tasks(x, dy, &mut dx, g, g.chunk(), |dxs, xs, dys, dw| {
+        let (s1, s2) = g.scratch();
+        let (hp, wp) = g.padded();
+        let mut scratch = BackwardScratch {
+            operand: vec![0f32; s1],
+            second: vec![0f32; s2],
+            dxpad: if g.method() == Method::Shifted {
+                vec![0f32; g.cin * hp * wp]
+            } else {
+                Vec::new()
+            },
+        };
+        let mut dx_images = dxs.map(|d| d.chunks_mut(in_len));
+        for (xb, dyb) in xs.chunks(in_len).zip(dys.chunks(out_len)) {
+            let dxb = dx_images.as_mut().and_then(|it| it.next());
+            backward_image(xb, dyb, weight, g, dxb, dw, &mut scratch, par);
+        }
+    });
     ConvGrads { dx, dweight, dbias }
 }
 

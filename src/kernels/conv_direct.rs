@@ -3,7 +3,7 @@
 //! convolution of the padded ∂L/∂y, weight gradient accumulated per task image by image, the
 //! tasks' sums added at the end).
 
-use super::conv::{ConvGeometry, ConvGrads};
+use super::conv::{ConvGeometry, ConvGrads, backward_tasks};
 use super::direct::{self, NR, Plan};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -133,7 +133,7 @@ pub fn backward(
     );
     let (oh, ow) = (g.out_h(), g.out_w());
     let (in_len, out_len) = (g.cin * g.h * g.w, g.cout * oh * ow);
-    let (k, taps) = (g.cin * g.kh * g.kw, g.kh * g.kw);
+    let taps = g.kh * g.kw;
     let lx = Layout::of_input(g);
     let ld = Layout::of_output_grad(g);
     debug_assert_eq!(lx.wp, ld.wp);
@@ -152,42 +152,22 @@ pub fn backward(
     // each task keeps its own ∂L/∂W sums, added up at the end.
     let chunk = g.batch.div_ceil(4 * rayon::current_num_threads()).max(1);
     let mut dx = super::uninit(if input_grad { g.batch * in_len } else { 0 });
-    let tasks = g.batch.div_ceil(chunk);
-    let partial: Vec<(Vec<f32>, Vec<f32>)> = super::conv::dx_parts(&mut dx, tasks, chunk * in_len)
-        .into_par_iter()
-        .zip(x.par_chunks((chunk * in_len).max(1)))
-        .zip(dy.par_chunks((chunk * out_len).max(1)))
-        .map(|((dxs, xs), dys)| {
-            let mut xpad = vec![0f32; g.cin * lx.ps];
-            let mut dypad = vec![0f32; if dxs.is_some() { g.cout * ld.ps } else { 0 }];
-            let a = [g.kh - 1 - g.pad[0], g.kw - 1 - g.pad[1]];
-            let mut grad = direct::WeightGrad::new(g.cout, g.cin, &lx.offsets, lx.ps);
-            let mut dx_images = dxs.map(|d| d.chunks_mut(in_len));
-            for (xb, dyb) in xs.chunks(in_len).zip(dys.chunks(out_len)) {
-                direct::pad_planes(xb, g.h, g.w, g.pad, &mut xpad, lx.ps);
-                grad.add_image(&xpad, dyb, oh, ow, lx.wp);
-                if let Some(dxb) = dx_images.as_mut().and_then(|it| it.next()) {
-                    direct::pad_planes(dyb, oh, ow, a, &mut dypad, ld.ps);
-                    direct::conv_image(&dypad, &flipped, 0..dx_blocks, &dx_plan, None, None, dxb);
-                }
+    let (dweight, dbias) = backward_tasks(x, dy, &mut dx, g, chunk, |dxs, xs, dys, dw| {
+        let mut xpad = vec![0f32; g.cin * lx.ps];
+        let mut dypad = vec![0f32; if dxs.is_some() { g.cout * ld.ps } else { 0 }];
+        let a = [g.kh - 1 - g.pad[0], g.kw - 1 - g.pad[1]];
+        let mut grad = direct::WeightGrad::new(g.cout, g.cin, &lx.offsets, lx.ps);
+        let mut dx_images = dxs.map(|d| d.chunks_mut(in_len));
+        for (xb, dyb) in xs.chunks(in_len).zip(dys.chunks(out_len)) {
+            direct::pad_planes(xb, g.h, g.w, g.pad, &mut xpad, lx.ps);
+            grad.add_image(&xpad, dyb, oh, ow, lx.wp);
+            if let Some(dxb) = dx_images.as_mut().and_then(|it| it.next()) {
+                direct::pad_planes(dyb, oh, ow, a, &mut dypad, ld.ps);
+                direct::conv_image(&dypad, &flipped, 0..dx_blocks, &dx_plan, None, None, dxb);
             }
-            let mut dw = vec![0f32; g.cout * k];
-            grad.add_to(&mut dw);
-            let mut db = vec![0f32; g.cout];
-            for dyb in dys.chunks(out_len) {
-                for (d, row) in db.iter_mut().zip(dyb.chunks(oh * ow)) {
-                    *d += row.iter().sum::<f32>();
-                }
-            }
-            (dw, db)
-        })
-        .collect();
-    let mut dweight = vec![0f32; g.cout * k];
-    let mut dbias = vec![0f32; g.cout];
-    for (dw, db) in partial {
-        dweight.iter_mut().zip(dw).for_each(|(a, b)| *a += b);
-        dbias.iter_mut().zip(db).for_each(|(a, b)| *a += b);
-    }
+        }
+        grad.add_to(dw);
+    });
     // SAFETY: with an input gradient, each task wrote every image of its part through
     // conv_image, which writes every element; without one, `dx` is empty.
     let dx = unsafe { super::assume_init(dx) };
