@@ -31,6 +31,16 @@ fn close_slices(a: &[f32], b: &[f32], what: &str) {
     }
 }
 
+/// The gradients of `t` through the kernel and through burn agree.
+fn close_grads<const D: usize>(
+    t: &Tensor<D>,
+    kernel: &burn::tensor::Gradients,
+    burn: &burn::tensor::Gradients,
+    what: &str,
+) {
+    close_slices(&grad_vec(t, kernel), &grad_vec(t, burn), what);
+}
+
 fn grad_vec<const D: usize>(t: &Tensor<D>, grads: &burn::tensor::Gradients) -> Vec<f32> {
     t.grad(grads)
         .expect("gradient")
@@ -81,23 +91,11 @@ fn conv_kernel_matches_burn_values_and_gradients() {
         let dy = random(y_burn.dims(), 20 + i as u64, &device);
         let g_kernel = (y_kernel * dy.clone()).sum().backward();
         let g_burn = (y_burn * dy).sum().backward();
-        close_slices(
-            &grad_vec(&x, &g_kernel),
-            &grad_vec(&x, &g_burn),
-            &format!("conv {i} dx"),
-        );
+        close_grads(&x, &g_kernel, &g_burn, &format!("conv {i} dx"));
         let w = conv.weight.val();
-        close_slices(
-            &grad_vec(&w, &g_kernel),
-            &grad_vec(&w, &g_burn),
-            &format!("conv {i} dw"),
-        );
+        close_grads(&w, &g_kernel, &g_burn, &format!("conv {i} dw"));
         let b = conv.bias.as_ref().unwrap().val();
-        close_slices(
-            &grad_vec(&b, &g_kernel),
-            &grad_vec(&b, &g_burn),
-            &format!("conv {i} db"),
-        );
+        close_grads(&b, &g_kernel, &g_burn, &format!("conv {i} db"));
     }
 }
 
@@ -155,20 +153,12 @@ fn group_norm_kernel_matches_burn_values_and_gradients() {
             let dy = random(shape, 60 + i as u64, &device);
             let g_kernel = (y_kernel * dy.clone()).sum().backward();
             let g_burn = (y_burn * dy).sum().backward();
-            close_slices(
-                &grad_vec(&x, &g_kernel),
-                &grad_vec(&x, &g_burn),
-                &format!("{what} dx"),
-            );
+            close_grads(&x, &g_kernel, &g_burn, &format!("{what} dx"));
             for p in [
                 norm.gamma.as_ref().unwrap().val(),
                 norm.beta.as_ref().unwrap().val(),
             ] {
-                close_slices(
-                    &grad_vec(&p, &g_kernel),
-                    &grad_vec(&p, &g_burn),
-                    &format!("{what} dγ/dβ"),
-                );
+                close_grads(&p, &g_kernel, &g_burn, &format!("{what} dγ/dβ"));
             }
         }
     }
@@ -190,11 +180,7 @@ fn layout_kernels_match_burn_values_and_gradients() {
     let dy = random(up_burn.dims(), 71, &device);
     let g_kernel = (up_kernel * dy.clone()).sum().backward();
     let g_burn = (up_burn * dy).sum().backward();
-    close_slices(
-        &grad_vec(&x, &g_kernel),
-        &grad_vec(&x, &g_burn),
-        "upsample dx",
-    );
+    close_grads(&x, &g_kernel, &g_burn, "upsample dx");
 
     let a = random([3, 2, 5, 6], 72, &device).require_grad();
     let cat_kernel = try_cat_channels(&a, &x).expect("covered");
@@ -204,7 +190,7 @@ fn layout_kernels_match_burn_values_and_gradients() {
     let g_kernel = (cat_kernel * dy.clone()).sum().backward();
     let g_burn = (cat_burn * dy).sum().backward();
     for (t, what) in [(&a, "cat da"), (&x, "cat dx")] {
-        close_slices(&grad_vec(t, &g_kernel), &grad_vec(t, &g_burn), what);
+        close_grads(t, &g_kernel, &g_burn, what);
     }
     assert!(try_cat_channels(&a, &random([3, 2, 5, 5], 74, &device)).is_none());
 }
@@ -229,16 +215,8 @@ fn shifted_group_norm_kernel_matches_burn_values_and_gradients() {
         let dy = random(shape, 82, &device);
         let g_kernel = (y_kernel * dy.clone()).sum().backward();
         let g_burn = (y_burn * dy).sum().backward();
-        close_slices(
-            &grad_vec(&x, &g_kernel),
-            &grad_vec(&x, &g_burn),
-            &format!("{what} dx"),
-        );
-        close_slices(
-            &grad_vec(&shift, &g_kernel),
-            &grad_vec(&shift, &g_burn),
-            &format!("{what} dshift"),
-        );
+        close_grads(&x, &g_kernel, &g_burn, &format!("{what} dx"));
+        close_grads(&shift, &g_kernel, &g_burn, &format!("{what} dshift"));
     }
 }
 
@@ -261,18 +239,10 @@ fn residual_conv_kernel_matches_burn_values_and_gradients() {
         let g_kernel = (y_kernel * dy.clone()).sum().backward();
         let g_burn = (y_burn * dy).sum().backward();
         for (t, what) in [(&x, "dx"), (&r, "dresidual")] {
-            close_slices(
-                &grad_vec(t, &g_kernel),
-                &grad_vec(t, &g_burn),
-                &format!("residual conv {i} {what}"),
-            );
+            close_grads(t, &g_kernel, &g_burn, &format!("residual conv {i} {what}"));
         }
         let w = conv.weight.val();
-        close_slices(
-            &grad_vec(&w, &g_kernel),
-            &grad_vec(&w, &g_burn),
-            &format!("residual conv {i} dw"),
-        );
+        close_grads(&w, &g_kernel, &g_burn, &format!("residual conv {i} dw"));
     }
     let wrong = random([1, 1, 2, 2], 3, &device);
     let (conv, shape) = convs(&device).remove(0);
