@@ -453,7 +453,7 @@ pub struct WeightGrad {
     offsets: Vec<usize>,
     /// `[pair][ld]` sums.
     acc: Vec<f32>,
-    /// One image's ∂L/∂y on the wide grid, channels last.
+    /// One image's ∂L/∂y on the wide grid (output pixels only), channels last.
     dyt: Vec<f32>,
 }
 
@@ -500,11 +500,9 @@ impl WeightGrad {
         let reach = self.offsets.iter().copied().max().unwrap_or(0) + q;
         assert!(xpad.len() >= reach, "weight gradient: input planes");
         let ld = self.ld;
-        // Positions outside the image (the dropped columns) stay zero from the first image on.
-        if self.dyt.len() != q * ld {
-            self.dyt.clear();
-            self.dyt.resize(q * ld, 0.0);
-        }
+        // Sized once per layer; the wide grid's dropped columns are never read (grad_tile skips
+        // them), so only the output pixels are written.
+        self.dyt.resize(q * ld, 0.0);
         // Transposed in 16 × 16 blocks so that the rows written stay in L1.
         for oy in 0..oh {
             for ox0 in (0..ow).step_by(LANES) {

@@ -71,7 +71,13 @@ static ENABLED: AtomicBool = AtomicBool::new(true);
 /// allocated on the calling thread, where a serial `memset` (or the first-touch page faults)
 /// would leave the other threads idle.
 pub(crate) fn zeroed(n: usize) -> Vec<f32> {
-    zeroed_impl(n)
+    use rayon::prelude::*;
+    if n < 1 << 16 {
+        return vec![0f32; n];
+    }
+    let mut v = Vec::with_capacity(n);
+    v.par_extend(rayon::iter::repeat_n(0f32, n));
+    v
 }
 
 /// `n` uninitialized floats for a kernel that writes every one of them (then [`assume_init`]).
@@ -91,16 +97,6 @@ pub(crate) unsafe fn assume_init(v: Vec<std::mem::MaybeUninit<f32>>) -> Vec<f32>
     // SAFETY: same allocation, layout-compatible element type, all elements initialized (the
     // caller's contract); the original vector is not dropped.
     unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
-}
-
-fn zeroed_impl(n: usize) -> Vec<f32> {
-    use rayon::prelude::*;
-    if n < 1 << 16 {
-        return vec![0f32; n];
-    }
-    let mut v = Vec::with_capacity(n);
-    v.par_extend(rayon::iter::repeat_n(0f32, n));
-    v
 }
 
 /// Turns the kernels on or off for the whole process (off: burn's generic operations everywhere;
