@@ -91,6 +91,7 @@ enum Command {
 
 /// Parses the command line and runs the subcommand.
 pub fn main() -> ExitCode {
+    crate::heap::retain_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Schedule(args) => schedule::run(args),
