@@ -1,14 +1,15 @@
 //! Hand-written CPU kernels for the operations that dominate a U-Net step on burn's `flex`
 //! backend: convolution (direct AVX-512 tiles for stride 1, GEMMs otherwise; forward and
 //! backward, optionally adding a residual), GroupNorm fused with the SiLU that follows it (and
-//! optionally a per-channel shift before it), nearest upsampling and channel concatenation over
-//! the thread pool, and a vectorizable `exp` / sigmoid.
+//! optionally a per-channel shift before it), the attention block after its GroupNorm (q/k/v
+//! projection, softmax attention and output projection per image), nearest upsampling and
+//! channel concatenation over the thread pool, and a vectorizable `exp` / sigmoid.
 //!
 //! The model calls [`conv2d`], [`conv2d_residual`], [`group_norm()`], [`group_norm_shifted`],
-//! [`upsample2`] and [`cat_channels`]; on a flex device they run these kernels (as burn backend
-//! extensions with their own backward passes), anywhere else — or after [`set_enabled`]`(false)`
-//! — burn's generic implementation, so the model code stays backend-generic. Tests compare both
-//! paths, values and gradients.
+//! [`self_attention`], [`upsample2`] and [`cat_channels`]; on a flex device they run these
+//! kernels (as burn backend extensions with their own backward passes), anywhere else — or after
+//! [`set_enabled`]`(false)` — burn's generic implementation, so the model code stays
+//! backend-generic. Tests compare both paths, values and gradients.
 
 /// Defines the function `$name` twice, as written and compiled for AVX-512, and calls the
 /// second when the CPU has it (the crate itself is built for baseline x86-64, whose SIMD is 4
@@ -44,6 +45,7 @@ macro_rules! with_avx512 {
     };
 }
 
+pub mod attention;
 pub mod conv;
 #[cfg(target_arch = "x86_64")]
 mod conv_direct;
@@ -53,16 +55,21 @@ pub mod fast_math;
 #[cfg(feature = "flex")]
 mod flex;
 #[cfg(feature = "flex")]
+mod flex_attention;
+#[cfg(feature = "flex")]
 mod flex_layout;
 pub mod group_norm;
 pub mod layout;
+mod matmul;
 #[cfg(test)]
 mod tests;
 
-use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
+use burn::nn::{GroupNorm, Linear};
 use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
+use burn::tensor::module::attention as burn_attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
@@ -174,4 +181,52 @@ pub fn cat_channels(a: Tensor<4>, b: Tensor<4>) -> Tensor<4> {
         return y;
     }
     Tensor::cat(vec![a, b], 1)
+}
+
+/// `x + proj(softmax(q kᵀ/√d) v)` with q, k, v = `qkv(h)` split into `heads` heads, over the
+/// pixels of `h`, `x` (`[B, C, H, W]`): the core of an attention block after its GroupNorm.
+/// One fused kernel (forward and backward) where it applies; burn's operations otherwise.
+pub fn self_attention(
+    qkv: &Linear,
+    proj: &Linear,
+    heads: usize,
+    h: Tensor<4>,
+    x: Tensor<4>,
+) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if let Some(y) = flex_attention::try_attention(qkv, proj, heads, &h, &x) {
+        return y;
+    }
+    composed_attention(qkv, proj, heads, h, x)
+}
+
+/// [`self_attention`] through burn's operations (its fused `attention` where the backend has
+/// one: flex without autodiff).
+fn composed_attention(
+    qkv: &Linear,
+    proj: &Linear,
+    heads: usize,
+    h: Tensor<4>,
+    x: Tensor<4>,
+) -> Tensor<4> {
+    let [b, c, hh, w] = x.dims();
+    let (n, d) = (hh * w, c / heads);
+    let tokens = h.reshape([b, c, n]).swap_dims(1, 2);
+    let qkv = qkv.forward(tokens); // [B, N, 3C]
+    let split = |i: usize| {
+        qkv.clone()
+            .narrow(2, i * c, c)
+            .reshape([b, n, heads, d])
+            .swap_dims(1, 2) // [B, heads, N, d]
+    };
+    let (q, k, v) = (split(0), split(1), split(2));
+    let options = AttentionModuleOptions {
+        scale: Some(1.0 / (d as f64).sqrt()),
+        softcap: None,
+        is_causal: false,
+    };
+    let out = burn_attention(q, k, v, None, None, options)
+        .swap_dims(1, 2)
+        .reshape([b, n, c]);
+    x + proj.forward(out).swap_dims(1, 2).reshape([b, c, hh, w])
 }

@@ -248,3 +248,66 @@ fn residual_conv_kernel_matches_burn_values_and_gradients() {
     let (conv, shape) = convs(&device).remove(0);
     assert!(flex::try_conv2d_residual(&conv, &random(shape, 4, &device), &wrong).is_none());
 }
+
+#[test]
+fn attention_kernel_matches_burn_values_and_gradients() {
+    use burn::nn::{Linear, LinearConfig};
+    let device = Device::flex().autodiff();
+    // Non-zero biases and projection (burn initializes biases uniformly; the block's projection
+    // starts at zero, which would hide the attention).
+    let linear = |cin: usize, cout: usize, seed: u64| -> Linear {
+        let mut l = LinearConfig::new(cin, cout).init(&device);
+        let w = crate::rng::Rng::new(seed).normal_f32(cin * cout);
+        l.weight = Param::from_tensor(Tensor::from_data(TensorData::new(w, [cin, cout]), &device));
+        l
+    };
+    for (i, (shape, heads)) in [([2, 6, 3, 4], 2), ([3, 8, 5, 5], 1)]
+        .into_iter()
+        .enumerate()
+    {
+        let c = shape[1];
+        let (qkv, proj) = (linear(c, 3 * c, 40 + i as u64), linear(c, c, 50 + i as u64));
+        let h = random(shape, 60 + i as u64, &device).require_grad();
+        let x = random(shape, 70 + i as u64, &device).require_grad();
+        let y_kernel = flex_attention_kernel(&qkv, &proj, heads, &h, &x);
+        let y_burn = super::composed_attention(&qkv, &proj, heads, h.clone(), x.clone());
+        close(
+            y_kernel.clone(),
+            y_burn.clone(),
+            &format!("attention {i} forward"),
+        );
+
+        let dy = random(shape, 80 + i as u64, &device);
+        let g_kernel = (y_kernel * dy.clone()).sum().backward();
+        let g_burn = (y_burn * dy).sum().backward();
+        close_grads(&h, &g_kernel, &g_burn, &format!("attention {i} dh"));
+        close_grads(&x, &g_kernel, &g_burn, &format!("attention {i} dx"));
+        for (name, layer) in [("qkv", &qkv), ("proj", &proj)] {
+            let w = layer.weight.val();
+            close_grads(
+                &w,
+                &g_kernel,
+                &g_burn,
+                &format!("attention {i} d{name} weight"),
+            );
+            let b = layer.bias.as_ref().unwrap().val();
+            close_grads(
+                &b,
+                &g_kernel,
+                &g_burn,
+                &format!("attention {i} d{name} bias"),
+            );
+        }
+    }
+}
+
+fn flex_attention_kernel(
+    qkv: &burn::nn::Linear,
+    proj: &burn::nn::Linear,
+    heads: usize,
+    h: &Tensor<4>,
+    x: &Tensor<4>,
+) -> Tensor<4> {
+    super::flex_attention::try_attention(qkv, proj, heads, h, x)
+        .expect("the kernel covers this block")
+}

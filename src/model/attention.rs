@@ -2,8 +2,6 @@
 
 use burn::module::Module;
 use burn::nn::{GroupNorm, GroupNormConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
 /// x + proj(softmax(q·kᵀ/√d)·v) with q, k, v from GroupNorm(x); the output projection starts at
@@ -31,33 +29,8 @@ impl AttentionBlock {
 
     /// `x`: `[B, C, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let [b, c, h, w] = x.dims();
-        let n = h * w;
-        let heads = self.heads;
-        let d = c / heads;
-        let tokens = crate::kernels::group_norm(&self.norm, x.clone(), false)
-            .reshape([b, c, n])
-            .swap_dims(1, 2);
-        let qkv = self.qkv.forward(tokens); // [B, N, 3C]
-        let split = |i: usize| {
-            qkv.clone()
-                .narrow(2, i * c, c)
-                .reshape([b, n, heads, d])
-                .swap_dims(1, 2) // [B, heads, N, d]
-        };
-        let (q, k, v) = (split(0), split(1), split(2));
-        // softmax(q kᵀ / √d) v: burn's fused attention where the backend has one (flex without
-        // autodiff: sampling), the same composed operations otherwise.
-        let options = AttentionModuleOptions {
-            scale: Some(1.0 / (d as f64).sqrt()),
-            softcap: None,
-            is_causal: false,
-        };
-        let out = attention(q, k, v, None, None, options)
-            .swap_dims(1, 2)
-            .reshape([b, n, c]);
-        let out = self.proj.forward(out).swap_dims(1, 2).reshape([b, c, h, w]);
-        x + out
+        let h = crate::kernels::group_norm(&self.norm, x.clone(), false);
+        crate::kernels::self_attention(&self.qkv, &self.proj, self.heads, h, x)
     }
 }
 
@@ -68,8 +41,8 @@ mod tests {
     use burn::tensor::TensorData;
     use burn::tensor::activation::softmax;
 
-    /// The block with the fused attention (flex without autodiff) against the same block through
-    /// the composed operations, spelled out here as softmax(q kᵀ / √d) v.
+    /// The block (on flex: the fused attention kernel) against the same block spelled out here
+    /// through burn's operations as softmax(q kᵀ / √d) v.
     #[test]
     fn fused_attention_matches_the_formula() {
         let device = Device::flex();
