@@ -3,7 +3,7 @@
 //! for the GEMM route and the direct AVX-512 route (where it applies: stride 1, not 1×1, at least
 //! 8 output channels, and 8 input channels for the backward pass; else both rows are the GEMM).
 
-use ddpm::kernels::conv::{ConvGeometry, backward_with, forward_with};
+use ddpm::kernels::conv::{ConvGeometry, Route, backward_with, forward_with};
 use std::time::Instant;
 
 fn geometry(cin: usize, cout: usize, size: usize, k: usize, stride: usize) -> ConvGeometry {
@@ -20,18 +20,17 @@ fn geometry(cin: usize, cout: usize, size: usize, k: usize, stride: usize) -> Co
     }
 }
 
-/// Median seconds of `f` over `reps` runs after one warm-up.
+/// Fastest seconds of `f` over `reps` runs after one warm-up (on a shared host the minimum is
+/// the run least disturbed by other work; the median drifts with the neighbours' load).
 fn time(reps: usize, mut f: impl FnMut()) -> f64 {
     f();
-    let mut t: Vec<f64> = (0..reps)
+    (0..reps)
         .map(|_| {
             let s = Instant::now();
             f();
             s.elapsed().as_secs_f64()
         })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[reps / 2]
+        .fold(f64::INFINITY, f64::min)
 }
 
 fn main() {
@@ -61,11 +60,15 @@ fn main() {
             .map(|i| ((i * 31) % 100) as f32 * 1e-2 - 0.5)
             .collect();
         let flop = 2.0 * (g.batch * g.cout * g.out_h() * g.out_w() * g.cin * g.kh * g.kw) as f64;
-        for (route, direct) in [("gemm", false), ("direct", true)] {
-            let tf = time(7, || {
+        for (route, direct) in [
+            ("gemm", Route::Gemm),
+            ("direct", Route::Direct),
+            ("winograd", Route::Winograd),
+        ] {
+            let tf = time(15, || {
                 std::hint::black_box(forward_with(&x, &w, &b, &g, direct));
             });
-            let tb = time(5, || {
+            let tb = time(9, || {
                 std::hint::black_box(backward_with(&x, &w, &dy, &g, direct, true));
             });
             println!(

@@ -227,6 +227,19 @@ fn pad_into(x: &[f32], g: &ConvGeometry, xpad: &mut [f32]) {
     }
 }
 
+/// Which kernels a convolution may use; each route falls back to the simpler ones where it does
+/// not apply (or the CPU lacks AVX-512).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// im2col / per-tap GEMMs only.
+    Gemm,
+    /// The direct AVX-512 tiles for stride 1 (not 1×1), GEMMs elsewhere.
+    Direct,
+    /// Winograd F(2×2, 3×3) for 3×3 stride-1 padding-1 convolutions (forward and input
+    /// gradient), else as [`Route::Direct`]: the default.
+    Winograd,
+}
+
 /// Whether the AVX-512 direct kernels take `g` (when `allowed`), for the forward or the backward
 /// pass.
 fn use_direct(g: &ConvGeometry, allowed: bool, backward: bool) -> bool {
@@ -251,7 +264,7 @@ fn use_direct(g: &ConvGeometry, allowed: bool, backward: bool) -> bool {
 /// `[cout]`; returns `[B, cout, out_h, out_w]`. Stride-1 convolutions (not 1×1, ≥ 8 output
 /// channels) run the AVX-512 direct kernels where the CPU has them, the rest GEMMs.
 pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry) -> Vec<f32> {
-    forward_with(x, weight, bias, g, true)
+    forward_with(x, weight, bias, g, Route::Winograd)
 }
 
 /// y = conv(x, weight) + bias + residual (`residual` shaped like y): a ResBlock's skip
@@ -263,17 +276,17 @@ pub fn forward_residual(
     residual: &[f32],
     g: &ConvGeometry,
 ) -> Vec<f32> {
-    forward_residual_with(x, weight, bias, residual, g, true)
+    forward_residual_with(x, weight, bias, residual, g, Route::Winograd)
 }
 
-/// [`forward_residual`], with the direct kernels only when `direct`.
+/// [`forward_residual`] through `route`.
 pub fn forward_residual_with(
     x: &[f32],
     weight: &[f32],
     bias: &[f32],
     residual: &[f32],
     g: &ConvGeometry,
-    direct: bool,
+    route: Route,
 ) -> Vec<f32> {
     assert_eq!(
         residual.len(),
@@ -281,13 +294,14 @@ pub fn forward_residual_with(
         "conv2d: residual length"
     );
     #[cfg(target_arch = "x86_64")]
-    if use_direct(g, direct, false) {
+    if use_direct(g, route != Route::Gemm, false) {
         assert_eq!(x.len(), g.batch * g.cin * g.h * g.w, "conv2d: input length");
         assert_eq!(weight.len(), g.cout * g.patch(), "conv2d: weight length");
         assert_eq!(bias.len(), g.cout, "conv2d: bias length");
-        return super::conv_direct::forward(x, weight, bias, Some(residual), g);
+        let wino = route == Route::Winograd;
+        return super::conv_direct::forward(x, weight, bias, Some(residual), g, wino);
     }
-    let mut y = forward_with(x, weight, bias, g, direct);
+    let mut y = forward_with(x, weight, bias, g, route);
     y.par_iter_mut()
         .zip(residual.par_iter())
         .with_min_len(1 << 14)
@@ -295,13 +309,13 @@ pub fn forward_residual_with(
     y
 }
 
-/// [`forward`], with the direct kernels only when `direct` (else always the GEMM route).
+/// [`forward`] through `route`.
 pub fn forward_with(
     x: &[f32],
     weight: &[f32],
     bias: &[f32],
     g: &ConvGeometry,
-    direct: bool,
+    route: Route,
 ) -> Vec<f32> {
     let (p, k) = (g.out_pixels(), g.patch());
     let (in_len, out_len) = (g.cin * g.h * g.w, g.cout * p);
@@ -309,8 +323,9 @@ pub fn forward_with(
     assert_eq!(weight.len(), g.cout * k, "conv2d: weight length");
     assert_eq!(bias.len(), g.cout, "conv2d: bias length");
     #[cfg(target_arch = "x86_64")]
-    if use_direct(g, direct, false) {
-        return super::conv_direct::forward(x, weight, bias, None, g);
+    if use_direct(g, route != Route::Gemm, false) {
+        let wino = route == Route::Winograd;
+        return super::conv_direct::forward(x, weight, bias, None, g, wino);
     }
     let mut y = super::zeroed(g.batch * out_len);
     if y.is_empty() {
@@ -505,7 +520,7 @@ pub fn backward(
     g: &ConvGeometry,
     input_grad: bool,
 ) -> ConvGrads {
-    backward_with(x, weight, dy, g, true, input_grad)
+    backward_with(x, weight, dy, g, Route::Winograd, input_grad)
 }
 
 /// The task structure both backward routes share: images in groups of `chunk`, one task per
@@ -553,13 +568,13 @@ pub(super) fn backward_tasks<T: Send>(
     (dweight, dbias)
 }
 
-/// [`backward`], with the direct kernels only when `direct`.
+/// [`backward`] through `route`.
 pub fn backward_with(
     x: &[f32],
     weight: &[f32],
     dy: &[f32],
     g: &ConvGeometry,
-    direct: bool,
+    route: Route,
     input_grad: bool,
 ) -> ConvGrads {
     let (p, k) = (g.out_pixels(), g.patch());
@@ -572,8 +587,9 @@ pub fn backward_with(
         "conv2d backward: gradient length"
     );
     #[cfg(target_arch = "x86_64")]
-    if use_direct(g, direct, true) {
-        return super::conv_direct::backward(x, weight, dy, g, input_grad);
+    if use_direct(g, route != Route::Gemm, true) {
+        let wino = route == Route::Winograd;
+        return super::conv_direct::backward(x, weight, dy, g, input_grad, wino);
     }
     let mut dx = super::zeroed(if input_grad { g.batch * in_len } else { 0 });
     let par = g.gemm_parallelism();
@@ -683,8 +699,13 @@ mod tests {
             g(2, 9, 6, 6, 64, 3, 0),
             g(3, 3, 7, 8, 32, 5, 2),
             g(1, 2, 5, 4, 3, 3, 2),
+            // Winograd: several images per task (7×7), a wide odd image.
+            g(5, 8, 7, 7, 8, 3, 1),
+            g(2, 16, 13, 36, 24, 3, 1),
         ]
     }
+
+    const ROUTES: [Route; 3] = [Route::Gemm, Route::Direct, Route::Winograd];
 
     fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
         assert_eq!(got.len(), want.len(), "{what}");
@@ -703,9 +724,9 @@ mod tests {
             let wt = values(g.cout * g.cin * g.kh * g.kw, 2);
             let b = values(g.cout, 3);
             let want = direct(&x, &wt, &b, &g);
-            for direct in [false, true] {
-                let got = forward_with(&x, &wt, &b, &g, direct);
-                assert_close(&got, &want, 1e-4, &format!("{g:?} direct {direct}"));
+            for route in ROUTES {
+                let got = forward_with(&x, &wt, &b, &g, route);
+                assert_close(&got, &want, 1e-4, &format!("{g:?} {route:?}"));
             }
         }
     }
@@ -722,14 +743,9 @@ mod tests {
                 .zip(&r)
                 .map(|(y, r)| y + *r as f64)
                 .collect();
-            for direct in [false, true] {
-                let got = forward_residual_with(&x, &wt, &b, &r, &g, direct);
-                assert_close(
-                    &got,
-                    &want,
-                    1e-4,
-                    &format!("{g:?} residual, direct {direct}"),
-                );
+            for route in ROUTES {
+                let got = forward_residual_with(&x, &wt, &b, &r, &g, route);
+                assert_close(&got, &want, 1e-4, &format!("{g:?} residual, {route:?}"));
             }
         }
     }
@@ -775,13 +791,13 @@ mod tests {
             let wt = values(g.cout * g.cin * g.kh * g.kw, 9);
             let dy = values(g.batch * g.cout * g.out_h() * g.out_w(), 10);
             let [dx, dw, db] = direct_grads(&x, &wt, &dy, &g);
-            for direct in [false, true] {
-                let got = backward_with(&x, &wt, &dy, &g, direct, true);
-                let no_dx = backward_with(&x, &wt, &dy, &g, direct, false);
+            for route in ROUTES {
+                let got = backward_with(&x, &wt, &dy, &g, route, true);
+                let no_dx = backward_with(&x, &wt, &dy, &g, route, false);
                 assert!(no_dx.dx.is_empty(), "{g:?}: dx not asked for");
                 assert_eq!(no_dx.dweight, got.dweight, "{g:?}: dw without dx");
                 assert_eq!(no_dx.dbias, got.dbias, "{g:?}: db without dx");
-                let what = format!("{g:?} direct {direct}");
+                let what = format!("{g:?} {route:?}");
                 assert_close(&got.dx, &dx, 1e-4, &format!("{what} dx"));
                 assert_close(&got.dweight, &dw, 1e-4, &format!("{what} dw"));
                 assert_close(&got.dbias, &db, 1e-4, &format!("{what} db"));
@@ -799,7 +815,7 @@ mod tests {
             let wt = values(g.cout * g.cin * g.kh * g.kw, 5);
             let b = values(g.cout, 6);
             let dy = values(g.batch * g.cout * g.out_h() * g.out_w(), 7);
-            let grads = backward_with(&x, &wt, &dy, &g, false, true);
+            let grads = backward_with(&x, &wt, &dy, &g, Route::Gemm, true);
             let functional = |x: &[f32], wt: &[f32], b: &[f32]| -> f64 {
                 direct(x, wt, b, &g)
                     .iter()

@@ -5,6 +5,7 @@
 
 use super::conv::{ConvGeometry, ConvGrads, backward_tasks};
 use super::direct::{self, NR, Plan};
+use super::winograd::{self, WinoGeometry};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -59,16 +60,45 @@ impl Layout {
     }
 }
 
+/// Whether the Winograd kernels cover `g`: 3×3, stride 1, padding 1, ≥ 8 channels in and out,
+/// and images of at least 10×10 (on smaller ones the 2×2 tiles fill few vector lanes per tile
+/// row and the transforms cost more than the saved multiplications: measured slower at 7×7).
+fn winograd_covers(g: &ConvGeometry) -> bool {
+    g.kh == 3
+        && g.kw == 3
+        && g.stride == [1, 1]
+        && g.pad == [1, 1]
+        && g.h >= 10
+        && g.w >= 10
+        && winograd::applies(g.cin, g.cout)
+}
+
+fn winograd_geometry(g: &ConvGeometry) -> WinoGeometry {
+    WinoGeometry {
+        batch: g.batch,
+        cin: g.cin,
+        cout: g.cout,
+        h: g.h,
+        w: g.w,
+    }
+}
+
 /// y = conv(x, weight) + bias (see [`super::conv::forward`]).
-/// With `residual` (shaped like y) it is added to the output as it is stored.
+/// With `residual` (shaped like y) it is added to the output as it is stored. With `wino`,
+/// convolutions that [`winograd`] covers go there.
 pub fn forward(
     x: &[f32],
     weight: &[f32],
     bias: &[f32],
     residual: Option<&[f32]>,
     g: &ConvGeometry,
+    wino: bool,
 ) -> Vec<f32> {
     assert!(applies(g), "direct convolution does not cover {g:?}");
+    if wino && winograd_covers(g) {
+        let u = winograd::transform_weights(weight, g.cout, g.cin, false);
+        return winograd::conv(x, &u, Some(bias), residual, &winograd_geometry(g));
+    }
     let lay = Layout::of_input(g);
     let (oh, ow) = (g.out_h(), g.out_w());
     let plan = Plan {
@@ -119,18 +149,32 @@ pub fn forward(
     unsafe { super::assume_init(y) }
 }
 
-/// The backward pass of [`forward`] (see [`super::conv::backward`]).
+/// The backward pass of [`forward`] (see [`super::conv::backward`]); with `wino`, the input
+/// gradient of a convolution that [`winograd`] covers is computed there.
 pub fn backward(
     x: &[f32],
     weight: &[f32],
     dy: &[f32],
     g: &ConvGeometry,
     input_grad: bool,
+    wino: bool,
 ) -> ConvGrads {
     assert!(
         applies_backward(g),
         "direct convolution does not cover {g:?}"
     );
+    if input_grad && wino && winograd_covers(g) {
+        // ∂L/∂x = the Winograd convolution of ∂L/∂y with the flipped kernel (3×3, padding 1).
+        let u = winograd::transform_weights(weight, g.cout, g.cin, true);
+        let back = WinoGeometry {
+            cin: g.cout,
+            cout: g.cin,
+            ..winograd_geometry(g)
+        };
+        let dx = winograd::conv(dy, &u, None, None, &back);
+        let rest = backward(x, weight, dy, g, false, false);
+        return ConvGrads { dx, ..rest };
+    }
     let (oh, ow) = (g.out_h(), g.out_w());
     let (in_len, out_len) = (g.cin * g.h * g.w, g.cout * oh * ow);
     let taps = g.kh * g.kw;

@@ -63,6 +63,8 @@ pub mod layout;
 mod matmul;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+pub mod winograd;
 
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear};
