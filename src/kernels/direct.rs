@@ -51,7 +51,7 @@ pub fn plane_stride(hp: usize, wp: usize) -> usize {
 /// # Safety
 /// AVX-512F must be present; `src` readable and `dst` writable for `n` floats.
 #[target_feature(enable = "avx512f")]
-unsafe fn copy_run(dst: *mut f32, src: *const f32, n: usize, add: f32) {
+pub(super) unsafe fn copy_run(dst: *mut f32, src: *const f32, n: usize, add: f32) {
     // SAFETY: bounds are the caller's contract; masked lanes are neither read nor written.
     unsafe {
         let b = _mm512_set1_ps(add);

@@ -161,31 +161,40 @@ pub fn conv(
     y.par_chunks_mut(group * out_len)
         .zip(x.par_chunks(group * in_len))
         .zip(residual_parts)
-        .for_each_init(Scratch::default, |scratch, ((ys, xs), res)| {
-            let images = xs.len() / in_len;
-            let tiles = images * g.tiles_per_image();
-            let tp = tiles.next_multiple_of(LANES);
-            scratch.prepare(g, tp);
-            let Scratch { padded, v, m } = scratch;
-            for (i, xb) in xs.chunks(in_len).enumerate() {
-                let t0 = i * g.tiles_per_image();
-                // SAFETY: AVX-512F checked; buffers sized by `prepare` for `tp` tiles.
-                unsafe { input_transform(xb, g, padded, v, t0, tp) };
-            }
-            // SAFETY: as above; u holds `blocks` blocks of cin × NR per ξ (asserted).
-            unsafe { products(v, u, m, g, tp) };
-            for (i, yb) in ys.chunks_mut(out_len).enumerate() {
-                let rb = res.map(|r| &r[i * out_len..(i + 1) * out_len]);
-                let t0 = i * g.tiles_per_image();
-                // SAFETY: as above; yb and rb hold one image's cout planes.
-                unsafe { output_transform(m, g, t0, tp, bias, rb, yb) };
-            }
+        .for_each(|((ys, xs), res)| {
+            SCRATCH.with_borrow_mut(|scratch| {
+                let images = xs.len() / in_len;
+                let tiles = images * g.tiles_per_image();
+                let tp = tiles.next_multiple_of(LANES);
+                scratch.prepare(g, tp);
+                let Scratch { padded, v, m } = scratch;
+                for (i, xb) in xs.chunks(in_len).enumerate() {
+                    let t0 = i * g.tiles_per_image();
+                    // SAFETY: AVX-512F checked; buffers sized by `prepare` for `tp` tiles.
+                    unsafe { input_transform(xb, g, padded, v, t0, tp) };
+                }
+                // SAFETY: as above; u holds `blocks` blocks of cin × NR per ξ (asserted).
+                unsafe { products(v, u, m, g, tp) };
+                for (i, yb) in ys.chunks_mut(out_len).enumerate() {
+                    let rb = res.map(|r| &r[i * out_len..(i + 1) * out_len]);
+                    let t0 = i * g.tiles_per_image();
+                    // SAFETY: as above; yb and rb hold one image's cout planes.
+                    unsafe { output_transform(m, g, t0, tp, bias, rb, yb) };
+                }
+            })
         });
     // SAFETY: output_transform writes every pixel of every channel of every image.
     unsafe { super::assume_init(y) }
 }
 
-/// A task's buffers, kept across its images.
+thread_local! {
+    /// Each thread's buffers, kept across calls: allocating and zero-filling V and M (hundreds of
+    /// kilobytes) per task cost as much as a transform. The tasks never call back into the pool,
+    /// so a thread holds one borrow at a time.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
+/// A task's buffers.
 #[derive(Default)]
 struct Scratch {
     padded: Vec<f32>,
@@ -194,11 +203,17 @@ struct Scratch {
 }
 
 impl Scratch {
+    /// Sizes the buffers for `tp` tiles (growing only: contents are overwritten before use, and
+    /// lanes past the last tile are computed and never read; they only need to be floats).
     fn prepare(&mut self, g: &WinoGeometry, tp: usize) {
-        self.padded.resize(g.ps(), 0.0);
-        // Lanes past the last tile are computed and never read; they only need to be floats.
-        self.v.resize(XI * g.cin * tp, 0.0);
-        self.m.resize(XI * g.cout * tp, 0.0);
+        let grow = |b: &mut Vec<f32>, n: usize| {
+            if b.len() < n {
+                b.resize(n, 0.0);
+            }
+        };
+        grow(&mut self.padded, g.ps());
+        grow(&mut self.v, XI * g.cin * tp);
+        grow(&mut self.m, XI * g.cout * tp);
     }
 }
 
@@ -247,62 +262,66 @@ unsafe fn input_transform(
     let (th, tw, wp) = (g.tile_rows(), g.tile_cols(), g.wp());
     let (even, odd) = deinterleave();
     let plane = g.h * g.w;
-    let cstride = tp;
     let xstride = g.cin * tp;
-    padded.fill(0.0);
+    assert!(padded.len() >= g.ps() && v.len() >= XI * xstride && x.len() >= g.cin * plane);
+    // The border stays zero; each channel overwrites the interior.
+    padded[..g.ps()].fill(0.0);
+    let p = padded.as_mut_ptr();
     for c in 0..g.cin {
-        let src = &x[c * plane..(c + 1) * plane];
-        for y in 0..g.h {
-            let at = (y + 1) * wp + 1;
-            padded[at..at + g.w].copy_from_slice(&src[y * g.w..(y + 1) * g.w]);
-        }
-        // SAFETY: reads of row r at column 2·tx0 + 0..34 stay inside `padded` (ps has slack for
-        // the last row); stores cover lanes < tw − tx0 of tiles t0 + ty·tw + tx0 .. < tp.
+        // SAFETY: rows 1..=h, columns 1..=w of the padded plane lie inside it (wp ≥ w + 2); the
+        // row pass reads row r at columns 2·tx0 + 0..34, inside `padded` (ps has slack after the
+        // last row); stores cover lanes < tw − tx0 of tiles t0 + ty·tw + tx0 < tp of channel c.
         unsafe {
-            let p = padded.as_ptr();
-            for ty in 0..th {
-                let mut tx0 = 0;
-                while tx0 < tw {
-                    let lanes = (tw - tx0).min(LANES);
-                    let mask: __mmask16 = if lanes == LANES {
-                        !0
-                    } else {
-                        (1u16 << lanes) - 1
-                    };
-                    // Row pass: u[i][j] = (d B) of padded row 2ty + i.
-                    let mut u = [[_mm512_setzero_ps(); 4]; 4];
-                    for (i, ui) in u.iter_mut().enumerate() {
-                        let r = p.add((2 * ty + i) * wp + 2 * tx0);
-                        let (a, b) = (_mm512_loadu_ps(r), _mm512_loadu_ps(r.add(LANES)));
-                        let (a2, b2) =
-                            (_mm512_loadu_ps(r.add(2)), _mm512_loadu_ps(r.add(LANES + 2)));
-                        let d0 = _mm512_permutex2var_ps(a, even, b);
-                        let d1 = _mm512_permutex2var_ps(a, odd, b);
-                        let d2 = _mm512_permutex2var_ps(a2, even, b2);
-                        let d3 = _mm512_permutex2var_ps(a2, odd, b2);
-                        *ui = [
-                            _mm512_sub_ps(d0, d2),
-                            _mm512_add_ps(d1, d2),
-                            _mm512_sub_ps(d2, d1),
-                            _mm512_sub_ps(d1, d3),
-                        ];
-                    }
+            let src = x.as_ptr().add(c * plane);
+            for y in 0..g.h {
+                super::direct::copy_run(p.add((y + 1) * wp + 1), src.add(y * g.w), g.w, 0.0);
+            }
+            let vc = v.as_mut_ptr().add(c * tp + t0);
+            let mut tx0 = 0;
+            while tx0 < tw {
+                let lanes = (tw - tx0).min(LANES);
+                let mask: __mmask16 = if lanes == LANES {
+                    !0
+                } else {
+                    (1u16 << lanes) - 1
+                };
+                // Row pass: (d B) of padded row r for the 16 tiles from tx0.
+                let row = |r: usize| -> [__m512; 4] {
+                    let q = p.add(r * wp + 2 * tx0);
+                    let (a, b) = (_mm512_loadu_ps(q), _mm512_loadu_ps(q.add(LANES)));
+                    let (a2, b2) = (_mm512_loadu_ps(q.add(2)), _mm512_loadu_ps(q.add(LANES + 2)));
+                    let d0 = _mm512_permutex2var_ps(a, even, b);
+                    let d1 = _mm512_permutex2var_ps(a, odd, b);
+                    let d2 = _mm512_permutex2var_ps(a2, even, b2);
+                    let d3 = _mm512_permutex2var_ps(a2, odd, b2);
+                    [
+                        _mm512_sub_ps(d0, d2),
+                        _mm512_add_ps(d1, d2),
+                        _mm512_sub_ps(d2, d1),
+                        _mm512_sub_ps(d1, d3),
+                    ]
+                };
+                // Tile row ty uses padded rows 2ty .. 2ty + 3: the last two are the next tile
+                // row's first two, so each row pass runs once.
+                let (mut u0, mut u1) = (row(0), row(1));
+                for ty in 0..th {
+                    let (u2, u3) = (row(2 * ty + 2), row(2 * ty + 3));
                     // Column pass and store: V[(i, j)] = (Bᵀ u)[i][j].
-                    let t = t0 + ty * tw + tx0;
-                    let out = v.as_mut_ptr().add(c * cstride + t);
+                    let out = vc.add(ty * tw + tx0);
                     for j in 0..4 {
                         let col = [
-                            _mm512_sub_ps(u[0][j], u[2][j]),
-                            _mm512_add_ps(u[1][j], u[2][j]),
-                            _mm512_sub_ps(u[2][j], u[1][j]),
-                            _mm512_sub_ps(u[1][j], u[3][j]),
+                            _mm512_sub_ps(u0[j], u2[j]),
+                            _mm512_add_ps(u1[j], u2[j]),
+                            _mm512_sub_ps(u2[j], u1[j]),
+                            _mm512_sub_ps(u1[j], u3[j]),
                         ];
                         for (i, &val) in col.iter().enumerate() {
                             _mm512_mask_storeu_ps(out.add((i * 4 + j) * xstride), mask, val);
                         }
                     }
-                    tx0 += LANES;
+                    (u0, u1) = (u2, u3);
                 }
+                tx0 += LANES;
             }
         }
     }
