@@ -57,17 +57,6 @@ impl WinoGeometry {
         self.tile_rows() * self.tile_cols()
     }
 
-    /// Row width of a padded plane: one zero column left, enough right for the last tile.
-    fn wp(&self) -> usize {
-        2 * self.tile_cols() + 2
-    }
-
-    /// Floats between padded planes: rows for every tile plus slack for the row transform's
-    /// 34-float reads past the last tile.
-    fn ps(&self) -> usize {
-        ((2 * self.tile_rows() + 2) * self.wp() + 2 * LANES + 2).next_multiple_of(LANES)
-    }
-
     /// Images per task: enough tiles for several micro-tiles, yet at least two tasks per thread
     /// when the batch allows.
     fn group(&self) -> usize {
@@ -167,11 +156,11 @@ pub fn conv(
                 let tiles = images * g.tiles_per_image();
                 let tp = tiles.next_multiple_of(LANES);
                 scratch.prepare(g, tp);
-                let Scratch { padded, v, m } = scratch;
+                let Scratch { v, m } = scratch;
                 for (i, xb) in xs.chunks(in_len).enumerate() {
                     let t0 = i * g.tiles_per_image();
                     // SAFETY: AVX-512F checked; buffers sized by `prepare` for `tp` tiles.
-                    unsafe { input_transform(xb, g, padded, v, t0, tp) };
+                    unsafe { input_transform(xb, g, v, t0, tp) };
                 }
                 // SAFETY: as above; u holds `blocks` blocks of cin × NR per ξ (asserted).
                 unsafe { products(v, u, m, g, tp) };
@@ -197,7 +186,6 @@ thread_local! {
 /// A task's buffers.
 #[derive(Default)]
 struct Scratch {
-    padded: Vec<f32>,
     v: Vec<f32>,
     m: Vec<f32>,
 }
@@ -211,7 +199,6 @@ impl Scratch {
                 b.resize(n, 0.0);
             }
         };
-        grow(&mut self.padded, g.ps());
         grow(&mut self.v, XI * g.cin * tp);
         grow(&mut self.m, XI * g.cout * tp);
     }
@@ -246,50 +233,62 @@ fn interleave() -> (__m512i, __m512i) {
     }
 }
 
+/// Bit k set where column `start + k` of a row of `w` lies inside it.
+fn column_mask(start: isize, w: usize) -> __mmask16 {
+    let mut m = 0u16;
+    for k in 0..LANES as isize {
+        let col = start + k;
+        if col >= 0 && (col as usize) < w {
+            m |= 1 << k;
+        }
+    }
+    m
+}
+
 /// V[ξ][c][t0 + tile] = (Bᵀ d B)[ξ] for every channel and tile of one image.
 ///
+/// The 4×4 patch of tile (ty, tx) covers image rows 2ty − 1 .. 2ty + 2 and columns 2tx − 1 ..
+/// 2tx + 2; the zero padding around the image comes from masked loads (lanes outside a row are
+/// neither read nor faulted on), not from a padded copy: a copy's masked stores, read back at
+/// once by the row transform, stalled on store forwarding.
+///
 /// # Safety
-/// AVX-512F; `padded` holds `g.ps()` floats, `v` holds `16 · cin · tp` with t0 + tiles ≤ tp.
+/// AVX-512F; `v` holds `16 · cin · tp` floats with t0 + tiles ≤ tp.
 #[target_feature(enable = "avx512f")]
-unsafe fn input_transform(
-    x: &[f32],
-    g: &WinoGeometry,
-    padded: &mut [f32],
-    v: &mut [f32],
-    t0: usize,
-    tp: usize,
-) {
-    let (th, tw, wp) = (g.tile_rows(), g.tile_cols(), g.wp());
+unsafe fn input_transform(x: &[f32], g: &WinoGeometry, v: &mut [f32], t0: usize, tp: usize) {
+    let (th, tw, w) = (g.tile_rows(), g.tile_cols(), g.w);
     let (even, odd) = deinterleave();
     let plane = g.h * g.w;
     let xstride = g.cin * tp;
-    assert!(padded.len() >= g.ps() && v.len() >= XI * xstride && x.len() >= g.cin * plane);
-    // The border stays zero; each channel overwrites the interior.
-    padded[..g.ps()].fill(0.0);
-    let p = padded.as_mut_ptr();
-    for c in 0..g.cin {
-        // SAFETY: rows 1..=h, columns 1..=w of the padded plane lie inside it (wp ≥ w + 2); the
-        // row pass reads row r at columns 2·tx0 + 0..34, inside `padded` (ps has slack after the
-        // last row); stores cover lanes < tw − tx0 of tiles t0 + ty·tw + tx0 < tp of channel c.
-        unsafe {
-            let src = x.as_ptr().add(c * plane);
-            for y in 0..g.h {
-                super::direct::copy_run(p.add((y + 1) * wp + 1), src.add(y * g.w), g.w, 0.0);
-            }
-            let vc = v.as_mut_ptr().add(c * tp + t0);
-            let mut tx0 = 0;
-            while tx0 < tw {
-                let lanes = (tw - tx0).min(LANES);
-                let mask: __mmask16 = if lanes == LANES {
-                    !0
-                } else {
-                    (1u16 << lanes) - 1
-                };
-                // Row pass: (d B) of padded row r for the 16 tiles from tx0.
+    assert!(v.len() >= XI * xstride && x.len() >= g.cin * plane);
+    let mut tx0 = 0;
+    while tx0 < tw {
+        let lanes = (tw - tx0).min(LANES);
+        let store: __mmask16 = if lanes == LANES {
+            !0
+        } else {
+            (1u16 << lanes) - 1
+        };
+        // Column 2·tx0 − 1 + k of each of the four loads of a row: k from 0, 16, 2, 18.
+        let first = 2 * tx0 as isize - 1;
+        let offsets = [0isize, LANES as isize, 2, LANES as isize + 2];
+        let masks = offsets.map(|o| column_mask(first + o, w));
+        for c in 0..g.cin {
+            // SAFETY: every load is masked to the columns inside its image row (a row of
+            // channel c of x) and skipped for rows outside the image; masked-off lanes are not
+            // accessed, so their (possibly out-of-bounds) addresses are never dereferenced. The
+            // stores cover lanes < tw − tx0 of tiles t0 + ty·tw + tx0 < tp of channel c.
+            unsafe {
+                let xc = x.as_ptr().add(c * plane);
+                // Row pass: (d B) of image row r − 1 (r: padded row) for the 16 tiles from tx0.
                 let row = |r: usize| -> [__m512; 4] {
-                    let q = p.add(r * wp + 2 * tx0);
-                    let (a, b) = (_mm512_loadu_ps(q), _mm512_loadu_ps(q.add(LANES)));
-                    let (a2, b2) = (_mm512_loadu_ps(q.add(2)), _mm512_loadu_ps(q.add(LANES + 2)));
+                    if r == 0 || r > g.h {
+                        return [_mm512_setzero_ps(); 4];
+                    }
+                    let q = xc.wrapping_add((r - 1) * w).wrapping_offset(first);
+                    let ld =
+                        |k: usize| _mm512_maskz_loadu_ps(masks[k], q.wrapping_offset(offsets[k]));
+                    let (a, b, a2, b2) = (ld(0), ld(1), ld(2), ld(3));
                     let d0 = _mm512_permutex2var_ps(a, even, b);
                     let d1 = _mm512_permutex2var_ps(a, odd, b);
                     let d2 = _mm512_permutex2var_ps(a2, even, b2);
@@ -301,6 +300,7 @@ unsafe fn input_transform(
                         _mm512_sub_ps(d1, d3),
                     ]
                 };
+                let vc = v.as_mut_ptr().add(c * tp + t0);
                 // Tile row ty uses padded rows 2ty .. 2ty + 3: the last two are the next tile
                 // row's first two, so each row pass runs once.
                 let (mut u0, mut u1) = (row(0), row(1));
@@ -316,14 +316,14 @@ unsafe fn input_transform(
                             _mm512_sub_ps(u1[j], u3[j]),
                         ];
                         for (i, &val) in col.iter().enumerate() {
-                            _mm512_mask_storeu_ps(out.add((i * 4 + j) * xstride), mask, val);
+                            _mm512_mask_storeu_ps(out.add((i * 4 + j) * xstride), store, val);
                         }
                     }
                     (u0, u1) = (u2, u3);
                 }
-                tx0 += LANES;
             }
         }
+        tx0 += LANES;
     }
 }
 
