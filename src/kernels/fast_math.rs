@@ -58,6 +58,64 @@ pub fn silu(x: f32) -> f32 {
     x * sigmoid(x)
 }
 
+/// The same functions on 16 lanes with AVX-512 instructions: FMA, `vscalefps` for the power of
+/// two and `vrcp14ps` plus one Newton step for the reciprocal (about half the instructions of the
+/// portable versions above, which compile to separate multiplies and adds).
+#[cfg(target_arch = "x86_64")]
+pub mod lanes {
+    use std::arch::x86_64::*;
+
+    /// e^x, relative error below 2e-7 on [-87, 88] (inputs clamped there).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub fn exp(x: __m512) -> __m512 {
+        let x = _mm512_min_ps(
+            _mm512_max_ps(x, _mm512_set1_ps(-87.0)),
+            _mm512_set1_ps(88.0),
+        );
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(super::LOG2E)),
+        );
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(super::LN2_HI), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(super::LN2_LO), r);
+        // Taylor series of e^r on |r| ≤ ln2/2, Horner with FMAs (truncation error below 6e-9).
+        let c = |v: f64| _mm512_set1_ps(v as f32);
+        let mut p = c(1.0 / 5040.0);
+        for k in [720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0] {
+            p = _mm512_fmadd_ps(p, r, c(1.0 / k));
+        }
+        _mm512_scalef_ps(p, n)
+    }
+
+    /// 1/x for positive normal x below 1e37, relative error below 2e-7: the 14-bit hardware
+    /// estimate refined by one Newton step.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub fn recip(x: __m512) -> __m512 {
+        let r = _mm512_rcp14_ps(x);
+        let e = _mm512_fnmadd_ps(x, r, _mm512_set1_ps(1.0));
+        _mm512_fmadd_ps(r, e, r)
+    }
+
+    /// σ(x) (x clamped to ±80, as [`super::sigmoid`]).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub fn sigmoid(x: __m512) -> __m512 {
+        let x = _mm512_min_ps(
+            _mm512_max_ps(x, _mm512_set1_ps(-80.0)),
+            _mm512_set1_ps(80.0),
+        );
+        let e = exp(_mm512_sub_ps(_mm512_setzero_ps(), x));
+        recip(_mm512_add_ps(_mm512_set1_ps(1.0), e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +159,62 @@ mod tests {
         }
         assert!((0.0..1e-30).contains(&sigmoid(-1000.0)));
         assert!((sigmoid(1000.0) - 1.0).abs() < 1e-7);
+    }
+
+    /// The AVX-512 versions against f64, lane by lane over the same ranges.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn lane_functions_match_their_definitions() {
+        use std::arch::x86_64::*;
+        if !std::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        // `which`: 0 exp, 1 recip, 2 sigmoid.
+        let run = |which: usize, xs: &[f32]| -> Vec<f32> {
+            let mut out = Vec::with_capacity(xs.len());
+            for chunk in xs.chunks(16) {
+                let mut lanes = [0f32; 16];
+                lanes[..chunk.len()].copy_from_slice(chunk);
+                let mut got = [0f32; 16];
+                // SAFETY: AVX-512F detected above; 16-float arrays.
+                unsafe {
+                    let v = _mm512_loadu_ps(lanes.as_ptr());
+                    let y = match which {
+                        0 => lanes::exp(v),
+                        1 => lanes::recip(v),
+                        _ => lanes::sigmoid(v),
+                    };
+                    _mm512_storeu_ps(got.as_mut_ptr(), y);
+                }
+                out.extend_from_slice(&got[..chunk.len()]);
+            }
+            out
+        };
+        let xs: Vec<f32> = (0..12_770).map(|i| -87.0 + i as f32 * 0.0137).collect();
+        for (x, got) in xs.iter().zip(run(0, &xs)) {
+            let want = (*x as f64).exp();
+            assert!(
+                ((got as f64 - want) / want).abs() < 2e-7,
+                "exp({x}): {got} vs {want}"
+            );
+        }
+        let xs: Vec<f32> = (0..20_000)
+            .map(|i| 1.0 * 1.003_7f64.powi(i) as f32)
+            .collect();
+        for (x, got) in xs.iter().zip(run(1, &xs)) {
+            let want = 1.0 / *x as f64;
+            assert!(
+                ((got as f64 - want) / want).abs() < 2e-7,
+                "1/{x}: {got} vs {want}"
+            );
+        }
+        let xs: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.05).collect();
+        for (x, got) in xs.iter().zip(run(2, &xs)) {
+            let want = 1.0 / (1.0 + (-(*x as f64)).exp());
+            assert!(
+                (got as f64 - want).abs() < 2e-7,
+                "sigmoid({x}): {got} vs {want}"
+            );
+        }
     }
 }
