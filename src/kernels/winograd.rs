@@ -66,6 +66,18 @@ impl WinoGeometry {
     }
 }
 
+/// The distance between the 16 planes of V (or M) for `n` floats per plane: rounded up so that
+/// consecutive planes start one cache line apart modulo 4 KiB. The transforms touch all 16
+/// planes at the same offset at once; with plane sizes that are multiples of 2 KiB (32 input
+/// channels × 208 tiles is 26 KiB) those 16 streams fell into two sets of the L1 cache.
+fn spread(n: usize) -> usize {
+    const LINE: usize = 16;
+    const PAGE: usize = 1024;
+    let n = n.next_multiple_of(LINE);
+    let lines = (n % PAGE) / LINE;
+    n + (PAGE / LINE + 1 - lines) % (PAGE / LINE) * LINE
+}
+
 /// Whether the Winograd kernels run on this CPU and are worth it for these channel counts.
 pub fn applies(cin: usize, cout: usize) -> bool {
     available() && cin >= NR && cout >= NR
@@ -199,8 +211,8 @@ impl Scratch {
                 b.resize(n, 0.0);
             }
         };
-        grow(&mut self.v, XI * g.cin * tp);
-        grow(&mut self.m, XI * g.cout * tp);
+        grow(&mut self.v, XI * spread(g.cin * tp));
+        grow(&mut self.m, XI * spread(g.cout * tp));
     }
 }
 
@@ -259,7 +271,7 @@ unsafe fn input_transform(x: &[f32], g: &WinoGeometry, v: &mut [f32], t0: usize,
     let (th, tw, w) = (g.tile_rows(), g.tile_cols(), g.w);
     let (even, odd) = deinterleave();
     let plane = g.h * g.w;
-    let xstride = g.cin * tp;
+    let xstride = spread(g.cin * tp);
     assert!(v.len() >= XI * xstride && x.len() >= g.cin * plane);
     let mut tx0 = 0;
     while tx0 < tw {
@@ -338,9 +350,9 @@ unsafe fn products(v: &[f32], u: &[f32], m: &mut [f32], g: &WinoGeometry, tp: us
     let blocks = g.cout.div_ceil(NR);
     let vectors = tp / LANES;
     for xi in 0..XI {
-        let vx = v[xi * g.cin * tp..].as_ptr();
+        let vx = v[xi * spread(g.cin * tp)..].as_ptr();
         let ux = u[xi * blocks * g.cin * NR..].as_ptr();
-        let mx = m[xi * g.cout * tp..].as_mut_ptr();
+        let mx = m[xi * spread(g.cout * tp)..].as_mut_ptr();
         let mut v0 = 0;
         while v0 < vectors {
             let left = vectors - v0;
@@ -423,7 +435,7 @@ unsafe fn output_transform(
     let (th, tw) = (g.tile_rows(), g.tile_cols());
     let plane = g.h * g.w;
     let (lo_idx, hi_idx) = interleave();
-    let xstride = g.cout * tp;
+    let xstride = spread(g.cout * tp);
     for co in 0..g.cout {
         let b = _mm512_set1_ps(bias.map_or(0.0, |b| b[co]));
         // SAFETY: loads cover lanes < tw − tx0 of tiles inside [t0, tp); stores and residual
@@ -526,6 +538,16 @@ mod tests {
             }
         }
         y
+    }
+
+    #[test]
+    fn planes_are_spread_one_line_apart_modulo_a_page() {
+        for n in [1usize, 16, 1000, 1024, 6656, 26624, 40000] {
+            let d = spread(n);
+            assert!(d >= n && d - n < 1024 + 16, "{n} → {d}");
+            assert_eq!(d % 16, 0);
+            assert_eq!((d % 1024) / 16, 1, "{n} → {d}");
+        }
     }
 
     #[test]
