@@ -1,6 +1,6 @@
 //! 3×3 stride-1 convolutions with padding 1 by Winograd's minimal filtering F(2×2, 3×3) on
 //! AVX-512 (Lavin & Gray 2016): each 2×2 block of outputs is Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A of the 4×4
-//! input patch d around it, 16 multiplications per input channel instead of 36. Over a batch the
+//! input patch d around it: 16 multiplications per input channel instead of 36. Over a batch the
 //! 16 element-wise products become 16 matrix products U[ξ]·V[ξ] (output channels × input
 //! channels times input channels × tiles), which run on the same register-blocked micro-kernel
 //! shape as the direct convolution: 2.25× fewer multiply-adds, at the cost of the two
@@ -8,7 +8,8 @@
 //!
 //! Layout. A task takes a group of images; their tiles t (image, tile row, tile column) are
 //! numbered consecutively and fill the vector lanes. V is `[16][cin][tiles]`, the products M
-//! `[16][cout][tiles]`, the transformed kernel U `[16][cout/8][cin][8]`. The transforms are
+//! `[16][cout][tiles]` (the 16 planes of each [`spread`] apart), the transformed kernel U
+//! `[16][cout/8][cin][8]`. The transforms are
 //! separable and vectorized along a tile row: even and odd image columns are split with two
 //! permutes, so 16 tiles of a row are transformed at once.
 //!
