@@ -381,6 +381,41 @@ pub fn conv_image(
     }
 }
 
+/// The transpose of a 16 × 16 block held as 16 row vectors: column k of the result is lane k of
+/// every row. Three shuffle stages: pairs of rows interleaved by 32 bits, then by 64 bits (4 × 4
+/// blocks inside each 128-bit lane), then the 128-bit lanes regrouped twice.
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: [__m512; LANES]) -> [__m512; LANES] {
+    let pd = _mm512_castps_pd;
+    let ps = _mm512_castpd_ps;
+    // q[g][m]: rows 4g .. 4g + 4 at columns m, m + 4, m + 8, m + 12 (one per 128-bit lane).
+    let mut q = [[_mm512_setzero_ps(); 4]; 4];
+    for g in 0..4 {
+        let (a, b, c, d) = (r[4 * g], r[4 * g + 1], r[4 * g + 2], r[4 * g + 3]);
+        let (ab_lo, ab_hi) = (_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+        let (cd_lo, cd_hi) = (_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+        q[g] = [
+            ps(_mm512_unpacklo_pd(pd(ab_lo), pd(cd_lo))),
+            ps(_mm512_unpackhi_pd(pd(ab_lo), pd(cd_lo))),
+            ps(_mm512_unpacklo_pd(pd(ab_hi), pd(cd_hi))),
+            ps(_mm512_unpackhi_pd(pd(ab_hi), pd(cd_hi))),
+        ];
+    }
+    let mut out = [_mm512_setzero_ps(); LANES];
+    for m in 0..4 {
+        // 0x88: lanes 0 and 2 of each operand; 0xDD: lanes 1 and 3.
+        let s0 = _mm512_shuffle_f32x4::<0x88>(q[0][m], q[1][m]);
+        let s1 = _mm512_shuffle_f32x4::<0xDD>(q[0][m], q[1][m]);
+        let s2 = _mm512_shuffle_f32x4::<0x88>(q[2][m], q[3][m]);
+        let s3 = _mm512_shuffle_f32x4::<0xDD>(q[2][m], q[3][m]);
+        out[m] = _mm512_shuffle_f32x4::<0x88>(s0, s2);
+        out[m + 8] = _mm512_shuffle_f32x4::<0xDD>(s0, s2);
+        out[m + 4] = _mm512_shuffle_f32x4::<0x88>(s1, s3);
+        out[m + 12] = _mm512_shuffle_f32x4::<0xDD>(s1, s3);
+    }
+    out
+}
+
 /// Positions of ∂L/∂y per pass of [`WeightGrad`] (its rows stay in L1 across the pass).
 const GRAD_BYTES: usize = 16 << 10;
 
@@ -503,14 +538,30 @@ impl WeightGrad {
         // Sized once per layer; the wide grid's dropped columns are never read (grad_tile skips
         // them), so only the output pixels are written.
         self.dyt.resize(q * ld, 0.0);
-        // Transposed in 16 × 16 blocks so that the rows written stay in L1.
+        // Transposed in 16 × 16 blocks (16 channels × 16 pixels of a row) in registers.
+        let plane = oh * ow;
         for oy in 0..oh {
             for ox0 in (0..ow).step_by(LANES) {
                 let nx = LANES.min(ow - ox0);
-                for (co, plane) in dy.chunks_exact(oh * ow).enumerate() {
-                    let src = &plane[oy * ow + ox0..][..nx];
-                    for (k, &v) in src.iter().enumerate() {
-                        self.dyt[(oy * wp + ox0 + k) * ld + co] = v;
+                let mask: __mmask16 = if nx == LANES { !0 } else { (1u16 << nx) - 1 };
+                for co0 in (0..self.cout).step_by(LANES) {
+                    // SAFETY: AVX-512F checked; channel co0 + r < cout reads nx pixels of row oy
+                    // of its plane (masked), the others read nothing; the nx pixels written
+                    // are rows below q of dyt, each with ld ≥ co0 + 16 columns.
+                    unsafe {
+                        let rows: [__m512; LANES] = std::array::from_fn(|r| {
+                            if co0 + r < self.cout {
+                                let at = (co0 + r) * plane + oy * ow + ox0;
+                                _mm512_maskz_loadu_ps(mask, dy.as_ptr().add(at))
+                            } else {
+                                _mm512_setzero_ps()
+                            }
+                        });
+                        let cols = transpose16(rows);
+                        let out = self.dyt.as_mut_ptr().add((oy * wp + ox0) * ld + co0);
+                        for (k, col) in cols.iter().enumerate().take(nx) {
+                            _mm512_storeu_ps(out.add(k * ld), *col);
+                        }
                     }
                 }
             }
@@ -552,6 +603,33 @@ impl WeightGrad {
         for (co, w) in dw.chunks_exact_mut(self.cin * self.taps).enumerate() {
             for (p, d) in w.iter_mut().enumerate() {
                 *d += self.acc[p * self.ld + co];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose16_transposes() {
+        if !available() {
+            return;
+        }
+        let m: Vec<f32> = (0..256).map(|i| i as f32).collect();
+        let mut t = vec![0f32; 256];
+        // SAFETY: AVX-512F checked; 16 rows of 16 floats each way.
+        unsafe {
+            let rows: [__m512; LANES] =
+                std::array::from_fn(|r| _mm512_loadu_ps(m.as_ptr().add(r * LANES)));
+            for (k, col) in transpose16(rows).iter().enumerate() {
+                _mm512_storeu_ps(t.as_mut_ptr().add(k * LANES), *col);
+            }
+        }
+        for r in 0..LANES {
+            for k in 0..LANES {
+                assert_eq!(t[k * LANES + r], m[r * LANES + k], "row {r}, column {k}");
             }
         }
     }
