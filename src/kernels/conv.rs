@@ -699,9 +699,9 @@ mod tests {
             g(2, 9, 6, 6, 64, 3, 0),
             g(3, 3, 7, 8, 32, 5, 2),
             g(1, 2, 5, 4, 3, 3, 2),
-            // Winograd: several images per task (7×7), a wide odd image.
-            g(5, 8, 7, 7, 8, 3, 1),
-            g(2, 16, 13, 36, 24, 3, 1),
+            // Winograd (≥ 10×10, an image per thread): odd sizes, a tile row wider than a vector.
+            g(5, 8, 11, 13, 8, 3, 1),
+            g(4, 16, 13, 36, 24, 3, 1),
         ]
     }
 

@@ -61,8 +61,10 @@ impl Layout {
 }
 
 /// Whether the Winograd kernels cover `g`: 3×3, stride 1, padding 1, ≥ 8 channels in and out,
-/// and images of at least 10×10 (on smaller ones the 2×2 tiles fill few vector lanes per tile
-/// row and the transforms cost more than the saved multiplications: measured slower at 7×7).
+/// images of at least 10×10 (on smaller ones the 2×2 tiles fill few vector lanes per tile row
+/// and the transforms cost more than the saved multiplications: measured slower at 7×7), and at
+/// least one image per thread (its tasks are groups of images; the direct kernels also split an
+/// image's output channels over the threads, which keeps a small batch on every core).
 fn winograd_covers(g: &ConvGeometry) -> bool {
     g.kh == 3
         && g.kw == 3
@@ -70,6 +72,7 @@ fn winograd_covers(g: &ConvGeometry) -> bool {
         && g.pad == [1, 1]
         && g.h >= 10
         && g.w >= 10
+        && g.batch >= rayon::current_num_threads()
         && winograd::applies(g.cin, g.cout)
 }
 
