@@ -173,7 +173,7 @@ pub fn backward(
     check_shift(shift, g);
     let n = g.group_len().max(1);
     let cpg = g.channels / g.groups;
-    let mut dx = super::zeroed(x.len());
+    let mut dx = super::uninit(x.len());
     // Per (image, channel): Σ ∂L/∂ŷ·x̂, Σ ∂L/∂ŷ and Σ ∂L/∂x; the first two summed over images.
     let per_channel: Vec<Vec<[f32; 3]>> = dx
         .par_chunks_mut(n)
@@ -185,6 +185,8 @@ pub fn backward(
             backward_group(dxs, xs, dys, gamma, beta, s, stats, g, idx, with_silu)
         })
         .collect();
+    // SAFETY: the (image, group) slices tile dx, and backward_group writes all of its slice.
+    let dx = unsafe { super::assume_init(dx) };
     let mut dgamma = vec![0f32; g.channels];
     let mut dbeta = vec![0f32; g.channels];
     let mut dshift = Vec::with_capacity(if shift.is_some() {
@@ -214,7 +216,7 @@ with_avx512! {
     /// Backward pass of one (image, group) slice: writes ∂L/∂x and returns (Σ ∂L/∂ŷ·x̂, Σ ∂L/∂ŷ,
     /// Σ ∂L/∂x) per channel of the group (the last is ∂L/∂shift).
     fn backward_group(
-        dxs: &mut [f32],
+        dxs: &mut [MaybeUninit<f32>],
         xs: &[f32],
         dys: &[f32],
         gamma: &[f32],
@@ -250,6 +252,9 @@ with_avx512! {
         }
         let m1 = (sum_dxhat / n as f64) as f32;
         let m2 = (sum_dxhat_xhat / n as f64) as f32;
+        // SAFETY: the loop above wrote every element of every channel (the channels tile the
+        // slice, and each channel's loop writes all of its elements).
+        let dxs = unsafe { &mut *(dxs as *mut [MaybeUninit<f32>] as *mut [f32]) };
         for (ci, (dxc, xc)) in dxs
             .chunks_mut(g.spatial)
             .zip(xs.chunks(g.spatial))
@@ -285,7 +290,7 @@ fn affine_silu(ys: &mut [MaybeUninit<f32>], xs: &[f32], a: f32, b: f32) {
 /// [`backward_channel`], on AVX-512 lanes where the CPU has them.
 #[inline(always)]
 fn channel_backward<const SILU: bool>(
-    dxc: &mut [f32],
+    dxc: &mut [MaybeUninit<f32>],
     xc: &[f32],
     dyc: &[f32],
     mean: f32,
@@ -343,7 +348,7 @@ mod lanes {
     /// AVX-512F must be present.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn backward_channel<const SILU: bool>(
-        dxc: &mut [f32],
+        dxc: &mut [MaybeUninit<f32>],
         xc: &[f32],
         dyc: &[f32],
         mean: f32,
@@ -380,7 +385,7 @@ mod lanes {
                 acc[1] = _mm512_add_ps(acc[1], d);
                 acc[2] = _mm512_add_ps(acc[2], dxhat);
                 acc[3] = _mm512_fmadd_ps(dxhat, xhat, acc[3]);
-                _mm512_mask_storeu_ps(dxc.as_mut_ptr().add(i), m, dxhat);
+                _mm512_mask_storeu_ps(dxc.as_mut_ptr().add(i).cast::<f32>(), m, dxhat);
             }
             i += 16;
         }
@@ -408,12 +413,12 @@ fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     acc.iter().map(|&a| a as f64).sum::<f64>() + rest.iter().map(|&v| f(v) as f64).sum::<f64>()
 }
 
-/// One channel of the backward pass: writes ∂L/∂x̂ into `dxc` and returns
+/// One channel of the backward pass: writes ∂L/∂x̂ into every element of `dxc` and returns
 /// (Σ ∂L/∂ŷ·x̂, Σ ∂L/∂ŷ, Σ ∂L/∂x̂, Σ ∂L/∂x̂·x̂), where ŷ is the normalized value before the
 /// activation.
 #[inline(always)]
 fn backward_channel<const SILU: bool>(
-    dxc: &mut [f32],
+    dxc: &mut [MaybeUninit<f32>],
     xc: &[f32],
     dyc: &[f32],
     mean: f32,
@@ -445,7 +450,7 @@ fn backward_channel<const SILU: bool>(
             acc[1][l] += d;
             acc[2][l] += dxhat;
             acc[3][l] += dxhat * xhat;
-            o[l] = dxhat;
+            o[l].write(dxhat);
         }
     }
     let mut out = acc.map(|a| a.iter().sum::<f32>());
@@ -455,7 +460,7 @@ fn backward_channel<const SILU: bool>(
         out[1] += d;
         out[2] += dxhat;
         out[3] += dxhat * xhat;
-        *o = dxhat;
+        o.write(dxhat);
     }
     out
 }
@@ -605,10 +610,18 @@ mod tests {
                 let f = unsafe { f.assume_init() };
                 assert!((f - silu(v * a + b)).abs() < 1e-6, "n {n}: {f}");
             }
-            let (mut d1, mut d2) = (vec![0f32; n], vec![0f32; n]);
+            let zero = MaybeUninit::new(0f32);
+            let (mut d1, mut d2) = (vec![zero; n], vec![zero; n]);
             let p = backward_channel::<true>(&mut d1, &x, &dy, 0.1, 1.3, a, b);
             // SAFETY: as above.
             let q = unsafe { lanes::backward_channel::<true>(&mut d2, &x, &dy, 0.1, 1.3, a, b) };
+            // SAFETY: initialized above (and overwritten by both loops).
+            let (d1, d2): (Vec<f32>, Vec<f32>) = unsafe {
+                (
+                    d1.iter().map(|v| v.assume_init()).collect(),
+                    d2.iter().map(|v| v.assume_init()).collect(),
+                )
+            };
             for (u, v) in d1.iter().zip(&d2).chain(p.iter().zip(&q)) {
                 assert!((u - v).abs() < 1e-5 * (1.0 + u.abs()), "n {n}: {u} vs {v}");
             }
