@@ -51,11 +51,14 @@ pub mod conv;
 mod conv_direct;
 #[cfg(target_arch = "x86_64")]
 pub mod direct;
+pub mod dropout;
 pub mod fast_math;
 #[cfg(feature = "flex")]
 mod flex;
 #[cfg(feature = "flex")]
 mod flex_attention;
+#[cfg(feature = "flex")]
+mod flex_dropout;
 #[cfg(feature = "flex")]
 mod flex_layout;
 pub mod group_norm;
@@ -67,7 +70,7 @@ mod tests;
 pub mod winograd;
 
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, Linear};
+use burn::nn::{Dropout, GroupNorm, Linear};
 use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 use burn::tensor::module::attention as burn_attention;
@@ -183,6 +186,16 @@ pub fn cat_channels(a: Tensor<4>, b: Tensor<4>) -> Tensor<4> {
         return y;
     }
     Tensor::cat(vec![a, b], 1)
+}
+
+/// `dropout.forward(x)`: on flex a counter-based mask computed over the thread pool (and
+/// recomputed in the backward pass), elsewhere burn's.
+pub fn dropout(dropout: &Dropout, x: Tensor<4>) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if let Some(y) = flex_dropout::try_dropout(dropout, &x) {
+        return y;
+    }
+    dropout.forward(x)
 }
 
 /// `x + proj(softmax(q kᵀ/√d) v)` with q, k, v = `qkv(h)` split into `heads` heads, over the

@@ -137,7 +137,7 @@ impl ResBlock {
             None => x,
         };
         // x + conv2(h), the skip added as the convolution stores its output.
-        kernels::conv2d_residual(&self.conv2, self.dropout.forward(h), x)
+        kernels::conv2d_residual(&self.conv2, kernels::dropout(&self.dropout, h), x)
     }
 }
 
