@@ -1,14 +1,15 @@
 //! Hand-written CPU kernels for the operations that dominate a U-Net step on burn's `flex`
-//! backend: convolution (direct AVX-512 tiles for stride 1, GEMMs otherwise; forward and
-//! backward, optionally adding a residual), GroupNorm fused with the SiLU that follows it (and
-//! optionally a per-channel shift before it), the attention block after its GroupNorm (q/k/v
-//! projection, softmax attention and output projection per image), nearest upsampling and
-//! channel concatenation over the thread pool, and a vectorizable `exp` / sigmoid.
+//! backend: convolution (Winograd F(2×2, 3×3) and direct AVX-512 tiles for stride 1, GEMMs
+//! otherwise; forward and backward, optionally adding a residual), GroupNorm fused with the SiLU
+//! that follows it (and optionally a per-channel shift before it), the attention block after its
+//! GroupNorm (q/k/v projection, softmax attention and output projection per image), dropout with
+//! a counter-based mask, nearest upsampling and channel concatenation over the thread pool, and
+//! vectorized `exp` / sigmoid.
 //!
 //! The model calls [`conv2d`], [`conv2d_residual`], [`group_norm()`], [`group_norm_shifted`],
-//! [`self_attention`], [`upsample2`] and [`cat_channels`]; on a flex device they run these
-//! kernels (as burn backend extensions with their own backward passes), anywhere else — or after
-//! [`set_enabled`]`(false)` — burn's generic implementation, so the model code stays
+//! [`self_attention`], [`dropout()`], [`upsample2`] and [`cat_channels`]; on a flex device they
+//! run these kernels (as burn backend extensions with their own backward passes), anywhere else
+//! — or after [`set_enabled`]`(false)` — burn's generic implementation, so the model code stays
 //! backend-generic. Tests compare both paths, values and gradients.
 
 /// Defines the function `$name` twice, as written and compiled for AVX-512, and calls the
