@@ -543,14 +543,16 @@ pub(super) fn backward_tasks<T: Send>(
     } else {
         dx.chunks_mut(chunk * in_len).map(Some).collect()
     };
-    let partial: Vec<(Vec<f32>, Vec<f32>)> = dx_parts
+    let zeros = || (vec![0f32; g.cout * k], vec![0f32; g.cout]);
+    // The tasks' sums are added pairwise as they finish (on the pool, not on the caller's thread
+    // after all of them).
+    dx_parts
         .into_par_iter()
         .zip(x.par_chunks((chunk * in_len).max(1)))
         .zip(dy.par_chunks((chunk * out_len).max(1)))
         .map(|((dxs, xs), dys)| {
-            let mut dw = vec![0f32; g.cout * k];
+            let (mut dw, mut db) = zeros();
             task(dxs, xs, dys, &mut dw);
-            let mut db = vec![0f32; g.cout];
             for dyb in dys.chunks(out_len.max(1)) {
                 for (d, row) in db.iter_mut().zip(dyb.chunks(p.max(1))) {
                     *d += row.iter().sum::<f32>();
@@ -558,14 +560,11 @@ pub(super) fn backward_tasks<T: Send>(
             }
             (dw, db)
         })
-        .collect();
-    let mut dweight = vec![0f32; g.cout * k];
-    let mut dbias = vec![0f32; g.cout];
-    for (dw, db) in partial {
-        dweight.iter_mut().zip(dw).for_each(|(a, b)| *a += b);
-        dbias.iter_mut().zip(db).for_each(|(a, b)| *a += b);
-    }
-    (dweight, dbias)
+        .reduce(zeros, |(mut dw, mut db), (w2, b2)| {
+            dw.iter_mut().zip(w2).for_each(|(a, b)| *a += b);
+            db.iter_mut().zip(b2).for_each(|(a, b)| *a += b);
+            (dw, db)
+        })
 }
 
 /// [`backward`] through `route`.

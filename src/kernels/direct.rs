@@ -23,6 +23,7 @@
 // reads better (and unrolls the same) as index loops.
 #![allow(clippy::needless_range_loop)]
 
+use rayon::prelude::*;
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
@@ -133,22 +134,29 @@ pub fn pack_weights(weight: &[f32], cout: usize, cin: usize, taps: usize, flip: 
     let (outs, ins) = if flip { (cin, cout) } else { (cout, cin) };
     let blocks = outs.div_ceil(NR);
     let mut packed = vec![0f32; blocks * ins * taps * NR];
-    for (b, block) in packed.chunks_exact_mut(ins * taps * NR).enumerate() {
-        for c in 0..ins {
-            for t in 0..taps {
-                for r in 0..NR {
-                    let o = b * NR + r;
-                    if o < outs {
-                        block[(c * taps + t) * NR + r] = if flip {
-                            weight[(c * cin + o) * taps + taps - 1 - t]
-                        } else {
-                            weight[(o * cin + c) * taps + t]
-                        };
+    if packed.is_empty() {
+        return packed;
+    }
+    // One block per task: this runs for every convolution call, forward and backward.
+    packed
+        .par_chunks_exact_mut(ins * taps * NR)
+        .enumerate()
+        .for_each(|(b, block)| {
+            for c in 0..ins {
+                for t in 0..taps {
+                    for r in 0..NR {
+                        let o = b * NR + r;
+                        if o < outs {
+                            block[(c * taps + t) * NR + r] = if flip {
+                                weight[(c * cin + o) * taps + taps - 1 - t]
+                            } else {
+                                weight[(o * cin + c) * taps + t]
+                            };
+                        }
                     }
                 }
             }
-        }
-    }
+        });
     packed
 }
 

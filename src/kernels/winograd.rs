@@ -92,9 +92,13 @@ pub fn transform_weights(weight: &[f32], cout: usize, cin: usize, flip: bool) ->
     assert_eq!(weight.len(), cout * cin * 9, "winograd: kernel length");
     let (outs, ins) = if flip { (cin, cout) } else { (cout, cin) };
     let blocks = outs.div_ceil(NR);
-    let mut u = vec![0f32; XI * blocks * ins * NR];
-    for o in 0..outs {
-        for c in 0..ins {
+    // The 16 values of every (output, input) pair, pairs spread over the pool (this runs for
+    // every convolution call, forward and backward).
+    let pairs: Vec<[f32; XI]> = (0..outs * ins)
+        .into_par_iter()
+        .with_min_len(256)
+        .map(|pair| {
+            let (o, c) = (pair / ins, pair % ins);
             let g = |i: usize, j: usize| -> f64 {
                 if flip {
                     weight[(c * cin + o) * 9 + (2 - i) * 3 + (2 - j)] as f64
@@ -111,6 +115,7 @@ pub fn transform_weights(weight: &[f32], cout: usize, cin: usize, flip: bool) ->
                     _ => g(2, j),
                 })
             });
+            let mut u = [0f32; XI];
             for (r, row) in gg.iter().enumerate() {
                 let t = [
                     row[0],
@@ -119,12 +124,27 @@ pub fn transform_weights(weight: &[f32], cout: usize, cin: usize, flip: bool) ->
                     row[2],
                 ];
                 for (s, &v) in t.iter().enumerate() {
-                    let xi = r * 4 + s;
-                    u[((xi * blocks + o / NR) * ins + c) * NR + o % NR] = v as f32;
+                    u[r * 4 + s] = v as f32;
                 }
             }
-        }
-    }
+            u
+        })
+        .collect();
+    // Packed [16][blocks][ins][8]: one (ξ, block) run per task.
+    let mut u = vec![0f32; XI * blocks * ins * NR];
+    u.par_chunks_mut((ins * NR).max(1))
+        .enumerate()
+        .for_each(|(k, run)| {
+            let (xi, b) = (k / blocks, k % blocks);
+            for (c, lanes) in run.chunks_exact_mut(NR).enumerate() {
+                for (r, v) in lanes.iter_mut().enumerate() {
+                    let o = b * NR + r;
+                    if o < outs {
+                        *v = pairs[o * ins + c][xi];
+                    }
+                }
+            }
+        });
     u
 }
 
