@@ -249,6 +249,9 @@ impl Backward<Flex, 4> for ConvResidualBackward {
 #[derive(Debug, Clone)]
 pub(super) struct NormState {
     x: FlexTensor,
+    /// x as the autodiff graph knows it (training only): lets the backward pass take the
+    /// gradient that x's other consumers have registered and add its own to it over the pool.
+    x_tracked: Option<FloatTensor<Autodiff<Flex>>>,
     gamma: FlexTensor,
     beta: FlexTensor,
     shift: Option<FlexTensor>,
@@ -276,7 +279,16 @@ impl NormState {
             self.with_silu,
         );
         let (b, c) = (self.g.batch, self.g.channels);
-        register(grads, node_x, || tensor(out.dx, self.x.shape().to_vec()));
+        let mut dx = out.dx;
+        // x usually has another consumer (a residual connection, a skip convolution) whose
+        // gradient is registered already: burn would add the two on this one thread.
+        if let (Some(_), Some(xt)) = (node_x, &self.x_tracked)
+            && let Some(prev) = grads.remove::<Flex>(xt)
+        {
+            let (prev, _) = contiguous(&prev);
+            super::add_assign(&mut dx, data(&prev));
+        }
+        register(grads, node_x, || tensor(dx, self.x.shape().to_vec()));
         register(grads, node_shift, || tensor(out.dshift, vec![b, c]));
         register(grads, node_gamma, || tensor(out.dgamma, vec![c]));
         register(grads, node_beta, || tensor(out.dbeta, vec![c]));
@@ -383,7 +395,7 @@ impl<C: CheckpointStrategy> KernelBackend for Autodiff<Flex, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (y, state) = norm_forward(
+                let (y, mut state) = norm_forward(
                     x.primitive(),
                     None,
                     gamma.primitive(),
@@ -392,6 +404,7 @@ impl<C: CheckpointStrategy> KernelBackend for Autodiff<Flex, C> {
                     epsilon,
                     with_silu,
                 );
+                state.x_tracked = Some(x.clone());
                 prep.finish(state, y)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::ddpm_group_norm(
@@ -420,7 +433,7 @@ impl<C: CheckpointStrategy> KernelBackend for Autodiff<Flex, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (y, state) = norm_forward(
+                let (y, mut state) = norm_forward(
                     x.primitive(),
                     Some(shift.primitive()),
                     gamma.primitive(),
@@ -429,6 +442,7 @@ impl<C: CheckpointStrategy> KernelBackend for Autodiff<Flex, C> {
                     epsilon,
                     with_silu,
                 );
+                state.x_tracked = Some(x.clone());
                 prep.finish(state, y)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::ddpm_group_norm_shift(
@@ -470,6 +484,7 @@ fn norm_forward(
     );
     let state = NormState {
         x,
+        x_tracked: None,
         gamma,
         beta,
         shift,

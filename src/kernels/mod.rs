@@ -93,6 +93,16 @@ pub(crate) fn zeroed(n: usize) -> Vec<f32> {
     v
 }
 
+/// a += b elementwise, over the pool when long.
+pub(crate) fn add_assign(a: &mut [f32], b: &[f32]) {
+    use rayon::prelude::*;
+    assert_eq!(a.len(), b.len(), "add_assign: lengths");
+    a.par_iter_mut()
+        .zip(b.par_iter())
+        .with_min_len(1 << 14)
+        .for_each(|(x, y)| *x += y);
+}
+
 /// `n` uninitialized floats for a kernel that writes every one of them (then [`assume_init`]).
 pub(crate) fn uninit(n: usize) -> Vec<std::mem::MaybeUninit<f32>> {
     let mut v = Vec::with_capacity(n);

@@ -343,3 +343,31 @@ fn dropout_kernel_drops_scales_and_passes_gradients_through_the_same_mask() {
     assert!(super::flex_dropout::try_dropout(&d, &plain).is_none());
     assert!(super::flex_dropout::try_dropout(&DropoutConfig::new(0.0).init(), &x).is_none());
 }
+
+/// x feeding the GroupNorm and a second consumer (as in every ResBlock): the kernel adds the
+/// other consumer's gradient itself; the total must still be burn's.
+#[test]
+fn group_norm_kernel_adds_the_gradient_of_a_second_consumer() {
+    let device = Device::flex().autodiff();
+    let shape = [2, 16, 6, 6];
+    let norm: GroupNorm = GroupNormConfig::new(4, 16).init(&device);
+    let x = random(shape, 70, &device).require_grad();
+    let (dy, dz) = (random(shape, 71, &device), random(shape, 72, &device));
+    // The other consumer comes later in the graph (its backward runs first) and earlier.
+    let later = |y: Tensor<4>| (y * dy.clone() + (x.clone() * x.clone()) * dz.clone()).sum();
+    let kernel = flex::try_group_norm(&norm, &x, None, true).expect("covered");
+    let burn = silu(norm.forward(x.clone()));
+    let (gk, gb) = (later(kernel).backward(), later(burn).backward());
+    close_grads(&x, &gk, &gb, "x with two consumers");
+    // (Each backward pass consumes its graph: the earlier consumer is built twice.)
+    let earlier = x.clone().exp();
+    let kernel = flex::try_group_norm(&norm, &x, None, false).expect("covered");
+    let gk = (kernel * dy.clone() + earlier * dz.clone())
+        .sum()
+        .backward();
+    let earlier = x.clone().exp();
+    let gb = (norm.forward(x.clone()) * dy.clone() + earlier * dz.clone())
+        .sum()
+        .backward();
+    close_grads(&x, &gk, &gb, "x consumed before the norm too");
+}
