@@ -4,7 +4,9 @@
 //! 8 output channels, and 8 input channels for the backward pass; else both rows are the GEMM).
 
 use ddpm::kernels::conv::{ConvGeometry, Route, backward_with, forward_with};
-use std::time::Instant;
+mod common;
+
+use common::fastest;
 
 fn geometry(cin: usize, cout: usize, size: usize, k: usize, stride: usize) -> ConvGeometry {
     ConvGeometry {
@@ -18,19 +20,6 @@ fn geometry(cin: usize, cout: usize, size: usize, k: usize, stride: usize) -> Co
         stride: [stride, stride],
         pad: [k / 2, k / 2],
     }
-}
-
-/// Fastest seconds of `f` over `reps` runs after one warm-up (on a shared host the minimum is
-/// the run least disturbed by other work; the median drifts with the neighbours' load).
-fn time(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    (0..reps)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
 }
 
 fn main() {
@@ -65,10 +54,10 @@ fn main() {
             ("direct", Route::Direct),
             ("winograd", Route::Winograd),
         ] {
-            let tf = time(15, || {
+            let tf = fastest(15, || {
                 std::hint::black_box(forward_with(&x, &w, &b, &g, direct));
             });
-            let tb = time(9, || {
+            let tb = fastest(9, || {
                 std::hint::black_box(backward_with(&x, &w, &dy, &g, direct, true));
             });
             println!(

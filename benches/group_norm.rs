@@ -3,18 +3,9 @@
 //! fastest of N runs in milliseconds and GB/s of input read.
 
 use ddpm::kernels::group_norm::{NormGeometry, backward, forward};
-use std::time::Instant;
+mod common;
 
-fn fastest(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    (0..reps)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
+use common::fastest;
 
 fn main() {
     for (name, g) in [

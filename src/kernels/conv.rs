@@ -262,7 +262,8 @@ fn use_direct(g: &ConvGeometry, allowed: bool, backward: bool) -> bool {
 
 /// y = conv(x, weight) + bias. `x`: `[B, cin, h, w]`, `weight`: `[cout, cin, kh, kw]`, `bias`:
 /// `[cout]`; returns `[B, cout, out_h, out_w]`. Stride-1 convolutions (not 1×1, ≥ 8 output
-/// channels) run the AVX-512 direct kernels where the CPU has them, the rest GEMMs.
+/// channels) run the AVX-512 Winograd or direct kernels where the CPU has them (see [`Route`]),
+/// the rest GEMMs.
 pub fn forward(x: &[f32], weight: &[f32], bias: &[f32], g: &ConvGeometry) -> Vec<f32> {
     forward_with(x, weight, bias, g, Route::Winograd)
 }
@@ -302,10 +303,7 @@ pub fn forward_residual_with(
         return super::conv_direct::forward(x, weight, bias, Some(residual), g, wino);
     }
     let mut y = forward_with(x, weight, bias, g, route);
-    y.par_iter_mut()
-        .zip(residual.par_iter())
-        .with_min_len(1 << 14)
-        .for_each(|(a, b)| *a += b);
+    super::add_assign(&mut y, residual);
     y
 }
 
@@ -614,11 +612,16 @@ pub fn backward_with(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// The definition, one output at a time, in f64.
-    fn direct(x: &[f32], wt: &[f32], b: &[f32], g: &ConvGeometry) -> Vec<f64> {
+    pub(in crate::kernels) fn direct(
+        x: &[f32],
+        wt: &[f32],
+        b: &[f32],
+        g: &ConvGeometry,
+    ) -> Vec<f64> {
         let (oh, ow) = (g.out_h(), g.out_w());
         let mut y = vec![0f64; g.batch * g.cout * oh * ow];
         for n in 0..g.batch {

@@ -60,25 +60,14 @@ impl Layout {
     }
 }
 
-/// Whether the Winograd kernels cover `g`: 3×3, stride 1, padding 1, ≥ 8 channels in and out,
-/// images of at least 10×10 (on smaller ones the 2×2 tiles fill few vector lanes per tile row
-/// and the transforms cost more than the saved multiplications: measured slower at 7×7), and at
-/// least one image per thread (its tasks are groups of images; the direct kernels also split an
-/// image's output channels over the threads, which keeps a small batch on every core), and one
-/// image's transformed input or output within 64 MiB (each thread keeps both for a whole image:
-/// 16 floats per 2×2 block and channel; a 256×256 image of 128 channels would need 134 MB).
+/// Whether the Winograd kernels cover `g`: a 3×3 kernel, stride 1, padding 1, and a shape
+/// [`winograd::applies`] to.
 fn winograd_covers(g: &ConvGeometry) -> bool {
-    const SCRATCH_BYTES: usize = 64 << 20;
-    let tiles = g.h.div_ceil(2) * g.w.div_ceil(2);
     g.kh == 3
         && g.kw == 3
         && g.stride == [1, 1]
         && g.pad == [1, 1]
-        && g.h >= 10
-        && g.w >= 10
-        && g.batch >= rayon::current_num_threads()
-        && 16 * tiles * g.cin.max(g.cout) * 4 <= SCRATCH_BYTES
-        && winograd::applies(g.cin, g.cout)
+        && winograd::applies(&winograd_geometry(g))
 }
 
 fn winograd_geometry(g: &ConvGeometry) -> WinoGeometry {

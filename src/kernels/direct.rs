@@ -35,6 +35,11 @@ pub const NR: usize = 8;
 /// Vectors of positions per forward micro-tile.
 const MR: usize = 3;
 
+/// The mask of the first `n` lanes of a vector (all 16 from `n` = 16 on).
+pub fn first_lanes(n: usize) -> __mmask16 {
+    if n >= LANES { !0 } else { (1u16 << n) - 1 }
+}
+
 /// Whether this CPU runs the kernels (AVX-512F).
 pub fn available() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
@@ -63,7 +68,7 @@ pub(super) unsafe fn copy_run(dst: *mut f32, src: *const f32, n: usize, add: f32
             k += LANES;
         }
         if k < n {
-            let m: __mmask16 = (1u16 << (n - k)) - 1;
+            let m = first_lanes(n - k);
             let v = _mm512_maskz_loadu_ps(m, src.add(k));
             _mm512_mask_storeu_ps(dst.add(k), m, _mm512_add_ps(v, b));
         }
@@ -85,7 +90,7 @@ unsafe fn zero_run(dst: *mut f32, n: usize) {
             k += LANES;
         }
         if k < n {
-            let m: __mmask16 = (1u16 << (n - k)) - 1;
+            let m = first_lanes(n - k);
             _mm512_mask_storeu_ps(dst.add(k), m, z);
         }
     }
@@ -551,7 +556,7 @@ impl WeightGrad {
         for oy in 0..oh {
             for ox0 in (0..ow).step_by(LANES) {
                 let nx = LANES.min(ow - ox0);
-                let mask: __mmask16 = if nx == LANES { !0 } else { (1u16 << nx) - 1 };
+                let mask = first_lanes(nx);
                 for co0 in (0..self.cout).step_by(LANES) {
                     // SAFETY: AVX-512F checked; channel co0 + r < cout reads nx pixels of row oy
                     // of its plane (masked), the others read nothing; the nx pixels written

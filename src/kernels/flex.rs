@@ -117,7 +117,7 @@ impl KernelBackend for Flex {
         stride: [usize; 2],
         padding: [usize; 2],
     ) -> FlexTensor {
-        conv_forward(&x, &weight, &bias, None, stride, padding)
+        conv_forward(&conv_state(&x, &weight, stride, padding), &bias, None)
     }
 
     fn ddpm_conv2d_residual(
@@ -128,7 +128,11 @@ impl KernelBackend for Flex {
         stride: [usize; 2],
         padding: [usize; 2],
     ) -> FlexTensor {
-        conv_forward(&x, &weight, &bias, Some(&residual), stride, padding)
+        conv_forward(
+            &conv_state(&x, &weight, stride, padding),
+            &bias,
+            Some(&residual),
+        )
     }
 
     fn ddpm_group_norm(
@@ -170,22 +174,19 @@ fn conv_state(
     (x, w, g)
 }
 
-/// conv(x, weight) + bias (+ residual).
+/// conv(x, weight) + bias (+ residual), x and the weight already made contiguous by
+/// [`conv_state`].
 fn conv_forward(
-    x: &FlexTensor,
-    weight: &FlexTensor,
+    (x, w, g): &ConvState,
     bias: &FlexTensor,
     residual: Option<&FlexTensor>,
-    stride: [usize; 2],
-    padding: [usize; 2],
 ) -> FlexTensor {
-    let (x, w, g) = conv_state(x, weight, stride, padding);
     let (b, _) = contiguous(bias);
     let y = match residual {
-        None => conv::forward(data(&x), data(&w), data(&b), &g),
+        None => conv::forward(data(x), data(w), data(&b), g),
         Some(r) => {
             let (r, _) = contiguous(r);
-            conv::forward_residual(data(&x), data(&w), data(&b), data(&r), &g)
+            conv::forward_residual(data(x), data(w), data(&b), data(&r), g)
         }
     };
     tensor(y, vec![g.batch, g.cout, g.out_h(), g.out_w()])
@@ -337,8 +338,7 @@ impl<C: CheckpointStrategy> KernelBackend for Autodiff<Flex, C> {
         {
             OpsKind::Tracked(prep) => {
                 let state = conv_state(x.primitive(), weight.primitive(), stride, padding);
-                let (x, w) = (&state.0, &state.1);
-                let y = conv_forward(x, w, bias.primitive(), None, stride, padding);
+                let y = conv_forward(&state, bias.primitive(), None);
                 prep.finish(state, y)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::ddpm_conv2d(
@@ -366,8 +366,7 @@ impl<C: CheckpointStrategy> KernelBackend for Autodiff<Flex, C> {
         {
             OpsKind::Tracked(prep) => {
                 let state = conv_state(x.primitive(), weight.primitive(), stride, padding);
-                let (x, w, r) = (&state.0, &state.1, residual.primitive());
-                let y = conv_forward(x, w, bias.primitive(), Some(r), stride, padding);
+                let y = conv_forward(&state, bias.primitive(), Some(residual.primitive()));
                 prep.finish(state, y)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::ddpm_conv2d_residual(

@@ -66,12 +66,12 @@ impl<C: CheckpointStrategy> DropoutBackend for Autodiff<Flex, C> {
 /// the masks): two uniform floats of 24 random bits each.
 fn draw_seed(x: &Tensor<4>) -> u64 {
     let r: Tensor<1> = Tensor::random([2], Distribution::Default, &x.device());
-    let v = r.into_data().try_to_vec::<f32>().unwrap_or_default();
+    let v = r
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("a random f32 tensor reads back as f32");
     let bits = |f: f32| (f64::from(f) * (1u64 << 24) as f64) as u64;
-    match v.as_slice() {
-        [a, b] => (bits(*a) << 24) | bits(*b),
-        _ => 0,
-    }
+    (bits(v[0]) << 24) | bits(v[1])
 }
 
 /// `dropout.forward(x)` through the kernel, or `None` when burn's own would not drop anything

@@ -311,14 +311,10 @@ fn channel_backward<const SILU: bool>(
 /// multiplies and adds.
 #[cfg(target_arch = "x86_64")]
 mod lanes {
+    use super::super::direct::first_lanes as first;
     use super::super::fast_math::lanes::sigmoid;
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
-
-    /// Mask of the first `n` (≤ 16) lanes.
-    fn first(n: usize) -> __mmask16 {
-        if n >= 16 { !0 } else { (1u16 << n) - 1 }
-    }
 
     /// ys = SiLU(xs·a + b).
     ///

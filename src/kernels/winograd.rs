@@ -20,7 +20,7 @@
 // reads better (and unrolls the same) as index loops.
 #![allow(clippy::needless_range_loop)]
 
-use super::direct::{LANES, NR, available};
+use super::direct::{LANES, NR, available, first_lanes};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
@@ -79,9 +79,22 @@ fn spread(n: usize) -> usize {
     n + (PAGE / LINE + 1 - lines) % (PAGE / LINE) * LINE
 }
 
-/// Whether the Winograd kernels run on this CPU and are worth it for these channel counts.
-pub fn applies(cin: usize, cout: usize) -> bool {
-    available() && cin >= NR && cout >= NR
+/// Whether the Winograd kernels run on this CPU and are worth it for `g`: ≥ 8 channels in and
+/// out, images of at least 10×10 (on smaller ones the 2×2 tiles fill few vector lanes per tile
+/// row and the transforms cost more than the saved multiplications: measured slower at 7×7), at
+/// least one image per thread (the tasks are groups of images; the direct kernels also split an
+/// image's output channels over the threads, which keeps a small batch on every core), and one
+/// image's V or M within 64 MiB (each thread keeps both for a whole image; a 256×256 image of
+/// 128 channels would need 134 MB).
+pub fn applies(g: &WinoGeometry) -> bool {
+    const SCRATCH_BYTES: usize = 64 << 20;
+    available()
+        && g.cin >= NR
+        && g.cout >= NR
+        && g.h >= 10
+        && g.w >= 10
+        && g.batch >= rayon::current_num_threads()
+        && XI * g.tiles_per_image() * g.cin.max(g.cout) * 4 <= SCRATCH_BYTES
 }
 
 /// U = G g Gᵀ for every (output, input) channel pair of a `[cout, cin, 3, 3]` kernel, packed
@@ -296,12 +309,7 @@ unsafe fn input_transform(x: &[f32], g: &WinoGeometry, v: &mut [f32], t0: usize,
     assert!(v.len() >= XI * xstride && x.len() >= g.cin * plane);
     let mut tx0 = 0;
     while tx0 < tw {
-        let lanes = (tw - tx0).min(LANES);
-        let store: __mmask16 = if lanes == LANES {
-            !0
-        } else {
-            (1u16 << lanes) - 1
-        };
+        let store = first_lanes(tw - tx0);
         // Column 2·tx0 − 1 + k of each of the four loads of a row: k from 0, 16, 2, 18.
         let first = 2 * tx0 as isize - 1;
         let offsets = [0isize, LANES as isize, 2, LANES as isize + 2];
@@ -468,12 +476,7 @@ unsafe fn output_transform(
             for ty in 0..th {
                 let mut tx0 = 0;
                 while tx0 < tw {
-                    let lanes = (tw - tx0).min(LANES);
-                    let mask: __mmask16 = if lanes == LANES {
-                        !0
-                    } else {
-                        (1u16 << lanes) - 1
-                    };
+                    let mask = first_lanes(tw - tx0);
                     let t = t0 + ty * tw + tx0;
                     let mv: [__m512; XI] = std::array::from_fn(|xi| {
                         _mm512_maskz_loadu_ps(mask, mrow.add(xi * xstride + t))
@@ -506,7 +509,7 @@ unsafe fn output_transform(
                             if n == 0 {
                                 break;
                             }
-                            let keep: __mmask16 = if n == LANES { !0 } else { (1u16 << n) - 1 };
+                            let keep = first_lanes(n);
                             let at = oy * g.w + 2 * tx0 + h * LANES;
                             let mut out = _mm512_add_ps(val, b);
                             if let Some(rp) = rp {
@@ -530,35 +533,20 @@ mod tests {
         crate::rng::Rng::new(seed).normal_f32(n)
     }
 
-    /// The convolution by its definition in f64 (3×3, stride 1, padding 1).
+    /// The convolution by its definition in f64 (the convolution tests' reference).
     fn reference(x: &[f32], w: &[f32], b: &[f32], g: &WinoGeometry) -> Vec<f64> {
-        let (h, wd) = (g.h as isize, g.w as isize);
-        let mut y = vec![0f64; g.batch * g.cout * g.h * g.w];
-        for n in 0..g.batch {
-            for o in 0..g.cout {
-                for oy in 0..h {
-                    for ox in 0..wd {
-                        let mut s = b[o] as f64;
-                        for c in 0..g.cin {
-                            for i in 0..3isize {
-                                for j in 0..3isize {
-                                    let (iy, ix) = (oy + i - 1, ox + j - 1);
-                                    if iy < 0 || ix < 0 || iy >= h || ix >= wd {
-                                        continue;
-                                    }
-                                    let xv = x
-                                        [((n * g.cin + c) * g.h + iy as usize) * g.w + ix as usize];
-                                    let wv = w[((o * g.cin + c) * 3 + i as usize) * 3 + j as usize];
-                                    s += xv as f64 * wv as f64;
-                                }
-                            }
-                        }
-                        y[((n * g.cout + o) * g.h + oy as usize) * g.w + ox as usize] = s;
-                    }
-                }
-            }
-        }
-        y
+        let conv = crate::kernels::conv::ConvGeometry {
+            batch: g.batch,
+            cin: g.cin,
+            h: g.h,
+            w: g.w,
+            cout: g.cout,
+            kh: 3,
+            kw: 3,
+            stride: [1, 1],
+            pad: [1, 1],
+        };
+        crate::kernels::conv::tests::direct(x, w, b, &conv)
     }
 
     #[test]
