@@ -551,34 +551,9 @@ impl WeightGrad {
         // Sized once per layer; the wide grid's dropped columns are never read (grad_tile skips
         // them), so only the output pixels are written.
         self.dyt.resize(q * ld, 0.0);
-        // Transposed in 16 × 16 blocks (16 channels × 16 pixels of a row) in registers.
-        let plane = oh * ow;
-        for oy in 0..oh {
-            for ox0 in (0..ow).step_by(LANES) {
-                let nx = LANES.min(ow - ox0);
-                let mask = first_lanes(nx);
-                for co0 in (0..self.cout).step_by(LANES) {
-                    // SAFETY: AVX-512F checked; channel co0 + r < cout reads nx pixels of row oy
-                    // of its plane (masked), the others read nothing; the nx pixels written
-                    // are rows below q of dyt, each with ld ≥ co0 + 16 columns.
-                    unsafe {
-                        let rows: [__m512; LANES] = std::array::from_fn(|r| {
-                            if co0 + r < self.cout {
-                                let at = (co0 + r) * plane + oy * ow + ox0;
-                                _mm512_maskz_loadu_ps(mask, dy.as_ptr().add(at))
-                            } else {
-                                _mm512_setzero_ps()
-                            }
-                        });
-                        let cols = transpose16(rows);
-                        let out = self.dyt.as_mut_ptr().add((oy * wp + ox0) * ld + co0);
-                        for (k, col) in cols.iter().enumerate().take(nx) {
-                            _mm512_storeu_ps(out.add(k * ld), *col);
-                        }
-                    }
-                }
-            }
-        }
+        // SAFETY: AVX-512F checked; dy holds cout planes of oh × ow (asserted) and dyt q rows of
+        // ld ≥ cout columns.
+        unsafe { transpose_dy(dy, self.cout, oh, ow, wp, ld, &mut self.dyt) };
         // Whole output rows per pass.
         let rows_per = (GRAD_BYTES / (4 * ld * wp)).max(1);
         for oy0 in (0..oh).step_by(rows_per) {
@@ -608,14 +583,88 @@ impl WeightGrad {
 
     /// Adds the sums into `dw` (`[cout, cin, taps]`).
     pub fn add_to(&self, dw: &mut [f32]) {
-        assert_eq!(
-            dw.len(),
-            self.cout * self.cin * self.taps,
-            "weight gradient: kernel"
-        );
-        for (co, w) in dw.chunks_exact_mut(self.cin * self.taps).enumerate() {
-            for (p, d) in w.iter_mut().enumerate() {
-                *d += self.acc[p * self.ld + co];
+        let pairs = self.cin * self.taps;
+        assert_eq!(dw.len(), self.cout * pairs, "weight gradient: kernel");
+        assert!(available(), "direct convolution needs AVX-512F");
+        // SAFETY: AVX-512F checked; acc holds ≥ pairs rows of ld ≥ cout columns, dw cout rows of
+        // `pairs` (asserted).
+        unsafe { add_transposed(&self.acc, self.ld, pairs, self.cout, dw) };
+    }
+}
+
+/// dyt[(oy·wp + ox)·ld + co] = dy[co][oy][ox]: one image's ∂L/∂y channels last on the wide grid,
+/// in 16 × 16 blocks (16 channels × 16 pixels of a row) transposed in registers.
+///
+/// # Safety
+/// AVX-512F; `dy` holds `cout` planes of oh × ow, `dyt` ((oh − 1)·wp + ow) rows of `ld` ≥
+/// cout.next_multiple_of(16) floats.
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_dy(
+    dy: &[f32],
+    cout: usize,
+    oh: usize,
+    ow: usize,
+    wp: usize,
+    ld: usize,
+    dyt: &mut [f32],
+) {
+    let plane = oh * ow;
+    for oy in 0..oh {
+        for ox0 in (0..ow).step_by(LANES) {
+            let nx = LANES.min(ow - ox0);
+            let mask = first_lanes(nx);
+            for co0 in (0..cout).step_by(LANES) {
+                // SAFETY: channel co0 + r < cout reads nx pixels of row oy of its plane (masked),
+                // the others read nothing; the nx pixels written are rows of dyt with ld ≥
+                // co0 + 16 columns (the caller's contract).
+                unsafe {
+                    let rows: [__m512; LANES] = std::array::from_fn(|r| {
+                        if co0 + r < cout {
+                            let at = (co0 + r) * plane + oy * ow + ox0;
+                            _mm512_maskz_loadu_ps(mask, dy.as_ptr().add(at))
+                        } else {
+                            _mm512_setzero_ps()
+                        }
+                    });
+                    let cols = transpose16(rows);
+                    let out = dyt.as_mut_ptr().add((oy * wp + ox0) * ld + co0);
+                    for (k, col) in cols.iter().enumerate().take(nx) {
+                        _mm512_storeu_ps(out.add(k * ld), *col);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// dw[co][p] += acc[p][co] for co < cout, p < pairs, by 16 × 16 register transposes.
+///
+/// # Safety
+/// AVX-512F; `acc` holds `pairs` rows of `ld` ≥ cout.next_multiple_of(16) floats, `dw` cout rows
+/// of `pairs`.
+#[target_feature(enable = "avx512f")]
+unsafe fn add_transposed(acc: &[f32], ld: usize, pairs: usize, cout: usize, dw: &mut [f32]) {
+    assert!(acc.len() >= pairs * ld && dw.len() >= cout * pairs);
+    for p0 in (0..pairs).step_by(LANES) {
+        let np = LANES.min(pairs - p0);
+        let mask = first_lanes(np);
+        for co0 in (0..cout).step_by(LANES) {
+            // SAFETY: rows p0 + r < pairs of acc have ld ≥ co0 + 16 columns; row co0 + k < cout
+            // of dw has np ≤ pairs − p0 columns from p0 (masked).
+            unsafe {
+                let rows: [__m512; LANES] = std::array::from_fn(|r| {
+                    if r < np {
+                        _mm512_loadu_ps(acc.as_ptr().add((p0 + r) * ld + co0))
+                    } else {
+                        _mm512_setzero_ps()
+                    }
+                });
+                let cols = transpose16(rows);
+                for (k, col) in cols.iter().enumerate().take(cout - co0) {
+                    let d = dw.as_mut_ptr().add((co0 + k) * pairs + p0);
+                    let sum = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, d), *col);
+                    _mm512_mask_storeu_ps(d, mask, sum);
+                }
             }
         }
     }
