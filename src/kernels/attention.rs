@@ -339,7 +339,7 @@ fn image_backward(
         par,
     );
     for (s, row) in part.dbproj.iter_mut().zip(im.dy.chunks(n.max(1))) {
-        *s += row.iter().sum::<f32>();
+        *s += super::sum(row);
     }
     let scale = g.scale();
     for head in 0..g.heads {
@@ -405,7 +405,7 @@ fn image_backward(
         par,
     );
     for (s, row) in part.dbqkv.iter_mut().zip(dqkv.chunks(n.max(1))) {
-        *s += row.iter().sum::<f32>();
+        *s += super::sum(row);
     }
     if let Some(dh) = dh {
         matmul(

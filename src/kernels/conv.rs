@@ -553,7 +553,7 @@ pub(super) fn backward_tasks<T: Send>(
             task(dxs, xs, dys, &mut dw);
             for dyb in dys.chunks(out_len.max(1)) {
                 for (d, row) in db.iter_mut().zip(dyb.chunks(p.max(1))) {
-                    *d += row.iter().sum::<f32>();
+                    *d += super::sum(row);
                 }
             }
             (dw, db)

@@ -371,3 +371,16 @@ fn group_norm_kernel_adds_the_gradient_of_a_second_consumer() {
         .backward();
     close_grads(&x, &gk, &gb, "x consumed before the norm too");
 }
+
+#[test]
+fn sum_matches_an_f64_sum_at_every_tail_length() {
+    for n in [0usize, 1, 31, 32, 33, 64, 100, 1000] {
+        let v = crate::rng::Rng::new(n as u64).normal_f32(n);
+        let want: f64 = v.iter().map(|&x| x as f64).sum();
+        let got = super::sum(&v) as f64;
+        assert!(
+            (got - want).abs() < 1e-5 * (1.0 + n as f64),
+            "{n}: {got} vs {want}"
+        );
+    }
+}

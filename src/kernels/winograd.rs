@@ -29,6 +29,8 @@ use std::mem::MaybeUninit;
 const XI: usize = 16;
 /// Vectors of tiles per GEMM micro-tile.
 const MR: usize = 3;
+/// Input channels ahead that [`gemm_tile`] prefetches V.
+const PREFETCH: usize = 4;
 
 /// The shapes of one Winograd convolution (3×3, stride 1, padding 1: output size = input size).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -426,6 +428,11 @@ unsafe fn gemm_tile<const M: usize>(
         let mut acc = [[_mm512_setzero_ps(); NR]; M];
         for c in 0..cin {
             let vc = v.add(c * vs);
+            // V's rows are a plane of tiles apart, a stride the hardware prefetchers pick up
+            // late (measured: +10% on the products of one image in L2).
+            for k in 0..M {
+                _mm_prefetch::<_MM_HINT_T0>(vc.wrapping_add(PREFETCH * vs + k * LANES).cast());
+            }
             let mut xv = [_mm512_setzero_ps(); M];
             for (k, xv) in xv.iter_mut().enumerate() {
                 *xv = _mm512_loadu_ps(vc.add(k * LANES));
