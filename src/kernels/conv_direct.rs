@@ -6,6 +6,7 @@
 use super::conv::{ConvGeometry, ConvGrads, backward_tasks};
 use super::direct::{self, NR, Plan};
 use super::winograd::{self, WinoGeometry};
+use super::winograd_grad;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -146,8 +147,9 @@ pub fn forward(
     unsafe { super::assume_init(y) }
 }
 
-/// The backward pass of [`forward`] (see [`super::conv::backward`]); with `wino`, the input
-/// gradient of a convolution that [`winograd`] covers is computed there.
+/// The backward pass of [`forward`] (see [`super::conv::backward`]); with `wino`, a convolution
+/// that [`winograd`] covers gets its input gradient there and its weight gradient from
+/// [`winograd_grad`].
 pub fn backward(
     x: &[f32],
     weight: &[f32],
@@ -160,17 +162,31 @@ pub fn backward(
         applies_backward(g),
         "direct convolution does not cover {g:?}"
     );
-    if input_grad && wino && winograd_covers(g) {
+    if wino && winograd_covers(g) {
         // ∂L/∂x = the Winograd convolution of ∂L/∂y with the flipped kernel (3×3, padding 1).
-        let u = winograd::transform_weights(weight, g.cout, g.cin, true);
-        let back = WinoGeometry {
-            cin: g.cout,
-            cout: g.cin,
-            ..winograd_geometry(g)
+        let dx = if input_grad {
+            let u = winograd::transform_weights(weight, g.cout, g.cin, true);
+            let back = WinoGeometry {
+                cin: g.cout,
+                cout: g.cin,
+                ..winograd_geometry(g)
+            };
+            winograd::conv(dy, &u, None, None, &back)
+        } else {
+            Vec::new()
         };
-        let dx = winograd::conv(dy, &u, None, None, &back);
-        let rest = backward(x, weight, dy, g, false, false);
-        return ConvGrads { dx, ..rest };
+        // ∂L/∂W through the Winograd transform too, a few images per task.
+        let chunk = g.batch.div_ceil(4 * rayon::current_num_threads()).max(1);
+        let in_len = g.cin * g.h * g.w;
+        let mut no_dx: [f32; 0] = [];
+        let (dweight, dbias) = backward_tasks(x, dy, &mut no_dx, g, chunk, |_, xs, dys, dw| {
+            let part = WinoGeometry {
+                batch: xs.len() / in_len,
+                ..winograd_geometry(g)
+            };
+            winograd_grad::weight_grad(xs, dys, &part, dw);
+        });
+        return ConvGrads { dx, dweight, dbias };
     }
     let (oh, ow) = (g.out_h(), g.out_w());
     let (in_len, out_len) = (g.cin * g.h * g.w, g.cout * oh * ow);

@@ -485,6 +485,44 @@ unsafe fn grad_tile<const CV: usize, const P: usize>(
     }
 }
 
+/// The register tile of [`grad_block`] for rows of `ld` floats (a multiple of 16): vectors of
+/// output channels and (input channel, tap) pairs, 24 accumulators in all.
+pub(super) fn grad_shape(ld: usize) -> (usize, usize) {
+    match ld / LANES {
+        v if v % 4 == 0 => (4, 6),
+        v if v % 2 == 0 => (2, 12),
+        _ => (1, 24),
+    }
+}
+
+/// [`grad_tile`] for the tile shape `(cv, offsets.len())` that [`grad_shape`] gave.
+///
+/// # Safety
+/// As [`grad_tile`]; `cv` and the number of offsets are one of [`grad_shape`]'s pairs.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn grad_block(
+    cv: usize,
+    dyt: *const f32,
+    ld: usize,
+    x: *const f32,
+    offsets: &[usize],
+    rows: usize,
+    wp: usize,
+    ow: usize,
+    acc: *mut f32,
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        match (cv, offsets.len()) {
+            (4, 6) => grad_tile::<4, 6>(dyt, ld, x, offsets, rows, wp, ow, acc),
+            (2, 12) => grad_tile::<2, 12>(dyt, ld, x, offsets, rows, wp, ow, acc),
+            (1, 24) => grad_tile::<1, 24>(dyt, ld, x, offsets, rows, wp, ow, acc),
+            shape => unreachable!("weight gradient tile {shape:?}"),
+        }
+    }
+}
+
 /// The weight gradient of a stride-1 convolution, accumulated image by image:
 /// ∂L/∂W[co, c, t] = Σ over images and wide positions q of ∂L/∂y[co, q] · x_pad[c, q + offset_t].
 pub struct WeightGrad {
@@ -510,11 +548,7 @@ impl WeightGrad {
     /// stride `ps`.
     pub fn new(cout: usize, cin: usize, taps: &[usize], ps: usize) -> Self {
         let ld = cout.next_multiple_of(LANES).max(LANES);
-        let (cv, pairs) = match ld / LANES {
-            v if v % 4 == 0 => (4, 6),
-            v if v % 2 == 0 => (2, 12),
-            _ => (1, 24),
-        };
+        let (cv, pairs) = grad_shape(ld);
         let mut offsets: Vec<usize> = (0..cin)
             .flat_map(|c| taps.iter().map(move |t| c * ps + t))
             .collect();
@@ -570,11 +604,7 @@ impl WeightGrad {
                         let dyt = self.dyt.as_ptr().add(q0 * ld + v0 * LANES);
                         let x = xpad.as_ptr().add(q0);
                         let acc = self.acc.as_mut_ptr().add(p0 * ld + v0 * LANES);
-                        match self.cv {
-                            4 => grad_tile::<4, 6>(dyt, ld, x, offsets, rows, wp, ow, acc),
-                            2 => grad_tile::<2, 12>(dyt, ld, x, offsets, rows, wp, ow, acc),
-                            _ => grad_tile::<1, 24>(dyt, ld, x, offsets, rows, wp, ow, acc),
-                        }
+                        grad_block(self.cv, dyt, ld, x, offsets, rows, wp, ow, acc);
                     }
                 }
             }
@@ -599,7 +629,7 @@ impl WeightGrad {
 /// AVX-512F; `dy` holds `cout` planes of oh × ow, `dyt` ((oh − 1)·wp + ow) rows of `ld` ≥
 /// cout.next_multiple_of(16) floats.
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose_dy(
+pub(super) unsafe fn transpose_dy(
     dy: &[f32],
     cout: usize,
     oh: usize,

@@ -1,10 +1,10 @@
 //! Hand-written CPU kernels for the operations that dominate a U-Net step on burn's `flex`
 //! backend: convolution (Winograd F(2×2, 3×3) and direct AVX-512 tiles for stride 1, GEMMs
-//! otherwise; forward and backward, optionally adding a residual), GroupNorm fused with the SiLU
-//! that follows it (and optionally a per-channel shift before it), the attention block after its
-//! GroupNorm (q/k/v projection, softmax attention and output projection per image), dropout with
-//! a counter-based mask, nearest upsampling and channel concatenation over the thread pool, and
-//! vectorized `exp` / sigmoid.
+//! otherwise; forward and backward, the weight gradient through Winograd too; optionally adding
+//! a residual), GroupNorm fused with the SiLU that follows it (and optionally a per-channel shift
+//! before it), the attention block after its GroupNorm (q/k/v projection, softmax attention and
+//! output projection per image), dropout with a counter-based mask, nearest upsampling and
+//! channel concatenation over the thread pool, and vectorized `exp` / sigmoid.
 //!
 //! The model calls [`conv2d`], [`conv2d_residual`], [`group_norm()`], [`group_norm_shifted`],
 //! [`self_attention`], [`dropout()`], [`upsample2`] and [`cat_channels`]; on a flex device they
@@ -69,6 +69,8 @@ mod matmul;
 mod tests;
 #[cfg(target_arch = "x86_64")]
 pub mod winograd;
+#[cfg(target_arch = "x86_64")]
+mod winograd_grad;
 
 use burn::nn::conv::Conv2d;
 use burn::nn::{Dropout, GroupNorm, Linear};

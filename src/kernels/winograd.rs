@@ -14,7 +14,8 @@
 //! permutes, so 16 tiles of a row are transformed at once.
 //!
 //! The input gradient of such a convolution is the same convolution of ∂L/∂y with the kernel
-//! transposed and flipped ([`transform_weights`] with `flip`).
+//! transposed and flipped ([`transform_weights`] with `flip`); its weight gradient goes through
+//! the same transform in [`super::winograd_grad`].
 
 // The micro-kernels index accumulators, loads and weights by the same small loop counters; that
 // reads better (and unrolls the same) as index loops.
@@ -26,7 +27,7 @@ use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
 /// Positions of the 4×4 transformed tile.
-const XI: usize = 16;
+pub(super) const XI: usize = 16;
 /// Vectors of tiles per GEMM micro-tile.
 const MR: usize = 3;
 /// Input channels ahead that [`gemm_tile`] prefetches V.
@@ -48,15 +49,15 @@ pub struct WinoGeometry {
 }
 
 impl WinoGeometry {
-    fn tile_rows(&self) -> usize {
+    pub(super) fn tile_rows(&self) -> usize {
         self.h.div_ceil(2)
     }
 
-    fn tile_cols(&self) -> usize {
+    pub(super) fn tile_cols(&self) -> usize {
         self.w.div_ceil(2)
     }
 
-    fn tiles_per_image(&self) -> usize {
+    pub(super) fn tiles_per_image(&self) -> usize {
         self.tile_rows() * self.tile_cols()
     }
 
@@ -73,7 +74,7 @@ impl WinoGeometry {
 /// consecutive planes start one cache line apart modulo 4 KiB. The transforms touch all 16
 /// planes at the same offset at once; with plane sizes that are multiples of 2 KiB (32 input
 /// channels × 208 tiles is 26 KiB) those 16 streams fell into two sets of the L1 cache.
-fn spread(n: usize) -> usize {
+pub(super) fn spread(n: usize) -> usize {
     const LINE: usize = 16;
     const PAGE: usize = 1024;
     let n = n.next_multiple_of(LINE);
@@ -303,7 +304,13 @@ fn column_mask(start: isize, w: usize) -> __mmask16 {
 /// # Safety
 /// AVX-512F; `v` holds `16 · cin · tp` floats with t0 + tiles ≤ tp.
 #[target_feature(enable = "avx512f")]
-unsafe fn input_transform(x: &[f32], g: &WinoGeometry, v: &mut [f32], t0: usize, tp: usize) {
+pub(super) unsafe fn input_transform(
+    x: &[f32],
+    g: &WinoGeometry,
+    v: &mut [f32],
+    t0: usize,
+    tp: usize,
+) {
     let (th, tw, w) = (g.tile_rows(), g.tile_cols(), g.w);
     let (even, odd) = deinterleave();
     let plane = g.h * g.w;
