@@ -7,6 +7,7 @@ use super::conv::{ConvGeometry, ConvGrads, backward_tasks};
 use super::direct::{self, NR, Plan};
 use super::winograd::{self, WinoGeometry};
 use super::winograd_grad;
+use super::winograd4;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -61,6 +62,16 @@ impl Layout {
     }
 }
 
+/// Whether the F(4×4, 3×3) kernels cover `g`: a 3×3 kernel, stride 1, padding 1, and a shape
+/// [`winograd4::applies`] to.
+fn winograd4_covers(g: &ConvGeometry) -> bool {
+    g.kh == 3
+        && g.kw == 3
+        && g.stride == [1, 1]
+        && g.pad == [1, 1]
+        && winograd4::applies(&winograd_geometry(g))
+}
+
 /// Whether the Winograd kernels cover `g`: a 3×3 kernel, stride 1, padding 1, and a shape
 /// [`winograd::applies`] to.
 fn winograd_covers(g: &ConvGeometry) -> bool {
@@ -83,7 +94,7 @@ fn winograd_geometry(g: &ConvGeometry) -> WinoGeometry {
 
 /// y = conv(x, weight) + bias (see [`super::conv::forward`]).
 /// With `residual` (shaped like y) it is added to the output as it is stored. With `wino`,
-/// convolutions that [`winograd`] covers go there.
+/// convolutions that [`winograd4`] (else [`winograd`]) covers go there.
 pub fn forward(
     x: &[f32],
     weight: &[f32],
@@ -93,6 +104,10 @@ pub fn forward(
     wino: bool,
 ) -> Vec<f32> {
     assert!(applies(g), "direct convolution does not cover {g:?}");
+    if wino && winograd4_covers(g) {
+        let u = winograd4::transform_weights(weight, g.cout, g.cin, false);
+        return winograd4::conv(x, &u, Some(bias), residual, &winograd_geometry(g));
+    }
     if wino && winograd_covers(g) {
         let u = winograd::transform_weights(weight, g.cout, g.cin, false);
         return winograd::conv(x, &u, Some(bias), residual, &winograd_geometry(g));
@@ -148,8 +163,8 @@ pub fn forward(
 }
 
 /// The backward pass of [`forward`] (see [`super::conv::backward`]); with `wino`, a convolution
-/// that [`winograd`] covers gets its input gradient there and its weight gradient from
-/// [`winograd_grad`].
+/// that [`winograd4`] (else [`winograd`]) covers gets its input gradient there, and one that
+/// [`winograd`] covers its weight gradient from [`winograd_grad`].
 pub fn backward(
     x: &[f32],
     weight: &[f32],
@@ -162,19 +177,25 @@ pub fn backward(
         applies_backward(g),
         "direct convolution does not cover {g:?}"
     );
-    if wino && winograd_covers(g) {
-        // ∂L/∂x = the Winograd convolution of ∂L/∂y with the flipped kernel (3×3, padding 1).
-        let dx = if input_grad {
-            let u = winograd::transform_weights(weight, g.cout, g.cin, true);
-            let back = WinoGeometry {
-                cin: g.cout,
-                cout: g.cin,
-                ..winograd_geometry(g)
-            };
-            winograd::conv(dy, &u, None, None, &back)
-        } else {
+    let back = WinoGeometry {
+        cin: g.cout,
+        cout: g.cin,
+        ..winograd_geometry(g)
+    };
+    // ∂L/∂x = the Winograd convolution of ∂L/∂y with the flipped kernel (3×3, padding 1).
+    let wino_dx = || {
+        if !input_grad {
             Vec::new()
-        };
+        } else if winograd4_covers(g) && winograd4::applies(&back) {
+            let u = winograd4::transform_weights(weight, g.cout, g.cin, true);
+            winograd4::conv(dy, &u, None, None, &back)
+        } else {
+            let u = winograd::transform_weights(weight, g.cout, g.cin, true);
+            winograd::conv(dy, &u, None, None, &back)
+        }
+    };
+    if wino && winograd_covers(g) {
+        let dx = wino_dx();
         // ∂L/∂W through the Winograd transform too, a few images per task.
         let chunk = g.batch.div_ceil(4 * rayon::current_num_threads()).max(1);
         let in_len = g.cin * g.h * g.w;
@@ -187,6 +208,12 @@ pub fn backward(
             winograd_grad::weight_grad(xs, dys, &part, dw);
         });
         return ConvGrads { dx, dweight, dbias };
+    }
+    if input_grad && wino && winograd4_covers(g) {
+        // Images too small for the F(2×2) weight gradient: ∂L/∂x by F(4×4), ∂L/∂W direct.
+        let dx = wino_dx();
+        let rest = backward(x, weight, dy, g, false, false);
+        return ConvGrads { dx, ..rest };
     }
     let (oh, ow) = (g.out_h(), g.out_w());
     let (in_len, out_len) = (g.cin * g.h * g.w, g.cout * oh * ow);

@@ -398,7 +398,7 @@ pub fn conv_image(
 /// every row. Three shuffle stages: pairs of rows interleaved by 32 bits, then by 64 bits (4 × 4
 /// blocks inside each 128-bit lane), then the 128-bit lanes regrouped twice.
 #[target_feature(enable = "avx512f")]
-fn transpose16(r: [__m512; LANES]) -> [__m512; LANES] {
+pub(super) fn transpose16(r: [__m512; LANES]) -> [__m512; LANES] {
     let pd = _mm512_castps_pd;
     let ps = _mm512_castpd_ps;
     // q[g][m]: rows 4g .. 4g + 4 at columns m, m + 4, m + 8, m + 12 (one per 128-bit lane).
@@ -443,7 +443,7 @@ const GRAD_BYTES: usize = 16 << 10;
 /// q, and `acc + p·ld .. + CV·LANES` for p < P, must be in bounds.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn grad_tile<const CV: usize, const P: usize>(
+unsafe fn grad_tile<const CV: usize, const P: usize, const LOAD: bool>(
     dyt: *const f32,
     ld: usize,
     x: *const f32,
@@ -459,8 +459,10 @@ unsafe fn grad_tile<const CV: usize, const P: usize>(
         let mut xs = [x; P];
         for p in 0..P {
             xs[p] = x.add(offsets[p]);
-            for v in 0..CV {
-                a[p][v] = _mm512_loadu_ps(acc.add(p * ld + v * LANES));
+            if LOAD {
+                for v in 0..CV {
+                    a[p][v] = _mm512_loadu_ps(acc.add(p * ld + v * LANES));
+                }
             }
         }
         for r in 0..rows {
@@ -495,13 +497,15 @@ pub(super) fn grad_shape(ld: usize) -> (usize, usize) {
     }
 }
 
-/// [`grad_tile`] for the tile shape `(cv, offsets.len())` that [`grad_shape`] gave.
+/// [`grad_tile`] for the tile shape `(cv, offsets.len())` that [`grad_shape`] gave: adds to
+/// `acc` with `accumulate`, else overwrites it.
 ///
 /// # Safety
 /// As [`grad_tile`]; `cv` and the number of offsets are one of [`grad_shape`]'s pairs.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn grad_block(
+    accumulate: bool,
     cv: usize,
     dyt: *const f32,
     ld: usize,
@@ -514,10 +518,13 @@ pub(super) unsafe fn grad_block(
 ) {
     // SAFETY: the caller's contract.
     unsafe {
-        match (cv, offsets.len()) {
-            (4, 6) => grad_tile::<4, 6>(dyt, ld, x, offsets, rows, wp, ow, acc),
-            (2, 12) => grad_tile::<2, 12>(dyt, ld, x, offsets, rows, wp, ow, acc),
-            (1, 24) => grad_tile::<1, 24>(dyt, ld, x, offsets, rows, wp, ow, acc),
+        match (accumulate, cv, offsets.len()) {
+            (true, 4, 6) => grad_tile::<4, 6, true>(dyt, ld, x, offsets, rows, wp, ow, acc),
+            (true, 2, 12) => grad_tile::<2, 12, true>(dyt, ld, x, offsets, rows, wp, ow, acc),
+            (true, 1, 24) => grad_tile::<1, 24, true>(dyt, ld, x, offsets, rows, wp, ow, acc),
+            (false, 4, 6) => grad_tile::<4, 6, false>(dyt, ld, x, offsets, rows, wp, ow, acc),
+            (false, 2, 12) => grad_tile::<2, 12, false>(dyt, ld, x, offsets, rows, wp, ow, acc),
+            (false, 1, 24) => grad_tile::<1, 24, false>(dyt, ld, x, offsets, rows, wp, ow, acc),
             shape => unreachable!("weight gradient tile {shape:?}"),
         }
     }
@@ -604,7 +611,7 @@ impl WeightGrad {
                         let dyt = self.dyt.as_ptr().add(q0 * ld + v0 * LANES);
                         let x = xpad.as_ptr().add(q0);
                         let acc = self.acc.as_mut_ptr().add(p0 * ld + v0 * LANES);
-                        grad_block(self.cv, dyt, ld, x, offsets, rows, wp, ow, acc);
+                        grad_block(true, self.cv, dyt, ld, x, offsets, rows, wp, ow, acc);
                     }
                 }
             }

@@ -1,6 +1,8 @@
 //! 3×3 stride-1 convolutions with padding 1 by Winograd's minimal filtering F(2×2, 3×3) on
-//! AVX-512 (Lavin & Gray 2016): each 2×2 block of outputs is Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A of the 4×4
-//! input patch d around it: 16 multiplications per input channel instead of 36. Over a batch the
+//! AVX-512 (Lavin & Gray 2016). The convolutions themselves now run on [`super::winograd4`]'s
+//! F(4×4, 3×3) where it applies; this transform serves the weight gradient
+//! ([`super::winograd_grad`]) and shapes F(4×4) does not cover. Each 2×2 block of outputs is
+//! Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A of the 4×4 input patch d around it: 16 multiplications per input channel instead of 36. Over a batch the
 //! 16 element-wise products become 16 matrix products U[ξ]·V[ξ] (output channels × input
 //! channels times input channels × tiles), which run on the same register-blocked micro-kernel
 //! shape as the direct convolution: 2.25× fewer multiply-adds, at the cost of the two
