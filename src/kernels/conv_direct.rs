@@ -7,7 +7,7 @@ use super::conv::{ConvGeometry, ConvGrads, backward_tasks};
 use super::direct::{self, NR, Plan};
 use super::winograd::{self, WinoGeometry};
 use super::winograd_grad;
-use super::winograd4;
+use super::{winograd4, winograd4_grad};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -194,7 +194,12 @@ pub fn backward(
             winograd::conv(dy, &u, None, None, &back)
         }
     };
-    if wino && winograd_covers(g) {
+    // F(4×4) for ∂L/∂W from 10×10 up and for up to 64 input channels: at 7×7 the 8×8 of whole
+    // tiles and the transforms cost more than the direct kernel (∂L/∂x still gains there), and
+    // with more channels its channels-last copy and transform of x (V is 2.25× x) cost more
+    // than F(2×2)'s planar one saves (measured: 96→32 at 28×28).
+    let four = winograd4_covers(g) && g.h >= 10 && g.w >= 10 && g.cin <= 64;
+    if wino && (four || winograd_covers(g)) {
         let dx = wino_dx();
         // ∂L/∂W through the Winograd transform too, a few images per task.
         let chunk = g.batch.div_ceil(4 * rayon::current_num_threads()).max(1);
@@ -205,12 +210,16 @@ pub fn backward(
                 batch: xs.len() / in_len,
                 ..winograd_geometry(g)
             };
-            winograd_grad::weight_grad(xs, dys, &part, dw);
+            if four {
+                winograd4_grad::weight_grad(xs, dys, &part, dw);
+            } else {
+                winograd_grad::weight_grad(xs, dys, &part, dw);
+            }
         });
         return ConvGrads { dx, dweight, dbias };
     }
     if input_grad && wino && winograd4_covers(g) {
-        // Images too small for the F(2×2) weight gradient: ∂L/∂x by F(4×4), ∂L/∂W direct.
+        // Small images: ∂L/∂x by F(4×4), ∂L/∂W direct.
         let dx = wino_dx();
         let rest = backward(x, weight, dy, g, false, false);
         return ConvGrads { dx, ..rest };

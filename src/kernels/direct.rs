@@ -434,19 +434,21 @@ const GRAD_BYTES: usize = 16 << 10;
 
 /// One register tile of the weight gradient: for `P` (input channel, tap) pairs × `CV` vectors of
 /// 16 output channels, adds Σ over the output pixels q = oy·wp + ox (oy < `rows`, ox < `ow`) of
-/// x[offset_p + q] · ∂L/∂y[q, co] to `acc` (rows `ld` apart); the wide grid's extra columns are
-/// skipped. ∂L/∂y is channels-last (`dyt`, rows `ld` apart), so the sum runs along the positions
-/// with output channels in the lanes: no horizontal reduction.
+/// x[offset_p + q·step] · ∂L/∂y[q, co] to `acc` (rows `ld` apart); the wide grid's extra columns
+/// are skipped. ∂L/∂y is channels-last (`dyt`, rows `ld` apart), so the sum runs along the
+/// positions with output channels in the lanes: no horizontal reduction. (The Winograd kernels
+/// use the same tile for their products, with tiles or channels for q.)
 ///
 /// # Safety
-/// AVX-512F must be present; reads `dyt + q·ld .. + CV·LANES` and `x + offsets[p] + q` for those
-/// q, and `acc + p·ld .. + CV·LANES` for p < P, must be in bounds.
+/// AVX-512F must be present; reads `dyt + q·ld .. + CV·LANES` and `x + offsets[p] + q·step` for
+/// those q, and `acc + p·ld .. + CV·LANES` for p < P, must be in bounds.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn grad_tile<const CV: usize, const P: usize, const LOAD: bool>(
     dyt: *const f32,
     ld: usize,
     x: *const f32,
+    step: usize,
     offsets: &[usize],
     rows: usize,
     wp: usize,
@@ -471,8 +473,9 @@ unsafe fn grad_tile<const CV: usize, const P: usize, const LOAD: bool>(
                 for (v, d) in d.iter_mut().enumerate() {
                     *d = _mm512_loadu_ps(dyt.add(q * ld + v * LANES));
                 }
+                let qx = q * step;
                 for p in 0..P {
-                    let b = _mm512_set1_ps(*xs[p].add(q));
+                    let b = _mm512_set1_ps(*xs[p].add(qx));
                     for v in 0..CV {
                         a[p][v] = _mm512_fmadd_ps(b, d[v], a[p][v]);
                     }
@@ -510,6 +513,7 @@ pub(super) unsafe fn grad_block(
     dyt: *const f32,
     ld: usize,
     x: *const f32,
+    step: usize,
     offsets: &[usize],
     rows: usize,
     wp: usize,
@@ -519,12 +523,16 @@ pub(super) unsafe fn grad_block(
     // SAFETY: the caller's contract.
     unsafe {
         match (accumulate, cv, offsets.len()) {
-            (true, 4, 6) => grad_tile::<4, 6, true>(dyt, ld, x, offsets, rows, wp, ow, acc),
-            (true, 2, 12) => grad_tile::<2, 12, true>(dyt, ld, x, offsets, rows, wp, ow, acc),
-            (true, 1, 24) => grad_tile::<1, 24, true>(dyt, ld, x, offsets, rows, wp, ow, acc),
-            (false, 4, 6) => grad_tile::<4, 6, false>(dyt, ld, x, offsets, rows, wp, ow, acc),
-            (false, 2, 12) => grad_tile::<2, 12, false>(dyt, ld, x, offsets, rows, wp, ow, acc),
-            (false, 1, 24) => grad_tile::<1, 24, false>(dyt, ld, x, offsets, rows, wp, ow, acc),
+            (true, 4, 6) => grad_tile::<4, 6, true>(dyt, ld, x, step, offsets, rows, wp, ow, acc),
+            (true, 2, 12) => grad_tile::<2, 12, true>(dyt, ld, x, step, offsets, rows, wp, ow, acc),
+            (true, 1, 24) => grad_tile::<1, 24, true>(dyt, ld, x, step, offsets, rows, wp, ow, acc),
+            (false, 4, 6) => grad_tile::<4, 6, false>(dyt, ld, x, step, offsets, rows, wp, ow, acc),
+            (false, 2, 12) => {
+                grad_tile::<2, 12, false>(dyt, ld, x, step, offsets, rows, wp, ow, acc)
+            }
+            (false, 1, 24) => {
+                grad_tile::<1, 24, false>(dyt, ld, x, step, offsets, rows, wp, ow, acc)
+            }
             shape => unreachable!("weight gradient tile {shape:?}"),
         }
     }
@@ -611,7 +619,7 @@ impl WeightGrad {
                         let dyt = self.dyt.as_ptr().add(q0 * ld + v0 * LANES);
                         let x = xpad.as_ptr().add(q0);
                         let acc = self.acc.as_mut_ptr().add(p0 * ld + v0 * LANES);
-                        grad_block(true, self.cv, dyt, ld, x, offsets, rows, wp, ow, acc);
+                        grad_block(true, self.cv, dyt, ld, x, 1, offsets, rows, wp, ow, acc);
                     }
                 }
             }

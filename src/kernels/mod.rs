@@ -72,6 +72,8 @@ pub mod winograd;
 #[cfg(target_arch = "x86_64")]
 pub mod winograd4;
 #[cfg(target_arch = "x86_64")]
+mod winograd4_grad;
+#[cfg(target_arch = "x86_64")]
 mod winograd_grad;
 
 use burn::nn::conv::Conv2d;

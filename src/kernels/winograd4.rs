@@ -27,16 +27,16 @@ use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
 /// Positions of the 6×6 transformed tile.
-const XI: usize = 36;
+pub(super) const XI: usize = 36;
 /// Tiles per task at least (when the batch allows): the kernel's 36 planes are read once per
 /// task.
 const TASK_TILES: usize = 96;
 
-fn tile_rows(g: &WinoGeometry) -> usize {
+pub(super) fn tile_rows(g: &WinoGeometry) -> usize {
     g.h.div_ceil(4)
 }
 
-fn tile_cols(g: &WinoGeometry) -> usize {
+pub(super) fn tile_cols(g: &WinoGeometry) -> usize {
     g.w.div_ceil(4)
 }
 
@@ -296,7 +296,7 @@ unsafe fn task(
                 unsafe {
                     let up = ux.add(v0 * LANES);
                     let mp = mx.add(p0 * ld + v0 * LANES);
-                    direct::grad_block(false, cv, up, ld, vx, &offsets, 1, g.cin, g.cin, mp);
+                    direct::grad_block(false, cv, up, ld, vx, 1, &offsets, 1, g.cin, g.cin, mp);
                 }
             }
         }
@@ -318,7 +318,7 @@ unsafe fn task(
 
 /// Zeroes the border of a channels-last padded image (`xh` × `xw` pixels of `cinp` floats)
 /// around the h × w pixels from (1, 1).
-fn zero_border(xt: &mut [f32], g: &WinoGeometry, xh: usize, xw: usize, cinp: usize) {
+pub(super) fn zero_border(xt: &mut [f32], g: &WinoGeometry, xh: usize, xw: usize, cinp: usize) {
     let row = xw * cinp;
     xt[..row].fill(0.0);
     for y in 1..=g.h {
@@ -373,7 +373,7 @@ fn at(m: [__m512; 6]) -> [__m512; 4] {
 /// V planes `vstride` apart hold row t of cinp floats.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn input_tile(
+pub(super) unsafe fn input_tile(
     xt: &[f32],
     xw: usize,
     cinp: usize,

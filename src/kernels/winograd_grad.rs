@@ -99,7 +99,9 @@ pub fn weight_grad(x: &[f32], dy: &[f32], g: &WinoGeometry, dw: &mut [f32]) {
                             let sums = acc.as_mut_ptr().add((xi * rows + p0) * ld + v0 * LANES);
                             let offs = &offsets[p0..p0 + pairs];
                             let zv = zx.add(v0 * LANES);
-                            direct::grad_block(true, cv, zv, ld, vx, offs, 1, tiles, tiles, sums);
+                            direct::grad_block(
+                                true, cv, zv, ld, vx, 1, offs, 1, tiles, tiles, sums,
+                            );
                         }
                     }
                 }
