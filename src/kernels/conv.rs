@@ -235,8 +235,9 @@ pub enum Route {
     Gemm,
     /// The direct AVX-512 tiles for stride 1 (not 1×1), GEMMs elsewhere.
     Direct,
-    /// Winograd F(2×2, 3×3) for 3×3 stride-1 padding-1 convolutions (forward and input
-    /// gradient), else as [`Route::Direct`]: the default.
+    /// Winograd for 3×3 stride-1 padding-1 convolutions (F(4×4, 3×3) forward and for the input
+    /// gradient; F(4×4) or F(2×2) for the weight gradient, by shape), else as
+    /// [`Route::Direct`]: the default.
     Winograd,
 }
 
@@ -701,9 +702,12 @@ pub(super) mod tests {
             g(2, 9, 6, 6, 64, 3, 0),
             g(3, 3, 7, 8, 32, 5, 2),
             g(1, 2, 5, 4, 3, 3, 2),
-            // Winograd (≥ 10×10, an image per thread): odd sizes, a tile row wider than a vector.
+            // Winograd (an image per thread): odd sizes, a row wider than a vector; ∂L/∂W by
+            // F(4×4) (≥ 10×10, ≤ 64 input channels), by F(2×2) (more channels; the first shape
+            // of the list has its ∂L/∂W on the direct kernel, being under 10×10).
             g(5, 8, 11, 13, 8, 3, 1),
             g(4, 16, 13, 36, 24, 3, 1),
+            g(2, 72, 10, 12, 16, 3, 1),
         ]
     }
 

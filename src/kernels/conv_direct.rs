@@ -72,8 +72,8 @@ fn winograd4_covers(g: &ConvGeometry) -> bool {
         && winograd4::applies(&winograd_geometry(g))
 }
 
-/// Whether the Winograd kernels cover `g`: a 3×3 kernel, stride 1, padding 1, and a shape
-/// [`winograd::applies`] to.
+/// Whether the F(2×2, 3×3) weight gradient covers `g`: a 3×3 kernel, stride 1, padding 1, and
+/// a shape [`winograd::applies`] to.
 fn winograd_covers(g: &ConvGeometry) -> bool {
     g.kh == 3
         && g.kw == 3
@@ -94,7 +94,7 @@ fn winograd_geometry(g: &ConvGeometry) -> WinoGeometry {
 
 /// y = conv(x, weight) + bias (see [`super::conv::forward`]).
 /// With `residual` (shaped like y) it is added to the output as it is stored. With `wino`,
-/// convolutions that [`winograd4`] (else [`winograd`]) covers go there.
+/// convolutions that [`winograd4`] covers go there.
 pub fn forward(
     x: &[f32],
     weight: &[f32],
@@ -107,10 +107,6 @@ pub fn forward(
     if wino && winograd4_covers(g) {
         let u = winograd4::transform_weights(weight, g.cout, g.cin, false);
         return winograd4::conv(x, &u, Some(bias), residual, &winograd_geometry(g));
-    }
-    if wino && winograd_covers(g) {
-        let u = winograd::transform_weights(weight, g.cout, g.cin, false);
-        return winograd::conv(x, &u, Some(bias), residual, &winograd_geometry(g));
     }
     let lay = Layout::of_input(g);
     let (oh, ow) = (g.out_h(), g.out_w());
@@ -163,8 +159,8 @@ pub fn forward(
 }
 
 /// The backward pass of [`forward`] (see [`super::conv::backward`]); with `wino`, a convolution
-/// that [`winograd4`] (else [`winograd`]) covers gets its input gradient there, and one that
-/// [`winograd`] covers its weight gradient from [`winograd_grad`].
+/// that [`winograd4`] covers gets its input gradient there and its weight gradient from
+/// [`winograd4_grad`] or [`winograd_grad`] (see inside).
 pub fn backward(
     x: &[f32],
     weight: &[f32],
@@ -177,31 +173,30 @@ pub fn backward(
         applies_backward(g),
         "direct convolution does not cover {g:?}"
     );
-    let back = WinoGeometry {
-        cin: g.cout,
-        cout: g.cin,
-        ..winograd_geometry(g)
-    };
-    // ∂L/∂x = the Winograd convolution of ∂L/∂y with the flipped kernel (3×3, padding 1).
-    let wino_dx = || {
-        if !input_grad {
-            Vec::new()
-        } else if winograd4_covers(g) && winograd4::applies(&back) {
+    if wino && winograd4_covers(g) {
+        // ∂L/∂x = the F(4×4) convolution of ∂L/∂y with the flipped kernel (3×3, padding 1; the
+        // transposed shape has the same sizes, batch and channel counts, so it is covered too).
+        let dx = if input_grad {
+            let back = WinoGeometry {
+                cin: g.cout,
+                cout: g.cin,
+                ..winograd_geometry(g)
+            };
             let u = winograd4::transform_weights(weight, g.cout, g.cin, true);
             winograd4::conv(dy, &u, None, None, &back)
         } else {
-            let u = winograd::transform_weights(weight, g.cout, g.cin, true);
-            winograd::conv(dy, &u, None, None, &back)
+            Vec::new()
+        };
+        // ∂L/∂W by F(4×4) from 10×10 up with up to 64 input channels; by F(2×2) (its planar
+        // transform reads x in place) with more channels, where F(4×4)'s channels-last copy and
+        // transform of x (V is 2.25× x) cost more than they saved (measured: 96→32 at 28×28);
+        // direct at 7×7, where whole 4×4 tiles cover 8×8 and the transforms cost more than the
+        // direct kernel.
+        let four = g.h >= 10 && g.w >= 10 && g.cin <= 64;
+        if !four && !winograd_covers(g) {
+            let rest = backward(x, weight, dy, g, false, false);
+            return ConvGrads { dx, ..rest };
         }
-    };
-    // F(4×4) for ∂L/∂W from 10×10 up and for up to 64 input channels: at 7×7 the 8×8 of whole
-    // tiles and the transforms cost more than the direct kernel (∂L/∂x still gains there), and
-    // with more channels its channels-last copy and transform of x (V is 2.25× x) cost more
-    // than F(2×2)'s planar one saves (measured: 96→32 at 28×28).
-    let four = winograd4_covers(g) && g.h >= 10 && g.w >= 10 && g.cin <= 64;
-    if wino && (four || winograd_covers(g)) {
-        let dx = wino_dx();
-        // ∂L/∂W through the Winograd transform too, a few images per task.
         let chunk = g.batch.div_ceil(4 * rayon::current_num_threads()).max(1);
         let in_len = g.cin * g.h * g.w;
         let mut no_dx: [f32; 0] = [];
@@ -217,12 +212,6 @@ pub fn backward(
             }
         });
         return ConvGrads { dx, dweight, dbias };
-    }
-    if input_grad && wino && winograd4_covers(g) {
-        // Small images: ∂L/∂x by F(4×4), ∂L/∂W direct.
-        let dx = wino_dx();
-        let rest = backward(x, weight, dy, g, false, false);
-        return ConvGrads { dx, ..rest };
     }
     let (oh, ow) = (g.out_h(), g.out_w());
     let (in_len, out_len) = (g.cin * g.h * g.w, g.cout * oh * ow);

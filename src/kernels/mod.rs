@@ -1,7 +1,7 @@
 //! Hand-written CPU kernels for the operations that dominate a U-Net step on burn's `flex`
-//! backend: convolution (Winograd F(4×4, 3×3) with channels in the lanes, F(2×2, 3×3) for the
-//! weight gradient, direct AVX-512 tiles for other stride-1 kernels, GEMMs otherwise; forward and
-//! backward, optionally adding a residual), GroupNorm fused with the SiLU that follows it (and optionally a per-channel shift
+//! backend: convolution (Winograd F(4×4, 3×3) with channels in the lanes, forward and both
+//! gradients, F(2×2, 3×3) for the weight gradient of layers with many input channels; direct
+//! AVX-512 tiles for other stride-1 kernels, GEMMs otherwise; optionally adding a residual), GroupNorm fused with the SiLU that follows it (and optionally a per-channel shift
 //! before it), the attention block after its GroupNorm (q/k/v projection, softmax attention and
 //! output projection per image), dropout with a counter-based mask, nearest upsampling and
 //! channel concatenation over the thread pool, and vectorized `exp` / sigmoid.
