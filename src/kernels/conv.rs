@@ -703,8 +703,8 @@ pub(super) mod tests {
             g(3, 3, 7, 8, 32, 5, 2),
             g(1, 2, 5, 4, 3, 3, 2),
             // Winograd (an image per thread): odd sizes, a row wider than a vector; ∂L/∂W by
-            // F(4×4) (≥ 10×10, ≤ 64 input channels), by F(2×2) (more channels; the first shape
-            // of the list has its ∂L/∂W on the direct kernel, being under 10×10).
+            // F(4×4) (≤ 64 input channels, or under 10×10 like the first shape of the list), by
+            // F(2×2) (more channels).
             g(5, 8, 11, 13, 8, 3, 1),
             g(4, 16, 13, 36, 24, 3, 1),
             g(2, 72, 10, 12, 16, 3, 1),

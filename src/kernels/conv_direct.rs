@@ -187,16 +187,12 @@ pub fn backward(
         } else {
             Vec::new()
         };
-        // ∂L/∂W by F(4×4) from 10×10 up with up to 64 input channels; by F(2×2) (its planar
-        // transform reads x in place) with more channels, where F(4×4)'s channels-last copy and
-        // transform of x (V is 2.25× x) cost more than they saved (measured: 96→32 at 28×28);
-        // direct at 7×7, where whole 4×4 tiles cover 8×8 and the transforms cost more than the
-        // direct kernel.
-        let four = g.h >= 10 && g.w >= 10 && g.cin <= 64;
-        if !four && !winograd_covers(g) {
-            let rest = backward(x, weight, dy, g, false, false);
-            return ConvGrads { dx, ..rest };
-        }
+        // ∂L/∂W by F(4×4), or by F(2×2) for more than 64 input channels where it applies (its
+        // planar transform reads x in place; F(4×4)'s channels-last copy of x and V of 2.25× x
+        // cost more there: 96→32 at 28×28 12.4 vs 13.7 ms at batch 64, direct 15.7 ms; from
+        // 64→64 at 7×7 to 128→64 at 14×14 F(4×4) was 5–20% faster than direct and level with
+        // F(2×2), measured in one process).
+        let four = g.cin <= 64 || !winograd_covers(g);
         let chunk = g.batch.div_ceil(4 * rayon::current_num_threads()).max(1);
         let in_len = g.cin * g.h * g.w;
         let mut no_dx: [f32; 0] = [];
