@@ -769,7 +769,12 @@ pub(super) mod tests {
     }
 
     /// ∂L/∂x, ∂L/∂W, ∂L/∂b of ⟨dy, conv(x)⟩ by brute-force sums in f64.
-    fn direct_grads(x: &[f32], wt: &[f32], dy: &[f32], g: &ConvGeometry) -> [Vec<f64>; 3] {
+    pub(in crate::kernels) fn direct_grads(
+        x: &[f32],
+        wt: &[f32],
+        dy: &[f32],
+        g: &ConvGeometry,
+    ) -> [Vec<f64>; 3] {
         let (oh, ow) = (g.out_h(), g.out_w());
         let mut dx = vec![0f64; x.len()];
         let mut dw = vec![0f64; wt.len()];

@@ -15,6 +15,7 @@
 
 use super::direct::{self, LANES};
 use super::winograd::{WinoGeometry, spread};
+use super::winograd_grad::{add_untransformed, check_args};
 use super::winograd4::{self, XI, tile_cols, tile_rows};
 use std::arch::x86_64::*;
 
@@ -33,30 +34,11 @@ thread_local! {
 /// Adds ∂L/∂W of the convolution over the `g.batch` images of `x` (`[B, cin, h, w]`) with output
 /// gradient `dy` (`[B, cout, h, w]`) to `dw` (`[cout, cin, 3, 3]`). Runs on the calling thread.
 pub fn weight_grad(x: &[f32], dy: &[f32], g: &WinoGeometry, dw: &mut [f32]) {
-    assert!(
-        direct::available(),
-        "winograd weight gradient needs AVX-512F"
-    );
-    let plane = g.h * g.w;
-    let (in_len, out_len) = (g.cin * plane, g.cout * plane);
-    assert_eq!(
-        x.len(),
-        g.batch * in_len,
-        "winograd weight gradient: input length"
-    );
-    assert_eq!(
-        dy.len(),
-        g.batch * out_len,
-        "winograd weight gradient: ∂L/∂y length"
-    );
-    assert_eq!(
-        dw.len(),
-        g.cout * g.cin * 9,
-        "winograd weight gradient: kernel length"
-    );
-    if g.batch == 0 || plane == 0 {
+    if !check_args(x, dy, g, dw) {
         return;
     }
+    let plane = g.h * g.w;
+    let (in_len, out_len) = (g.cin * plane, g.cout * plane);
     let (th, tw) = (tile_rows(g), tile_cols(g));
     let per_image = th * tw;
     let (cinp, ld) = (
@@ -127,30 +109,7 @@ pub fn weight_grad(x: &[f32], dy: &[f32], g: &WinoGeometry, dw: &mut [f32]) {
             }
         }
     });
-    // ∂g = Gᵀ ∂U G: along s, then along r, over whole rows of output channels (they vectorize).
-    let (mut ug, mut col) = (vec![0f32; 18 * ld], vec![0f32; 3 * ld]);
-    let mut gug = vec![0f32; 9 * ld];
-    for c in 0..g.cin {
-        let row = |xi: usize| &acc[(xi * rows + c) * ld..][..ld];
-        for (r, out) in ug.chunks_exact_mut(3 * ld).enumerate() {
-            times_g(std::array::from_fn(|s| row(6 * r + s)), out);
-        }
-        for j in 0..3 {
-            times_g(
-                std::array::from_fn(|r| &ug[(3 * r + j) * ld..][..ld]),
-                &mut col,
-            );
-            for i in 0..3 {
-                gug[(3 * i + j) * ld..][..ld].copy_from_slice(&col[i * ld..][..ld]);
-            }
-        }
-        for co in 0..g.cout {
-            let out = &mut dw[(co * g.cin + c) * 9..][..9];
-            for (k, o) in out.iter_mut().enumerate() {
-                *o += gug[k * ld + co];
-            }
-        }
-    }
+    add_untransformed::<6>(&acc, rows, ld, g, times_g, dw);
 }
 
 /// out[j] = Σ_s u[s] G[s][j] for rows of values, G = [¼ 0 0; −⅙ −⅙ −⅙; −⅙ ⅙ −⅙;
@@ -240,38 +199,12 @@ unsafe fn z_tile(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::conv::{ConvGeometry, tests::direct_grads};
+    use crate::kernels::winograd_grad;
 
-    /// ∂L/∂W by its definition in f64.
-    fn reference(x: &[f32], dy: &[f32], g: &WinoGeometry) -> Vec<f64> {
-        let mut dw = vec![0f64; g.cout * g.cin * 9];
-        for n in 0..g.batch {
-            for co in 0..g.cout {
-                for c in 0..g.cin {
-                    for i in 0..3 {
-                        for j in 0..3 {
-                            let mut s = 0f64;
-                            for y in 0..g.h {
-                                for xx in 0..g.w {
-                                    let (iy, ix) = (y + i, xx + j);
-                                    if iy < 1 || ix < 1 || iy > g.h || ix > g.w {
-                                        continue;
-                                    }
-                                    let xv = x[((n * g.cin + c) * g.h + iy - 1) * g.w + ix - 1];
-                                    let d = dy[((n * g.cout + co) * g.h + y) * g.w + xx];
-                                    s += xv as f64 * d as f64;
-                                }
-                            }
-                            dw[((co * g.cin + c) * 3 + i) * 3 + j] += s;
-                        }
-                    }
-                }
-            }
-        }
-        dw
-    }
-
+    /// Both Winograd weight gradients, F(4×4) here and F(2×2), against the brute-force sums.
     #[test]
-    fn weight_grad_matches_the_definition() {
+    fn weight_grads_match_the_definition() {
         if !direct::available() {
             return;
         }
@@ -299,7 +232,7 @@ mod tests {
                 h: 11,
                 w: 10,
             },
-            // Rows wider than a vector of pixels.
+            // Rows wider than a vector of pixels (or of 2×2 tiles), a single row.
             WinoGeometry {
                 batch: 2,
                 cin: 3,
@@ -307,25 +240,50 @@ mod tests {
                 h: 6,
                 w: 38,
             },
+            WinoGeometry {
+                batch: 2,
+                cin: 3,
+                cout: 16,
+                h: 1,
+                w: 38,
+            },
+        ];
+        type WeightGrad = fn(&[f32], &[f32], &WinoGeometry, &mut [f32]);
+        let kernels: [(&str, WeightGrad); 2] = [
+            ("F(4×4)", weight_grad),
+            ("F(2×2)", winograd_grad::weight_grad),
         ];
         for (k, g) in geometries.into_iter().enumerate() {
+            let conv = ConvGeometry {
+                batch: g.batch,
+                cin: g.cin,
+                h: g.h,
+                w: g.w,
+                cout: g.cout,
+                kh: 3,
+                kw: 3,
+                stride: [1, 1],
+                pad: [1, 1],
+            };
             let x = crate::rng::Rng::new(50 + k as u64).normal_f32(g.batch * g.cin * g.h * g.w);
             let dy = crate::rng::Rng::new(60 + k as u64).normal_f32(g.batch * g.cout * g.h * g.w);
-            let want = reference(&x, &dy, &g);
-            // Accumulates onto what `dw` holds.
+            let [_, want, _] = direct_grads(&x, &vec![0.0; g.cout * g.cin * 9], &dy, &conv);
+            // Both accumulate onto what `dw` holds.
             let start = crate::rng::Rng::new(70 + k as u64).normal_f32(want.len());
-            let mut got = start.clone();
-            weight_grad(&x, &dy, &g, &mut got);
-            // F(4×4, 3×3) rounding grows with the size of the terms summed (√ of their count).
+            // Winograd rounding grows with the size of the terms summed (√ of their count).
             let scale = ((g.batch * g.h * g.w) as f64).sqrt();
-            for (i, e) in want.iter().enumerate() {
-                let e = e + start[i] as f64;
-                let tol = 2e-5 * scale * (1.0 + e.abs());
-                assert!(
-                    (got[i] as f64 - e).abs() < tol,
-                    "{g:?} [{i}]: {} vs {e}",
-                    got[i]
-                );
+            for (name, f) in kernels {
+                let mut got = start.clone();
+                f(&x, &dy, &g, &mut got);
+                for (i, e) in want.iter().enumerate() {
+                    let e = e + start[i] as f64;
+                    let tol = 2e-5 * scale * (1.0 + e.abs());
+                    assert!(
+                        (got[i] as f64 - e).abs() < tol,
+                        "{name} {g:?} [{i}]: {} vs {e}",
+                        got[i]
+                    );
+                }
             }
         }
     }
