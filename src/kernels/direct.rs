@@ -501,10 +501,11 @@ pub(super) fn grad_shape(ld: usize) -> (usize, usize) {
 }
 
 /// [`grad_tile`] for the tile shape `(cv, offsets.len())` that [`grad_shape`] gave: adds to
-/// `acc` with `accumulate`, else overwrites it.
+/// `acc` with `accumulate`, else overwrites it (then also half as many offsets).
 ///
 /// # Safety
-/// As [`grad_tile`]; `cv` and the number of offsets are one of [`grad_shape`]'s pairs.
+/// As [`grad_tile`]; `cv` and the number of offsets are one of [`grad_shape`]'s pairs (or, without
+/// `accumulate`, half of one).
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn grad_block(
@@ -532,6 +533,12 @@ pub(super) unsafe fn grad_block(
             }
             (false, 1, 24) => {
                 grad_tile::<1, 24, false>(dyt, ld, x, step, offsets, rows, wp, ow, acc)
+            }
+            // Half tiles, for the last rows of an overwritten block.
+            (false, 4, 3) => grad_tile::<4, 3, false>(dyt, ld, x, step, offsets, rows, wp, ow, acc),
+            (false, 2, 6) => grad_tile::<2, 6, false>(dyt, ld, x, step, offsets, rows, wp, ow, acc),
+            (false, 1, 12) => {
+                grad_tile::<1, 12, false>(dyt, ld, x, step, offsets, rows, wp, ow, acc)
             }
             shape => unreachable!("weight gradient tile {shape:?}"),
         }

@@ -252,7 +252,8 @@ unsafe fn task(
     let (cv, p) = direct::grad_shape(ld);
     let per_image = th * tw;
     let tiles = images * per_image;
-    let tiles_p = tiles.next_multiple_of(p);
+    // Whole register tiles of p tiles, then half tiles for the rest.
+    let tiles_p = tiles.next_multiple_of(p / 2);
     let (xh, xw) = (4 * th + 2, 4 * tw + 2);
     let (vstride, mstride) = (spread(tiles_p * cinp), spread(tiles_p * ld));
     let grow = |b: &mut Vec<f32>, n: usize| {
@@ -286,19 +287,23 @@ unsafe fn task(
     for xi in 0..XI {
         let (ux, vx) = (u[xi * g.cin * ld..].as_ptr(), s.v[xi * vstride..].as_ptr());
         let mx = s.m[xi * mstride..].as_mut_ptr();
-        for p0 in (0..tiles_p).step_by(p) {
+        let mut p0 = 0;
+        while p0 < tiles_p {
+            let n = if p0 + p <= tiles_p { p } else { p / 2 };
+            let offsets = &mut offsets[..n];
             for (k, o) in offsets.iter_mut().enumerate() {
                 *o = if p0 + k < tiles { (p0 + k) * cinp } else { 0 };
             }
             for v0 in (0..ld / LANES).step_by(cv) {
                 // SAFETY: V rows t·cinp + c (c < cin), U rows c of ld ≥ (v0 + cv)·16 floats,
-                // and M rows p0 .. p0 + p < tiles_p of ld floats exist.
+                // and M rows p0 .. p0 + n ≤ tiles_p of ld floats exist.
                 unsafe {
                     let up = ux.add(v0 * LANES);
                     let mp = mx.add(p0 * ld + v0 * LANES);
-                    direct::grad_block(false, cv, up, ld, vx, 1, &offsets, 1, g.cin, g.cin, mp);
+                    direct::grad_block(false, cv, up, ld, vx, 1, offsets, 1, g.cin, g.cin, mp);
                 }
             }
+            p0 += n;
         }
     }
     for (i, yb) in ys.chunks_mut(out_len).enumerate() {
@@ -550,6 +555,15 @@ mod tests {
                 cout: 8,
                 h: 14,
                 w: 14,
+            },
+            // 9 tiles per task with 4 vectors of output channels: a whole register tile of 6
+            // tiles, then a half one (the first shapes end on halves of 12 and 24).
+            WinoGeometry {
+                batch: 2,
+                cin: 8,
+                cout: 64,
+                h: 10,
+                w: 10,
             },
         ];
         for (i, g) in shapes.into_iter().enumerate() {
