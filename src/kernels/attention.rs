@@ -339,7 +339,7 @@ fn image_backward(
         par,
     );
     for (s, row) in part.dbproj.iter_mut().zip(im.dy.chunks(n.max(1))) {
-        *s += super::sum(row);
+        *s += super::lane_sum(row, |v| v) as f32;
     }
     let scale = g.scale();
     for head in 0..g.heads {
@@ -405,7 +405,7 @@ fn image_backward(
         par,
     );
     for (s, row) in part.dbqkv.iter_mut().zip(dqkv.chunks(n.max(1))) {
-        *s += super::sum(row);
+        *s += super::lane_sum(row, |v| v) as f32;
     }
     if let Some(dh) = dh {
         matmul(

@@ -554,7 +554,7 @@ pub(super) fn backward_tasks<T: Send>(
             task(dxs, xs, dys, &mut dw);
             for dyb in dys.chunks(out_len.max(1)) {
                 for (d, row) in db.iter_mut().zip(dyb.chunks(p.max(1))) {
-                    *d += super::sum(row);
+                    *d += super::lane_sum(row, |v| v) as f32;
                 }
             }
             (dw, db)

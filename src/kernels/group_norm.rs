@@ -107,14 +107,14 @@ with_avx512! {
         let mut total = 0f64;
         for ci in 0..cpg {
             let xc = &xs[ci * g.spatial..(ci + 1) * g.spatial];
-            total += lane_sum(xc, |v| v) + s_of(ci) as f64 * g.spatial as f64;
+            total += super::lane_sum(xc, |v| v) + s_of(ci) as f64 * g.spatial as f64;
         }
         let mean = total / n as f64;
         let mut squares = 0f64;
         for ci in 0..cpg {
             let xc = &xs[ci * g.spatial..(ci + 1) * g.spatial];
             let m = (mean - s_of(ci) as f64) as f32;
-            squares += lane_sum(xc, |v| (v - m) * (v - m));
+            squares += super::lane_sum(xc, |v| (v - m) * (v - m));
         }
         let var = squares / n as f64;
         let rstd = 1.0 / (var + epsilon).sqrt();
@@ -266,7 +266,7 @@ with_avx512! {
                 *o = rstd * (*o - m1 - xhat * m2);
             }
             if !shift.is_empty() {
-                sums[ci][2] = lane_sum(dxc, |v| v) as f32;
+                sums[ci][2] = super::lane_sum(dxc, |v| v) as f32;
             }
         }
         sums
@@ -392,22 +392,6 @@ mod lanes {
 /// Lanes of the manual vectorization: accumulating into `LANES` independent sums lets the
 /// compiler use SIMD registers for reductions (a single f32 sum is a serial dependency chain).
 const LANES: usize = 16;
-
-/// Σ f(x) over a slice, accumulated in 4·`LANES` f32 partial sums (four independent vector
-/// accumulators, so that the additions overlap instead of waiting on each other), combined in f64.
-#[inline(always)]
-fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
-    const WIDE: usize = 4 * LANES;
-    let mut acc = [0f32; WIDE];
-    let chunks = xs.chunks_exact(WIDE);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for l in 0..WIDE {
-            acc[l] += f(c[l]);
-        }
-    }
-    acc.iter().map(|&a| a as f64).sum::<f64>() + rest.iter().map(|&v| f(v) as f64).sum::<f64>()
-}
 
 /// One channel of the backward pass: writes ∂L/∂x̂ into every element of `dxc` and returns
 /// (Σ ∂L/∂ŷ·x̂, Σ ∂L/∂ŷ, Σ ∂L/∂x̂, Σ ∂L/∂x̂·x̂), where ŷ is the normalized value before the

@@ -1,10 +1,11 @@
 //! Hand-written CPU kernels for the operations that dominate a U-Net step on burn's `flex`
 //! backend: convolution (Winograd F(4×4, 3×3) with channels in the lanes, forward and both
 //! gradients, F(2×2, 3×3) for the weight gradient of layers with many input channels; direct
-//! AVX-512 tiles for other stride-1 kernels, GEMMs otherwise; optionally adding a residual), GroupNorm fused with the SiLU that follows it (and optionally a per-channel shift
-//! before it), the attention block after its GroupNorm (q/k/v projection, softmax attention and
-//! output projection per image), dropout with a counter-based mask, nearest upsampling and
-//! channel concatenation over the thread pool, and vectorized `exp` / sigmoid.
+//! AVX-512 tiles for other stride-1 kernels, GEMMs otherwise; optionally adding a residual),
+//! GroupNorm fused with the SiLU that follows it (and optionally a per-channel shift before it),
+//! the attention block after its GroupNorm (q/k/v projection, softmax attention and output
+//! projection per image), dropout with a counter-based mask, nearest upsampling and channel
+//! concatenation over the thread pool, and vectorized `exp` / sigmoid.
 //!
 //! The model calls [`conv2d`], [`conv2d_residual`], [`group_norm()`], [`group_norm_shifted`],
 //! [`self_attention`], [`dropout()`], [`upsample2`] and [`cat_channels`]; on a flex device they
@@ -109,19 +110,21 @@ pub(crate) fn add_assign(a: &mut [f32], b: &[f32]) {
         .for_each(|(x, y)| *x += y);
 }
 
-/// The sum of `v` over 32 independent partial sums (a plain `iter().sum()` is one serial chain
-/// of additions, latency-bound at a few cycles per element; 32 lanes vectorize into two registers).
-pub(crate) fn sum(v: &[f32]) -> f32 {
-    const K: usize = 32;
-    let mut acc = [0f32; K];
-    let chunks = v.chunks_exact(K);
-    let tail: f32 = chunks.remainder().iter().sum();
+/// Σ f(x) over a slice, accumulated in 64 f32 partial sums (four independent vectors of 16, so
+/// that the additions overlap instead of waiting on each other: a plain `iter().sum()` is one
+/// serial chain, a few cycles per element), combined in f64.
+#[inline(always)]
+pub(crate) fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    const WIDE: usize = 64;
+    let mut acc = [0f32; WIDE];
+    let chunks = xs.chunks_exact(WIDE);
+    let rest = chunks.remainder();
     for c in chunks {
-        for (a, x) in acc.iter_mut().zip(c) {
-            *a += x;
+        for l in 0..WIDE {
+            acc[l] += f(c[l]);
         }
     }
-    acc.iter().sum::<f32>() + tail
+    acc.iter().map(|&a| a as f64).sum::<f64>() + rest.iter().map(|&v| f(v) as f64).sum::<f64>()
 }
 
 /// `n` uninitialized floats for a kernel that writes every one of them (then [`assume_init`]).
