@@ -609,7 +609,7 @@ impl WeightGrad {
         self.dyt.resize(q * ld, 0.0);
         // SAFETY: AVX-512F checked; dy holds cout planes of oh × ow (asserted) and dyt q rows of
         // ld ≥ cout columns.
-        unsafe { transpose_dy(dy, self.cout, oh, ow, wp, ld, &mut self.dyt) };
+        unsafe { to_channels_last(dy, self.cout, oh, ow, wp, ld, &mut self.dyt) };
         // Whole output rows per pass.
         let rows_per = (GRAD_BYTES / (4 * ld * wp)).max(1);
         for oy0 in (0..oh).step_by(rows_per) {
@@ -644,42 +644,44 @@ impl WeightGrad {
     }
 }
 
-/// dyt[(oy·wp + ox)·ld + co] = dy[co][oy][ox]: one image's ∂L/∂y channels last on the wide grid,
-/// in 16 × 16 blocks (16 channels × 16 pixels of a row) transposed in registers.
+/// dst[(y·wp + x)·ld + c] = src[c][y][x]: an image of `channels` h × w planes made channels-last
+/// (rows `wp` ≥ w pixels apart, `ld` floats per pixel, channels past the last written as 0), in
+/// 16 × 16 blocks (16 channels × 16 pixels of a row) transposed in registers. ∂L/∂y for the
+/// weight gradients, images and ∂L/∂y for the Winograd transforms.
 ///
 /// # Safety
-/// AVX-512F; `dy` holds `cout` planes of oh × ow, `dyt` ((oh − 1)·wp + ow) rows of `ld` ≥
-/// cout.next_multiple_of(16) floats.
+/// AVX-512F; `src` holds `channels` planes of h × w, `dst` ((h − 1)·wp + w) rows of `ld` ≥
+/// channels.next_multiple_of(16) floats.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn transpose_dy(
-    dy: &[f32],
-    cout: usize,
-    oh: usize,
-    ow: usize,
+pub(super) unsafe fn to_channels_last(
+    src: &[f32],
+    channels: usize,
+    h: usize,
+    w: usize,
     wp: usize,
     ld: usize,
-    dyt: &mut [f32],
+    dst: &mut [f32],
 ) {
-    let plane = oh * ow;
-    for oy in 0..oh {
-        for ox0 in (0..ow).step_by(LANES) {
-            let nx = LANES.min(ow - ox0);
+    let plane = h * w;
+    for y in 0..h {
+        for x0 in (0..w).step_by(LANES) {
+            let nx = LANES.min(w - x0);
             let mask = first_lanes(nx);
-            for co0 in (0..cout).step_by(LANES) {
-                // SAFETY: channel co0 + r < cout reads nx pixels of row oy of its plane (masked),
-                // the others read nothing; the nx pixels written are rows of dyt with ld ≥
-                // co0 + 16 columns (the caller's contract).
+            for c0 in (0..channels).step_by(LANES) {
+                // SAFETY: channel c0 + r < channels reads nx pixels of row y of its plane
+                // (masked), the others read nothing; the nx pixels written are rows of dst with
+                // ld ≥ c0 + 16 columns (the caller's contract).
                 unsafe {
                     let rows: [__m512; LANES] = std::array::from_fn(|r| {
-                        if co0 + r < cout {
-                            let at = (co0 + r) * plane + oy * ow + ox0;
-                            _mm512_maskz_loadu_ps(mask, dy.as_ptr().add(at))
+                        if c0 + r < channels {
+                            let at = (c0 + r) * plane + y * w + x0;
+                            _mm512_maskz_loadu_ps(mask, src.as_ptr().add(at))
                         } else {
                             _mm512_setzero_ps()
                         }
                     });
                     let cols = transpose16(rows);
-                    let out = dyt.as_mut_ptr().add((oy * wp + ox0) * ld + co0);
+                    let out = dst.as_mut_ptr().add((y * wp + x0) * ld + c0);
                     for (k, col) in cols.iter().enumerate().take(nx) {
                         _mm512_storeu_ps(out.add(k * ld), *col);
                     }

@@ -271,7 +271,7 @@ unsafe fn task(
         // SAFETY: pixel (y, x) of the image goes to (y + 1, x + 1) of xt, inside its xh × xw
         // rows of cinp ≥ cin.next_multiple_of(16).
         unsafe {
-            direct::transpose_dy(xb, g.cin, g.h, g.w, xw, cinp, &mut s.xt[(xw + 1) * cinp..])
+            direct::to_channels_last(xb, g.cin, g.h, g.w, xw, cinp, &mut s.xt[(xw + 1) * cinp..])
         };
         for ty in 0..th {
             for tx in 0..tw {

@@ -76,8 +76,16 @@ pub fn weight_grad(x: &[f32], dy: &[f32], g: &WinoGeometry, dw: &mut [f32]) {
                 // (y, x) of dyp, inside their rows of cinp and ld floats; every tile's 6×6 patch
                 // lies inside xt and its 4×4 block inside dyp; V and Z rows t < tiles exist.
                 unsafe {
-                    direct::transpose_dy(xb, g.cin, g.h, g.w, xw, cinp, &mut xt[(xw + 1) * cinp..]);
-                    direct::transpose_dy(dyb, g.cout, g.h, g.w, 4 * tw, ld, dyp);
+                    direct::to_channels_last(
+                        xb,
+                        g.cin,
+                        g.h,
+                        g.w,
+                        xw,
+                        cinp,
+                        &mut xt[(xw + 1) * cinp..],
+                    );
+                    direct::to_channels_last(dyb, g.cout, g.h, g.w, 4 * tw, ld, dyp);
                     for ty in 0..th {
                         for tx in 0..tw {
                             let t = i * per_image + ty * tw + tx;

@@ -9,7 +9,7 @@
 //! [`super::winograd4_grad`].
 //!
 //! Layout. V is [`winograd::input_transform`]'s `[16][cin][tiles]` (tiles of a group of images
-//! numbered consecutively); ∂L/∂y is first made channels-last ([`direct::transpose_dy`]), so that
+//! numbered consecutively); ∂L/∂y is first made channels-last ([`direct::to_channels_last`]), so that
 //! Z is `[16][tile][cout]` with channels along the vector lanes and its transform needs no
 //! shuffles. The broadcast operand is V (one tile of one channel), the vector operand Z.
 
@@ -64,7 +64,7 @@ pub fn weight_grad(x: &[f32], dy: &[f32], g: &WinoGeometry, dw: &mut [f32]) {
                 unsafe {
                     winograd::input_transform(xb, g, v, t0, tp);
                     let dyt_image = &mut dyt[i * plane * ld..(i + 1) * plane * ld];
-                    direct::transpose_dy(dyb, g.cout, g.h, g.w, g.w, ld, dyt_image);
+                    direct::to_channels_last(dyb, g.cout, g.h, g.w, g.w, ld, dyt_image);
                 }
             }
             let images = xs.len() / in_len;
