@@ -62,24 +62,20 @@ impl Layout {
     }
 }
 
-/// Whether the F(4×4, 3×3) kernels cover `g`: a 3×3 kernel, stride 1, padding 1, and a shape
-/// [`winograd4::applies`] to.
-fn winograd4_covers(g: &ConvGeometry) -> bool {
-    g.kh == 3
-        && g.kw == 3
-        && g.stride == [1, 1]
-        && g.pad == [1, 1]
-        && winograd4::applies(&winograd_geometry(g))
+/// Whether `g` is a 3×3 convolution with stride 1 and padding 1 (output size = input size), the
+/// only kind the Winograd kernels compute.
+fn same_3x3(g: &ConvGeometry) -> bool {
+    g.kh == 3 && g.kw == 3 && g.stride == [1, 1] && g.pad == [1, 1]
 }
 
-/// Whether the F(2×2, 3×3) weight gradient covers `g`: a 3×3 kernel, stride 1, padding 1, and
-/// a shape [`winograd::applies`] to.
+/// Whether the F(4×4, 3×3) kernels cover `g`.
+fn winograd4_covers(g: &ConvGeometry) -> bool {
+    same_3x3(g) && winograd4::applies(&winograd_geometry(g))
+}
+
+/// Whether the F(2×2, 3×3) weight gradient covers `g`.
 fn winograd_covers(g: &ConvGeometry) -> bool {
-    g.kh == 3
-        && g.kw == 3
-        && g.stride == [1, 1]
-        && g.pad == [1, 1]
-        && winograd::applies(&winograd_geometry(g))
+    same_3x3(g) && winograd::applies(&winograd_geometry(g))
 }
 
 fn winograd_geometry(g: &ConvGeometry) -> WinoGeometry {

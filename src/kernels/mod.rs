@@ -127,6 +127,14 @@ pub(crate) fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     acc.iter().map(|&a| a as f64).sum::<f64>() + rest.iter().map(|&v| f(v) as f64).sum::<f64>()
 }
 
+/// Grows `buf` to at least `n` floats (scratch kept across calls; its contents are overwritten
+/// before use).
+pub(crate) fn grow(buf: &mut Vec<f32>, n: usize) {
+    if buf.len() < n {
+        buf.resize(n, 0.0);
+    }
+}
+
 /// `n` uninitialized floats for a kernel that writes every one of them (then [`assume_init`]).
 pub(crate) fn uninit(n: usize) -> Vec<std::mem::MaybeUninit<f32>> {
     let mut v = Vec::with_capacity(n);

@@ -212,7 +212,7 @@ pub fn conv(
 
 thread_local! {
     /// Each thread's buffers, kept across calls (grown only; every element read is written
-    /// first, or is a border that [`task`] zeroes).
+    /// first, or is a border that [`image_tiles`] zeroes).
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
 }
 
@@ -254,33 +254,15 @@ unsafe fn task(
     let tiles = images * per_image;
     // Whole register tiles of p tiles, then half tiles for the rest.
     let tiles_p = tiles.next_multiple_of(p / 2);
-    let (xh, xw) = (4 * th + 2, 4 * tw + 2);
     let (vstride, mstride) = (spread(tiles_p * cinp), spread(tiles_p * ld));
-    let grow = |b: &mut Vec<f32>, n: usize| {
-        if b.len() < n {
-            b.resize(n, 0.0);
-        }
-    };
-    grow(&mut s.xt, xh * xw * cinp);
-    grow(&mut s.v, XI * vstride);
-    grow(&mut s.m, XI * mstride);
+    super::grow(&mut s.xt, bordered_len(g));
+    super::grow(&mut s.v, XI * vstride);
+    super::grow(&mut s.m, XI * mstride);
     // A vector of slack: the output transpose loads whole vectors of pixels.
-    grow(&mut s.yt, (4 * th * 4 * tw + LANES) * ld);
+    super::grow(&mut s.yt, (4 * th * 4 * tw + LANES) * ld);
     for (i, xb) in xs.chunks(in_len).enumerate() {
-        zero_border(&mut s.xt, g, xh, xw, cinp);
-        // SAFETY: pixel (y, x) of the image goes to (y + 1, x + 1) of xt, inside its xh × xw
-        // rows of cinp ≥ cin.next_multiple_of(16).
-        unsafe {
-            direct::to_channels_last(xb, g.cin, g.h, g.w, xw, cinp, &mut s.xt[(xw + 1) * cinp..])
-        };
-        for ty in 0..th {
-            for tx in 0..tw {
-                let t = i * per_image + ty * tw + tx;
-                // SAFETY: the 6×6 patch from (4ty, 4tx) lies inside xt; row t of every V plane
-                // has cinp floats.
-                unsafe { input_tile(&s.xt, xw, cinp, ty, tx, &mut s.v, vstride, t) };
-            }
-        }
+        // SAFETY: xt and v sized above; tiles i·per_image .. (i + 1)·per_image ≤ tiles_p.
+        unsafe { image_tiles(xb, g, &mut s.xt, &mut s.v, vstride, i * per_image) };
     }
     // Rows past the last tile (the register tile's padding) read tile 0 and are never used.
     let mut offsets = vec![0usize; p];
@@ -321,9 +303,31 @@ unsafe fn task(
     }
 }
 
-/// Zeroes the border of a channels-last padded image (`xh` × `xw` pixels of `cinp` floats)
-/// around the h × w pixels from (1, 1).
-pub(super) fn zero_border(xt: &mut [f32], g: &WinoGeometry, xh: usize, xw: usize, cinp: usize) {
+/// Floats of one image channels-last with its zero border, as [`image_tiles`] lays it out.
+pub(super) fn bordered_len(g: &WinoGeometry) -> usize {
+    (4 * tile_rows(g) + 2) * (4 * tile_cols(g) + 2) * g.cin.next_multiple_of(LANES)
+}
+
+/// V[ξ][t0 + tile][c] = (Bᵀ d B)[ξ] for every tile of one image `xb` (`[cin, h, w]`), through
+/// `xt`: the image channels-last (`cin` rounded up to 16 floats per pixel) inside a zero border
+/// one pixel wide on the top and left and up to whole tiles on the bottom and right.
+///
+/// # Safety
+/// AVX-512F; `xt` holds [`bordered_len`] floats, the V planes `vstride` apart hold rows up to
+/// t0 + tiles of cin.next_multiple_of(16) floats.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn image_tiles(
+    xb: &[f32],
+    g: &WinoGeometry,
+    xt: &mut [f32],
+    v: &mut [f32],
+    vstride: usize,
+    t0: usize,
+) {
+    let (th, tw) = (tile_rows(g), tile_cols(g));
+    let (xw, cinp) = (4 * tw + 2, g.cin.next_multiple_of(LANES));
+    assert!(xb.len() == g.cin * g.h * g.w && xt.len() >= bordered_len(g));
+    // The border: row 0, the first and last columns of the image rows, the rows below.
     let row = xw * cinp;
     xt[..row].fill(0.0);
     for y in 1..=g.h {
@@ -331,7 +335,18 @@ pub(super) fn zero_border(xt: &mut [f32], g: &WinoGeometry, xh: usize, xw: usize
         r[..cinp].fill(0.0);
         r[(g.w + 1) * cinp..].fill(0.0);
     }
-    xt[(g.h + 1) * row..xh * row].fill(0.0);
+    xt[(g.h + 1) * row..(4 * th + 2) * row].fill(0.0);
+    // SAFETY: pixel (y, x) of the image goes to (y + 1, x + 1) of xt, inside its rows of cinp ≥
+    // cin.next_multiple_of(16) floats; every tile's 6×6 patch lies inside xt; the V rows are the
+    // caller's contract.
+    unsafe {
+        direct::to_channels_last(xb, g.cin, g.h, g.w, xw, cinp, &mut xt[row + cinp..]);
+        for ty in 0..th {
+            for tx in 0..tw {
+                input_tile(xt, xw, cinp, ty, tx, v, vstride, t0 + ty * tw + tx);
+            }
+        }
+    }
 }
 
 /// Bᵀ applied to six vectors (Bᵀ for the points 0, ±1, ±2, ∞).
@@ -378,7 +393,7 @@ fn at(m: [__m512; 6]) -> [__m512; 4] {
 /// V planes `vstride` apart hold row t of cinp floats.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn input_tile(
+unsafe fn input_tile(
     xt: &[f32],
     xw: usize,
     cinp: usize,

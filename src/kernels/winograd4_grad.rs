@@ -6,7 +6,7 @@
 //! instead of the direct form's 144 for the same 16 outputs.
 //!
 //! Layout. As forward, everything is channels-last: V `[36][tile][cin]` from
-//! [`winograd4::input_tile`], Z `[36][tile][cout]` from ∂L/∂y made channels-last with zeros past
+//! [`winograd4::image_tiles`], Z `[36][tile][cout]` from ∂L/∂y made channels-last with zeros past
 //! the image to whole tiles. The 36 sums over tiles run on the direct weight-gradient register
 //! tile ([`direct::grad_block`]: V broadcast, stepping a tile's row of channels; Z in the lanes).
 
@@ -52,45 +52,29 @@ pub fn weight_grad(x: &[f32], dy: &[f32], g: &WinoGeometry, dw: &mut [f32]) {
         spread(group * per_image * cinp),
         spread(group * per_image * ld),
     );
-    let (xh, xw) = (4 * th + 2, 4 * tw + 2);
     // ∂U as [36][rows][ld]: a row per input channel, padded to whole register tiles.
     let rows = g.cin.next_multiple_of(pairs);
     let mut acc = vec![0f32; XI * rows * ld];
     SCRATCH.with_borrow_mut(|[xt, dyp, v, z]| {
-        let grow = |b: &mut Vec<f32>, n: usize| {
-            if b.len() < n {
-                b.resize(n, 0.0);
-            }
-        };
-        grow(xt, xh * xw * cinp);
-        grow(dyp, 4 * th * 4 * tw * ld);
-        grow(v, XI * vstride);
-        grow(z, XI * zstride);
+        super::grow(xt, winograd4::bordered_len(g));
+        super::grow(dyp, 4 * th * 4 * tw * ld);
+        super::grow(v, XI * vstride);
+        super::grow(z, XI * zstride);
         let mut offsets = vec![0usize; pairs];
         for (xs, dys) in x.chunks(group * in_len).zip(dy.chunks(group * out_len)) {
             let tiles = (xs.len() / in_len) * per_image;
             for (i, (xb, dyb)) in xs.chunks(in_len).zip(dys.chunks(out_len)).enumerate() {
-                winograd4::zero_border(xt, g, xh, xw, cinp);
+                let t0 = i * per_image;
                 zero_past(dyp, g, 4 * th, 4 * tw, ld);
-                // SAFETY: AVX-512F checked; pixel (y, x) goes to (y + 1, x + 1) of xt and to
-                // (y, x) of dyp, inside their rows of cinp and ld floats; every tile's 6×6 patch
-                // lies inside xt and its 4×4 block inside dyp; V and Z rows t < tiles exist.
+                // SAFETY: AVX-512F checked; xt holds bordered_len floats and V rows up to
+                // t0 + per_image ≤ tiles; pixel (y, x) of ∂L/∂y goes to (y, x) of dyp, inside its
+                // rows of ld floats, and every tile's 4×4 block lies inside dyp; Z rows t < tiles.
                 unsafe {
-                    direct::to_channels_last(
-                        xb,
-                        g.cin,
-                        g.h,
-                        g.w,
-                        xw,
-                        cinp,
-                        &mut xt[(xw + 1) * cinp..],
-                    );
+                    winograd4::image_tiles(xb, g, xt, v, vstride, t0);
                     direct::to_channels_last(dyb, g.cout, g.h, g.w, 4 * tw, ld, dyp);
                     for ty in 0..th {
                         for tx in 0..tw {
-                            let t = i * per_image + ty * tw + tx;
-                            winograd4::input_tile(xt, xw, cinp, ty, tx, v, vstride, t);
-                            z_tile(dyp, 4 * tw, ld, ty, tx, z, zstride, t);
+                            z_tile(dyp, 4 * tw, ld, ty, tx, z, zstride, t0 + ty * tw + tx);
                         }
                     }
                 }

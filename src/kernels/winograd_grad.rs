@@ -1,5 +1,5 @@
-//! The weight gradient of a 3×3 stride-1 padding-1 convolution through the Winograd transform
-//! that [`super::winograd`] runs forward: with U = G g Gᵀ, V = Bᵀ d B per input tile and
+//! The weight gradient of a 3×3 stride-1 padding-1 convolution through Winograd's F(2×2, 3×3)
+//! (the input transform of [`super::winograd`]): with U = G g Gᵀ, V = Bᵀ d B per input tile and
 //! y = Aᵀ (Σ_c U ⊙ V) A per output tile, the gradient of the transformed kernel is
 //! ∂U[ξ][co][c] = Σ_tiles Z[ξ][co] · V[ξ][c] with Z = A ∂y Aᵀ (the 2×2 output-gradient tile
 //! spread back onto the 4×4 grid), and ∂g = Gᵀ ∂U G. Sixteen long inner products per
@@ -47,14 +47,9 @@ pub fn weight_grad(x: &[f32], dy: &[f32], g: &WinoGeometry, dw: &mut [f32]) {
     let mut acc = vec![0f32; XI * rows * ld];
     let vstride = spread(g.cin * tp);
     SCRATCH.with_borrow_mut(|[v, z, dyt]| {
-        let grow = |b: &mut Vec<f32>, n: usize| {
-            if b.len() < n {
-                b.resize(n, 0.0);
-            }
-        };
-        grow(v, XI * vstride);
-        grow(z, group * per_image * ld);
-        grow(dyt, group * plane * ld);
+        super::grow(v, XI * vstride);
+        super::grow(z, group * per_image * ld);
+        super::grow(dyt, group * plane * ld);
         for (xs, dys) in x.chunks(group * in_len).zip(dy.chunks(group * out_len)) {
             let tiles = (xs.len() / in_len) * per_image;
             for (i, (xb, dyb)) in xs.chunks(in_len).zip(dys.chunks(out_len)).enumerate() {
