@@ -78,6 +78,9 @@ pub fn run(
     let mut opt = AdamW::new(AdamWConfig::default());
     let mut times = Vec::with_capacity(steps);
     for i in 0..warmup + steps {
+        if i == warmup {
+            crate::kernels::profile::reset();
+        }
         let x = Tensor::<4>::from_data(TensorData::new(rng.normal_f32(n), shape), &dev);
         let t = Tensor::<1>::from_data(
             TensorData::new(

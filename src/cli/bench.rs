@@ -30,6 +30,10 @@ pub struct BenchArgs {
     /// One JSON line instead of text.
     #[arg(long)]
     json: bool,
+    /// Also time every CPU kernel call (convolutions, GroupNorms, attention) and print, per
+    /// operation and shape, its share of a step (to standard error with --json).
+    #[arg(long)]
+    profile: bool,
 }
 
 pub fn run(a: BenchArgs) -> CliResult {
@@ -39,8 +43,17 @@ pub fn run(a: BenchArgs) -> CliResult {
         ));
     }
     let device = super::device(&a.device)?;
+    crate::kernels::profile::set_enabled(a.profile);
     let r = crate::bench::run(&a.preset, &a.mode, a.batch_size, a.steps, a.warmup, &device)
         .map_err(|e| CliError::Usage(format!("{e:#}")))?;
+    if a.profile {
+        let table = profile_table(a.steps, r.ms_per_step);
+        if a.json {
+            eprint!("{table}");
+        } else {
+            print!("{table}");
+        }
+    }
     if a.json {
         println!(
             "{}",
@@ -53,4 +66,32 @@ pub fn run(a: BenchArgs) -> CliResult {
         );
     }
     Ok(())
+}
+
+/// The kernel timings of `steps` timed steps, per step, against the median step time.
+fn profile_table(steps: usize, step_ms: f64) -> String {
+    use std::fmt::Write;
+    let lines = crate::kernels::profile::report();
+    let per_step = |seconds: f64| seconds * 1000.0 / steps as f64;
+    let total: f64 = lines.iter().map(|(_, e)| per_step(e.seconds)).sum();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "kernels: {total:.1} ms of a {step_ms:.1} ms step (the rest: burn's operations, loss, optimizer)"
+    );
+    let _ = writeln!(
+        out,
+        "{:>9} {:>6} {:>7}  operation",
+        "ms/step", "calls", "share"
+    );
+    for (what, e) in lines {
+        let ms = per_step(e.seconds);
+        let _ = writeln!(
+            out,
+            "{ms:>9.2} {:>6} {:>6.1}%  {what}",
+            e.calls as f64 / steps as f64,
+            100.0 * ms / step_ms
+        );
+    }
+    out
 }

@@ -296,6 +296,10 @@ pub fn forward_residual_with(
         "conv2d: residual length"
     );
     #[cfg(target_arch = "x86_64")]
+    if route != Route::Gemm && super::pointwise::applies(g) {
+        return super::pointwise::forward(x, weight, bias, Some(residual), g);
+    }
+    #[cfg(target_arch = "x86_64")]
     if use_direct(g, route != Route::Gemm, false) {
         assert_eq!(x.len(), g.batch * g.cin * g.h * g.w, "conv2d: input length");
         assert_eq!(weight.len(), g.cout * g.patch(), "conv2d: weight length");
@@ -321,6 +325,10 @@ pub fn forward_with(
     assert_eq!(x.len(), g.batch * in_len, "conv2d: input length");
     assert_eq!(weight.len(), g.cout * k, "conv2d: weight length");
     assert_eq!(bias.len(), g.cout, "conv2d: bias length");
+    #[cfg(target_arch = "x86_64")]
+    if route != Route::Gemm && super::pointwise::applies(g) {
+        return super::pointwise::forward(x, weight, bias, None, g);
+    }
     #[cfg(target_arch = "x86_64")]
     if use_direct(g, route != Route::Gemm, false) {
         let wino = route == Route::Winograd;
@@ -584,6 +592,10 @@ pub fn backward_with(
         g.batch * out_len,
         "conv2d backward: gradient length"
     );
+    #[cfg(target_arch = "x86_64")]
+    if route != Route::Gemm && super::pointwise::applies(g) {
+        return super::pointwise::backward(x, weight, dy, g, input_grad);
+    }
     #[cfg(target_arch = "x86_64")]
     if use_direct(g, route != Route::Gemm, true) {
         let wino = route == Route::Winograd;

@@ -1,7 +1,7 @@
 //! The kernels plugged into burn's `flex` CPU backend as a backend extension, with their autodiff
 //! backward passes.
 
-use super::{conv, group_norm};
+use super::{conv, group_norm, profile};
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -183,10 +183,16 @@ fn conv_forward(
 ) -> FlexTensor {
     let (b, _) = contiguous(bias);
     let y = match residual {
-        None => conv::forward(data(x), data(w), data(&b), g),
+        None => profile::time(
+            || profile::conv(g, "forward"),
+            || conv::forward(data(x), data(w), data(&b), g),
+        ),
         Some(r) => {
             let (r, _) = contiguous(r);
-            conv::forward_residual(data(x), data(w), data(&b), data(&r), g)
+            profile::time(
+                || profile::conv(g, "forward + residual"),
+                || conv::forward_residual(data(x), data(w), data(&b), data(&r), g),
+            )
         }
     };
     tensor(y, vec![g.batch, g.cout, g.out_h(), g.out_w()])
@@ -212,7 +218,15 @@ fn register_conv_grads(
     (x, w, g): ConvState,
     [node_x, node_w, node_b]: [Option<NodeId>; 3],
 ) {
-    let out = conv::backward(data(&x), data(&w), data(dy), &g, node_x.is_some());
+    let pass = if node_x.is_some() {
+        "backward"
+    } else {
+        "backward (no ∂L/∂x)"
+    };
+    let out = profile::time(
+        || profile::conv(&g, pass),
+        || conv::backward(data(&x), data(&w), data(dy), &g, node_x.is_some()),
+    );
     register(grads, node_x, || tensor(out.dx, x.shape().to_vec()));
     register(grads, node_w, || tensor(out.dweight, w.shape().to_vec()));
     register(grads, node_b, || tensor(out.dbias, vec![g.cout]));
@@ -269,15 +283,20 @@ impl NormState {
         dy: &FlexTensor,
         [node_x, node_shift, node_gamma, node_beta]: [Option<NodeId>; 4],
     ) {
-        let out = group_norm::backward(
-            data(&self.x),
-            data(&self.gamma),
-            data(&self.beta),
-            self.shift.as_ref().map(data),
-            &self.stats,
-            data(dy),
-            &self.g,
-            self.with_silu,
+        let out = profile::time(
+            || profile::norm(&self.g, self.with_silu, "backward"),
+            || {
+                group_norm::backward(
+                    data(&self.x),
+                    data(&self.gamma),
+                    data(&self.beta),
+                    self.shift.as_ref().map(data),
+                    &self.stats,
+                    data(dy),
+                    &self.g,
+                    self.with_silu,
+                )
+            },
         );
         let (b, c) = (self.g.batch, self.g.channels);
         let mut dx = out.dx;
@@ -472,14 +491,19 @@ fn norm_forward(
     let (gamma, _) = contiguous(gamma);
     let (beta, _) = contiguous(beta);
     let g = norm_geometry(&xs, groups);
-    let (y, stats) = group_norm::forward(
-        data(&x),
-        data(&gamma),
-        data(&beta),
-        shift.as_ref().map(data),
-        &g,
-        epsilon,
-        with_silu,
+    let (y, stats) = profile::time(
+        || profile::norm(&g, with_silu, "forward"),
+        || {
+            group_norm::forward(
+                data(&x),
+                data(&gamma),
+                data(&beta),
+                shift.as_ref().map(data),
+                &g,
+                epsilon,
+                with_silu,
+            )
+        },
     );
     let state = NormState {
         x,

@@ -3,6 +3,7 @@
 
 use super::attention::{self, AttnGeometry, AttnState, AttnWeights};
 use super::flex::{contiguous, data, on_flex, tensor};
+use super::profile;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -66,7 +67,10 @@ fn attention_forward(
         pixels: shape[2..].iter().product(),
         heads,
     };
-    let (y, state) = attention::forward(data(&h), data(&x), &weights(&params), &g);
+    let (y, state) = profile::time(
+        || profile::attention(&g, "forward"),
+        || attention::forward(data(&h), data(&x), &weights(&params), &g),
+    );
     let out = tensor(y, shape.clone());
     let st = AttnOpState {
         h,
@@ -107,13 +111,18 @@ impl Backward<Flex, 6> for AttentionBackward {
         if let Some(id) = node_x {
             grads.register::<Flex>(id, dy.clone());
         }
-        let out = attention::backward(
-            data(&s.h),
-            &weights(&s.params),
-            &s.state,
-            data(&dy),
-            &s.g,
-            node_h.is_some(),
+        let out = profile::time(
+            || profile::attention(&s.g, "backward"),
+            || {
+                attention::backward(
+                    data(&s.h),
+                    &weights(&s.params),
+                    &s.state,
+                    data(&dy),
+                    &s.g,
+                    node_h.is_some(),
+                )
+            },
         );
         let c = s.g.channels;
         let parts = [

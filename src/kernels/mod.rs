@@ -66,6 +66,9 @@ mod flex_layout;
 pub mod group_norm;
 pub mod layout;
 mod matmul;
+#[cfg(target_arch = "x86_64")]
+mod pointwise;
+pub mod profile;
 #[cfg(test)]
 mod tests;
 #[cfg(target_arch = "x86_64")]
