@@ -68,6 +68,8 @@ pub mod layout;
 mod matmul;
 #[cfg(target_arch = "x86_64")]
 mod pointwise;
+#[cfg(target_arch = "x86_64")]
+mod product;
 pub mod profile;
 #[cfg(test)]
 mod tests;

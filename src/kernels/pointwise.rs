@@ -1,33 +1,21 @@
-//! 1×1 convolutions (stride 1, no padding) on AVX-512, straight on the NCHW planes. For one
-//! image a 1×1 convolution is the matrix product Y[cout × HW] = W[cout × cin] · X[cin × HW]
-//! whose right operand is the image as it lies, so there is nothing to pack: a register tile of
-//! [`ROWS`] output channels × up to [`VECS`] vectors of 16 pixels broadcasts the weights and
-//! loads the pixels (masked at the end of a plane), starts from the bias and adds the residual
-//! as it stores. ∂L/∂x is the same product with Wᵀ; ∂L/∂W is a tile of 4 output × 6 input
-//! channels accumulating along the pixels of a group of images that stays in L2, reduced across
-//! the lanes once per group.
+//! 1×1 convolutions (stride 1, no padding) straight on the NCHW planes. For one image a 1×1
+//! convolution is Y[cout × HW] = W[cout × cin] · X[cin × HW] whose right operand is the image as
+//! it lies: a [`Product`] that starts from the bias and adds the residual as it stores; ∂L/∂x is
+//! the product with Wᵀ. ∂L/∂W (a sum of dot products along the pixels) stays one GEMM per
+//! image.
 //!
-//! Through the `gemm` crate the same layers cost a zero-filled output, a packed copy of every
+//! Through the `gemm` crate the forward pass cost a zero-filled output, a packed copy of every
 //! image and a separate pass for the bias (and another for the residual).
 
-// The tiles index accumulators and loads by the same small loop counters; that reads better
-// (and unrolls the same) as index loops.
-#![allow(clippy::needless_range_loop)]
-
 use super::conv::{ConvGeometry, ConvGrads, backward_tasks};
-use super::direct::{LANES, available, first_lanes};
+use super::direct::available;
 use super::matmul::matmul;
+use super::product::Product;
 use gemm::Parallelism;
 use rayon::prelude::*;
-use std::arch::x86_64::*;
-use std::mem::MaybeUninit;
 
-/// Output rows (channels) per register tile of the products.
-const ROWS: usize = 4;
-/// Vectors of 16 pixels per register tile of the products, at most.
-const VECS: usize = 6;
-
-/// Whether these kernels take `g`: a 1×1 kernel, stride 1, no padding, on a CPU with AVX-512F.
+/// Whether these kernels take `g`: a 1×1 kernel, stride 1, no padding, on a CPU with AVX-512F
+/// (elsewhere the GEMM route of [`super::conv`] is as good).
 pub fn applies(g: &ConvGeometry) -> bool {
     available() && g.kh == 1 && g.kw == 1 && g.stride == [1, 1] && g.pad == [0, 0]
 }
@@ -35,132 +23,6 @@ pub fn applies(g: &ConvGeometry) -> bool {
 /// Images per task: two tasks per thread.
 fn chunk(g: &ConvGeometry) -> usize {
     g.batch.div_ceil(2 * rayon::current_num_threads()).max(1)
-}
-
-/// One product: `rows` output planes = `init` + A · (`k` input planes) (+ `add`), where
-/// A[r][j] = `a[r·ars + j·acs]` (W for the convolution, Wᵀ for its input gradient).
-struct Product<'a> {
-    a: &'a [f32],
-    ars: usize,
-    acs: usize,
-    rows: usize,
-    k: usize,
-    plane: usize,
-    init: Option<&'a [f32]>,
-}
-
-impl Product<'_> {
-    /// `out` (`rows` planes) = the product of the `k` planes of `src`, plus `add` (shaped like
-    /// `out`) when given.
-    ///
-    /// # Safety
-    /// AVX-512F must be present.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn image(&self, src: &[f32], add: Option<&[f32]>, out: &mut [MaybeUninit<f32>]) {
-        let plane = self.plane;
-        assert!(src.len() >= self.k * plane && out.len() >= self.rows * plane);
-        assert!(add.is_none_or(|a| a.len() >= self.rows * plane));
-        assert!(
-            self.rows == 0
-                || self.a.len() > (self.rows - 1) * self.ars + (self.k.max(1) - 1) * self.acs
-        );
-        assert!(self.init.is_none_or(|b| b.len() >= self.rows));
-        let vectors = plane.div_ceil(LANES);
-        for v0 in (0..vectors).step_by(VECS) {
-            let nv = VECS.min(vectors - v0);
-            let masks: [__mmask16; VECS] =
-                std::array::from_fn(|v| first_lanes(plane.saturating_sub((v0 + v) * LANES)));
-            let q0 = v0 * LANES;
-            for r0 in (0..self.rows).step_by(ROWS) {
-                let tile = Tile {
-                    rows: ROWS.min(self.rows - r0),
-                    r0,
-                    q0,
-                    masks: &masks,
-                };
-                // SAFETY: asserted above: planes r0 .. r0 + rows of out (and add), the k planes of
-                // src and the rows of A exist; lanes past the plane are masked off.
-                unsafe {
-                    match nv {
-                        1 => self.tile::<1>(&tile, src, add, out),
-                        2 => self.tile::<2>(&tile, src, add, out),
-                        3 => self.tile::<3>(&tile, src, add, out),
-                        4 => self.tile::<4>(&tile, src, add, out),
-                        5 => self.tile::<5>(&tile, src, add, out),
-                        _ => self.tile::<VECS>(&tile, src, add, out),
-                    }
-                }
-            }
-        }
-    }
-
-    /// Rows `r0 .. r0 + rows` × `V` vectors from pixel `q0` (rows past the end repeat the last
-    /// one and are not stored).
-    ///
-    /// # Safety
-    /// AVX-512F; as [`Self::image`], for this tile.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn tile<const V: usize>(
-        &self,
-        t: &Tile,
-        src: &[f32],
-        add: Option<&[f32]>,
-        out: &mut [MaybeUninit<f32>],
-    ) {
-        let plane = self.plane;
-        let row = |r: usize| t.r0 + r.min(t.rows - 1);
-        // SAFETY: the caller's contract (every row index is clamped to the tile's rows).
-        unsafe {
-            let mut acc = [[_mm512_setzero_ps(); V]; ROWS];
-            if let Some(b) = self.init {
-                for r in 0..ROWS {
-                    acc[r] = [_mm512_set1_ps(*b.as_ptr().add(row(r))); V];
-                }
-            }
-            let a: [*const f32; ROWS] =
-                std::array::from_fn(|r| self.a.as_ptr().add(row(r) * self.ars));
-            let mut s = src.as_ptr().add(t.q0);
-            for j in 0..self.k {
-                let x: [__m512; V] =
-                    std::array::from_fn(|v| _mm512_maskz_loadu_ps(t.masks[v], s.add(v * LANES)));
-                for r in 0..ROWS {
-                    let w = _mm512_set1_ps(*a[r].add(j * self.acs));
-                    for v in 0..V {
-                        acc[r][v] = _mm512_fmadd_ps(w, x[v], acc[r][v]);
-                    }
-                }
-                s = s.add(plane);
-            }
-            for r in 0..ROWS {
-                if r >= t.rows {
-                    break;
-                }
-                let at = (t.r0 + r) * plane + t.q0;
-                for v in 0..V {
-                    let mut val = acc[r][v];
-                    if let Some(add) = add {
-                        let extra =
-                            _mm512_maskz_loadu_ps(t.masks[v], add.as_ptr().add(at + v * LANES));
-                        val = _mm512_add_ps(val, extra);
-                    }
-                    _mm512_mask_storeu_ps(
-                        out.as_mut_ptr().add(at + v * LANES).cast(),
-                        t.masks[v],
-                        val,
-                    );
-                }
-            }
-        }
-    }
-}
-
-/// Where one register tile of a [`Product`] lies.
-struct Tile<'a> {
-    rows: usize,
-    r0: usize,
-    q0: usize,
-    masks: &'a [__mmask16; VECS],
 }
 
 /// y = conv1×1(x) + bias (+ residual), `[B, cout, h, w]`.
@@ -203,12 +65,10 @@ pub fn forward(
                 let n = i * images + b;
                 let xb = &xs[b * in_len..(b + 1) * in_len];
                 let res = residual.map(|r| &r[n * out_len..(n + 1) * out_len]);
-                // SAFETY: AVX-512F (applies); the slices have the product's shapes.
-                unsafe { product.image(xb, res, yb) };
+                product.run(xb, res, yb);
             }
         });
-    // SAFETY: every tile stores all of its rows' pixels (masks cover each plane exactly) and the
-    // tiles cover every row and pixel of every image.
+    // SAFETY: `Product::run` writes every element of each image's output planes.
     unsafe { super::assume_init(y) }
 }
 
@@ -260,12 +120,11 @@ pub fn backward(
                 Parallelism::None,
             );
             if let Some(dxb) = dx_images.as_mut().and_then(|it| it.next()) {
-                // SAFETY: AVX-512F (applies); dyb is one image of cout planes, dxb of cin.
-                unsafe { transposed.image(dyb, None, dxb) };
+                transposed.run(dyb, None, dxb);
             }
         }
     });
-    // SAFETY: with an input gradient every image of dx went through `transposed.image`, which
+    // SAFETY: with an input gradient every image of dx went through `transposed.run`, which
     // writes all of it; without one dx is empty.
     let dx = unsafe { super::assume_init(dx) };
     ConvGrads { dx, dweight, dbias }
