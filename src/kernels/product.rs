@@ -1,9 +1,9 @@
 //! out = init + A · src (+ add) where `src` and `out` are stacks of planes (an image's NCHW
 //! channels) and A is any strided matrix: the product behind 1×1 convolutions (A = W, or Wᵀ for
 //! ∂L/∂x). The planes are used as they lie, so there is nothing to pack: on AVX-512 a register
-//! tile of
-//! [`ROWS`] output planes × up to [`VECS`] vectors of 16 positions broadcasts A and loads the
-//! positions (masked at the end of a plane), starts from `init` and adds `add` as it stores.
+//! tile of [`ROWS`] output planes × up to [`VECS`] vectors of 16 positions broadcasts A and
+//! loads the positions (masked at the end of a plane), starts from `init` and adds `add` as it
+//! stores.
 
 // The tiles index accumulators and loads by the same small loop counters; that reads better
 // (and unrolls the same) as index loops.
