@@ -53,7 +53,9 @@ fn main() {
             });
             let (_, stats) = forward(&x, &gamma, &beta, None, &g, 1e-5, silu);
             let tb = fastest(15, || {
-                std::hint::black_box(backward(&x, &gamma, &beta, None, &stats, &dy, &g, silu));
+                std::hint::black_box(backward(
+                    &x, &gamma, &beta, None, &stats, &dy, None, &g, silu,
+                ));
             });
             println!(
                 "{name:<14} silu {silu:<5} forward {:>6.2} ms ({:>5.1} GB/s)  backward {:>6.2} ms",

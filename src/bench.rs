@@ -94,10 +94,15 @@ pub fn run(
         let start = Instant::now();
         if train {
             let target = Tensor::<4>::from_data(TensorData::new(rng.normal_f32(n), shape), &dev);
-            let out = model.forward(x, t);
+            use crate::kernels::profile::{STEP, time};
+            let out = time(|| format!("{STEP}forward"), || model.forward(x, t));
             let loss = (out - target).powf_scalar(2.0).mean();
-            let grads: BTreeMap<String, Tensor<1>> = named_grads(&model, &loss.backward());
-            model = opt.step(model, &grads, 1e-4, 1.0);
+            let grads = time(|| format!("{STEP}backward"), || loss.backward());
+            let grads: BTreeMap<String, Tensor<1>> = named_grads(&model, &grads);
+            model = time(
+                || format!("{STEP}optimizer"),
+                || opt.step(model, &grads, 1e-4, 1.0),
+            );
             // Wait for the update to finish (asynchronous backends).
             dev.sync().ok();
         } else {

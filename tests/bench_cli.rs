@@ -45,10 +45,15 @@ fn json_line_and_kernel_profile() {
     ] {
         assert!(stderr.contains(op), "no `{op}` in the profile:\n{stderr}");
     }
-    // Each row: ms per step, calls per step, share of the step.
+    // The step's phases, then each kernel row: ms per step, calls per step, share of the step.
+    assert!(stderr.starts_with("step: "), "{stderr}");
+    for phase in ["forward", "backward", "optimizer"] {
+        assert!(stderr.lines().next().unwrap().contains(phase), "{stderr}");
+    }
+    let header = stderr.lines().position(|l| l.contains("ms/step")).unwrap();
     let rows: Vec<Vec<&str>> = stderr
         .lines()
-        .skip(2)
+        .skip(header + 1)
         .map(|l| l.split_whitespace().collect())
         .collect();
     assert!(!rows.is_empty());

@@ -1,5 +1,7 @@
 //! `ddpm bench`: training / sampling throughput of a preset.
 
+use std::io::Write;
+
 use clap::Args;
 
 use super::{CliError, CliResult};
@@ -48,11 +50,12 @@ pub fn run(a: BenchArgs) -> CliResult {
         .map_err(|e| CliError::Usage(format!("{e:#}")))?;
     if a.profile {
         let table = profile_table(a.steps, r.ms_per_step);
-        if a.json {
-            eprint!("{table}");
+        // A closed pipe (`| head`) is not an error worth a panic.
+        let _ = if a.json {
+            std::io::stderr().write_all(table.as_bytes())
         } else {
-            print!("{table}");
-        }
+            std::io::stdout().write_all(table.as_bytes())
+        };
     }
     if a.json {
         println!(
@@ -70,14 +73,23 @@ pub fn run(a: BenchArgs) -> CliResult {
 
 /// The kernel timings of `steps` timed steps, per step, against the median step time.
 fn profile_table(steps: usize, step_ms: f64) -> String {
+    use crate::kernels::profile::{STEP, report};
     use std::fmt::Write;
-    let lines = crate::kernels::profile::report();
+    let (phases, lines): (Vec<_>, Vec<_>) =
+        report().into_iter().partition(|(k, _)| k.starts_with(STEP));
     let per_step = |seconds: f64| seconds * 1000.0 / steps as f64;
     let total: f64 = lines.iter().map(|(_, e)| per_step(e.seconds)).sum();
     let mut out = String::new();
+    let phases: Vec<String> = phases
+        .iter()
+        .map(|(k, e)| format!("{} {:.1} ms", &k[STEP.len()..], per_step(e.seconds)))
+        .collect();
+    if !phases.is_empty() {
+        let _ = writeln!(out, "step: {step_ms:.1} ms: {}", phases.join(", "));
+    }
     let _ = writeln!(
         out,
-        "kernels: {total:.1} ms of a {step_ms:.1} ms step (the rest: burn's operations, loss, optimizer)"
+        "kernels: {total:.1} ms of the step (the rest: burn's own operations, loss, optimizer)"
     );
     let _ = writeln!(
         out,

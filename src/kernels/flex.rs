@@ -283,6 +283,13 @@ impl NormState {
         dy: &FlexTensor,
         [node_x, node_shift, node_gamma, node_beta]: [Option<NodeId>; 4],
     ) {
+        // x usually has another consumer (a residual connection, a skip convolution) whose
+        // gradient is registered already: it is added as ∂L/∂x is written (burn would add the
+        // two in a separate pass on one thread).
+        let prev = match (node_x, &self.x_tracked) {
+            (Some(_), Some(xt)) => grads.remove::<Flex>(xt).map(|p| contiguous(&p).0),
+            _ => None,
+        };
         let out = profile::time(
             || profile::norm(&self.g, self.with_silu, "backward"),
             || {
@@ -293,21 +300,14 @@ impl NormState {
                     self.shift.as_ref().map(data),
                     &self.stats,
                     data(dy),
+                    prev.as_ref().map(data),
                     &self.g,
                     self.with_silu,
                 )
             },
         );
         let (b, c) = (self.g.batch, self.g.channels);
-        let mut dx = out.dx;
-        // x usually has another consumer (a residual connection, a skip convolution) whose
-        // gradient is registered already: burn would add the two on this one thread.
-        if let (Some(_), Some(xt)) = (node_x, &self.x_tracked)
-            && let Some(prev) = grads.remove::<Flex>(xt)
-        {
-            let (prev, _) = contiguous(&prev);
-            super::add_assign(&mut dx, data(&prev));
-        }
+        let dx = out.dx;
         register(grads, node_x, || tensor(dx, self.x.shape().to_vec()));
         register(grads, node_shift, || tensor(out.dshift, vec![b, c]));
         register(grads, node_gamma, || tensor(out.dgamma, vec![c]));

@@ -152,7 +152,8 @@ pub struct NormGrads {
     pub dshift: Vec<f32>,
 }
 
-/// The backward pass of [`forward`] given ∂L/∂y.
+/// The backward pass of [`forward`] given ∂L/∂y. With `add` (shaped like x: the gradient that
+/// x's other consumers gave it), ∂L/∂x comes out with it added, in the same pass.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     x: &[f32],
@@ -161,10 +162,15 @@ pub fn backward(
     shift: Option<&[f32]>,
     stats: &NormStats,
     dy: &[f32],
+    add: Option<&[f32]>,
     g: &NormGeometry,
     with_silu: bool,
 ) -> NormGrads {
     assert_eq!(x.len(), dy.len(), "group_norm backward: gradient length");
+    assert!(
+        add.is_none_or(|a| a.len() == x.len()),
+        "group_norm backward: added gradient length"
+    );
     assert_eq!(
         stats.mean.len(),
         g.batch * g.groups,
@@ -182,7 +188,10 @@ pub fn backward(
         .enumerate()
         .map(|(idx, ((dxs, xs), dys))| {
             let s = group_shift(shift, g, idx);
-            backward_group(dxs, xs, dys, gamma, beta, s, stats, g, idx, with_silu)
+            let extra = add.map_or(&[][..], |a| &a[idx * n..(idx + 1) * n]);
+            backward_group(
+                dxs, xs, dys, extra, gamma, beta, s, stats, g, idx, with_silu,
+            )
         })
         .collect();
     // SAFETY: the (image, group) slices tile dx, and backward_group writes all of its slice.
@@ -213,12 +222,14 @@ pub fn backward(
 }
 
 with_avx512! {
-    /// Backward pass of one (image, group) slice: writes ∂L/∂x and returns (Σ ∂L/∂ŷ·x̂, Σ ∂L/∂ŷ,
-    /// Σ ∂L/∂x) per channel of the group (the last is ∂L/∂shift).
+    /// Backward pass of one (image, group) slice: writes ∂L/∂x (plus `extra`, when not empty)
+    /// and returns (Σ ∂L/∂ŷ·x̂, Σ ∂L/∂ŷ, Σ ∂L/∂x) per channel of the group (the last is
+    /// ∂L/∂shift, without `extra`).
     fn backward_group(
         dxs: &mut [MaybeUninit<f32>],
         xs: &[f32],
         dys: &[f32],
+        extra: &[f32],
         gamma: &[f32],
         beta: &[f32],
         shift: &[f32],
@@ -267,6 +278,10 @@ with_avx512! {
             }
             if !shift.is_empty() {
                 sums[ci][2] = super::lane_sum(dxc, |v| v) as f32;
+            }
+            if !extra.is_empty() {
+                let more = &extra[ci * g.spatial..(ci + 1) * g.spatial];
+                dxc.iter_mut().zip(more).for_each(|(o, &v)| *o += v);
             }
         }
         sums
@@ -534,7 +549,20 @@ mod tests {
             for with_shift in [false, true] {
                 let s = with_shift.then_some(&shift[..]);
                 let (_, stats) = forward(&x, &gamma, &beta, s, &g, 1e-5, act);
-                let grads = backward(&x, &gamma, &beta, s, &stats, &dy, &g, act);
+                let grads = backward(&x, &gamma, &beta, s, &stats, &dy, None, &g, act);
+                // Another consumer's gradient, added to ∂L/∂x only.
+                let other = values(x.len(), 8, 1.0, 0.5);
+                let summed = backward(&x, &gamma, &beta, s, &stats, &dy, Some(&other), &g, act);
+                for ((a, b), o) in summed.dx.iter().zip(&grads.dx).zip(&other) {
+                    assert!(
+                        (a - (b + o)).abs() <= 1e-6 * (1.0 + a.abs()),
+                        "{a} vs {b} + {o}"
+                    );
+                }
+                assert_eq!(
+                    (&summed.dgamma, &summed.dbeta, &summed.dshift),
+                    (&grads.dgamma, &grads.dbeta, &grads.dshift)
+                );
                 let functional = |p: &[Vec<f64>; 4]| -> f64 {
                     let xs = shifted(&p[0], with_shift.then_some(&p[3][..]), &g);
                     reference(&xs, &p[1], &p[2], &g, 1e-5, act)

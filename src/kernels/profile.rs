@@ -10,6 +10,10 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// The prefix of the names under which `ddpm bench` times the phases of a whole step (forward,
+/// backward, optimizer): they contain the kernels' times rather than add to them.
+pub const STEP: &str = "step: ";
+
 static ON: AtomicBool = AtomicBool::new(false);
 static TOTALS: Mutex<BTreeMap<String, Entry>> = Mutex::new(BTreeMap::new());
 
