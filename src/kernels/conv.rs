@@ -233,11 +233,11 @@ fn pad_into(x: &[f32], g: &ConvGeometry, xpad: &mut [f32]) {
 pub enum Route {
     /// im2col / per-tap GEMMs only.
     Gemm,
-    /// The direct AVX-512 tiles for stride 1 (not 1×1), GEMMs elsewhere.
+    /// The AVX-512 kernels for stride 1: 1×1 as products on the planes, larger kernels by the
+    /// direct tiles; GEMMs elsewhere.
     Direct,
-    /// Winograd for 3×3 stride-1 padding-1 convolutions (F(4×4, 3×3) forward and for the input
-    /// gradient; F(4×4) or F(2×2) for the weight gradient, by shape), else as
-    /// [`Route::Direct`]: the default.
+    /// Winograd F(4×4, 3×3) for 3×3 stride-1 padding-1 convolutions (forward and both
+    /// gradients), else as [`Route::Direct`]: the default.
     Winograd,
 }
 
@@ -714,9 +714,8 @@ pub(super) mod tests {
             g(2, 9, 6, 6, 64, 3, 0),
             g(3, 3, 7, 8, 32, 5, 2),
             g(1, 2, 5, 4, 3, 3, 2),
-            // Winograd (an image per thread): odd sizes, a row wider than a vector; ∂L/∂W by
-            // F(4×4) (≤ 64 input channels, or under 10×10 like the first shape of the list), by
-            // F(2×2) (more channels).
+            // Winograd (an image per thread): odd sizes, a row wider than a vector, more than 64
+            // input channels.
             g(5, 8, 11, 13, 8, 3, 1),
             g(4, 16, 13, 36, 24, 3, 1),
             g(2, 72, 10, 12, 16, 3, 1),

@@ -5,8 +5,7 @@
 
 use super::conv::{ConvGeometry, ConvGrads, backward_tasks};
 use super::direct::{self, NR, Plan};
-use super::winograd::{self, WinoGeometry};
-use super::winograd_grad;
+use super::winograd::WinoGeometry;
 use super::{winograd4, winograd4_grad};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -71,11 +70,6 @@ fn same_3x3(g: &ConvGeometry) -> bool {
 /// Whether the F(4×4, 3×3) kernels cover `g`.
 fn winograd4_covers(g: &ConvGeometry) -> bool {
     same_3x3(g) && winograd4::applies(&winograd_geometry(g))
-}
-
-/// Whether the F(2×2, 3×3) weight gradient covers `g`.
-fn winograd_covers(g: &ConvGeometry) -> bool {
-    same_3x3(g) && winograd::applies(&winograd_geometry(g))
 }
 
 fn winograd_geometry(g: &ConvGeometry) -> WinoGeometry {
@@ -156,7 +150,7 @@ pub fn forward(
 
 /// The backward pass of [`forward`] (see [`super::conv::backward`]); with `wino`, a convolution
 /// that [`winograd4`] covers gets its input gradient there and its weight gradient from
-/// [`winograd4_grad`] or [`winograd_grad`] (see inside).
+/// [`winograd4_grad`].
 pub fn backward(
     x: &[f32],
     weight: &[f32],
@@ -183,12 +177,10 @@ pub fn backward(
         } else {
             Vec::new()
         };
-        // ∂L/∂W by F(4×4), or by F(2×2) for more than 64 input channels where it applies (its
-        // planar transform reads x in place; F(4×4)'s channels-last copy of x and V of 2.25× x
-        // cost more there: 96→32 at 28×28 12.4 vs 13.7 ms at batch 64, direct 15.7 ms; from
-        // 64→64 at 7×7 to 128→64 at 14×14 F(4×4) was 5–20% faster than direct and level with
-        // F(2×2), measured in one process).
-        let four = g.cin <= 64 || !winograd_covers(g);
+        // ∂L/∂W by F(4×4) too (an F(2×2) weight gradient for layers of over 64 input channels,
+        // kept until 2026-11-29, was level with it at 128→64 and 96→64 and 8% slower at 96→32
+        // in `ddpm bench --profile` on `mnist`; from 7×7 to 28×28 F(4×4) was 5–20% faster than
+        // the direct tiles).
         let chunk = g.batch.div_ceil(4 * rayon::current_num_threads()).max(1);
         let in_len = g.cin * g.h * g.w;
         let mut no_dx: [f32; 0] = [];
@@ -197,11 +189,7 @@ pub fn backward(
                 batch: xs.len() / in_len,
                 ..winograd_geometry(g)
             };
-            if four {
-                winograd4_grad::weight_grad(xs, dys, &part, dw);
-            } else {
-                winograd_grad::weight_grad(xs, dys, &part, dw);
-            }
+            winograd4_grad::weight_grad(xs, dys, &part, dw);
         });
         return ConvGrads { dx, dweight, dbias };
     }

@@ -2,7 +2,7 @@
 //! autodiff backward passes.
 
 use super::flex::{contiguous, data, on_flex, tensor};
-use super::layout;
+use super::{layout, profile};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -25,14 +25,20 @@ pub trait LayoutBackend: burn::backend::Backend {
 impl LayoutBackend for Flex {
     fn ddpm_upsample2(x: FlexTensor) -> FlexTensor {
         let (x, s) = contiguous(&x);
-        let y = layout::upsample2(data(&x), s[2], s[3]);
+        let y = profile::time(
+            || format!("upsample2 {}ch {}×{} forward", s[1], s[2], s[3]),
+            || layout::upsample2(data(&x), s[2], s[3]),
+        );
         tensor(y, vec![s[0], s[1], 2 * s[2], 2 * s[3]])
     }
 
     fn ddpm_cat_channels(a: FlexTensor, b: FlexTensor) -> FlexTensor {
         let (a, sa) = contiguous(&a);
         let (b, sb) = contiguous(&b);
-        let y = layout::cat_channels(data(&a), data(&b), sa[0], sa[2] * sa[3]);
+        let y = profile::time(
+            || format!("cat {}+{}ch {}×{} forward", sa[1], sb[1], sa[2], sa[3]),
+            || layout::cat_channels(data(&a), data(&b), sa[0], sa[2] * sa[3]),
+        );
         tensor(y, vec![sa[0], sa[1] + sb[1], sa[2], sa[3]])
     }
 }
@@ -49,7 +55,10 @@ impl Backward<Flex, 1> for UpsampleBackward {
         let (dy, _) = contiguous(&grads.consume::<Flex>(&ops.node));
         let s = ops.state;
         if let Some(node) = node {
-            let dx = layout::upsample2_backward(data(&dy), s[2], s[3]);
+            let dx = profile::time(
+                || format!("upsample2 {}ch {}×{} backward", s[1], s[2], s[3]),
+                || layout::upsample2_backward(data(&dy), s[2], s[3]),
+            );
             grads.register::<Flex>(node.id, tensor(dx, s));
         }
     }
@@ -67,7 +76,10 @@ impl Backward<Flex, 2> for CatBackward {
         let (dy, _) = contiguous(&grads.consume::<Flex>(&ops.node));
         let [sa, sb] = ops.state;
         let per = |s: &[usize]| s[1..].iter().product::<usize>();
-        let (da, db) = layout::split_channels(data(&dy), sa[0], per(&sa), per(&sb));
+        let (da, db) = profile::time(
+            || format!("cat {}+{}ch {}×{} backward", sa[1], sb[1], sa[2], sa[3]),
+            || layout::split_channels(data(&dy), sa[0], per(&sa), per(&sb)),
+        );
         if let Some(node) = node_a {
             grads.register::<Flex>(node.id, tensor(da, sa));
         }

@@ -1,7 +1,7 @@
 //! Hand-written CPU kernels for the operations that dominate a U-Net step on burn's `flex`
 //! backend: convolution (Winograd F(4×4, 3×3) with channels in the lanes, forward and both
-//! gradients, F(2×2, 3×3) for the weight gradient of layers with many input channels; direct
-//! AVX-512 tiles for other stride-1 kernels, GEMMs otherwise; optionally adding a residual),
+//! gradients; 1×1 kernels as products on the planes; direct AVX-512 tiles for other stride-1
+//! kernels, GEMMs otherwise; optionally adding a residual),
 //! GroupNorm fused with the SiLU that follows it (and optionally a per-channel shift before it),
 //! the attention block after its GroupNorm (q/k/v projection, softmax attention and output
 //! projection per image), dropout with a counter-based mask, nearest upsampling and channel
@@ -79,8 +79,6 @@ pub mod winograd;
 pub mod winograd4;
 #[cfg(target_arch = "x86_64")]
 mod winograd4_grad;
-#[cfg(target_arch = "x86_64")]
-mod winograd_grad;
 
 use burn::nn::conv::Conv2d;
 use burn::nn::{Dropout, GroupNorm, Linear};

@@ -15,7 +15,6 @@
 
 use super::direct::{self, LANES};
 use super::winograd::{WinoGeometry, spread};
-use super::winograd_grad::{add_untransformed, check_args};
 use super::winograd4::{self, XI, tile_cols, tile_rows};
 use std::arch::x86_64::*;
 
@@ -188,13 +187,76 @@ unsafe fn z_tile(
     }
 }
 
+/// ∂W += Gᵀ ∂U G for every (output, input) channel pair, from ∂U `[N·N][rows][ld]` (a row of
+/// output channels per input channel) with `times_g` applying Gᵀ to N rows: along s, then along
+/// r, over whole rows of output channels (they vectorize).
+fn add_untransformed<const N: usize>(
+    acc: &[f32],
+    rows: usize,
+    ld: usize,
+    g: &WinoGeometry,
+    times_g: fn([&[f32]; N], &mut [f32]),
+    dw: &mut [f32],
+) {
+    let (mut ug, mut col) = (vec![0f32; 3 * N * ld], vec![0f32; 3 * ld]);
+    let mut gug = vec![0f32; 9 * ld];
+    for c in 0..g.cin {
+        let row = |xi: usize| &acc[(xi * rows + c) * ld..][..ld];
+        // ug[r][j] = Σ_s ∂U[r][s] G[s][j].
+        for (r, out) in ug.chunks_exact_mut(3 * ld).enumerate() {
+            times_g(std::array::from_fn(|s| row(N * r + s)), out);
+        }
+        // gug[i][j] = Σ_r G[r][i] ug[r][j]: the same map down the columns j.
+        for j in 0..3 {
+            times_g(
+                std::array::from_fn(|r| &ug[(3 * r + j) * ld..][..ld]),
+                &mut col,
+            );
+            for i in 0..3 {
+                gug[(3 * i + j) * ld..][..ld].copy_from_slice(&col[i * ld..][..ld]);
+            }
+        }
+        for co in 0..g.cout {
+            let out = &mut dw[(co * g.cin + c) * 9..][..9];
+            for (k, o) in out.iter_mut().enumerate() {
+                *o += gug[k * ld + co];
+            }
+        }
+    }
+}
+
+/// Asserts the shapes of a weight-gradient call (x `[B, cin, h, w]`, ∂L/∂y `[B, cout, h, w]`,
+/// ∂L/∂W `[cout, cin, 3, 3]`) and AVX-512F; false when there is nothing to add.
+fn check_args(x: &[f32], dy: &[f32], g: &WinoGeometry, dw: &[f32]) -> bool {
+    assert!(
+        direct::available(),
+        "winograd weight gradient needs AVX-512F"
+    );
+    let plane = g.h * g.w;
+    assert_eq!(
+        x.len(),
+        g.batch * g.cin * plane,
+        "winograd weight gradient: input length"
+    );
+    assert_eq!(
+        dy.len(),
+        g.batch * g.cout * plane,
+        "winograd weight gradient: ∂L/∂y length"
+    );
+    assert_eq!(
+        dw.len(),
+        g.cout * g.cin * 9,
+        "winograd weight gradient: kernel length"
+    );
+    g.batch > 0 && plane > 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::conv::{ConvGeometry, tests::direct_grads};
-    use crate::kernels::winograd_grad;
 
-    /// Both Winograd weight gradients, F(4×4) here and F(2×2), against the brute-force sums.
+    /// The F(4×4) weight gradient against the brute-force sums.
     #[test]
     fn weight_grads_match_the_definition() {
         if !direct::available() {
@@ -224,7 +286,7 @@ mod tests {
                 h: 11,
                 w: 10,
             },
-            // Rows wider than a vector of pixels (or of 2×2 tiles), a single row.
+            // Rows wider than a vector of pixels, a single row.
             WinoGeometry {
                 batch: 2,
                 cin: 3,
@@ -239,11 +301,6 @@ mod tests {
                 h: 1,
                 w: 38,
             },
-        ];
-        type WeightGrad = fn(&[f32], &[f32], &WinoGeometry, &mut [f32]);
-        let kernels: [(&str, WeightGrad); 2] = [
-            ("F(4×4)", weight_grad),
-            ("F(2×2)", winograd_grad::weight_grad),
         ];
         for (k, g) in geometries.into_iter().enumerate() {
             let conv = ConvGeometry {
@@ -260,22 +317,20 @@ mod tests {
             let x = crate::rng::Rng::new(50 + k as u64).normal_f32(g.batch * g.cin * g.h * g.w);
             let dy = crate::rng::Rng::new(60 + k as u64).normal_f32(g.batch * g.cout * g.h * g.w);
             let [_, want, _] = direct_grads(&x, &vec![0.0; g.cout * g.cin * 9], &dy, &conv);
-            // Both accumulate onto what `dw` holds.
+            // It accumulates onto what `dw` holds.
             let start = crate::rng::Rng::new(70 + k as u64).normal_f32(want.len());
             // Winograd rounding grows with the size of the terms summed (√ of their count).
             let scale = ((g.batch * g.h * g.w) as f64).sqrt();
-            for (name, f) in kernels {
-                let mut got = start.clone();
-                f(&x, &dy, &g, &mut got);
-                for (i, e) in want.iter().enumerate() {
-                    let e = e + start[i] as f64;
-                    let tol = 2e-5 * scale * (1.0 + e.abs());
-                    assert!(
-                        (got[i] as f64 - e).abs() < tol,
-                        "{name} {g:?} [{i}]: {} vs {e}",
-                        got[i]
-                    );
-                }
+            let mut got = start.clone();
+            weight_grad(&x, &dy, &g, &mut got);
+            for (i, e) in want.iter().enumerate() {
+                let e = e + start[i] as f64;
+                let tol = 2e-5 * scale * (1.0 + e.abs());
+                assert!(
+                    (got[i] as f64 - e).abs() < tol,
+                    "{g:?} [{i}]: {} vs {e}",
+                    got[i]
+                );
             }
         }
     }
