@@ -157,6 +157,82 @@ fn col2im(col: &[f32], g: &ConvGeometry, dx: &mut [f32]) {
     }
 }
 
+with_avx512! {
+    /// The wide output grid `[cout][wide]` of one padded image `operand` (see
+    /// [`Method::Shifted`]): per tap, output and input channel, one multiply-add along the grid.
+    fn thin_forward(operand: &[f32], weight: &[f32], g: &ConvGeometry, wide: &mut [f32]) -> () {
+        let (q, (hp, wp)) = (g.wide(), g.padded());
+        wide[..g.cout * q].fill(0.0);
+        for (co, out) in wide.chunks_mut(q).take(g.cout).enumerate() {
+            for c in 0..g.cin {
+                let plane = &operand[c * hp * wp..(c + 1) * hp * wp];
+                for i in 0..g.kh {
+                    for j in 0..g.kw {
+                        let w = weight[((co * g.cin + c) * g.kh + i) * g.kw + j];
+                        let src = &plane[i * wp + j..][..q];
+                        out.iter_mut().zip(src).for_each(|(o, &v)| *o += w * v);
+                    }
+                }
+            }
+        }
+    }
+}
+
+with_avx512! {
+    /// ∂L/∂W (added to `dw`) and, with `dxpad`, the padded ∂L/∂x (added) of one image for a
+    /// [`ConvGeometry::thin`] convolution, from its padded image and ∂L/∂y on the wide grid
+    /// (zero in the extra columns): a dot product and a multiply-add along the grid per tap,
+    /// output and input channel.
+    fn thin_backward(
+        operand: &[f32],
+        dy_wide: &[f32],
+        weight: &[f32],
+        g: &ConvGeometry,
+        dw: &mut [f32],
+        dxpad: Option<&mut [f32]>,
+    ) -> () {
+        let (q, (hp, wp)) = (g.wide(), g.padded());
+        let mut dxpad = dxpad;
+        for (co, d) in dy_wide.chunks(q).take(g.cout).enumerate() {
+            for c in 0..g.cin {
+                let at = c * hp * wp;
+                for i in 0..g.kh {
+                    for j in 0..g.kw {
+                        let k = ((co * g.cin + c) * g.kh + i) * g.kw + j;
+                        let off = at + i * wp + j;
+                        let src = &operand[off..off + q];
+                        dw[k] += dot(d, src);
+                        if let Some(dx) = dxpad.as_deref_mut() {
+                            let w = weight[k];
+                            dx[off..off + q].iter_mut().zip(d).for_each(|(o, &v)| *o += w * v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Σ a·b in 16 independent partial sums (one serial chain would wait on every addition).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const WIDE: usize = 16;
+    let mut acc = [0f32; WIDE];
+    let (ca, cb) = (a.chunks_exact(WIDE), b.chunks_exact(WIDE));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..WIDE {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// How one image is convolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Method {
@@ -189,6 +265,13 @@ impl ConvGeometry {
     /// Columns of the wide output grid of [`Method::Shifted`].
     fn wide(&self) -> usize {
         (self.out_h() - 1) * self.padded().1 + self.out_w()
+    }
+
+    /// Fewer output channels than a GEMM micro-tile holds (the U-Net's last layer): the
+    /// [`Method::Shifted`] products would be GEMMs of one or three rows, which run at a few
+    /// percent of the machine's speed; [`thin_forward`] and [`thin_backward`] take them.
+    fn thin(&self) -> bool {
+        self.cout < 8
     }
 
     /// Scratch floats one task needs: (operand, second buffer).
@@ -362,6 +445,15 @@ pub fn forward_with(
                             par,
                         );
                     }
+                    Method::Shifted if g.thin() => {
+                        pad_into(xb, g, &mut operand);
+                        thin_forward(&operand, weight, g, &mut wide);
+                        for (co, out) in yb.chunks_mut(p).enumerate() {
+                            for (oy, row) in out.chunks_mut(ow).enumerate() {
+                                row.copy_from_slice(&wide[co * q + oy * wp..][..ow]);
+                            }
+                        }
+                    }
                     Method::Shifted => {
                         pad_into(xb, g, &mut operand);
                         for i in 0..g.kh {
@@ -474,36 +566,41 @@ fn backward_image(
                 }
             }
             s.dxpad.fill(0.0);
-            for i in 0..g.kh {
-                for j in 0..g.kw {
-                    let (tap, off) = (i * g.kw + j, i * wp + j);
-                    // dW[:, :, i, j] += dY_wide · shifted(x)ᵀ
-                    matmul(
-                        [g.cout, g.cin, q],
-                        &mut dw[tap..],
-                        [k, g.kh * g.kw],
-                        true,
-                        dy_wide,
-                        [q, 1],
-                        &s.operand[off..],
-                        [1, hp * wp],
-                        par,
-                    );
-                    // shifted(dx) += W[:, :, i, j]ᵀ · dY_wide
-                    if dxb.is_none() {
-                        continue;
+            if g.thin() {
+                let dxpad = dxb.is_some().then_some(&mut s.dxpad[..]);
+                thin_backward(&s.operand, dy_wide, weight, g, dw, dxpad);
+            } else {
+                for i in 0..g.kh {
+                    for j in 0..g.kw {
+                        let (tap, off) = (i * g.kw + j, i * wp + j);
+                        // dW[:, :, i, j] += dY_wide · shifted(x)ᵀ
+                        matmul(
+                            [g.cout, g.cin, q],
+                            &mut dw[tap..],
+                            [k, g.kh * g.kw],
+                            true,
+                            dy_wide,
+                            [q, 1],
+                            &s.operand[off..],
+                            [1, hp * wp],
+                            par,
+                        );
+                        // shifted(dx) += W[:, :, i, j]ᵀ · dY_wide
+                        if dxb.is_none() {
+                            continue;
+                        }
+                        matmul(
+                            [g.cin, q, g.cout],
+                            &mut s.dxpad[off..],
+                            [hp * wp, 1],
+                            true,
+                            &weight[tap..],
+                            [g.kh * g.kw, k],
+                            dy_wide,
+                            [q, 1],
+                            par,
+                        );
                     }
-                    matmul(
-                        [g.cin, q, g.cout],
-                        &mut s.dxpad[off..],
-                        [hp * wp, 1],
-                        true,
-                        &weight[tap..],
-                        [g.kh * g.kw, k],
-                        dy_wide,
-                        [q, 1],
-                        par,
-                    );
                 }
             }
             let Some(dxb) = dxb else { return };
