@@ -181,7 +181,19 @@ pub fn backward(
         // kept until 2026-11-29, was level with it at 128→64 and 96→64 and 8% slower at 96→32
         // in `ddpm bench --profile` on `mnist`; from 7×7 to 28×28 F(4×4) was 5–20% faster than
         // the direct tiles).
-        let chunk = g.batch.div_ceil(4 * rayon::current_num_threads()).max(1);
+        // Four tasks per thread (a thread slowed down by the shared host hands work over), but
+        // at least 128 tiles per task: each task zeroes, fills and untransforms its own ∂U (36
+        // planes of cin × cout), which on 7×7 images (4 tiles each) cost more than the tasks'
+        // balance gained (7×7 backward passes 10% faster with one task per thread).
+        let threads = rayon::current_num_threads();
+        let tiles = winograd4::tile_rows(&winograd_geometry(g))
+            * winograd4::tile_cols(&winograd_geometry(g));
+        let chunk = g
+            .batch
+            .div_ceil(4 * threads)
+            .max(128usize.div_ceil(tiles))
+            .min(g.batch.div_ceil(threads))
+            .max(1);
         let in_len = g.cin * g.h * g.w;
         let mut no_dx: [f32; 0] = [];
         let (dweight, dbias) = backward_tasks(x, dy, &mut no_dx, g, chunk, |_, xs, dys, dw| {
