@@ -2,10 +2,13 @@
 //! y = x + W_projᵀ·attention(W_qkvᵀ·h + b_qkv) + b_proj, on `[B, C, N]` buffers (N pixels), with
 //! softmax(qᵀk/√d) per head. Burn composes it from about twenty tensor operations (transposes,
 //! narrow, reshape copies, matmuls, a softmax), most of them on one thread; here each image is one
-//! task of a handful of GEMMs, forward and backward.
+//! task: forward, products on its planes ([`Product`]: the projections, and per head the logits
+//! and the mixing) with the probabilities kept transposed (keys down, queries across) so that the
+//! softmax runs along rows with the queries in the vector lanes; backward, a handful of GEMMs.
 
 use super::fast_math::exp;
 use super::matmul::matmul;
+use super::product::Product;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -84,7 +87,8 @@ impl AttnWeights<'_> {
 pub struct AttnState {
     /// q, k, v per image, `[B, 3C, N]`.
     qkv: Vec<f32>,
-    /// Attention probabilities, `[B, heads, N (query), N (key)]`.
+    /// Attention probabilities transposed, `[B, heads, N (key j), N (query i)]`: each column
+    /// (query) sums to 1.
     probs: Vec<f32>,
     /// The heads' outputs before the projection, `[B, C, N]`.
     mixed: Vec<f32>,
@@ -97,93 +101,116 @@ pub fn forward(h: &[f32], x: &[f32], w: &AttnWeights, g: &AttnGeometry) -> (Vec<
     let len = g.batch * g.image();
     assert_eq!(h.len(), len, "attention: input length");
     assert_eq!(x.len(), len, "attention: residual length");
-    let mut qkv = super::zeroed(3 * len);
-    let mut probs = super::zeroed(g.batch * heads * n * n);
-    let mut mixed = super::zeroed(len);
-    let mut y = super::zeroed(len);
-    let par = g.parallelism();
-    let image = g.image().max(1);
+    // Every element is written below (the products write whole planes).
+    let mut qkv = vec![0f32; 3 * len];
+    let mut probs = vec![0f32; g.batch * heads * n * n];
+    let mut mixed = vec![0f32; len];
+    let mut y = vec![0f32; len];
+    if len == 0 {
+        return (y, AttnState { qkv, probs, mixed });
+    }
+    let image = g.image();
+    // qkv = W_qkvᵀ·h + b_qkv; y = x + W_projᵀ·mixed + b_proj.
+    let project_in = Product {
+        a: w.wqkv,
+        ars: 1,
+        acs: 3 * c,
+        rows: 3 * c,
+        k: c,
+        plane: n,
+        init: Some(w.bqkv),
+    };
+    let project_out = Product {
+        a: w.wproj,
+        ars: 1,
+        acs: c,
+        rows: c,
+        k: c,
+        plane: n,
+        init: Some(w.bproj),
+    };
     qkv.par_chunks_mut(3 * image)
-        .zip(probs.par_chunks_mut((heads * n * n).max(1)))
+        .zip(probs.par_chunks_mut(heads * n * n))
         .zip(mixed.par_chunks_mut(image))
         .zip(y.par_chunks_mut(image))
         .zip(h.par_chunks(image).zip(x.par_chunks(image)))
         .for_each(|((((qkv, probs), mixed), y), (h, x))| {
-            project_in(qkv, h, w, g, par);
-            for (head, p) in probs.chunks_mut((n * n).max(1)).enumerate() {
-                head_forward(qkv, p, mixed, head, g, par);
+            project_in.run_into(h, None, qkv);
+            for (head, pt) in probs.chunks_mut(n * n).enumerate() {
+                head_forward(qkv, pt, mixed, head, g);
             }
-            // y = x + b_proj + W_projᵀ·mixed.
-            for ((yr, xr), &b) in y.chunks_mut(n).zip(x.chunks(n)).zip(w.bproj) {
-                yr.iter_mut().zip(xr).for_each(|(o, &v)| *o = v + b);
-            }
-            matmul(
-                [c, n, c],
-                y,
-                [n, 1],
-                true,
-                w.wproj,
-                [1, c],
-                mixed,
-                [n, 1],
-                par,
-            );
+            project_out.run_into(mixed, Some(x), y);
         });
     (y, AttnState { qkv, probs, mixed })
 }
 
-/// qkv = W_qkvᵀ·h + b_qkv for one image (`[3C, N]`).
-fn project_in(qkv: &mut [f32], h: &[f32], w: &AttnWeights, g: &AttnGeometry, par: Parallelism) {
-    let (c, n) = (g.channels, g.pixels);
-    for (row, &b) in qkv.chunks_mut(n.max(1)).zip(w.bqkv) {
-        row.fill(b);
-    }
-    matmul(
-        [3 * c, n, c],
-        qkv,
-        [n, 1],
-        true,
-        w.wqkv,
-        [1, 3 * c],
-        h,
-        [n, 1],
-        par,
-    );
-}
-
-/// One head of one image: p = softmax(qᵀk/√d) (rows: queries), mixed[head] = v·pᵀ.
-fn head_forward(
-    qkv: &[f32],
-    p: &mut [f32],
-    mixed: &mut [f32],
-    head: usize,
-    g: &AttnGeometry,
-    par: Parallelism,
-) {
+/// The planes of one head in an image's `[3C, N]` q, k, v: (q, k, v), each `[d, N]`.
+fn head_planes<'a>(qkv: &'a [f32], head: usize, g: &AttnGeometry) -> [&'a [f32]; 3] {
     let (c, n, d) = (g.channels, g.pixels, g.head_dim());
-    let rows = |base: usize| &qkv[(base + head * d) * n..(base + (head + 1) * d) * n];
-    let (q, k, v) = (rows(0), rows(c), rows(2 * c));
-    // logits[i, j] = Σ_c q[c, i] k[c, j].
-    matmul([n, n, d], p, [n, 1], false, q, [1, n], k, [n, 1], par);
-    let scale = g.scale();
-    for row in p.chunks_mut(n.max(1)) {
-        softmax_row(row, scale);
-    }
-    // mixed[c, i] = Σ_j v[c, j] p[i, j].
-    let out = &mut mixed[head * d * n..(head + 1) * d * n];
-    matmul([d, n, n], out, [n, 1], false, v, [n, 1], p, [1, n], par);
+    std::array::from_fn(|part| &qkv[(part * c + head * d) * n..(part * c + (head + 1) * d) * n])
 }
 
-/// row ← softmax(scale · row), with the maximum subtracted first.
-fn softmax_row(row: &mut [f32], scale: f32) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut total = 0f32;
-    for v in row.iter_mut() {
-        *v = exp((*v - max) * scale);
-        total += *v;
+/// One head of one image: pᵀ = softmax over the keys of kᵀq/√d (`[N key, N query]`), and
+/// mixed[head] = v·pᵀ, both as products on the planes ([`Product`]).
+fn head_forward(qkv: &[f32], pt: &mut [f32], mixed: &mut [f32], head: usize, g: &AttnGeometry) {
+    let (n, d) = (g.pixels, g.head_dim());
+    let [q, k, v] = head_planes(qkv, head, g);
+    // logitsᵀ[j][i] = Σ_e k[e][j] q[e][i].
+    Product {
+        a: k,
+        ars: 1,
+        acs: n,
+        rows: n,
+        k: d,
+        plane: n,
+        init: None,
     }
-    let inv = 1.0 / total;
-    row.iter_mut().for_each(|v| *v *= inv);
+    .run_into(q, None, pt);
+    softmax_columns(pt, n, g.scale());
+    // mixed[e][i] = Σ_j v[e][j] pᵀ[j][i].
+    Product {
+        a: v,
+        ars: n,
+        acs: 1,
+        rows: d,
+        k: n,
+        plane: n,
+        init: None,
+    }
+    .run_into(pt, None, &mut mixed[head * d * n..(head + 1) * d * n]);
+}
+
+with_avx512! {
+    /// Each column of the `[rows, n]` matrix `m` ← softmax(scale · column), its maximum
+    /// subtracted first: the queries lie along the rows, so every step runs across the lanes.
+    fn softmax_columns(m: &mut [f32], n: usize, scale: f32) -> () {
+        let mut top = vec![f32::NEG_INFINITY; n];
+        for row in m.chunks(n) {
+            for (t, &v) in top.iter_mut().zip(row) {
+                *t = t.max(v);
+            }
+        }
+        let mut total = vec![0f32; n];
+        for row in m.chunks_mut(n) {
+            for ((v, &t), s) in row.iter_mut().zip(&top).zip(total.iter_mut()) {
+                *v = exp((*v - t) * scale);
+                *s += *v;
+            }
+        }
+        total.iter_mut().for_each(|s| *s = 1.0 / *s);
+        for row in m.chunks_mut(n) {
+            row.iter_mut().zip(&total).for_each(|(v, &r)| *v *= r);
+        }
+    }
+}
+
+/// `dst[j][i] = src[i][j]` for n × n matrices.
+fn transpose(src: &[f32], n: usize, dst: &mut [f32]) {
+    for (i, row) in src.chunks(n).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            dst[j * n + i] = v;
+        }
+    }
 }
 
 /// Gradients of [`forward`] (∂L/∂x is ∂L/∂y itself and is not repeated here).
@@ -263,7 +290,13 @@ pub fn backward(
         .zip(state.probs.par_chunks((heads * n * n).max(1)))
         .zip(state.mixed.par_chunks(image))
         .fold(
-            || (Partial::zeros(c), vec![0f32; 4 * image], vec![0f32; n * n]),
+            || {
+                (
+                    Partial::zeros(c),
+                    vec![0f32; 4 * image],
+                    vec![0f32; 2 * n * n],
+                )
+            },
             |(mut part, mut scratch, mut dp), (((((dh, h), dy), qkv), probs), mixed)| {
                 let (dmixed, dqkv) = scratch.split_at_mut(image);
                 image_backward(
@@ -315,6 +348,7 @@ fn image_backward(
     dh: Option<&mut [f32]>,
 ) {
     let (c, n, d) = (g.channels, g.pixels, g.head_dim());
+    let (dp, p_buf) = dp.split_at_mut(n * n);
     // Output projection: y = x + W_projᵀ·mixed + b.
     matmul(
         [c, n, c],
@@ -345,7 +379,9 @@ fn image_backward(
     for head in 0..g.heads {
         let span = |base: usize| (base + head * d) * n..(base + (head + 1) * d) * n;
         let (q, k, v) = (&im.qkv[span(0)], &im.qkv[span(c)], &im.qkv[span(2 * c)]);
-        let p = &im.probs[head * n * n..(head + 1) * n * n];
+        // p[i][j] (queries down) from the transposed probabilities the forward pass kept.
+        transpose(&im.probs[head * n * n..(head + 1) * n * n], n, p_buf);
+        let p = &*p_buf;
         let dmix = &dmixed[span(0)];
         // ∂v[c, j] = Σ_i ∂mixed[c, i] p[i, j].
         matmul(
@@ -533,6 +569,14 @@ mod tests {
                 pixels: 7,
                 heads: 1,
             },
+            // Pixels past a vector of 16 ending inside the next (the 7×7 of `mnist`), channel
+            // counts that fill no register tile of the products.
+            AttnGeometry {
+                batch: 2,
+                channels: 10,
+                pixels: 49,
+                heads: 2,
+            },
         ] {
             let t = case(&g);
             let (y, _) = forward(&t.h, &t.x, &weights(&t.params), &g);
@@ -555,7 +599,19 @@ mod tests {
     /// error ~1e-8, far under the tolerance).
     #[test]
     fn backward_matches_finite_differences() {
-        let g = GEOMETRY;
+        let medium = AttnGeometry {
+            batch: 2,
+            channels: 6,
+            pixels: 19,
+            heads: 2,
+        };
+        for g in [GEOMETRY, medium] {
+            backward_case(&g);
+        }
+    }
+
+    fn backward_case(g: &AttnGeometry) {
+        let g = *g;
         let t = case(&g);
         let dy = values(t.h.len(), 7, 1.0);
         let (_, state) = forward(&t.h, &t.x, &weights(&t.params), &g);

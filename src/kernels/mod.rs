@@ -68,7 +68,6 @@ pub mod layout;
 mod matmul;
 #[cfg(target_arch = "x86_64")]
 mod pointwise;
-#[cfg(target_arch = "x86_64")]
 mod product;
 pub mod profile;
 #[cfg(test)]

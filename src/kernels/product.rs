@@ -1,15 +1,15 @@
 //! out = init + A · src (+ add) where `src` and `out` are stacks of planes (an image's NCHW
-//! channels) and A is any strided matrix: the product behind 1×1 convolutions (A = W, or Wᵀ for
-//! ∂L/∂x). The planes are used as they lie, so there is nothing to pack: on AVX-512 a register
-//! tile of [`ROWS`] output planes × up to [`VECS`] vectors of 16 positions broadcasts A and
-//! loads the positions (masked at the end of a plane), starts from `init` and adds `add` as it
-//! stores.
+//! channels, or the rows of a small matrix) and A is any strided matrix: the product behind 1×1
+//! convolutions (A = W, or Wᵀ for ∂L/∂x) and the attention block's forward pass. The planes
+//! are used as they lie, so there is nothing to pack: on AVX-512 a register tile of [`ROWS`]
+//! output planes × up to [`VECS`] vectors of 16 positions broadcasts A and loads the positions
+//! (masked at the end of a plane), starts from `init` and adds `add` as it stores; elsewhere a
+//! plain loop.
 
 // The tiles index accumulators and loads by the same small loop counters; that reads better
 // (and unrolls the same) as index loops.
 #![allow(clippy::needless_range_loop)]
 
-use super::direct::available;
 use std::mem::MaybeUninit;
 
 /// Output planes per register tile.
@@ -49,12 +49,45 @@ impl Product<'_> {
             self.a.len() > (rows - 1) * self.ars + self.k.saturating_sub(1) * self.acs,
             "product: matrix"
         );
-        assert!(available(), "product: needs AVX-512F");
-        // SAFETY: AVX-512F is present; the slices' sizes are asserted above.
-        unsafe { lanes::run(self, src, add, out) };
+        #[cfg(target_arch = "x86_64")]
+        if super::direct::available() {
+            // SAFETY: AVX-512F is present; the slices' sizes are asserted above.
+            unsafe { lanes::run(self, src, add, out) };
+            return;
+        }
+        self.portable(src, add, out);
+    }
+
+    /// [`Self::run`] without AVX-512: a plane at a time.
+    fn portable(&self, src: &[f32], add: Option<&[f32]>, out: &mut [MaybeUninit<f32>]) {
+        let plane = self.plane;
+        let mut acc = vec![0f32; plane];
+        for r in 0..self.rows {
+            acc.fill(self.init.map_or(0.0, |b| b[r]));
+            for j in 0..self.k {
+                let w = self.a[r * self.ars + j * self.acs];
+                let s = &src[j * plane..(j + 1) * plane];
+                acc.iter_mut().zip(s).for_each(|(o, &v)| *o += w * v);
+            }
+            if let Some(add) = add {
+                let extra = &add[r * plane..(r + 1) * plane];
+                acc.iter_mut().zip(extra).for_each(|(o, &v)| *o += v);
+            }
+            for (o, &v) in out[r * plane..(r + 1) * plane].iter_mut().zip(&acc) {
+                o.write(v);
+            }
+        }
+    }
+
+    /// [`Self::run`] into initialized floats.
+    pub(super) fn run_into(&self, src: &[f32], add: Option<&[f32]>, out: &mut [f32]) {
+        // SAFETY: MaybeUninit<f32> has f32's layout, and `run` only writes through it.
+        let out = unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) };
+        self.run(src, add, out);
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 mod lanes {
     use super::super::direct::{LANES, first_lanes};
     use super::{Product, ROWS, VECS};
@@ -176,9 +209,6 @@ mod tests {
     /// fill no tile.
     #[test]
     fn matches_the_sums() {
-        if !available() {
-            return;
-        }
         for (case, &(rows, k, plane)) in
             [(1, 1, 1), (5, 3, 17), (7, 9, 49), (13, 6, 200), (4, 64, 96)]
                 .iter()
@@ -203,6 +233,8 @@ mod tests {
                     };
                     let mut out = vec![MaybeUninit::uninit(); rows * plane];
                     p.run(&src, extras.then_some(&add[..]), &mut out);
+                    let mut portable = vec![MaybeUninit::uninit(); rows * plane];
+                    p.portable(&src, extras.then_some(&add[..]), &mut portable);
                     for r in 0..rows {
                         for q in 0..plane {
                             let mut want: f64 = (0..k)
@@ -212,9 +244,11 @@ mod tests {
                                 want += init[r] as f64 + add[r * plane + q] as f64;
                             }
                             let tol = 1e-5 * (k as f64).sqrt() * (1.0 + want.abs());
-                            // SAFETY: `run` writes every element of the output planes.
+                            // SAFETY: both write every element of the output planes.
                             let got = unsafe { out[r * plane + q].assume_init() } as f64;
                             assert!((got - want).abs() < tol, "{rows}×{k}×{plane} [{r}][{q}]");
+                            let other = unsafe { portable[r * plane + q].assume_init() } as f64;
+                            assert!((other - want).abs() < tol, "portable [{r}][{q}]");
                         }
                     }
                 }
