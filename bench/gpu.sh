@@ -70,6 +70,9 @@ ddpm() { measure "$1" "$2" "$bin" bench --device "$DEVICE" "${@:3}" --json; }
 ddpm "ddpm $DEVICE mnist train b64" 120 --preset mnist --batch-size 64 --mode train --steps 5
 ddpm "ddpm $DEVICE cifar10 train b128" 200 --preset cifar10 --batch-size 128 --mode train --steps 10
 ddpm "ddpm $DEVICE cifar10 sample b128" 90 --preset cifar10 --batch-size 128 --mode sample --steps 10
+# Mixed precision (bf16 network, f32 master weights); WGSL has no bf16, so on wgpu this may fail.
+ddpm "ddpm $DEVICE cifar10 train b128 bf16" 90 --preset cifar10 --batch-size 128 --mode train \
+  --steps 10 --precision bf16
 # The same binary's CPU route on this machine's cores, for the record.
 measure "ddpm cpu mnist train b64 ($(nproc) threads)" 60 "$bin" bench --device cpu --preset mnist \
   --batch-size 64 --mode train --steps 5 --json

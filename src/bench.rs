@@ -12,6 +12,7 @@ use crate::model::{UNet, UNetConfig};
 use crate::rng::Rng;
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::params::named_grads;
+use crate::train::precision::Precision;
 
 /// One benchmark result (the JSON line of `ddpm bench --json`).
 #[derive(Debug, Clone, Serialize)]
@@ -58,6 +59,7 @@ pub fn run(
     steps: usize,
     warmup: usize,
     device: &Device,
+    precision: Precision,
 ) -> Result<BenchResult> {
     let cfg = UNetConfig::preset(preset).map_err(|e| anyhow::anyhow!("--preset: {e}"))?;
     let train = match mode {
@@ -95,7 +97,11 @@ pub fn run(
         if train {
             let target = Tensor::<4>::from_data(TensorData::new(rng.normal_f32(n), shape), &dev);
             use crate::kernels::profile::{STEP, time};
-            let out = time(|| format!("{STEP}forward"), || model.forward(x, t));
+            let working = precision.working_copy(&model);
+            let out = time(
+                || format!("{STEP}forward"),
+                || precision.forward(&model, working.as_ref(), x, |m, x| m.forward(x, t.clone())),
+            );
             let loss = (out - target).powf_scalar(2.0).mean();
             let grads = time(|| format!("{STEP}backward"), || loss.backward());
             let grads: BTreeMap<String, Tensor<1>> = named_grads(&model, &grads);
@@ -106,7 +112,9 @@ pub fn run(
             // Wait for the update to finish (asynchronous backends).
             dev.sync().ok();
         } else {
-            let out = model.forward(x, t);
+            let working = precision.working_copy(&model);
+            let out =
+                precision.forward(&model, working.as_ref(), x, |m, x| m.forward(x, t.clone()));
             let _ = out.into_data();
         }
         if i >= warmup {

@@ -534,3 +534,44 @@ fn classifier_fd_and_its_bad_inputs() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--classifier"));
 }
+
+/// `--precision bf16`: the tiny U-Net trains in bfloat16 with f32 master weights; the run records
+/// the setting, logs finite losses and writes its checkpoints and samples; a bad value is named.
+#[test]
+fn bf16_mixed_precision_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    write_idx(&data_dir, 10, 8);
+    let data = format!("idx:{}", data_dir.display());
+    let run = tmp.path().join("bf16");
+    let r = run.display().to_string();
+    let mut args = common(&data, &r, "3");
+    args.extend(["--precision", "bf16"]);
+    let o = ddpm(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("precision = \"bf16\""), "{config}");
+    let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
+    let losses: Vec<f64> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(losses.len(), 3, "{log}");
+    assert!(
+        losses.iter().all(|l| l.is_finite() && *l > 0.0),
+        "{losses:?}"
+    );
+    let mut bad = common(&data, &tmp.path().join("bad").display().to_string(), "3")
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    bad.extend(["--precision".into(), "fp8".into()]);
+    let o = ddpm(&bad.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--precision") && err.contains("fp8"), "{err}");
+}

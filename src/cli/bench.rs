@@ -23,6 +23,10 @@ pub struct BenchArgs {
     /// cpu, cuda or wgpu.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// f32, or bf16: the network in bfloat16 (training: f32 master weights, as `ddpm train
+    /// --precision bf16`).
+    #[arg(long, default_value = "f32")]
+    precision: String,
     /// Timed steps (the median is reported).
     #[arg(long, default_value_t = 5)]
     steps: usize,
@@ -45,9 +49,19 @@ pub fn run(a: BenchArgs) -> CliResult {
         ));
     }
     let device = super::device(&a.device)?;
-    crate::kernels::profile::set_enabled(a.profile);
-    let r = crate::bench::run(&a.preset, &a.mode, a.batch_size, a.steps, a.warmup, &device)
+    let precision = crate::train::precision::Precision::parse(&a.precision, "--precision")
         .map_err(|e| CliError::Usage(format!("{e:#}")))?;
+    crate::kernels::profile::set_enabled(a.profile);
+    let r = crate::bench::run(
+        &a.preset,
+        &a.mode,
+        a.batch_size,
+        a.steps,
+        a.warmup,
+        &device,
+        precision,
+    )
+    .map_err(|e| CliError::Usage(format!("{e:#}")))?;
     if a.profile {
         let table = profile_table(a.steps, r.ms_per_step);
         // A closed pipe (`| head`) is not an error worth a panic.

@@ -91,6 +91,9 @@ pub struct TrainArgs {
     /// cpu, cuda or wgpu.
     #[arg(long)]
     device: Option<String>,
+    /// f32, or bf16: mixed precision (the network in bfloat16, f32 master weights; for GPUs).
+    #[arg(long)]
+    precision: Option<String>,
     #[command(flatten)]
     schedule: super::schedule::ScheduleFlags,
     /// eps, x0 or v.
@@ -174,6 +177,7 @@ fn resolve(args: &TrainArgs) -> Result<TrainConfig, CliError> {
         checkpoint_every,
         keep_checkpoints,
         device,
+        precision,
         loss,
         hybrid_lambda,
         weighting,
@@ -237,6 +241,7 @@ fn resolve(args: &TrainArgs) -> Result<TrainConfig, CliError> {
                 checkpoint_every,
                 keep_checkpoints,
                 device,
+                precision,
                 data
             );
             c = saved;

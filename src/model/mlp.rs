@@ -43,7 +43,8 @@ impl Mlp {
 
     /// `x`: `[B, dim]`, `t`: `[B]`.
     pub fn forward(&self, x: Tensor<2>, t: Tensor<1>) -> Tensor<2> {
-        let emb = time_features(t, self.width, self.time_features);
+        // The features in the parameters' precision (f32, or bf16 under mixed precision).
+        let emb = time_features(t, self.width, self.time_features).cast(x.dtype());
         let mut h = self.input.forward(x);
         for (lin, temb) in self.hidden.iter().zip(&self.time) {
             h = h.clone() + lin.forward(silu(h)) + temb.forward(emb.clone());

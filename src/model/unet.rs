@@ -159,7 +159,8 @@ impl UNet {
     /// `x`: `[B, C, H, W]`, `t`: `[B]` timesteps (floats). Returns `[B, output_channels, H, W]`.
     pub fn forward(&self, x: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
         let t = t * self.time_scale;
-        let emb = time_features(t, self.base_channels, self.time_features);
+        // The features in the parameters' precision (f32, or bf16 under mixed precision).
+        let emb = time_features(t, self.base_channels, self.time_features).cast(x.dtype());
         let emb = self.emb2.forward(silu(self.emb1.forward(emb)));
         let mut h = kernels::conv2d(&self.conv_in, x);
         let mut hs = vec![h.clone()];

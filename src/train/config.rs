@@ -57,6 +57,8 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// `cpu`, `cuda` or `wgpu`.
     pub device: String,
+    /// The network's arithmetic: `f32`, or `bf16` (mixed precision: f32 master weights).
+    pub precision: String,
     /// Noise schedule: linear, quadratic, sigmoid, cosine, constant, file:PATH.
     pub schedule: String,
     /// T.
@@ -121,6 +123,7 @@ impl Default for TrainConfig {
             checkpoint_every: 50,
             keep_checkpoints: 3,
             device: "cpu".into(),
+            precision: "f32".into(),
             schedule: "linear".into(),
             timesteps: 1000,
             beta_start: None,
@@ -235,6 +238,7 @@ impl TrainConfig {
                 self.device
             );
         }
+        super::precision::Precision::parse(&self.precision, "--precision")?;
         self.loss_config()?;
         Ok(())
     }

@@ -5,6 +5,7 @@ pub mod config;
 pub mod ema;
 pub mod optim;
 pub mod params;
+pub mod precision;
 pub mod trainer;
 
 pub use config::TrainConfig;

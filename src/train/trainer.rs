@@ -18,6 +18,7 @@ use super::config::TrainConfig;
 use super::ema::{Ema, EmaConfig};
 use super::optim::{AdamW, AdamWConfig, clip_factor, learning_rate};
 use super::params::{map_params, named_grads, named_params, visit_params};
+use super::precision::Precision;
 use crate::data::loader::{BatchStream, Loader, Position};
 use crate::data::{Dataset, Split};
 use crate::diffusion::losses::LossConfig;
@@ -218,6 +219,7 @@ pub fn train<M: Net<D>, const D: usize>(
     let device = crate::device::by_name(&cfg.device)?.autodiff();
     let diffusion = diffusion_from(cfg)?;
     let loss_cfg: LossConfig = cfg.loss_config()?;
+    let precision = Precision::parse(&cfg.precision, "--precision")?;
     let n_t = diffusion.num_timesteps();
     let item_shape = dataset.item_shape();
     if item_shape.len() + 1 != D {
@@ -339,7 +341,11 @@ pub fn train<M: Net<D>, const D: usize>(
                 &device,
             );
             let x_t = diffusion.q_sample(x0.clone(), &t, noise.clone());
-            let out = model.forward(x_t.clone(), diffusion.model_timesteps(&t, &x_t));
+            let model_t = diffusion.model_timesteps(&t, &x_t);
+            let working = precision.working_copy(&model);
+            let out = precision.forward(&model, working.as_ref(), x_t.clone(), |m, x| {
+                m.forward(x, model_t.clone())
+            });
             let losses = diffusion.training_losses(&loss_cfg, out, x0, x_t, &t, noise);
             let w = Tensor::<1>::from_data(TensorData::new(w, [micro]), &device);
             let per_sample: Vec<f64> = losses
