@@ -220,6 +220,13 @@ pub fn train<M: Net<D>, const D: usize>(
     let diffusion = diffusion_from(cfg)?;
     let loss_cfg: LossConfig = cfg.loss_config()?;
     let precision = Precision::parse(&cfg.precision, "--precision")?;
+    if precision != Precision::F32 && cfg.device == "cpu" && !quiet {
+        eprintln!(
+            "note: --precision {} on the CPU runs burn's generic bf16 operations, far slower than \
+             f32 with this crate's kernels; it is meant for GPUs",
+            cfg.precision
+        );
+    }
     let n_t = diffusion.num_timesteps();
     let item_shape = dataset.item_shape();
     if item_shape.len() + 1 != D {
