@@ -378,7 +378,7 @@ fn image_backward(
     let scale = g.scale();
     for head in 0..g.heads {
         let span = |base: usize| (base + head * d) * n..(base + (head + 1) * d) * n;
-        let (q, k, v) = (&im.qkv[span(0)], &im.qkv[span(c)], &im.qkv[span(2 * c)]);
+        let [q, k, v] = head_planes(im.qkv, head, g);
         // p[i][j] (queries down) from the transposed probabilities the forward pass kept.
         transpose(&im.probs[head * n * n..(head + 1) * n * n], n, p_buf);
         let p = &*p_buf;

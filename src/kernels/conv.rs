@@ -445,30 +445,25 @@ pub fn forward_with(
                             par,
                         );
                     }
-                    Method::Shifted if g.thin() => {
-                        pad_into(xb, g, &mut operand);
-                        thin_forward(&operand, weight, g, &mut wide);
-                        for (co, out) in yb.chunks_mut(p).enumerate() {
-                            for (oy, row) in out.chunks_mut(ow).enumerate() {
-                                row.copy_from_slice(&wide[co * q + oy * wp..][..ow]);
-                            }
-                        }
-                    }
                     Method::Shifted => {
                         pad_into(xb, g, &mut operand);
-                        for i in 0..g.kh {
-                            for j in 0..g.kw {
-                                matmul(
-                                    [g.cout, q, g.cin],
-                                    &mut wide,
-                                    [q, 1],
-                                    i + j > 0,
-                                    &weight[i * g.kw + j..],
-                                    [k, g.kh * g.kw],
-                                    &operand[i * wp + j..],
-                                    [hp * wp, 1],
-                                    par,
-                                );
+                        if g.thin() {
+                            thin_forward(&operand, weight, g, &mut wide);
+                        } else {
+                            for i in 0..g.kh {
+                                for j in 0..g.kw {
+                                    matmul(
+                                        [g.cout, q, g.cin],
+                                        &mut wide,
+                                        [q, 1],
+                                        i + j > 0,
+                                        &weight[i * g.kw + j..],
+                                        [k, g.kh * g.kw],
+                                        &operand[i * wp + j..],
+                                        [hp * wp, 1],
+                                        par,
+                                    );
+                                }
                             }
                         }
                         for (co, out) in yb.chunks_mut(p).enumerate() {

@@ -307,8 +307,7 @@ impl NormState {
             },
         );
         let (b, c) = (self.g.batch, self.g.channels);
-        let dx = out.dx;
-        register(grads, node_x, || tensor(dx, self.x.shape().to_vec()));
+        register(grads, node_x, || tensor(out.dx, self.x.shape().to_vec()));
         register(grads, node_shift, || tensor(out.dshift, vec![b, c]));
         register(grads, node_gamma, || tensor(out.dgamma, vec![c]));
         register(grads, node_beta, || tensor(out.dbeta, vec![c]));
