@@ -186,8 +186,8 @@ pub fn backward(
         // planes of cin × cout), which on 7×7 images (4 tiles each) cost more than the tasks'
         // balance gained (7×7 backward passes 10% faster with one task per thread).
         let threads = rayon::current_num_threads();
-        let tiles = winograd4::tile_rows(&winograd_geometry(g))
-            * winograd4::tile_cols(&winograd_geometry(g));
+        let wg = winograd_geometry(g);
+        let tiles = winograd4::tile_rows(&wg) * winograd4::tile_cols(&wg);
         let chunk = g
             .batch
             .div_ceil(4 * threads)

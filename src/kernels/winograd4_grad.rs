@@ -100,7 +100,7 @@ pub fn weight_grad(x: &[f32], dy: &[f32], g: &WinoGeometry, dw: &mut [f32]) {
             }
         }
     });
-    add_untransformed::<6>(&acc, rows, ld, g, times_g, dw);
+    add_untransformed(&acc, rows, ld, g, dw);
 }
 
 /// out[j] = Σ_s u[s] G[s][j] for rows of values, G = [¼ 0 0; −⅙ −⅙ −⅙; −⅙ ⅙ −⅙;
@@ -187,17 +187,11 @@ unsafe fn z_tile(
     }
 }
 
-/// ∂W += Gᵀ ∂U G for every (output, input) channel pair, from ∂U `[N·N][rows][ld]` (a row of
-/// output channels per input channel) with `times_g` applying Gᵀ to N rows: along s, then along
-/// r, over whole rows of output channels (they vectorize).
-fn add_untransformed<const N: usize>(
-    acc: &[f32],
-    rows: usize,
-    ld: usize,
-    g: &WinoGeometry,
-    times_g: fn([&[f32]; N], &mut [f32]),
-    dw: &mut [f32],
-) {
+/// ∂W += Gᵀ ∂U G for every (output, input) channel pair, from ∂U `[36][rows][ld]` (a row of
+/// output channels per input channel) with [`times_g`] applying Gᵀ to six rows: along s, then
+/// along r, over whole rows of output channels (they vectorize).
+fn add_untransformed(acc: &[f32], rows: usize, ld: usize, g: &WinoGeometry, dw: &mut [f32]) {
+    const N: usize = 6;
     let (mut ug, mut col) = (vec![0f32; 3 * N * ld], vec![0f32; 3 * ld]);
     let mut gug = vec![0f32; 9 * ld];
     for c in 0..g.cin {
