@@ -1,90 +1,144 @@
 #!/usr/bin/env bash
-# The one prepared GPU measurement: run on the device machine, it builds nothing, measures the
-# GPU route (burn's wgpu backend on Vulkan) and the PyTorch peer on CUDA, and writes everything
-# under $OUT (results.jsonl, gpu.log, nvidia-smi.txt). Every command has its own timeout so the
-# whole script ends inside about eight minutes, and a failure of one measurement is recorded, not
-# fatal.
+# The one prepared GPU measurement. On the device machine it builds nothing: it runs the carried
+# cuda binary and test binary, and the PyTorch peer on the same card, and writes everything under
+# $OUT (results.jsonl, gpu.log, nvidia-smi.txt, cubecl-*.txt, the 200-step run's sample grid).
+# Every measurement has its own timeout and the whole script keeps to a deadline (DEADLINE
+# seconds, default 480): what does not fit is skipped, most important first. A failure of one
+# measurement is recorded, not fatal.
 #
-# Before the `run` call, on the development machine (about 25 minutes of building, no device time):
-#   cargo build --release --features wgpu --target-dir target-gpu
-#   strip target-gpu/release/ddpm
-#   mkdir -p gpu && gzip -9 -c target-gpu/release/ddpm > gpu/ddpm-wgpu.gz   # ≈ 40 MB
-#   and the Vulkan loader packages into .gl as /work/.library/device/README.md says.
-# Then: run(command="bash bench/gpu.sh", carry=[".gl", "gpu"], timeout_s=540).
-# On the development machine the same script smoke-tests itself on the CPU:
-#   DEVICE=cpu DDPM_BIN=target/release/ddpm OUT=/tmp/gpu-out bash bench/gpu.sh
+# Before the `run` call, on the development machine (no device time):
+#   bash scripts/gpu-bundle.sh      # gpu/ddpm-cuda.gz, gpu/gpu_parity.gz, gpu/libdevice.10.bc
+# Then: run(command="bash bench/gpu.sh", carry=["gpu"], timeout_s=540).
+# The wgpu route instead: DEVICE=wgpu with gpu/ddpm-wgpu.gz (cargo build --release --features
+# wgpu) and the Vulkan loader packages in .gl (carry ".gl" too; /work/.library/device/README.md).
+# On the development machine the script smoke-tests itself on the CPU:
+#   DEVICE=cpu DDPM_BIN=target/release/ddpm OUT=/tmp/gpu-out DEADLINE=300 bash bench/gpu.sh
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
-DEVICE=${DEVICE:-wgpu}
+DEVICE=${DEVICE:-cuda}
+DEADLINE=${DEADLINE:-480}
 log="$OUT/gpu.log"
 results="$OUT/results.jsonl"
 : >"$results"
 exec > >(tee -a "$log") 2>&1
 
-echo "== $(date -u +%FT%TZ) on $(hostname), device route: $DEVICE"
+echo "== $(date -u +%FT%TZ) on $(hostname), device route: $DEVICE, deadline ${DEADLINE}s"
+nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || echo "nvidia-smi: not available"
 if ls .gl/*.deb >/dev/null 2>&1; then
   for f in .gl/*.deb; do dpkg -x "$f" /; done
   ldconfig
+  icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+  [ -f "$icd" ] && export VK_DRIVER_FILES=$icd
 fi
-icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-[ -f "$icd" ] && export VK_DRIVER_FILES=$icd
-egl=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
-[ -f "$egl" ] && export __EGL_VENDOR_LIBRARY_FILENAMES=$egl
-nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || echo "nvidia-smi: not available"
-ldconfig -p 2>/dev/null | grep -i libvulkan || echo "no libvulkan in ldconfig"
+# The cuda route links its kernels against libdevice at run time.
+if [ -f gpu/libdevice.10.bc ]; then
+  export CUDA_PATH=${CUDA_PATH:-/tmp/ddpm-cuda}
+  mkdir -p "$CUDA_PATH/nvvm/libdevice"
+  cp gpu/libdevice.10.bc "$CUDA_PATH/nvvm/libdevice/"
+fi
+# Autotune results persist (on disk, burn/persistence) between the processes below.
+export CUBECL_AUTOTUNE_CACHE=1
 
+unpack() { # gzipped carried binary → executable path
+  local gz=$1 dest=$2
+  [ -f "$gz" ] || return 1
+  gzip -dc "$gz" >"$dest" && chmod +x "$dest"
+}
 bin=${DDPM_BIN:-}
 if [ -z "$bin" ]; then
-  bin=/tmp/ddpm-wgpu
-  if ! gzip -dc gpu/ddpm-wgpu.gz >"$bin" 2>/dev/null; then
-    echo "no gpu/ddpm-wgpu.gz: build it first (see the top of this script)"
+  bin=/tmp/ddpm-$DEVICE
+  unpack "gpu/ddpm-$DEVICE.gz" "$bin" || {
+    echo "no gpu/ddpm-$DEVICE.gz: run scripts/gpu-bundle.sh first"
     exit 1
-  fi
-  chmod +x "$bin"
+  }
 fi
 "$bin" --version || true
 
+left() { echo $((DEADLINE - SECONDS)); }
+
 # One measurement: a label, a timeout in seconds, the command. Its JSON line (if any) goes to
-# results.jsonl with the label; its exit status is logged.
+# results.jsonl with the label and its wall time; its exit status is logged. Skipped when the
+# deadline leaves less than 15 s; the timeout shrinks to what is left.
 measure() {
   local label=$1 limit=$2
   shift 2
+  local room=$(($(left) - 5))
+  if [ "$room" -lt 15 ]; then
+    echo "-- $label: skipped (deadline)"
+    echo "{\"label\": \"$label\", \"skipped\": \"deadline\"}" >>"$results"
+    return
+  fi
+  [ "$limit" -gt "$room" ] && limit=$room
   echo "-- $label (timeout ${limit}s): $*"
   local start=$SECONDS line
   line=$(timeout "$limit" "$@" 2>"$OUT/stderr.tmp" | tail -n 1)
   local rc=$?
-  tail -n 5 "$OUT/stderr.tmp"
-  echo "   exit $rc after $((SECONDS - start)) s: $line"
+  local took=$((SECONDS - start))
+  tail -n 8 "$OUT/stderr.tmp"
+  echo "   exit $rc after $took s: $line"
   if [ -n "$line" ] && [ "${line:0:1}" = "{" ]; then
-    python3 -c 'import json,sys; d=json.loads(sys.argv[2]); d["label"]=sys.argv[1]; print(json.dumps(d))' \
-      "$label" "$line" >>"$results" || echo "{\"label\": \"$label\", \"raw\": \"unparsed\"}" >>"$results"
+    python3 -c 'import json,sys; d=json.loads(sys.argv[2]); d["label"]=sys.argv[1]; d["wall_s"]=int(sys.argv[3]); print(json.dumps(d))' \
+      "$label" "$line" "$took" >>"$results" || echo "{\"label\": \"$label\", \"raw\": \"unparsed\"}" >>"$results"
   else
-    echo "{\"label\": \"$label\", \"failed\": $rc}" >>"$results"
+    echo "{\"label\": \"$label\", \"failed\": $rc, \"wall_s\": $took}" >>"$results"
   fi
 }
 
 ddpm() { measure "$1" "$2" "$bin" bench --device "$DEVICE" "${@:3}" --json; }
-# Smoke first: does the route run at all (the first step compiles the kernels)?
-ddpm "ddpm $DEVICE mnist train b64" 120 --preset mnist --batch-size 64 --mode train --steps 5
-ddpm "ddpm $DEVICE cifar10 train b128" 200 --preset cifar10 --batch-size 128 --mode train --steps 10
-ddpm "ddpm $DEVICE cifar10 sample b128" 90 --preset cifar10 --batch-size 128 --mode sample --steps 10
-# Mixed precision (bf16 network, f32 master weights); WGSL has no bf16, so on wgpu this may fail.
-ddpm "ddpm $DEVICE cifar10 train b128 bf16" 90 --preset cifar10 --batch-size 128 --mode train \
-  --steps 10 --precision bf16
-# The same binary's CPU route on this machine's cores, for the record.
-measure "ddpm cpu mnist train b64 ($(nproc) threads)" 60 "$bin" bench --device cpu --preset mnist \
-  --batch-size 64 --mode train --steps 5 --json
-
+peer() { measure "$1" "$2" python3 bench/torch_peer.py --device cuda "${@:3}"; }
+have_peer=0
 if [ "$DEVICE" != cpu ] && python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
-  peer() { measure "$1" "$2" python3 bench/torch_peer.py --device cuda "${@:3}"; }
-  peer "pytorch cuda cifar10 train b128 fp32" 60 --preset cifar10 --batch-size 128 --mode train --steps 20
-  peer "pytorch cuda cifar10 train b128 bf16" 60 --preset cifar10 --batch-size 128 --mode train --steps 20 --bf16
-  peer "pytorch cuda cifar10 sample b128 bf16" 60 --preset cifar10 --batch-size 128 --mode sample --steps 20 --bf16
-else
-  echo "no CUDA PyTorch here: the peer's figures are the issue's (2150 img/s bf16 eager training)"
+  have_peer=1
 fi
+
+# 1. Correctness on the GPU: forward and gradients against the CPU (tiny and mnist U-Nets).
+if unpack gpu/gpu_parity.gz /tmp/gpu_parity; then
+  echo "-- gpu_parity"
+  timeout 90 /tmp/gpu_parity --nocapture 2>&1 | tail -n 12
+  echo "   gpu_parity exit ${PIPESTATUS[0]}"
+fi
+
+# 2. Does training reach its timed steps, and what does the first step cost? The compiler and
+#    autotuner log of this run is kept (counts and the slowest lines) to see where it goes.
+CUBECL_DEBUG_LOG="$OUT/cubecl.log" ddpm "ddpm $DEVICE mnist train b128" 150 --preset mnist \
+  --batch-size 128 --mode train --warmup 3 --steps 10
+if [ -f "$OUT/cubecl.log" ]; then
+  {
+    echo "lines: $(wc -l <"$OUT/cubecl.log")"
+    echo "compilations: $(grep -ci 'compil' "$OUT/cubecl.log")"
+    echo "autotune lines: $(grep -ci 'tun' "$OUT/cubecl.log")"
+    head -n 40 "$OUT/cubecl.log"
+    echo ...
+    tail -n 40 "$OUT/cubecl.log"
+  } >"$OUT/cubecl-summary.txt"
+  rm -f "$OUT/cubecl.log"
+fi
+[ $have_peer = 1 ] && peer "pytorch cuda mnist train b128 fp32" 40 --preset mnist --batch-size 128 \
+  --mode train --warmup 3 --steps 20
+
+# 3. The issue's table: cifar10 at batch 128, training f32 and bf16, sampling.
+ddpm "ddpm $DEVICE cifar10 train b128" 150 --preset cifar10 --batch-size 128 --mode train \
+  --warmup 3 --steps 10
+[ $have_peer = 1 ] && peer "pytorch cuda cifar10 train b128 fp32" 40 --preset cifar10 \
+  --batch-size 128 --mode train --warmup 3 --steps 20
+ddpm "ddpm $DEVICE cifar10 sample b128" 60 --preset cifar10 --batch-size 128 --mode sample \
+  --warmup 3 --steps 10
+[ $have_peer = 1 ] && peer "pytorch cuda cifar10 sample b128 fp32" 30 --preset cifar10 \
+  --batch-size 128 --mode sample --warmup 3 --steps 20
+ddpm "ddpm $DEVICE cifar10 train b128 bf16" 100 --preset cifar10 --batch-size 128 --mode train \
+  --warmup 3 --steps 10 --precision bf16
+[ $have_peer = 1 ] && peer "pytorch cuda cifar10 train b128 bf16" 40 --preset cifar10 \
+  --batch-size 128 --mode train --warmup 3 --steps 20 --bf16
+
+# 4. A real run: 200 steps of the mnist U-Net on the bundled digits, and its sample grid.
+measure "ddpm $DEVICE train 200 steps mnist b128" 120 "$bin" train --quiet --device "$DEVICE" \
+  --preset mnist --batch-size 128 --steps 200 --log-every 50 --checkpoint-every 200 \
+  --out "$OUT/run-200"
+tail -n 1 "$OUT/run-200/log.jsonl" 2>/dev/null
+rm -rf "$OUT/run-200/checkpoints"
+
 rm -f "$OUT/stderr.tmp"
-echo "== results"
+echo "== results ($(left) s of the deadline left)"
 cat "$results"

@@ -26,7 +26,9 @@ PRESETS = {
 
 def timestep_embedding(t, dim):
     half = dim // 2
-    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / (half - 1))
+    freqs = torch.exp(
+        -math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - 1)
+    )
     args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
 

@@ -29,6 +29,9 @@ pub struct BenchResult {
     pub img_per_s: f64,
     /// Peak resident memory of the process.
     pub peak_rss_mb: f64,
+    /// Wall time of each untimed warm-up step: on GPU backends the first holds the one-time
+    /// cost of compiling (and autotuning) the kernels, which the timed steps no longer pay.
+    pub warmup_ms: Vec<f64>,
 }
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`; 0 elsewhere).
@@ -79,6 +82,7 @@ pub fn run(
     let mut rng = Rng::new(0);
     let mut opt = AdamW::new(AdamWConfig::default());
     let mut times = Vec::with_capacity(steps);
+    let mut warmup_ms = Vec::with_capacity(warmup);
     for i in 0..warmup + steps {
         if i == warmup {
             crate::kernels::profile::reset();
@@ -117,8 +121,17 @@ pub fn run(
                 precision.forward(&model, working.as_ref(), x, |m, x| m.forward(x, t.clone()));
             let _ = out.into_data();
         }
+        let secs = start.elapsed().as_secs_f64();
         if i >= warmup {
-            times.push(start.elapsed().as_secs_f64());
+            times.push(secs);
+        } else {
+            warmup_ms.push(secs * 1000.0);
+            if on_warmup_step(i, secs) {
+                eprintln!(
+                    "warm-up step {} of {warmup}: {secs:.1} s (includes compiling and tuning kernels)",
+                    i + 1
+                );
+            }
         }
     }
     let ms = median(times) * 1000.0;
@@ -129,5 +142,12 @@ pub fn run(
         ms_per_step: ms,
         img_per_s: batch as f64 / (ms / 1000.0),
         peak_rss_mb: peak_rss_mb(),
+        warmup_ms,
     })
+}
+
+/// Whether to report a warm-up step: the first when it takes over a second, and any that takes
+/// over five (a backend still compiling kernels), so a slow start does not look like a hang.
+fn on_warmup_step(i: usize, secs: f64) -> bool {
+    i == 0 && secs > 1.0 || secs > 5.0
 }

@@ -35,8 +35,30 @@ pub fn retain_freed_memory() -> bool {
     }
 }
 
+/// Bytes of memory the kernel says are available to a new allocation without swapping
+/// (`MemAvailable` of /proc/meminfo); `None` where it cannot be read.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    meminfo_available(&text)
+}
+
+fn meminfo_available(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn meminfo_is_read_in_bytes() {
+        let text = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   20000000 kB\n";
+        assert_eq!(super::meminfo_available(text), Some(20_000_000 * 1024));
+        assert_eq!(super::meminfo_available("MemTotal: 5 kB\n"), None);
+        #[cfg(target_os = "linux")]
+        assert!(super::available_memory().is_some_and(|b| b > 0));
+    }
+
     #[test]
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     fn glibc_accepts_the_settings_and_large_buffers_still_work() {

@@ -10,6 +10,7 @@ pub mod data;
 pub mod device;
 pub mod diffusion;
 pub mod eval;
+pub mod files;
 pub mod heap;
 pub mod kernels;
 pub mod model;

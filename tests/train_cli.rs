@@ -231,7 +231,7 @@ fn bad_inputs_get_clear_errors() {
             other.to_str().unwrap(),
             "--resume",
         ],
-        "another configuration",
+        "cannot change when a run is resumed",
     );
     // A non-finite loss stops the run and keeps the last good checkpoint.
     let nan_run = tmp.path().join("nan").display().to_string();

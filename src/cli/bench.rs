@@ -15,12 +15,12 @@ pub struct BenchArgs {
     #[arg(long, default_value = "mnist")]
     preset: String,
     /// Images per step.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::at_least_one)]
     batch_size: usize,
     /// train (forward, L_simple, backward, AdamW) or sample (one network evaluation).
     #[arg(long, default_value = "train")]
     mode: String,
-    /// cpu, cuda or wgpu.
+    /// cpu, cuda, wgpu, or auto (the GPU when there is one).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// f32, or bf16: the network in bfloat16 (training: f32 master weights, as `ddpm train
@@ -28,7 +28,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "f32")]
     precision: String,
     /// Timed steps (the median is reported).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = super::at_least_one)]
     steps: usize,
     /// Untimed warm-up steps.
     #[arg(long, default_value_t = 1)]

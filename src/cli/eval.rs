@@ -32,10 +32,10 @@ pub struct ClassifierTrainArgs {
     #[arg(long, default_value = "bundled")]
     data: String,
     /// Epochs.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = super::at_least_one)]
     epochs: usize,
     /// Batch size.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = super::at_least_one)]
     batch_size: usize,
     /// Seed.
     #[arg(long, default_value_t = 0)]
@@ -66,7 +66,7 @@ pub struct FdArgs {
     #[arg(long, default_value = "train")]
     reference_split: String,
     /// Use at most N images of each.
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one)]
     limit: Option<usize>,
     /// Print {fd, inception_score, n_samples, n_reference} as JSON.
     #[arg(long)]
@@ -88,10 +88,10 @@ pub struct NllArgs {
     #[arg(long, default_value = "train")]
     split: String,
     /// Evaluate only the first N images.
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one)]
     limit: Option<usize>,
     /// Images per network batch.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = super::at_least_one)]
     batch_size: usize,
     /// Seed of the noise.
     #[arg(long, default_value_t = 0)]
@@ -102,7 +102,7 @@ pub struct NllArgs {
     /// Print {bpd, bpd_stderr, prior_bpd, decoder_bpd, vb_bpd_by_t, mse, n} as JSON.
     #[arg(long)]
     json: bool,
-    /// cpu, cuda or wgpu.
+    /// cpu, cuda, wgpu, or auto (the GPU when there is one).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// No progress bar.

@@ -29,10 +29,10 @@ pub struct FidStatsArgs {
     #[arg(long)]
     out: PathBuf,
     /// Use at most N images.
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one)]
     limit: Option<usize>,
     /// Images per network batch.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = super::at_least_one)]
     batch_size: usize,
     /// No progress bar.
     #[arg(long)]
@@ -56,10 +56,10 @@ pub struct FidArgs {
     #[arg(long, help = WEIGHTS_HELP)]
     inception: PathBuf,
     /// Use at most N images of each.
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one)]
     limit: Option<usize>,
     /// Images per network batch.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = super::at_least_one)]
     batch_size: usize,
     /// Print {fid, n_samples, n_reference} as JSON.
     #[arg(long)]

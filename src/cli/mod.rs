@@ -56,6 +56,24 @@ fn progress(total: u64, unit: &str, with_msg: bool) -> indicatif::ProgressBar {
     b
 }
 
+/// Clap parser of a count that must be at least 1.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("expected a whole number: {e}")),
+    }
+}
+
+/// Clap parser of a number in [0, 1].
+fn unit_closed(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        Ok(v) => Err(format!("must be in [0, 1], got {v}")),
+        Err(e) => Err(format!("expected a number: {e}")),
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "ddpm",

@@ -32,10 +32,10 @@ pub struct ChainArgs {
     #[arg(long, default_value = "ddpm")]
     sampler: String,
     /// Steps of the sampler.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = super::at_least_one)]
     steps: usize,
     /// Samples (rows of x_t / x̂0 pairs), at most 8.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = super::at_least_one)]
     n: usize,
     /// Seed.
     #[arg(long, default_value_t = 0)]
@@ -48,7 +48,7 @@ pub struct ChainArgs {
 #[derive(Args)]
 pub struct SchedulesArgs {
     /// T.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = super::at_least_one)]
     timesteps: usize,
     /// Output PNG.
     #[arg(long)]

@@ -8,6 +8,7 @@ use clap::Args;
 
 use super::{CliError, CliResult};
 use crate::diffusion::{Denoiser, GaussianDiffusion, X0Clip};
+use crate::files::write_atomic;
 use crate::model::{Mlp, UNet};
 use crate::rng::Rng;
 use crate::sample::{
@@ -15,12 +16,13 @@ use crate::sample::{
 };
 use crate::schedule::space_timesteps;
 use crate::train::TrainConfig;
-use crate::train::checkpoint::{HostTensor, resolve, to_safetensors, write_atomic};
+use crate::train::checkpoint::{HostTensor, resolve, to_safetensors};
 use crate::train::trainer::{Net, diffusion_from, item_shape_of, load_for_inference};
 use crate::viz::grid::{encode_png, image_pixels, save_grid, save_scatter, square_cols};
 
 #[derive(Args)]
 #[command(
+    allow_negative_numbers = true,
     after_help = "Examples:\n  ddpm sample --checkpoint runs/default --n 64 --sampler ddim --steps 50 --out samples/\n  ddpm sample --checkpoint runs/mnist --n 16 --sampler ddpm --steps 1000 --save-chain --out chain/\n  ddpm sample --checkpoint runs/mnist/checkpoints/step-00002000 --sampler dpmpp2m --steps 20 --out fast/"
 )]
 pub struct SampleArgs {
@@ -31,16 +33,16 @@ pub struct SampleArgs {
     #[arg(long)]
     no_ema: bool,
     /// Number of images.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::at_least_one)]
     n: usize,
     /// ddpm (Algorithm 2, respaced to --steps), ddim or dpmpp2m.
     #[arg(long, default_value = "ddim")]
     sampler: String,
     /// Network evaluations (the full chain for ddpm when equal to T).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = super::at_least_one)]
     steps: usize,
     /// DDIM η (0: deterministic).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = super::unit_closed)]
     eta: f64,
     /// Step spacing for ddim/dpmpp2m: linspace, leading, trailing.
     #[arg(long, default_value = "leading")]
@@ -50,7 +52,7 @@ pub struct SampleArgs {
     #[arg(long)]
     analytic_variance: bool,
     /// Images used to estimate Γ_n for --analytic-variance.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::at_least_one)]
     analytic_images: usize,
     /// Respacing for ddpm as section counts or ddimN (overrides --steps).
     #[arg(long)]
@@ -62,7 +64,7 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Images per network batch.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = super::at_least_one)]
     batch_size: usize,
     /// Output directory.
     #[arg(long)]
@@ -73,7 +75,7 @@ pub struct SampleArgs {
     /// Save x_t and x̂0 at ten steps of the chain (chain.png).
     #[arg(long)]
     save_chain: bool,
-    /// cpu, cuda or wgpu.
+    /// cpu, cuda, wgpu, or auto (the GPU when there is one).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// No progress bar.

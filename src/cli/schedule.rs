@@ -23,7 +23,7 @@ pub struct ScheduleFlags {
     #[arg(long)]
     pub schedule: Option<String>,
     /// Number of diffusion steps T (from the file for file:PATH) [default: 1000].
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one)]
     pub timesteps: Option<usize>,
     /// β_1 (linear, quadratic, sigmoid); default 1e-4·1000/T.
     #[arg(long)]

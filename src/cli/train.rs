@@ -10,6 +10,7 @@ use crate::train::TrainConfig;
 
 #[derive(Args, Default)]
 #[command(
+    allow_negative_numbers = true,
     after_help = "With no flags: trains the `mnist` preset on the bundled 10,000 MNIST digits for a few minutes and writes runs/default/samples/*.png.\n\nExamples:\n  ddpm train\n  ddpm train --data idx:../shared/data/mnist --steps 2000 --batch-size 64 --out runs/mnist\n  ddpm train --out runs/mnist --steps 4000 --resume\n  ddpm train --config my.toml --lr 2e-4\n  ddpm train --data toy:swiss-roll --preset mlp --steps 3000 --batch-size 256"
 )]
 pub struct TrainArgs {
@@ -88,7 +89,7 @@ pub struct TrainArgs {
     /// Checkpoints kept.
     #[arg(long)]
     keep_checkpoints: Option<usize>,
-    /// cpu, cuda or wgpu.
+    /// cpu, cuda, wgpu, or auto (the GPU when there is one).
     #[arg(long)]
     device: Option<String>,
     /// f32, or bf16: mixed precision (the network in bfloat16, f32 master weights; for GPUs).
@@ -140,15 +141,33 @@ fn parse_kebab<T: serde::de::DeserializeOwned>(
         .map_err(|_| CliError::Usage(format!("{flag}: unknown value `{v}`; expected {expected}")))
 }
 
-/// The configuration: defaults, then the config file, then flags.
+/// The configuration: defaults, then the config file, then flags. On `--resume` without
+/// `--config` the run's own `config.toml` takes the place of the defaults, so a flag given again
+/// is compared with what the run was made with (the trainer applies what may change between
+/// segments and refuses the rest). The run directory is always `--out`, never what a
+/// `config.toml` says.
 fn resolve(args: &TrainArgs) -> Result<TrainConfig, CliError> {
-    let mut c = match &args.config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| CliError::Usage(format!("--config {}: {e}", p.display())))?;
-            TrainConfig::from_toml(&text, &format!("--config {}", p.display()))
-                .map_err(|e| CliError::Usage(e.to_string()))?
-        }
+    let read = |p: &std::path::Path, what: &str| -> Result<TrainConfig, CliError> {
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| CliError::Usage(format!("{what} {}: cannot read it: {e}", p.display())))?;
+        TrainConfig::from_toml(&text, &format!("{what} {}", p.display()))
+            .map_err(|e| CliError::Usage(e.to_string()))
+    };
+    let file = args
+        .config
+        .as_deref()
+        .map(|p| read(p, "--config"))
+        .transpose()?;
+    // The run directory: --out, else the --config file's `out`, else the default.
+    let out = match (&args.out, &file) {
+        (Some(o), _) => o.clone(),
+        (None, Some(f)) => f.out.clone(),
+        (None, None) => TrainConfig::default().out,
+    };
+    let saved = PathBuf::from(&out).join("config.toml");
+    let mut c = match file {
+        Some(f) => f,
+        None if args.resume && saved.is_file() => read(&saved, "--resume: the run's")?,
         None => TrainConfig::default(),
     };
     macro_rules! set {
@@ -187,7 +206,8 @@ fn resolve(args: &TrainArgs) -> Result<TrainConfig, CliError> {
         t_sampler
     );
     if let Some(v) = args.grad_clip {
-        c.grad_clip = (v > 0.0).then_some(v);
+        // 0 disables clipping; anything else must be a positive number (checked below).
+        c.grad_clip = (v != 0.0).then_some(v);
     }
     let f = &args.schedule;
     if let Some(v) = &f.schedule {
@@ -222,31 +242,7 @@ fn resolve(args: &TrainArgs) -> Result<TrainConfig, CliError> {
             "fixed-small, fixed-large, learned or learned-range",
         )?;
     }
-    // On resume, keys not given again come from the run's own config.toml.
-    if args.resume && args.config.is_none() {
-        let path = PathBuf::from(&c.out).join("config.toml");
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let mut saved = TrainConfig::from_toml(&text, &path.display().to_string())
-                .map_err(|e| CliError::Usage(e.to_string()))?;
-            // Flags given now override what the run saved (e.g. more --steps).
-            macro_rules! keep {
-                ($($f:ident),*) => { $( if args.$f.is_some() { saved.$f = c.$f.clone(); } )* };
-            }
-            keep!(
-                steps,
-                log_every,
-                sample_every,
-                sample_count,
-                sample_steps,
-                checkpoint_every,
-                keep_checkpoints,
-                device,
-                precision,
-                data
-            );
-            c = saved;
-        }
-    }
+    c.out = out;
     c.validate().map_err(|e| CliError::Usage(e.to_string()))?;
     Ok(c)
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use md5::{Digest, Md5};
 
-use crate::train::checkpoint::write_atomic;
+use crate::files::write_atomic;
 
 /// What a checksum covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,10 +17,86 @@ pub struct IdxImages {
     source: String,
 }
 
-/// Reads a file, gunzipping it when it starts with the gzip magic.
-pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    gunzip_if_needed(raw, &path.display().to_string())
+/// Reads an IDX file, gunzipping it when it starts with the gzip magic, and never more than its
+/// header declares: the header is read first, then at most the announced values plus one byte
+/// (to tell a file with trailing data). A small gzip file that inflates far beyond its header
+/// (a decompression bomb) costs no more memory than the header admits.
+/// `magic` is the header's first four bytes the caller expects (0x803 for images, 0x801 for
+/// labels); another is an error saying so.
+pub fn read_idx_file(path: &Path, magic: u32) -> Result<Vec<u8>> {
+    use std::io::BufRead;
+    let name = path.display();
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {name}"))?;
+    let mut buffered = std::io::BufReader::new(file);
+    let gz = buffered
+        .fill_buf()
+        .with_context(|| format!("cannot read {name}"))?
+        .starts_with(&[0x1f, 0x8b]);
+    let mut r: Box<dyn Read> = if gz {
+        Box::new(flate2::read::GzDecoder::new(buffered))
+    } else {
+        Box::new(buffered)
+    };
+    let broken = || format!("{name}: cannot read it (corrupt or truncated gzip data?)");
+    let gz_note = if gz {
+        " (corrupt or truncated gzip data?)"
+    } else {
+        ""
+    };
+    let mut out = vec![0u8; 4];
+    if let Err(e) = r.read_exact(&mut out) {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            bail!("{name}: too short for an IDX header{gz_note}");
+        }
+        return Err(e).with_context(broken);
+    }
+    let found = u32::from_be_bytes(out[..4].try_into().expect("4 bytes"));
+    if found != magic {
+        bail!(
+            "{name}: wrong magic number 0x{found:08x}; this IDX file should start with 0x{magic:08x}"
+        );
+    }
+    let value_bytes: u64 = match out[2] {
+        0x08 | 0x09 => 1,
+        0x0B => 2,
+        0x0C | 0x0D => 4,
+        0x0E => 8,
+        t => bail!("{name}: not an IDX file (unknown value type 0x{t:02x} in its header)"),
+    };
+    let dims = out[3] as usize;
+    if out[..2] != [0, 0] || !(1..=4).contains(&dims) {
+        bail!(
+            "{name}: not an IDX file (its header starts 0x{:02x}{:02x}{:02x}{:02x})",
+            out[0],
+            out[1],
+            out[2],
+            out[3]
+        );
+    }
+    out.resize(4 + 4 * dims, 0);
+    if let Err(e) = r.read_exact(&mut out[4..]) {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            bail!("{name}: too short for an IDX header of {dims} dimensions{gz_note}");
+        }
+        return Err(e).with_context(broken);
+    }
+    let announced = out[4..]
+        .chunks_exact(4)
+        .try_fold(value_bytes, |acc, d| {
+            acc.checked_mul(u32::from_be_bytes(d.try_into().expect("4 bytes")) as u64)
+        })
+        .with_context(|| format!("{name}: the sizes in its header overflow"))?;
+    let head = out.len();
+    r.take(announced.saturating_add(1))
+        .read_to_end(&mut out)
+        .with_context(broken)?;
+    if (out.len() - head) as u64 > announced {
+        bail!(
+            "{name}: holds more data than its header announces ({announced} bytes of values); \
+             a damaged file or a header that was edited"
+        );
+    }
+    Ok(out)
 }
 
 /// Gunzips `raw` when it starts with the gzip magic; `name` names it in errors.
@@ -94,7 +170,7 @@ impl IdxImages {
                 dir.display()
             );
         };
-        let bytes = read_maybe_gz(path)?;
+        let bytes = read_idx_file(path, 0x0803)?;
         Self::parse(&bytes, &path.display().to_string())
     }
 
@@ -175,7 +251,7 @@ pub fn open_labels_dir(dir: &Path, split: Split) -> Result<Vec<u8>> {
             dir.display()
         );
     };
-    parse_labels(&read_maybe_gz(&path)?, &path.display().to_string())
+    parse_labels(&read_idx_file(&path, 0x0801)?, &path.display().to_string())
 }
 
 #[cfg(test)]
@@ -238,5 +314,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("train-images-idx3-ubyte"), "{e}");
+    }
+
+    /// A gzip file whose header announces 2 images of 2×2 but that inflates to 64 MiB: the read
+    /// stops one byte past the announced pixels instead of inflating it all.
+    #[test]
+    fn a_decompression_bomb_is_refused_at_the_announced_size() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train-images-idx3-ubyte.gz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&idx(2, 2, 2, 8)).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..64 {
+            gz.write_all(&zeros).unwrap();
+        }
+        std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() < 1 << 20);
+        let e = IdxImages::open_dir(dir.path(), Split::Train)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more data than its header announces"), "{e}");
+        // The same file without the surplus reads.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&idx(2, 2, 2, 8)).unwrap();
+        std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        assert_eq!(
+            IdxImages::open_dir(dir.path(), Split::Train).unwrap().len(),
+            2
+        );
+        let bytes = read_idx_file(&path, 0x0803).unwrap();
+        assert_eq!(bytes.len(), 16 + 8);
     }
 }

@@ -34,6 +34,17 @@ impl TimestepSampler {
         Self::Uniform { num_timesteps }
     }
 
+    /// Whether a (deserialized) sampler is usable: every loss in its history finite and ≥ 0,
+    /// at most the kept number per timestep.
+    pub fn is_valid(&self) -> bool {
+        match self {
+            Self::Uniform { .. } => true,
+            Self::LossSecondMoment { history } => history.iter().all(|h| {
+                h.len() <= HISTORY_PER_TERM && h.iter().all(|l| l.is_finite() && *l >= 0.0)
+            }),
+        }
+    }
+
     /// An importance sampler over T steps, starting with no history.
     pub fn loss_second_moment(num_timesteps: usize) -> Self {
         Self::LossSecondMoment {

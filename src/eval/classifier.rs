@@ -13,8 +13,9 @@ use burn::tensor::activation::{log_softmax, relu, softmax};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::data::Dataset;
+use crate::files::write_atomic;
 use crate::rng::Rng;
-use crate::train::checkpoint::{read_safetensors, to_safetensors, write_atomic};
+use crate::train::checkpoint::{read_safetensors, to_safetensors};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::params::named_grads;
 use crate::train::trainer::{host_params, load_params};

@@ -7,7 +7,8 @@
 use super::frechet::FeatureStats;
 use super::inception::{FEATURES, InceptionV3};
 use crate::data::Dataset;
-use crate::train::checkpoint::{float_values, write_atomic};
+use crate::files::write_atomic;
+use crate::train::checkpoint::float_values;
 use anyhow::{Context, Result, bail};
 use nalgebra::{DMatrix, DVector};
 use safetensors::tensor::{Dtype, TensorView};
@@ -131,6 +132,12 @@ pub fn load_stats(path: &Path) -> Result<FeatureStats> {
                 t.dtype()
             )
         })?;
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            bail!(
+                "{}: {name} holds a non-finite value at index {i}; the statistics are damaged",
+                path.display()
+            );
+        }
         Ok((t.shape().to_vec(), v))
     };
     let (ms, mu) = read("mu")?;

@@ -206,7 +206,7 @@ pub fn parameter_shapes() -> Result<Vec<(String, Vec<usize>)>> {
         }
     }
     let r = Recorder(Default::default());
-    InceptionV3::load(&r, &Device::flex())?;
+    InceptionV3::load(&r, &crate::device::any()?)?;
     Ok(r.0.into_inner())
 }
 
@@ -219,10 +219,7 @@ pub fn write_synthetic_weights(path: &Path) -> Result<()> {
         let data = SyntheticWeights.tensor(&name, &shape)?;
         tensors.insert(name, crate::train::checkpoint::HostTensor { shape, data });
     }
-    crate::train::checkpoint::write_atomic(
-        path,
-        &crate::train::checkpoint::to_safetensors(&tensors)?,
-    )
+    crate::files::write_atomic(path, &crate::train::checkpoint::to_safetensors(&tensors)?)
 }
 
 /// Convolution (no bias) + batch norm (folded) + ReLU, pytorch-fid's `BasicConv2d`.

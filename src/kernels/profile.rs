@@ -64,6 +64,7 @@ pub(crate) fn time<T>(what: impl FnOnce() -> String, f: impl FnOnce() -> T) -> T
 }
 
 /// "conv2d 3×3/1 32→64 28×28 `pass`": kernel, stride, channels, input size.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))] // named by the flex kernels
 pub(crate) fn conv(g: &ConvGeometry, pass: &str) -> String {
     format!(
         "conv2d {}×{}/{} {}→{} {}×{} {pass}",
@@ -72,6 +73,7 @@ pub(crate) fn conv(g: &ConvGeometry, pass: &str) -> String {
 }
 
 /// "group_norm+silu 32ch/8 784px `pass`": channels / groups, pixels.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))] // named by the flex kernels
 pub(crate) fn norm(g: &NormGeometry, silu: bool, pass: &str) -> String {
     let act = if silu { "+silu" } else { "" };
     format!(
@@ -81,6 +83,7 @@ pub(crate) fn norm(g: &NormGeometry, silu: bool, pass: &str) -> String {
 }
 
 /// "attention 64ch 49px 1 head `pass`".
+#[cfg_attr(not(feature = "flex"), allow(dead_code))] // named by the flex kernels
 pub(crate) fn attention(g: &AttnGeometry, pass: &str) -> String {
     let heads = if g.heads == 1 { "head" } else { "heads" };
     format!(

@@ -68,6 +68,29 @@ pub struct UNetConfig {
     pub time_scale: f64,
 }
 
+impl UNetConfig {
+    /// About how many values one image's forward pass produces: the inputs and outputs of the
+    /// residual blocks at each level (one GroupNorm, activation and convolution each) and the
+    /// attention maps. Used to estimate a batch's memory before allocating it.
+    pub fn activation_values(&self) -> u64 {
+        let mut total = 0u64;
+        let heads = |c: usize| self.heads_for(c) as u64;
+        for (i, m) in self.channel_mult.iter().enumerate() {
+            let res = (self.image_size >> i) as u64;
+            let plane = res * res;
+            let c = (self.base_channels * m) as u64;
+            // Down: num_res_blocks blocks; up: one more, on concatenated (≈ 1.5×) inputs.
+            let blocks = self.num_res_blocks as u64 * 2 + 1;
+            // A residual block: two (GroupNorm, SiLU, convolution) triples, dropout, the sum.
+            total += blocks * 8 * c * plane;
+            if self.attention_resolutions.contains(&(res as usize)) {
+                total += blocks * (heads(c as usize) * plane * plane * 2 + 5 * c * plane);
+            }
+        }
+        total
+    }
+}
+
 /// Errors of an impossible network configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigError(pub String);
@@ -190,6 +213,34 @@ impl UNetConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return err(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        if !(self.time_scale > 0.0 && self.time_scale.is_finite()) {
+            return err(format!(
+                "time_scale must be a positive finite number, got {}",
+                self.time_scale
+            ));
+        }
+        if let TimeFeatures::Fourier { scale, .. } = self.time_features
+            && !(scale > 0.0 && scale.is_finite())
+        {
+            return err(format!(
+                "the Fourier time features' scale must be a positive finite number, got {scale}"
+            ));
+        }
+        // Far beyond any published diffusion U-Net; larger values are typing errors that would
+        // otherwise overflow or allocate without bound.
+        let widest = self.channel_mult.iter().max().copied().unwrap_or(1);
+        if self.image_size > 4096
+            || self.num_res_blocks > 64
+            || self.base_channels.saturating_mul(widest) > 16384
+            || self.in_channels > 64
+            || self.out_channels > 64
+        {
+            return err(format!(
+                "the network is out of range (image_size ≤ 4096, num_res_blocks ≤ 64, channels ≤ 16384 \
+                 per level, in/out channels ≤ 64): image_size {}, num_res_blocks {}, base_channels {} × {widest}",
+                self.image_size, self.num_res_blocks, self.base_channels
+            ));
         }
         let mut size = self.image_size;
         for level in 0..self.channel_mult.len() - 1 {

@@ -100,3 +100,21 @@ fn mlp_denoiser_shapes() {
     );
     assert_eq!(y.dims(), [5, 2]);
 }
+
+#[test]
+fn activation_estimate_follows_the_measured_peak() {
+    // BENCHMARKS.md: cifar10 training at batch 128 peaks at 5.14 GiB RSS on the CPU. The
+    // estimate (values of one forward pass, f32) must be of that size, not off by a factor.
+    let bytes = UNetConfig::cifar10().activation_values() as f64 * 4.0 * 128.0;
+    let measured = 5.14 * (1u64 << 30) as f64;
+    assert!(
+        (0.8..1.5).contains(&(bytes / measured)),
+        "estimate {:.2} GiB vs measured 5.14 GiB",
+        bytes / (1u64 << 30) as f64
+    );
+    // It grows with the image size and the width.
+    let mut wide = UNetConfig::cifar10();
+    wide.base_channels *= 2;
+    assert!(wide.activation_values() > UNetConfig::cifar10().activation_values());
+    assert!(UNetConfig::mnist().activation_values() < UNetConfig::cifar10().activation_values());
+}

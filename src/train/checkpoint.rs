@@ -9,17 +9,15 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use safetensors::tensor::{Dtype, TensorView};
 
-/// Writes `bytes` to `path` atomically (a temporary file in the same directory, then rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-    Ok(())
-}
+use crate::files::{remove_dir_aside, write_atomic, write_dir_atomic};
+
+/// The files of a complete training checkpoint.
+pub const CHECKPOINT_FILES: [&str; 4] = [
+    "model.safetensors",
+    "ema.safetensors",
+    "optimizer.safetensors",
+    "state.json",
+];
 
 /// A named tensor on the host: shape and f32 values.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,7 +64,8 @@ pub fn to_safetensors(tensors: &BTreeMap<String, HostTensor>) -> Result<Vec<u8>>
     Ok(safetensors::tensor::serialize(views, None)?)
 }
 
-/// Reads named f32 tensors from a safetensors file.
+/// Reads named f32 tensors from a safetensors file; a non-finite value is an error naming the
+/// tensor.
 pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
@@ -80,11 +79,19 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
                 view.dtype()
             );
         }
-        let data = view
+        let data: Vec<f32> = view
             .data()
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
             .collect();
+        if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+            bail!(
+                "{}: tensor {name} holds a non-finite value ({} at index {i}); the weights are \
+                 damaged (a diverged run or a corrupt file)",
+                path.display(),
+                data[i]
+            );
+        }
         out.insert(
             name,
             HostTensor {
@@ -121,7 +128,8 @@ pub fn step_dir(run: &Path, step: u64) -> PathBuf {
 
 /// Writes a checkpoint directory atomically: `files` (name → bytes) go into a temporary
 /// directory that is renamed to `step-XXXXXXXX`; then `latest` is updated, and all but the
-/// newest `keep` checkpoints are removed.
+/// newest `keep` checkpoints are removed, each renamed aside before it is deleted so that no
+/// partial checkpoint is ever visible under a `step-*` name.
 pub fn write_checkpoint(
     run: &Path,
     step: u64,
@@ -129,40 +137,27 @@ pub fn write_checkpoint(
     keep: usize,
 ) -> Result<PathBuf> {
     let root = run.join("checkpoints");
-    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let final_dir = step_dir(run, step);
-    let tmp = root.join(format!(".tmp-step-{step:08}-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
-    }
-    std::fs::create_dir_all(&tmp)?;
-    for (name, bytes) in files {
-        std::fs::write(tmp.join(name), bytes)
-            .with_context(|| format!("cannot write {name} in {}", tmp.display()))?;
-    }
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir)?;
-    }
-    std::fs::rename(&tmp, &final_dir)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), final_dir.display()))?;
+    write_dir_atomic(&final_dir, files)?;
     write_atomic(&root.join("latest"), format!("step-{step:08}\n").as_bytes())?;
-    // Keep the newest `keep`.
     let mut steps = list_checkpoints(run)?;
     steps.sort_unstable();
     if keep > 0 && steps.len() > keep {
         for old in &steps[..steps.len() - keep] {
-            let _ = std::fs::remove_dir_all(step_dir(run, *old));
+            remove_dir_aside(&step_dir(run, *old))?;
         }
     }
     Ok(final_dir)
 }
 
-/// Steps of the complete checkpoints under `run/checkpoints`.
+/// Steps of the `step-*` directories under `run/checkpoints` (complete or not).
 pub fn list_checkpoints(run: &Path) -> Result<Vec<u64>> {
     let root = run.join("checkpoints");
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(&root) else {
-        return Ok(out);
+    let entries = match std::fs::read_dir(&root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", root.display())),
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
@@ -175,28 +170,41 @@ pub fn list_checkpoints(run: &Path) -> Result<Vec<u64>> {
     Ok(out)
 }
 
+/// Whether `dir` holds every file of a training checkpoint.
+pub fn is_complete(dir: &Path) -> bool {
+    CHECKPOINT_FILES.iter().all(|f| dir.join(f).is_file())
+}
+
+/// The newest complete checkpoint of a run, whatever `checkpoints/latest` says (it may be
+/// missing or stale after a crash between a checkpoint's rename and its update).
+pub fn newest_complete(run: &Path) -> Result<Option<PathBuf>> {
+    let mut steps = list_checkpoints(run)?;
+    steps.sort_unstable();
+    Ok(steps
+        .iter()
+        .rev()
+        .map(|s| step_dir(run, *s))
+        .find(|d| is_complete(d)))
+}
+
 /// Resolves a user path to a checkpoint directory: a checkpoint directory itself (holding
-/// `state.json`), or a run directory whose `checkpoints/latest` names one.
+/// `state.json`), or a run directory, whose newest complete checkpoint it picks.
 pub fn resolve(path: &Path) -> Result<PathBuf> {
     if path.join("state.json").is_file() {
         return Ok(path.to_path_buf());
     }
-    let latest = path.join("checkpoints").join("latest");
-    if latest.is_file() {
-        let name = std::fs::read_to_string(&latest)
-            .with_context(|| format!("cannot read {}", latest.display()))?;
-        let dir = path.join("checkpoints").join(name.trim());
-        if dir.join("state.json").is_file() {
-            return Ok(dir);
-        }
+    if let Some(dir) = newest_complete(path)? {
+        return Ok(dir);
+    }
+    if path.join("checkpoints").is_dir() {
         bail!(
-            "{} names {}, which holds no state.json",
-            latest.display(),
-            dir.display()
+            "{}: the run holds no complete checkpoint (a step-* directory with {})",
+            path.display(),
+            CHECKPOINT_FILES.join(", ")
         );
     }
     bail!(
-        "{}: neither a checkpoint directory (with state.json) nor a run directory (with checkpoints/latest)",
+        "{}: neither a checkpoint directory (with state.json) nor a run directory (with checkpoints/step-*)",
         path.display()
     )
 }
@@ -220,8 +228,12 @@ mod tests {
         let p = dir.path().join("m.safetensors");
         write_atomic(&p, &bytes).unwrap();
         assert_eq!(read_safetensors(&p).unwrap(), m);
+        let files: Vec<(&str, Vec<u8>)> = CHECKPOINT_FILES
+            .iter()
+            .map(|f| (*f, b"{}".to_vec()))
+            .collect();
         for step in [10, 20, 30] {
-            write_checkpoint(dir.path(), step, &[("state.json", b"{}".to_vec())], 2).unwrap();
+            write_checkpoint(dir.path(), step, &files, 2).unwrap();
         }
         let mut steps = list_checkpoints(dir.path()).unwrap();
         steps.sort();
@@ -229,6 +241,17 @@ mod tests {
         assert_eq!(resolve(dir.path()).unwrap(), step_dir(dir.path(), 30));
         let e = resolve(&dir.path().join("nope")).unwrap_err().to_string();
         assert!(e.contains("neither a checkpoint directory"), "{e}");
+        // A checkpoint directory missing a file is never chosen; `latest` does not decide.
+        std::fs::remove_file(step_dir(dir.path(), 30).join("ema.safetensors")).unwrap();
+        assert_eq!(resolve(dir.path()).unwrap(), step_dir(dir.path(), 20));
+        std::fs::remove_file(dir.path().join("checkpoints/latest")).unwrap();
+        assert_eq!(resolve(dir.path()).unwrap(), step_dir(dir.path(), 20));
+        let mut nan = m.clone();
+        nan.get_mut("a.weight").unwrap().data[2] = f32::NAN;
+        let p = dir.path().join("nan.safetensors");
+        write_atomic(&p, &to_safetensors(&nan).unwrap()).unwrap();
+        let e = read_safetensors(&p).unwrap_err().to_string();
+        assert!(e.contains("a.weight") && e.contains("index 2"), "{e}");
         std::fs::write(dir.path().join("bad.safetensors"), b"garbage").unwrap();
         assert!(read_safetensors(&dir.path().join("bad.safetensors")).is_err());
     }

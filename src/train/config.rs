@@ -7,6 +7,9 @@ use crate::diffusion::losses::{LossConfig, LossKind, Weighting};
 use crate::diffusion::{Parameterization, VarianceType};
 use crate::model::{MlpConfig, UNetConfig};
 
+/// The most images a training sample grid may hold.
+pub const MAX_SAMPLE_COUNT: usize = 1024;
+
 /// Everything a training run needs; `config.toml` of a run holds it resolved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -55,7 +58,7 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     /// Checkpoints kept.
     pub keep_checkpoints: usize,
-    /// `cpu`, `cuda` or `wgpu`.
+    /// `cpu`, `cuda`, `wgpu` or `auto`.
     pub device: String,
     /// The network's arithmetic: `f32`, or `bf16` (mixed precision: f32 master weights).
     pub precision: String,
@@ -152,9 +155,11 @@ impl TrainConfig {
         toml::from_str(text).map_err(|e| anyhow::anyhow!("{source}: {}", e.message().trim()))
     }
 
-    /// The resolved configuration as TOML.
-    pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("config serializes")
+    /// The resolved configuration as TOML (fails only for values TOML cannot hold, which
+    /// [`Self::validate`] refuses first).
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        toml::to_string_pretty(self)
+            .map_err(|e| anyhow::anyhow!("the configuration cannot be written as TOML: {e}"))
     }
 
     /// The loss configuration named by `loss` and `weighting`.
@@ -204,9 +209,29 @@ impl TrainConfig {
         Ok(c)
     }
 
-    /// Checks the values that no type can check.
+    /// Checks the values that no type can check; every error names the flag (or key).
     pub fn validate(&self) -> anyhow::Result<()> {
         use anyhow::bail;
+        // TOML integers are signed 64-bit: larger counts could not be saved in config.toml.
+        let max = i64::MAX as u64;
+        for (flag, v) in [
+            ("--steps", self.steps),
+            ("--warmup-steps", self.warmup_steps),
+            ("--seed", self.seed),
+            ("--log-every", self.log_every),
+            ("--sample-every", self.sample_every),
+            ("--checkpoint-every", self.checkpoint_every),
+            ("--batch-size", self.batch_size as u64),
+            ("--grad-accum", self.grad_accum as u64),
+            ("--sample-count", self.sample_count as u64),
+            ("--sample-steps", self.sample_steps as u64),
+            ("--keep-checkpoints", self.keep_checkpoints as u64),
+            ("--timesteps", self.timesteps as u64),
+        ] {
+            if v > max {
+                bail!("{flag} must be at most {max}, got {v}");
+            }
+        }
         if self.steps == 0 {
             bail!("--steps must be at least 1");
         }
@@ -220,11 +245,70 @@ impl TrainConfig {
                 self.batch_size
             );
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            bail!("--lr must be a positive number, got {}", self.lr);
+        if self.log_every == 0 {
+            bail!("--log-every must be at least 1");
         }
-        if !(0.0..1.0).contains(&self.ema_decay) {
-            bail!("--ema-decay must be in [0, 1), got {}", self.ema_decay);
+        if !(1..=MAX_SAMPLE_COUNT).contains(&self.sample_count) {
+            bail!(
+                "--sample-count must be in 1..={MAX_SAMPLE_COUNT} (the images of one grid), got {}; \
+                 `ddpm sample --n N` makes any number of images",
+                self.sample_count
+            );
+        }
+        if self.sample_steps == 0 {
+            bail!("--sample-steps must be at least 1");
+        }
+        let positive = |flag: &str, v: f64| {
+            if v > 0.0 && v.is_finite() {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!(
+                    "{flag} must be a positive finite number, got {v}"
+                ))
+            }
+        };
+        let non_negative = |flag: &str, v: f64| {
+            if v >= 0.0 && v.is_finite() {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!(
+                    "{flag} must be a finite number ≥ 0, got {v}"
+                ))
+            }
+        };
+        let unit = |flag: &str, v: f64| {
+            if (0.0..1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("{flag} must be in [0, 1), got {v}"))
+            }
+        };
+        positive("--lr", self.lr)?;
+        if let Some(c) = self.grad_clip {
+            positive("--grad-clip", c)?;
+        }
+        unit("--adam-beta1", self.adam_beta1)?;
+        unit("--adam-beta2", self.adam_beta2)?;
+        positive("--adam-eps", self.adam_eps)?;
+        non_negative("--weight-decay", self.weight_decay)?;
+        unit("--ema-decay", self.ema_decay)?;
+        non_negative("--ema-warmup-power", self.ema_warmup_power)?;
+        non_negative("--hybrid-lambda", self.hybrid_lambda)?;
+        positive("--p2-k", self.p2_k)?;
+        non_negative("--p2-gamma", self.p2_gamma)?;
+        positive("--min-snr-gamma", self.min_snr_gamma)?;
+        if let Some(p) = self.dropout {
+            unit("--dropout", p)?;
+        }
+        for (flag, b) in [
+            ("--beta-start", self.beta_start),
+            ("--beta-end", self.beta_end),
+        ] {
+            if let Some(b) = b
+                && !(b > 0.0 && b < 1.0)
+            {
+                bail!("{flag} must be in (0, 1), got {b}");
+            }
         }
         if !matches!(self.t_sampler.as_str(), "uniform" | "loss-second-moment") {
             bail!(
@@ -232,12 +316,7 @@ impl TrainConfig {
                 self.t_sampler
             );
         }
-        if !matches!(self.device.as_str(), "cpu" | "cuda" | "wgpu") {
-            bail!(
-                "--device: unknown device `{}`; expected cpu, cuda or wgpu",
-                self.device
-            );
-        }
+        crate::device::resolve_name(&self.device)?;
         super::precision::Precision::parse(&self.precision, "--precision")?;
         self.loss_config()?;
         Ok(())

@@ -6,6 +6,7 @@ pub mod ema;
 pub mod optim;
 pub mod params;
 pub mod precision;
+pub mod resume;
 pub mod trainer;
 
 pub use config::TrainConfig;

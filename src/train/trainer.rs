@@ -12,18 +12,21 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{
-    HostTensor, read_safetensors, resolve, to_safetensors, write_atomic, write_checkpoint,
+    HostTensor, list_checkpoints, newest_complete, read_safetensors, resolve, to_safetensors,
+    write_checkpoint,
 };
 use super::config::TrainConfig;
 use super::ema::{Ema, EmaConfig};
 use super::optim::{AdamW, AdamWConfig, clip_factor, learning_rate};
 use super::params::{map_params, named_grads, named_params, visit_params};
 use super::precision::Precision;
+use super::resume::{check_state, check_state_tensors, compare_configs, split_moments};
 use crate::data::loader::{BatchStream, Loader, Position};
 use crate::data::{Dataset, Split};
 use crate::diffusion::losses::LossConfig;
 use crate::diffusion::timestep_sampler::TimestepSampler;
 use crate::diffusion::{Denoiser, GaussianDiffusion, X0Clip};
+use crate::files::{remove_stale, write_atomic};
 use crate::model::{Mlp, UNet};
 use crate::rng::Rng;
 use crate::sample::{Ddim, Spacing, sample_loop};
@@ -33,6 +36,8 @@ use crate::schedule::{BetaSchedule, NoiseSchedule, read_betas_file};
 pub trait Net<const D: usize>: Module + Denoiser<D> + Clone + 'static {
     /// Builds the network of `cfg` on `device`, checking that it fits items of `item_shape`.
     fn build(cfg: &TrainConfig, item_shape: &[usize], device: &Device) -> Result<Self>;
+    /// About how many bytes one item's training forward and backward pass holds at its peak.
+    fn activation_bytes_per_item(cfg: &TrainConfig, item_shape: &[usize]) -> f64;
 }
 
 impl Net<4> for UNet {
@@ -52,6 +57,13 @@ impl Net<4> for UNet {
         }
         UNet::new(&c, device).map_err(|e| anyhow::anyhow!("model: {e}"))
     }
+    fn activation_bytes_per_item(cfg: &TrainConfig, _item_shape: &[usize]) -> f64 {
+        // The values the forward pass produces, in f32: the estimate for the cifar10 preset at
+        // batch 128 is 5.6 GB, its measured peak RSS 5.1 GiB (BENCHMARKS.md).
+        cfg.unet_config()
+            .map(|c| c.activation_values() as f64 * 4.0)
+            .unwrap_or(0.0)
+    }
 }
 
 impl Net<2> for Mlp {
@@ -66,6 +78,10 @@ impl Net<2> for Mlp {
             );
         }
         Ok(Mlp::new(&c, device))
+    }
+    fn activation_bytes_per_item(cfg: &TrainConfig, _item_shape: &[usize]) -> f64 {
+        let c = cfg.mlp.clone().unwrap_or_default();
+        (c.hidden * (c.layers + 2) * 8) as f64 * 4.0
     }
 }
 
@@ -216,11 +232,24 @@ pub fn train<M: Net<D>, const D: usize>(
 ) -> Result<TrainSummary> {
     cfg.validate()?;
     let run = PathBuf::from(&cfg.out);
+    let config_path = run.join("config.toml");
+    // A resumed run keeps what defines it; what may change between segments is reported.
+    if resume && config_path.is_file() {
+        let text = std::fs::read_to_string(&config_path)
+            .with_context(|| format!("cannot read {}", config_path.display()))?;
+        let saved = TrainConfig::from_toml(&text, &config_path.display().to_string())?;
+        for change in compare_configs(&saved, cfg)? {
+            if !quiet {
+                eprintln!("resume: {change}");
+            }
+        }
+    }
     let device = crate::device::by_name(&cfg.device)?.autodiff();
     let diffusion = diffusion_from(cfg)?;
     let loss_cfg: LossConfig = cfg.loss_config()?;
     let precision = Precision::parse(&cfg.precision, "--precision")?;
-    if precision != Precision::F32 && cfg.device == "cpu" && !quiet {
+    let device_name = crate::device::resolve_name(&cfg.device)?;
+    if precision != Precision::F32 && device_name == "cpu" && !quiet {
         eprintln!(
             "note: --precision {} on the CPU runs burn's generic bf16 operations, far slower than \
              f32 with this crate's kernels; it is meant for GPUs",
@@ -264,45 +293,75 @@ pub fn train<M: Net<D>, const D: usize>(
         ema_updates: 0,
     };
 
-    let config_path = run.join("config.toml");
-    if resume {
-        let ckpt = resolve(&run)
-            .with_context(|| format!("--resume: no checkpoint to resume in {}", run.display()))?;
-        if config_path.is_file() {
-            let saved = TrainConfig::from_toml(
-                &std::fs::read_to_string(&config_path)?,
-                &config_path.display().to_string(),
-            )?;
-            check_compatible(&saved, cfg)?;
+    // Leftovers of interrupted writes (temporary checkpoint directories, half-written files,
+    // checkpoints moved aside for deletion) by processes that are gone.
+    for dir in [run.clone(), run.join("checkpoints")] {
+        let removed = remove_stale(&dir)?;
+        if !removed.is_empty() && !quiet {
+            eprintln!(
+                "removed {} leftover(s) of an interrupted write in {}",
+                removed.len(),
+                dir.display()
+            );
         }
+    }
+    if resume {
+        let ckpt = newest_complete(&run)?.with_context(|| {
+            format!(
+                "--resume: no complete checkpoint to resume in {}",
+                run.display()
+            )
+        })?;
         let inner = device.clone().inner();
+        let model_file = ckpt.join("model.safetensors");
         model = load_params(
             model,
-            &read_safetensors(&ckpt.join("model.safetensors"))?,
-            &ckpt.join("model.safetensors").display().to_string(),
+            &read_safetensors(&model_file)?,
+            &model_file.display().to_string(),
             &inner,
         )?;
-        let ema_t = read_safetensors(&ckpt.join("ema.safetensors"))?;
+        let mut shapes = BTreeMap::new();
+        visit_params(&model, |name, _, shape, _| {
+            shapes.insert(name.to_string(), shape);
+        });
+        let ema_file = ckpt.join("ema.safetensors");
+        let ema_t = read_safetensors(&ema_file)?;
+        check_state_tensors(&ema_t, &shapes, &ema_file.display().to_string())?;
         ema.params = from_host_map(&ema_t, "", &inner);
-        let opt_t = read_safetensors(&ckpt.join("optimizer.safetensors"))?;
-        opt.m = from_host_map(&opt_t, "m.", &inner);
-        opt.v = from_host_map(&opt_t, "v.", &inner);
+        let opt_file = ckpt.join("optimizer.safetensors");
+        let opt_name = opt_file.display().to_string();
+        let (m, v) = split_moments(read_safetensors(&opt_file)?, &opt_name)?;
+        check_state_tensors(&m, &shapes, &format!("{opt_name} (first moments)"))?;
+        check_state_tensors(&v, &shapes, &format!("{opt_name} (second moments)"))?;
+        if let Some((name, _)) = v.iter().find(|(_, t)| t.data.iter().any(|x| *x < 0.0)) {
+            bail!("{opt_name}: second moment v.{name} holds negative values; the file is damaged");
+        }
+        opt.m = from_host_map(&m, "", &inner);
+        opt.v = from_host_map(&v, "", &inner);
         let st_path = ckpt.join("state.json");
-        state = serde_json::from_str(&std::fs::read_to_string(&st_path)?)
+        let text = std::fs::read_to_string(&st_path)
+            .with_context(|| format!("cannot read {}", st_path.display()))?;
+        state = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a valid training state", st_path.display()))?;
+        check_state(&state, &ckpt, n_t, dataset.len(), &st_path)?;
         opt.step = state.adam_step;
         ema.updates = state.ema_updates;
         if !quiet {
             eprintln!("resuming {} at step {}", ckpt.display(), state.step);
         }
-    } else if run.join("checkpoints").join("latest").exists() {
+    } else if !list_checkpoints(&run)?.is_empty() {
         bail!(
             "--out {}: this run already has checkpoints; pass --resume to continue it or choose another --out",
             run.display()
         );
     }
-    std::fs::create_dir_all(&run).with_context(|| format!("cannot create {}", run.display()))?;
-    write_atomic(&config_path, cfg.to_toml().as_bytes())?;
+    check_memory::<M, D>(cfg, &model, &item_shape)?;
+    std::fs::create_dir_all(&run)
+        .with_context(|| format!("cannot create the run directory {}", run.display()))?;
+    let toml = cfg.to_toml()?;
+    if std::fs::read_to_string(&config_path).ok().as_deref() != Some(toml.as_str()) {
+        write_atomic(&config_path, toml.as_bytes())?;
+    }
 
     let micro = cfg.batch_size / cfg.grad_accum;
     let mut loader = Loader::spawn(BatchStream::new(
@@ -312,12 +371,19 @@ pub fn train<M: Net<D>, const D: usize>(
         cfg.hflip,
         state.data,
     ));
+    if device_name != "cpu" && !quiet {
+        eprintln!(
+            "note: the first steps on {device_name} compile (and autotune) the GPU kernels, a \
+             one-time cost that can take minutes; the progress bar shows the time spent"
+        );
+    }
     let bar = progress_bar(cfg.steps, state.step, quiet);
+    let log_path = run.join("log.jsonl");
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(run.join("log.jsonl"))
-        .with_context(|| format!("cannot open {}", run.join("log.jsonl").display()))?;
+        .open(&log_path)
+        .with_context(|| format!("cannot open {} for appending", log_path.display()))?;
 
     let start = Instant::now();
     let first_step = state.step;
@@ -328,7 +394,8 @@ pub fn train<M: Net<D>, const D: usize>(
     let mut q_n = [0usize; 4];
     let mut last_loss = f64::NAN;
     let mut grid = None;
-    let mut last_ckpt: Option<PathBuf> = crate::train::checkpoint::resolve(&run).ok();
+    // Checkpoints are only ever written with finite weights (and checked when loaded).
+    let mut last_ckpt: Option<PathBuf> = newest_complete(&run)?;
 
     while state.step < cfg.steps {
         let step = state.step + 1;
@@ -374,7 +441,7 @@ pub fn train<M: Net<D>, const D: usize>(
             }
             if per_sample.iter().any(|l| !l.is_finite()) {
                 bail!(
-                    "non-finite loss at step {step}; stopping without saving. The last good checkpoint is {}",
+                    "non-finite loss at step {step}; stopping without saving. The last finite checkpoint is {}",
                     last_ckpt
                         .as_ref()
                         .map(|p| p.display().to_string())
@@ -393,6 +460,16 @@ pub fn train<M: Net<D>, const D: usize>(
         let lr = learning_rate(cfg.lr, cfg.warmup_steps, step);
         model = opt.step(model, &grads, lr, factor);
         drop(grads);
+        if let Some(name) = first_non_finite(&model) {
+            bail!(
+                "non-finite weights after the update of step {step} (parameter {name}; learning rate \
+                 {lr}, gradient norm {grad_norm}); stopping without saving. The last finite checkpoint is {}",
+                last_ckpt
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "none (no checkpoint was written yet)".into())
+            );
+        }
         ema.update(
             &named_params(&model)
                 .into_iter()
@@ -424,7 +501,8 @@ pub fn train<M: Net<D>, const D: usize>(
                 img_per_s: window_images as f64 / secs.max(1e-9),
                 elapsed_s: start.elapsed().as_secs_f64(),
             };
-            writeln!(log, "{}", serde_json::to_string(&line)?)?;
+            writeln!(log, "{}", serde_json::to_string(&line)?)
+                .with_context(|| format!("cannot append to {}", log_path.display()))?;
             if let Some(b) = &bar {
                 b.set_message(format!(
                     "loss {:.4} | {:.1} img/s",
@@ -486,6 +564,66 @@ pub fn ema_model<M: Module>(model: &M, ema: &Ema, device: &Device) -> M {
     })
 }
 
+/// The name of the first parameter holding a NaN or an infinity, if any: one device reduction
+/// per parameter (0·x sums to 0 exactly when every x is finite) and one read-back.
+fn first_non_finite<M: Module>(model: &M) -> Option<String> {
+    let named = named_params(model);
+    let probes: Vec<Tensor<1>> = named
+        .values()
+        .map(|p| (p.value.clone() * 0.0).sum())
+        .collect();
+    if probes.is_empty() {
+        return None;
+    }
+    let sums = Tensor::cat(probes, 0)
+        .into_data()
+        .convert::<f64>()
+        .try_into_vec::<f64>()
+        .unwrap_or_default();
+    named
+        .keys()
+        .zip(&sums)
+        .find(|(_, s)| !s.is_finite())
+        .map(|(k, _)| k.clone())
+}
+
+/// Refuses a configuration whose training step would not fit in this machine's memory (CPU
+/// only), with the estimate, before anything large is allocated.
+fn check_memory<M: Net<D>, const D: usize>(
+    cfg: &TrainConfig,
+    model: &M,
+    item_shape: &[usize],
+) -> Result<()> {
+    if crate::device::resolve_name(&cfg.device)? != "cpu" {
+        return Ok(());
+    }
+    let Some(available) = crate::heap::available_memory() else {
+        return Ok(());
+    };
+    let mut params = 0u64;
+    visit_params(model, |_, _, shape, _| {
+        params += shape.iter().product::<usize>() as u64
+    });
+    let per_item = M::activation_bytes_per_item(cfg, item_shape);
+    let micro = (cfg.batch_size / cfg.grad_accum) as f64;
+    // Weights, gradients, two AdamW moments, the EMA and the update's temporaries: 8 copies.
+    let need = micro * per_item + 8.0 * 4.0 * params as f64;
+    if need > available as f64 {
+        let gib = |b: f64| b / (1u64 << 30) as f64;
+        bail!(
+            "--batch-size {}: a training step needs about {:.1} GiB ({} images per micro-batch at \
+             about {:.1} MiB each, plus the model's state), but this machine has {:.1} GiB available; \
+             use a smaller --batch-size or split it with --grad-accum",
+            cfg.batch_size,
+            gib(need),
+            micro,
+            per_item / (1u64 << 20) as f64,
+            gib(available as f64)
+        );
+    }
+    Ok(())
+}
+
 fn save_checkpoint<M: Module>(
     run: &Path,
     model: &M,
@@ -511,6 +649,21 @@ fn save_checkpoint<M: Module>(
     let ema_b = to_safetensors(&ema_host)?;
     let mut o = to_host_map(&opt.m, "m.");
     o.extend(to_host_map(&opt.v, "v."));
+    for (what, map) in [
+        ("weight", &weights),
+        ("EMA weight", &ema_host),
+        ("optimizer state", &o),
+    ] {
+        if let Some((name, _)) = map
+            .iter()
+            .find(|(_, t)| t.data.iter().any(|x| !x.is_finite()))
+        {
+            bail!(
+                "step {}: {what} {name} is not finite; the checkpoint is not written",
+                state.step
+            );
+        }
+    }
     let opt_b = to_safetensors(&o)?;
     let st = serde_json::to_vec_pretty(state)?;
     write_checkpoint(
@@ -543,22 +696,32 @@ fn write_samples<M: Net<D>, const D: usize>(
     );
     let mut sampler = Ddim::new(diffusion, steps, 0.0, X0Clip::Clip);
     let mut rng = Rng::new(cfg.seed ^ 0x5A3B_1E00);
+    // In chunks of at most a training micro-batch, so a large grid needs no more memory than a
+    // training step.
+    let chunk = (cfg.batch_size / cfg.grad_accum).max(1);
+    let mut data: Vec<f32> = Vec::new();
     let mut shape = [0usize; D];
-    shape[0] = n;
     shape[1..].copy_from_slice(item_shape);
-    let x = sample_loop(
-        model,
-        &mut sampler,
-        shape,
-        device,
-        &mut rng,
-        |_, _, _, _| {},
-    );
-    let data: Vec<f32> = x
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut done = 0;
+    while done < n {
+        shape[0] = chunk.min(n - done);
+        let x = sample_loop(
+            model,
+            &mut sampler,
+            shape,
+            device,
+            &mut rng,
+            |_, _, _, _| {},
+        );
+        data.extend(
+            x.into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+        );
+        done += shape[0];
+    }
+    shape[0] = n;
     let path = run.join("samples").join(format!("step-{step:08}.png"));
     if D == 4 {
         let s = shape.to_vec();
@@ -570,59 +733,20 @@ fn write_samples<M: Net<D>, const D: usize>(
     Ok(path)
 }
 
-/// The keys that define the model and the diffusion must match to resume.
-fn check_compatible(saved: &TrainConfig, now: &TrainConfig) -> Result<()> {
-    let pairs: [(&str, String, String); 9] = [
-        ("preset", saved.preset.clone(), now.preset.clone()),
-        ("schedule", saved.schedule.clone(), now.schedule.clone()),
-        (
-            "timesteps",
-            saved.timesteps.to_string(),
-            now.timesteps.to_string(),
-        ),
-        (
-            "parameterization",
-            format!("{:?}", saved.parameterization),
-            format!("{:?}", now.parameterization),
-        ),
-        (
-            "variance",
-            format!("{:?}", saved.variance),
-            format!("{:?}", now.variance),
-        ),
-        (
-            "model",
-            format!("{:?}", saved.unet_config().ok()),
-            format!("{:?}", now.unet_config().ok()),
-        ),
-        ("mlp", format!("{:?}", saved.mlp), format!("{:?}", now.mlp)),
-        (
-            "batch_size",
-            saved.batch_size.to_string(),
-            now.batch_size.to_string(),
-        ),
-        ("seed", saved.seed.to_string(), now.seed.to_string()),
-    ];
-    for (key, a, b) in pairs {
-        if a != b {
-            bail!(
-                "--resume: the checkpoint is of another configuration: the run was made with {key} = {a}, this configuration has {b}; resume with the run's config.toml or start a new --out"
-            );
-        }
-    }
-    Ok(())
-}
-
 fn progress_bar(total: u64, pos: u64, quiet: bool) -> Option<indicatif::ProgressBar> {
     if quiet {
         return None;
     }
     let b = indicatif::ProgressBar::new(total);
     b.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps | {msg} | ETA {eta}")
-            .expect("template"),
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps | {msg} | {elapsed} elapsed, ETA {eta}",
+        )
+        .expect("template"),
     );
     b.set_position(pos);
+    // Ticks while a step is still running (a GPU backend compiling its kernels).
+    b.enable_steady_tick(std::time::Duration::from_millis(500));
     Some(b)
 }
 

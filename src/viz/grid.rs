@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-use crate::train::checkpoint::write_atomic;
+use crate::files::write_atomic;
 
 /// Converts a value in [−1, 1] to a byte (clipped, rounded).
 pub fn to_u8(v: f32) -> u8 {

@@ -44,7 +44,7 @@ pub(super) fn render(
         root.present().map_err(err)?;
     }
     let png = crate::viz::grid::encode_png(w as usize, h as usize, 3, &buf)?;
-    crate::train::checkpoint::write_atomic(path, &png)
+    crate::files::write_atomic(path, &png)
 }
 
 const COLORS: [RGBColor; 6] = [

@@ -1,0 +1,208 @@
+//! Writing files and directories so that a crash never leaves a half-written one under its real
+//! name, and cleaning up what interrupted writes left behind.
+//!
+//! Every temporary name carries the writer's process id (`.NAME.tmpPID`, `.tmp-NAME-PID`,
+//! `.trash-NAME-PID`), so a later process can tell the leftovers of a dead writer from the files
+//! of a live one and remove only the former. Every error names the file and the operation.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// Removes a file or directory tree, ignoring one that is already gone.
+fn remove_any(path: &Path) -> std::io::Result<()> {
+    let r = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, flushed, then
+/// renamed over `path`. On failure the temporary file is removed and `path` is untouched.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the directory {}", dir.display()))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let written = write_synced(&tmp, bytes)
+        .with_context(|| format!("cannot write {}", tmp.display()))
+        .and_then(|()| {
+            std::fs::rename(&tmp, path)
+                .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Writes the directory `dir` atomically: `files` (name → bytes) go into a temporary sibling
+/// directory that is then renamed to `dir` (an existing `dir` is first moved aside and removed).
+/// On failure the temporary directory is removed and `dir` is untouched.
+pub fn write_dir_atomic(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create the directory {}", parent.display()))?;
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("dir");
+    let tmp = parent.join(format!(".tmp-{name}-{}", std::process::id()));
+    let result = (|| {
+        remove_any(&tmp).with_context(|| format!("cannot remove {}", tmp.display()))?;
+        std::fs::create_dir(&tmp)
+            .with_context(|| format!("cannot create the directory {}", tmp.display()))?;
+        for (file, bytes) in files {
+            let p = tmp.join(file);
+            write_synced(&p, bytes).with_context(|| format!("cannot write {}", p.display()))?;
+        }
+        if dir.exists() {
+            remove_dir_aside(dir)?;
+        }
+        std::fs::rename(&tmp, dir)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), dir.display()))
+    })();
+    if result.is_err() {
+        let _ = remove_any(&tmp);
+    }
+    result
+}
+
+/// Removes the directory `dir` so that no reader ever sees part of it: it is first renamed to a
+/// hidden `.trash-NAME-PID` sibling, then deleted. A crash in between leaves only the hidden
+/// directory, which [`remove_stale`] deletes later.
+pub fn remove_dir_aside(dir: &Path) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("dir");
+    let trash = parent.join(format!(".trash-{name}-{}", std::process::id()));
+    remove_any(&trash).with_context(|| format!("cannot remove {}", trash.display()))?;
+    std::fs::rename(dir, &trash)
+        .with_context(|| format!("cannot move {} aside to {}", dir.display(), trash.display()))?;
+    remove_any(&trash).with_context(|| format!("cannot remove {}", trash.display()))
+}
+
+/// The process id a temporary name of this module carries, if `name` is one.
+fn temporary_owner(name: &str) -> Option<u32> {
+    if let Some(rest) = name
+        .strip_prefix(".tmp-")
+        .or_else(|| name.strip_prefix(".trash-"))
+    {
+        let (_, pid) = rest.rsplit_once('-')?;
+        return pid.parse().ok();
+    }
+    if name.starts_with('.') {
+        let (_, tail) = name.rsplit_once(".tmp")?;
+        if !tail.is_empty() && tail.bytes().all(|b| b.is_ascii_digit()) {
+            return tail.parse().ok();
+        }
+    }
+    None
+}
+
+/// Whether process `pid` is running (this process counts as running; where processes cannot be
+/// listed, every process does, so nothing is removed).
+fn process_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        Path::new("/proc").join(pid.to_string()).exists()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        true
+    }
+}
+
+/// Deletes, in `dir`, the temporary files and directories of interrupted writes made by
+/// processes that are no longer running; returns what it removed. A missing `dir` is no error.
+pub fn remove_stale(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+    };
+    for e in entries {
+        let e = e.with_context(|| format!("cannot list {}", dir.display()))?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(pid) = temporary_owner(&name)
+            && !process_alive(pid)
+        {
+            let p = e.path();
+            remove_any(&p)
+                .with_context(|| format!("cannot remove the leftover {}", p.display()))?;
+            removed.push(p);
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_names_and_their_owners() {
+        assert_eq!(temporary_owner(".latest.tmp123"), Some(123));
+        assert_eq!(temporary_owner(".config.toml.tmp77"), Some(77));
+        assert_eq!(temporary_owner(".tmp-step-00000004-991"), Some(991));
+        assert_eq!(temporary_owner(".trash-step-00000004-5"), Some(5));
+        assert_eq!(temporary_owner("step-00000004"), None);
+        assert_eq!(temporary_owner("latest"), None);
+        assert_eq!(temporary_owner(".tmp"), None);
+        assert_eq!(temporary_owner(".x.tmp"), None);
+        assert_eq!(temporary_owner("a.tmp12"), None);
+    }
+
+    #[test]
+    fn atomic_writes_and_stale_leftovers() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("a.txt");
+        write_atomic(&f, b"one").unwrap();
+        write_atomic(&f, b"two").unwrap();
+        assert_eq!(std::fs::read(&f).unwrap(), b"two");
+        let sub = d.path().join("step-1");
+        write_dir_atomic(&sub, &[("x", b"1".to_vec()), ("y", b"2".to_vec())]).unwrap();
+        write_dir_atomic(&sub, &[("x", b"3".to_vec())]).unwrap();
+        assert_eq!(std::fs::read(sub.join("x")).unwrap(), b"3");
+        assert!(!sub.join("y").exists());
+        // A dead writer's leftovers (pid far above any pid_max) go; a live one's stay.
+        let dead = 999_999_999u32;
+        let mine = std::process::id();
+        for n in [
+            format!(".tmp-step-2-{dead}"),
+            format!(".trash-step-0-{dead}"),
+            format!(".tmp-step-3-{mine}"),
+        ] {
+            std::fs::create_dir(d.path().join(n)).unwrap();
+        }
+        std::fs::write(d.path().join(format!(".latest.tmp{dead}")), b"x").unwrap();
+        let mut gone = remove_stale(d.path()).unwrap();
+        gone.sort();
+        assert_eq!(gone.len(), 3, "{gone:?}");
+        assert!(d.path().join(format!(".tmp-step-3-{mine}")).exists());
+        assert!(sub.exists() && f.exists());
+        remove_dir_aside(&sub).unwrap();
+        assert!(!sub.exists());
+        // A write into a path whose parent is a file fails naming the path, leaving nothing.
+        let e = write_atomic(&f.join("inner"), b"x").unwrap_err();
+        assert!(format!("{e:#}").contains("a.txt"), "{e:#}");
+        let e = write_dir_atomic(&f.join("dir"), &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("a.txt"), "{e:#}");
+    }
+}

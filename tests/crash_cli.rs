@@ -1,0 +1,167 @@
+//! The crash test: a tiny training run with a checkpoint every step is killed with SIGKILL at
+//! seeded random moments (during steps, checkpoint writes and pruning alike) and resumed each
+//! time. After every kill the run's newest complete checkpoint must be whole and readable, and
+//! the final weights, EMA, optimizer state and training state must equal those of an
+//! uninterrupted run bit for bit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ddpm::train::checkpoint::{CHECKPOINT_FILES, newest_complete, read_safetensors};
+
+const STEPS: &str = "120";
+
+fn write_idx(dir: &Path) {
+    let mut v = Vec::new();
+    for x in [0x0803u32, 10, 8, 8] {
+        v.extend(x.to_be_bytes());
+    }
+    let mut s = 7u32;
+    for _ in 0..10 * 64 {
+        s = s.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        v.push((s >> 16) as u8);
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("train-images-idx3-ubyte"), v).unwrap();
+}
+
+fn command(data: &str, out: &Path, resume: bool) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ddpm"));
+    c.args([
+        "train",
+        "--quiet",
+        "--data",
+        data,
+        "--preset",
+        "tiny",
+        "--batch-size",
+        "4",
+        "--timesteps",
+        "50",
+        "--dropout",
+        "0.1",
+        "--checkpoint-every",
+        "1",
+        "--keep-checkpoints",
+        "2",
+        "--sample-every",
+        "8",
+        "--sample-count",
+        "2",
+        "--sample-steps",
+        "2",
+        "--steps",
+        STEPS,
+        "--out",
+    ])
+    .arg(out)
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    if resume {
+        c.arg("--resume");
+    }
+    c
+}
+
+/// The newest complete checkpoint, checked whole: every tensor file parses with finite values
+/// and `state.json` names its own step.
+fn check_newest(run: &Path) -> Option<PathBuf> {
+    let dir = newest_complete(run).expect("list checkpoints")?;
+    for f in CHECKPOINT_FILES {
+        let p = dir.join(f);
+        if f.ends_with(".safetensors") {
+            read_safetensors(&p)
+                .unwrap_or_else(|e| panic!("a partial checkpoint was chosen: {e:#}"));
+        } else {
+            let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let step = s["step"].as_u64().unwrap();
+            assert!(dir.ends_with(format!("step-{step:08}")), "{}", p.display());
+        }
+    }
+    Some(dir)
+}
+
+#[test]
+fn killed_at_random_moments_the_run_ends_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    write_idx(&data_dir);
+    let data = format!("idx:{}", data_dir.display());
+
+    let straight = tmp.path().join("straight");
+    let start = Instant::now();
+    let o = command(&data, &straight, false).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run_time = start.elapsed();
+
+    let killed = tmp.path().join("killed");
+    let mut rng = 0x5EED_u64;
+    let mut next = move || {
+        rng = rng
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (rng >> 33) as f64 / (1u64 << 31) as f64
+    };
+    let (mut kills, mut finished, mut mid_write) = (0, false, 0);
+    for attempt in 0..400 {
+        let resume = check_newest(&killed).is_some();
+        // A kill that left a temporary checkpoint or a directory moved aside for pruning.
+        if std::fs::read_dir(killed.join("checkpoints")).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with('.'))
+        }) {
+            mid_write += 1;
+        }
+        let mut child = command(&data, &killed, resume).spawn().unwrap();
+        // After the 25th kill, let the run finish.
+        let wait = if kills < 25 {
+            run_time.mul_f64(0.01 + 0.07 * next())
+        } else {
+            Duration::from_secs(600)
+        };
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+                assert!(st.success(), "attempt {attempt} failed: {err}");
+                finished = true;
+                break;
+            }
+            if Instant::now() >= deadline {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills += 1;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if finished {
+            break;
+        }
+    }
+    assert!(finished, "the run never finished");
+    assert!(kills >= 20, "only {kills} kills");
+    assert!(
+        mid_write > 0,
+        "no kill landed during a checkpoint write or pruning"
+    );
+    eprintln!("{kills} kills, {mid_write} of them during a checkpoint write or pruning");
+    let last = format!("checkpoints/step-{:08}", STEPS.parse::<u64>().unwrap());
+    for f in CHECKPOINT_FILES {
+        let a = std::fs::read(straight.join(&last).join(f)).unwrap();
+        let b = std::fs::read(killed.join(&last).join(f)).unwrap();
+        assert!(
+            a == b,
+            "{f} differs from the uninterrupted run after {kills} kills"
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(killed.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| !n.starts_with("step-") && n != "latest")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
