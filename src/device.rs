@@ -5,15 +5,17 @@ use anyhow::{Result, bail};
 use burn::tensor::Device;
 
 /// The device names `--device` accepts.
-pub const DEVICE_NAMES: &str = "cpu, cuda, wgpu or auto";
+pub const DEVICE_NAMES: &str = "cpu, cuda, wgpu, cubecl-cpu or auto";
 
-/// `cpu` (burn's `flex` backend), `cuda` (feature `cuda`), `wgpu` (feature `wgpu`), or `auto`:
+/// `cpu` (burn's `flex` backend), `cuda` (feature `cuda`), `wgpu` (feature `wgpu`),
+/// `cubecl-cpu` (feature `cubecl-cpu`: the GPU route's CubeCL backend on this CPU), or `auto`:
 /// the first of cuda, wgpu and cpu that this binary has and this machine offers.
 pub fn by_name(name: &str) -> Result<Device> {
     match name {
         "cpu" => cpu(),
         "cuda" => cuda(),
         "wgpu" => wgpu(),
+        "cubecl-cpu" => cubecl_cpu(),
         "auto" => cuda().or_else(|_| wgpu()).or_else(|_| cpu()).map_err(|_| {
             anyhow::anyhow!(
                 "--device auto: this binary has no backend that runs here (built with: {})",
@@ -30,6 +32,7 @@ pub fn resolve_name(name: &str) -> Result<&'static str> {
         "cpu" => "cpu",
         "cuda" => "cuda",
         "wgpu" => "wgpu",
+        "cubecl-cpu" => "cubecl-cpu",
         "auto" => {
             if cuda().is_ok() {
                 "cuda"
@@ -54,6 +57,9 @@ pub fn built_backends() -> Vec<&'static str> {
     }
     if cfg!(feature = "wgpu") {
         v.push("wgpu");
+    }
+    if cfg!(feature = "cubecl-cpu") {
+        v.push("cubecl-cpu");
     }
     v
 }
@@ -113,6 +119,16 @@ fn wgpu() -> Result<Device> {
     #[cfg(not(feature = "wgpu"))]
     bail!(
         "--device wgpu: this binary was built without the `wgpu` feature (cargo build --release --features wgpu)"
+    );
+}
+
+fn cubecl_cpu() -> Result<Device> {
+    #[cfg(feature = "cubecl-cpu")]
+    return Ok(Device::cpu());
+    #[cfg(not(feature = "cubecl-cpu"))]
+    bail!(
+        "--device cubecl-cpu: this binary was built without the `cubecl-cpu` feature \
+         (scripts/cuda-toolchain.sh, then cargo build --release --features cubecl-cpu)"
     );
 }
 

@@ -14,7 +14,10 @@ use ddpm::train::params::named_grads;
 use ddpm::train::trainer::{host_params, load_params};
 
 fn host(t: Tensor<1>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec::<f32>().unwrap()
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap()
 }
 
 /// max |a − b| / max |a|.

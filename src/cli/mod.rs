@@ -65,6 +65,15 @@ fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
+/// Clap parser of a finite number ≥ 0.
+fn non_negative(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
+        Ok(v) => Err(format!("must be a finite number ≥ 0, got {v}")),
+        Err(e) => Err(format!("expected a number: {e}")),
+    }
+}
+
 /// Clap parser of a number in [0, 1].
 fn unit_closed(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {

@@ -130,6 +130,12 @@ pub struct TrainArgs {
     /// Dropout probability (overrides the preset's).
     #[arg(long)]
     dropout: Option<f64>,
+    /// Class-conditional training on the dataset's labels (for --class and --guidance).
+    #[arg(long)]
+    class_cond: bool,
+    /// Probability of training a label as the null class (classifier-free guidance).
+    #[arg(long)]
+    cond_drop: Option<f64>,
 }
 
 fn parse_kebab<T: serde::de::DeserializeOwned>(
@@ -230,6 +236,12 @@ fn resolve(args: &TrainArgs) -> Result<TrainConfig, CliError> {
     }
     if args.hflip {
         c.hflip = true;
+    }
+    if args.class_cond {
+        c.class_cond = true;
+    }
+    if let Some(p) = args.cond_drop {
+        c.cond_drop = p;
     }
     if let Some(p) = &args.parameterization {
         c.parameterization =

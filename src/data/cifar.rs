@@ -12,6 +12,7 @@ const RECORD: usize = 1 + 3 * 32 * 32;
 /// CIFAR-10 images scaled to [−1, 1], `[3, 32, 32]`.
 pub struct Cifar10 {
     pixels: Vec<u8>,
+    labels: Vec<u8>,
     count: usize,
     source: String,
 }
@@ -30,6 +31,7 @@ impl Cifar10 {
             Split::Test => vec!["test_batch.bin".into()],
         };
         let mut pixels = Vec::new();
+        let mut labels = Vec::new();
         let mut count = 0;
         for n in &names {
             let p = base.join(n);
@@ -52,11 +54,13 @@ impl Cifar10 {
                     );
                 }
                 pixels.extend_from_slice(&rec[1..]);
+                labels.push(rec[0]);
                 count += 1;
             }
         }
         Ok(Self {
             pixels,
+            labels,
             count,
             source: base.display().to_string(),
         })
@@ -79,7 +83,27 @@ impl Dataset for Cifar10 {
     fn describe(&self) -> String {
         format!("CIFAR-10 {} ({} images)", self.source, self.count)
     }
+    fn classes(&self) -> Vec<String> {
+        CLASSES.iter().map(|c| c.to_string()).collect()
+    }
+    fn label(&self, index: usize) -> Option<usize> {
+        Some(self.labels[index] as usize)
+    }
 }
+
+/// CIFAR-10's class names in label order (`batches.meta.txt`).
+const CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
 
 #[cfg(test)]
 mod tests {
@@ -94,6 +118,8 @@ mod tests {
         std::fs::write(dir.path().join("test_batch.bin"), &two).unwrap();
         let d = Cifar10::open_dir(dir.path(), Split::Test).unwrap();
         assert_eq!(d.len(), 2);
+        assert_eq!(d.label(1), Some(3));
+        assert_eq!(d.classes()[3], "cat");
         let mut out = vec![0.0; 3072];
         d.get(1, &mut out);
         assert_eq!(out[0], -1.0);

@@ -10,6 +10,10 @@ use super::Dataset;
 /// Images from a folder (recursively), decoded once, as `[channels, size, size]` in [−1, 1].
 pub struct ImageFolder {
     pixels: Vec<u8>,
+    /// Class names (the sub-directories, sorted) and each image's class; empty when some image
+    /// lies directly in the folder.
+    classes: Vec<String>,
+    labels: Vec<usize>,
     count: usize,
     channels: usize,
     size: usize,
@@ -73,8 +77,11 @@ impl ImageFolder {
                 }
             }
         }
+        let (classes, labels) = class_folders(dir, &files);
         Ok(Self {
             pixels,
+            classes,
+            labels,
             count: files.len(),
             channels,
             size,
@@ -102,6 +109,38 @@ impl Dataset for ImageFolder {
             self.source, self.count, self.channels, self.size, self.size
         )
     }
+    fn classes(&self) -> Vec<String> {
+        self.classes.clone()
+    }
+    fn label(&self, index: usize) -> Option<usize> {
+        self.labels.get(index).copied()
+    }
+}
+
+/// One class per sub-directory of `dir` (names sorted), each file labelled by the
+/// sub-directory it lies under; no classes when any file lies directly in `dir`.
+fn class_folders(dir: &Path, files: &[PathBuf]) -> (Vec<String>, Vec<usize>) {
+    let first: Option<Vec<String>> = files
+        .iter()
+        .map(|f| {
+            let rel = f.strip_prefix(dir).ok()?;
+            let mut parts = rel.components();
+            let top = parts.next()?;
+            parts.next()?;
+            Some(top.as_os_str().to_string_lossy().to_string())
+        })
+        .collect();
+    let Some(first) = first else {
+        return (Vec::new(), Vec::new());
+    };
+    let mut classes = first.clone();
+    classes.sort();
+    classes.dedup();
+    let labels = first
+        .iter()
+        .map(|c| classes.binary_search(c).expect("a collected class"))
+        .collect();
+    (classes, labels)
 }
 
 /// Checks that `dir` holds only PNG/JPEG images, all `size`×`size` (as a folder of generated
@@ -180,5 +219,38 @@ mod tests {
                 .to_string()
                 .contains("no .png")
         );
+    }
+
+    #[test]
+    fn sub_directories_are_classes_in_sorted_order() {
+        let dir = tempfile::tempdir().unwrap();
+        for (class, shade) in [("zebra", 200u8), ("cat", 10), ("dog", 100)] {
+            let sub = dir.path().join(class);
+            std::fs::create_dir_all(&sub).unwrap();
+            for i in 0..2u8 {
+                image::GrayImage::from_pixel(4, 4, image::Luma([shade + i]))
+                    .save(sub.join(format!("{i}.png")))
+                    .unwrap();
+            }
+        }
+        let d = ImageFolder::open(dir.path(), 1, 4).unwrap();
+        assert_eq!(d.classes(), vec!["cat", "dog", "zebra"]);
+        let mut px = vec![0.0; 16];
+        for i in 0..d.len() {
+            d.get(i, &mut px);
+            let shade = ((px[0] + 1.0) * 127.5).round() as u8;
+            let want = match d.label(i).unwrap() {
+                0 => 10..=11,
+                1 => 100..=101,
+                _ => 200..=201,
+            };
+            assert!(want.contains(&shade), "image {i}: shade {shade}");
+        }
+        // An image directly in the folder: no classes.
+        image::GrayImage::from_pixel(4, 4, image::Luma([0]))
+            .save(dir.path().join("loose.png"))
+            .unwrap();
+        let d = ImageFolder::open(dir.path(), 1, 4).unwrap();
+        assert!(d.classes().is_empty() && d.label(0).is_none());
     }
 }

@@ -11,6 +11,7 @@ use super::{Dataset, Split};
 #[derive(Debug, Clone)]
 pub struct IdxImages {
     pixels: Vec<u8>,
+    labels: Option<Vec<u8>>,
     count: usize,
     rows: usize,
     cols: usize,
@@ -145,6 +146,7 @@ impl IdxImages {
         }
         Ok(Self {
             pixels: bytes[16..].to_vec(),
+            labels: None,
             count,
             rows,
             cols,
@@ -153,7 +155,8 @@ impl IdxImages {
     }
 
     /// Opens the images of `split` in `dir`: `train-images-idx3-ubyte[.gz]` or
-    /// `t10k-images-idx3-ubyte[.gz]`.
+    /// `t10k-images-idx3-ubyte[.gz]`, with their labels (`…-labels-idx1-ubyte[.gz]`) when the
+    /// folder has them.
     pub fn open_dir(dir: &Path, split: Split) -> Result<Self> {
         let stem = match split {
             Split::Train => "train-images-idx3-ubyte",
@@ -171,7 +174,25 @@ impl IdxImages {
             );
         };
         let bytes = read_idx_file(path, 0x0803)?;
-        Self::parse(&bytes, &path.display().to_string())
+        let images = Self::parse(&bytes, &path.display().to_string())?;
+        match labels_path(dir, split) {
+            Some(_) => images.with_labels(open_labels_dir(dir, split)?),
+            None => Ok(images),
+        }
+    }
+
+    /// These images with their labels (one per image, each below 256).
+    pub fn with_labels(mut self, labels: Vec<u8>) -> Result<Self> {
+        if labels.len() != self.count {
+            bail!(
+                "{}: {} labels for {} images",
+                self.source,
+                labels.len(),
+                self.count
+            );
+        }
+        self.labels = Some(labels);
+        Ok(self)
     }
 
     /// Image height.
@@ -212,6 +233,18 @@ impl Dataset for IdxImages {
             self.source, self.count, self.rows, self.cols
         )
     }
+
+    fn classes(&self) -> Vec<String> {
+        let n = self
+            .labels
+            .as_ref()
+            .map_or(0, |l| l.iter().map(|&x| x as usize + 1).max().unwrap_or(0));
+        super::numbered_classes(n)
+    }
+
+    fn label(&self, index: usize) -> Option<usize> {
+        self.labels.as_ref().map(|l| l[index] as usize)
+    }
 }
 
 /// Labels from an IDX1 file (magic 0x00000801).
@@ -235,17 +268,24 @@ pub fn parse_labels(bytes: &[u8], source: &str) -> Result<Vec<u8>> {
     Ok(bytes[8..].to_vec())
 }
 
-/// The labels of `split` in `dir`: `train-labels-idx1-ubyte[.gz]` or `t10k-labels-idx1-ubyte[.gz]`.
-pub fn open_labels_dir(dir: &Path, split: Split) -> Result<Vec<u8>> {
+fn labels_path(dir: &Path, split: Split) -> Option<PathBuf> {
     let stem = match split {
         Split::Train => "train-labels-idx1-ubyte",
         Split::Test => "t10k-labels-idx1-ubyte",
     };
-    let Some(path) = [format!("{stem}.gz"), stem.to_string()]
+    [format!("{stem}.gz"), stem.to_string()]
         .iter()
         .map(|n| dir.join(n))
         .find(|p| p.is_file())
-    else {
+}
+
+/// The labels of `split` in `dir`: `train-labels-idx1-ubyte[.gz]` or `t10k-labels-idx1-ubyte[.gz]`.
+pub fn open_labels_dir(dir: &Path, split: Split) -> Result<Vec<u8>> {
+    let Some(path) = labels_path(dir, split) else {
+        let stem = match split {
+            Split::Train => "train-labels-idx1-ubyte",
+            Split::Test => "t10k-labels-idx1-ubyte",
+        };
         bail!(
             "{}: no {stem}.gz or {stem} found (the labels of the IDX images)",
             dir.display()

@@ -25,6 +25,8 @@ pub struct Batch {
     pub data: Vec<f32>,
     /// `[batch, item_shape…]`.
     pub shape: Vec<usize>,
+    /// The items' classes (empty for a dataset without labels).
+    pub labels: Vec<usize>,
     /// The position after this batch (store it to resume after it).
     pub next: Position,
 }
@@ -80,6 +82,8 @@ impl BatchStream {
         let item: usize = shape.iter().product();
         let width = *shape.last().unwrap_or(&1);
         let mut data = vec![0.0f32; self.batch_size * item];
+        let labelled = !self.dataset.classes().is_empty();
+        let mut labels = Vec::with_capacity(if labelled { self.batch_size } else { 0 });
         for b in 0..self.batch_size {
             if self.pos.offset == self.perm.len() {
                 self.pos = Position {
@@ -89,7 +93,11 @@ impl BatchStream {
                 self.perm = epoch_permutation(self.dataset.len(), self.seed, self.pos.epoch);
             }
             let out = &mut data[b * item..(b + 1) * item];
-            self.dataset.get(self.perm[self.pos.offset], out);
+            let index = self.perm[self.pos.offset];
+            self.dataset.get(index, out);
+            if labelled {
+                labels.push(self.dataset.label(index).unwrap_or(0));
+            }
             if self.hflip
                 && shape.len() == 3
                 && flip_bit(self.seed, self.pos.epoch, self.pos.offset)
@@ -105,6 +113,7 @@ impl BatchStream {
         Batch {
             data,
             shape: full,
+            labels,
             next: self.pos,
         }
     }
@@ -175,5 +184,32 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(bg.next_batch().data, direct.next_batch().data);
         }
+    }
+
+    #[test]
+    fn batches_carry_the_labels_of_their_items() {
+        let ds: Arc<dyn Dataset> = Arc::new(ToyDataset::new(Toy2d::EightGaussians, 40, 2));
+        let mut stream = BatchStream::new(ds.clone(), 7, 5, false, Position::default());
+        for _ in 0..12 {
+            let b = stream.next_batch();
+            assert_eq!(b.labels.len(), 7);
+            for (i, &l) in b.labels.iter().enumerate() {
+                // The item's class is the mode it lies nearest to.
+                let p = &b.data[2 * i..2 * i + 2];
+                let nearest = (0..8)
+                    .min_by(|&a, &c| {
+                        let d = |k: usize| {
+                            let m = crate::data::toy2d::eight_gaussians_mean(k);
+                            (p[0] as f64 - m[0]).powi(2) + (p[1] as f64 - m[1]).powi(2)
+                        };
+                        d(a).total_cmp(&d(c))
+                    })
+                    .unwrap();
+                assert_eq!(l, nearest);
+            }
+        }
+        let unlabelled: Arc<dyn Dataset> = Arc::new(ToyDataset::new(Toy2d::SwissRoll, 10, 1));
+        let b = BatchStream::new(unlabelled, 3, 5, false, Position::default()).next_batch();
+        assert!(b.labels.is_empty());
     }
 }

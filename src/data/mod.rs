@@ -24,6 +24,19 @@ pub trait Dataset: Send + Sync {
     fn get(&self, index: usize, out: &mut [f32]);
     /// A human-readable description.
     fn describe(&self) -> String;
+    /// The names of the classes in label order; empty for a dataset without labels.
+    fn classes(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// The class of item `index` (below `classes().len()`), for a dataset with labels.
+    fn label(&self, _index: usize) -> Option<usize> {
+        None
+    }
+}
+
+/// Class names "0", "1", … for datasets whose labels are the digits or indices themselves.
+pub fn numbered_classes(n: usize) -> Vec<String> {
+    (0..n).map(|i| i.to_string()).collect()
 }
 
 /// Which part of a dataset to read.

@@ -34,36 +34,60 @@ impl std::str::FromStr for Toy2d {
 impl Toy2d {
     /// One draw.
     pub fn sample(self, rng: &mut Rng) -> [f64; 2] {
+        self.sample_labelled(rng).0
+    }
+
+    /// The number of classes: the mixture components of `8-gaussians` (one per mode) and
+    /// `two-moons` (one per moon); 0 for the others.
+    pub fn num_classes(self) -> usize {
+        match self {
+            Self::EightGaussians => 8,
+            Self::TwoMoons => 2,
+            Self::SwissRoll | Self::Checkerboard => 0,
+        }
+    }
+
+    /// One draw and the component it came from (the same draws as [`Self::sample`]).
+    pub fn sample_labelled(self, rng: &mut Rng) -> ([f64; 2], Option<usize>) {
         use std::f64::consts::PI;
         match self {
             Self::SwissRoll => {
                 let t = 1.5 * PI * (1.0 + 2.0 * rng.uniform());
                 let r = t / (4.5 * PI);
-                [
-                    r * t.cos() + 0.02 * rng.normal(),
-                    r * t.sin() + 0.02 * rng.normal(),
-                ]
+                (
+                    [
+                        r * t.cos() + 0.02 * rng.normal(),
+                        r * t.sin() + 0.02 * rng.normal(),
+                    ],
+                    None,
+                )
             }
             Self::TwoMoons => {
                 let a = PI * rng.uniform();
-                let (x, y) = if rng.below(2) == 0 {
+                let moon = rng.below(2);
+                let (x, y) = if moon == 0 {
                     (a.cos(), a.sin())
                 } else {
                     (1.0 - a.cos(), 0.5 - a.sin())
                 };
-                // Centre and scale [−1, 2]×[−0.5, 1] into [−1, 1]².
-                [
-                    (x - 0.5) / 1.5 + 0.05 * rng.normal(),
-                    (y - 0.25) / 1.5 * 1.6 + 0.05 * rng.normal(),
-                ]
+                (
+                    [
+                        (x - 0.5) / 1.5 + 0.05 * rng.normal(),
+                        (y - 0.25) / 1.5 * 1.6 + 0.05 * rng.normal(),
+                    ],
+                    Some(moon),
+                )
             }
             Self::EightGaussians => {
-                let k = rng.below(8) as f64;
-                let a = 2.0 * PI * k / 8.0;
-                [
-                    0.8 * a.cos() + 0.05 * rng.normal(),
-                    0.8 * a.sin() + 0.05 * rng.normal(),
-                ]
+                let k = rng.below(8);
+                let [mx, my] = eight_gaussians_mean(k);
+                (
+                    [
+                        mx + EIGHT_GAUSSIANS_SD * rng.normal(),
+                        my + EIGHT_GAUSSIANS_SD * rng.normal(),
+                    ],
+                    Some(k),
+                )
             }
             Self::Checkerboard => loop {
                 let x = 2.0 * rng.uniform() - 1.0;
@@ -71,30 +95,44 @@ impl Toy2d {
                 let cx = ((x + 1.0) * 2.0).floor() as i64;
                 let cy = ((y + 1.0) * 2.0).floor() as i64;
                 if (cx + cy) % 2 == 0 {
-                    return [x, y];
+                    return ([x, y], None);
                 }
             },
         }
     }
 }
 
+/// The standard deviation of each `8-gaussians` component (isotropic).
+pub const EIGHT_GAUSSIANS_SD: f64 = 0.05;
+
+/// The mean of `8-gaussians` component `k`: on a circle of radius 0.8 at angle 2πk/8.
+pub fn eight_gaussians_mean(k: usize) -> [f64; 2] {
+    let a = 2.0 * std::f64::consts::PI * k as f64 / 8.0;
+    [0.8 * a.cos(), 0.8 * a.sin()]
+}
+
 /// A fixed set of points drawn from a [`Toy2d`] distribution.
 pub struct ToyDataset {
     kind: Toy2d,
     points: Vec<[f32; 2]>,
+    labels: Vec<usize>,
 }
 
 impl ToyDataset {
     /// `n` points drawn with `seed`.
     pub fn new(kind: Toy2d, n: usize, seed: u64) -> Self {
         let mut rng = Rng::new(seed ^ 0x70_7932);
-        let points = (0..n)
-            .map(|_| {
-                let [x, y] = kind.sample(&mut rng);
-                [x as f32, y as f32]
-            })
-            .collect();
-        Self { kind, points }
+        let (mut points, mut labels) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for _ in 0..n {
+            let ([x, y], k) = kind.sample_labelled(&mut rng);
+            points.push([x as f32, y as f32]);
+            labels.push(k.unwrap_or(0));
+        }
+        Self {
+            kind,
+            points,
+            labels,
+        }
     }
 }
 
@@ -110,5 +148,11 @@ impl Dataset for ToyDataset {
     }
     fn describe(&self) -> String {
         format!("{:?} ({} points)", self.kind, self.points.len())
+    }
+    fn classes(&self) -> Vec<String> {
+        super::numbered_classes(self.kind.num_classes())
+    }
+    fn label(&self, index: usize) -> Option<usize> {
+        (self.kind.num_classes() > 0).then(|| self.labels[index])
     }
 }

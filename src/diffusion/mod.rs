@@ -24,6 +24,18 @@ pub use parameterization::Parameterization;
 pub trait Denoiser<const D: usize> {
     /// Evaluates the network.
     fn forward(&self, x_t: Tensor<D>, t: Tensor<1>) -> Tensor<D>;
+    /// Evaluates a class-conditional network on class rows `cond` (`[B, classes + 1]`, the last
+    /// column the null class); `None` (and every unconditional network) as [`Self::forward`].
+    fn forward_cond(&self, x_t: Tensor<D>, t: Tensor<1>, cond: Option<Tensor<2>>) -> Tensor<D> {
+        match cond {
+            None => self.forward(x_t, t),
+            Some(_) => panic!("a class condition for a network without classes"),
+        }
+    }
+    /// The classes of a class-conditional network.
+    fn num_classes(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// The reverse-process variance Σ_θ(x_t, t) = σ_t² I.

@@ -66,6 +66,10 @@ pub struct UNetConfig {
     pub learn_sigma: bool,
     /// The timestep is multiplied by this before its features are formed.
     pub time_scale: f64,
+    /// Class-conditional: a learned embedding of this many classes, plus one "null" class
+    /// (index `num_classes`: no condition), added to the time embedding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_classes: Option<usize>,
 }
 
 impl UNetConfig {
@@ -124,6 +128,7 @@ impl UNetConfig {
             resblock_updown: false,
             learn_sigma: false,
             time_scale: 1.0,
+            num_classes: None,
         }
     }
 
@@ -148,6 +153,7 @@ impl UNetConfig {
             resblock_updown: false,
             learn_sigma: false,
             time_scale: 1.0,
+            num_classes: None,
         }
     }
 
@@ -171,6 +177,7 @@ impl UNetConfig {
             resblock_updown: false,
             learn_sigma: false,
             time_scale: 1.0,
+            num_classes: None,
         }
     }
 
@@ -213,6 +220,11 @@ impl UNetConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return err(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        if let Some(k) = self.num_classes
+            && !(1..=100_000).contains(&k)
+        {
+            return err(format!("num_classes must be in 1..=100000, got {k}"));
         }
         if !(self.time_scale > 0.0 && self.time_scale.is_finite()) {
             return err(format!(
@@ -316,6 +328,9 @@ pub struct MlpConfig {
     pub time_features: TimeFeatures,
     /// Output variances too.
     pub learn_sigma: bool,
+    /// Class-conditional, as [`UNetConfig::num_classes`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_classes: Option<usize>,
 }
 
 impl Default for MlpConfig {
@@ -326,6 +341,7 @@ impl Default for MlpConfig {
             layers: 3,
             time_features: TimeFeatures::Sinusoidal,
             learn_sigma: false,
+            num_classes: None,
         }
     }
 }

@@ -8,6 +8,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::attention::AttentionBlock;
 use super::blocks::{Downsample, ResBlock, ResBlockSpec, Resample, Upsample, conv3x3};
+use super::class_embedding::ClassEmbedding;
 use super::config::{ConfigError, TimeInjection, UNetConfig};
 use super::embedding::time_features;
 use crate::kernels;
@@ -42,6 +43,7 @@ pub struct Level {
 pub struct UNet {
     emb1: Linear,
     emb2: Linear,
+    class_emb: Option<ClassEmbedding>,
     conv_in: Conv2d,
     down: Vec<Level>,
     mid1: ResBlock,
@@ -142,6 +144,9 @@ impl UNet {
         Ok(Self {
             emb1: LinearConfig::new(ch, emb_dim).init(device),
             emb2: LinearConfig::new(emb_dim, emb_dim).init(device),
+            class_emb: config
+                .num_classes
+                .map(|k| ClassEmbedding::new(k, emb_dim, device)),
             conv_in: conv3x3(config.in_channels, ch, 1, false, device),
             down,
             mid1,
@@ -157,11 +162,31 @@ impl UNet {
     }
 
     /// `x`: `[B, C, H, W]`, `t`: `[B]` timesteps (floats). Returns `[B, output_channels, H, W]`.
+    /// A class-conditional network gets the null class (no condition).
     pub fn forward(&self, x: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
+        self.forward_cond(x, t, None)
+    }
+
+    /// The number of classes of a class-conditional network.
+    pub fn num_classes(&self) -> Option<usize> {
+        self.class_emb.as_ref().map(|e| e.classes())
+    }
+
+    /// As [`Self::forward`], with class rows `cond` (`[B, classes + 1]`, one-hot; `None`: the
+    /// null class). An unconditional network ignores `cond`.
+    pub fn forward_cond(&self, x: Tensor<4>, t: Tensor<1>, cond: Option<Tensor<2>>) -> Tensor<4> {
         let t = t * self.time_scale;
+        let b = x.dims()[0];
         // The features in the parameters' precision (f32, or bf16 under mixed precision).
         let emb = time_features(t, self.base_channels, self.time_features).cast(x.dtype());
         let emb = self.emb2.forward(silu(self.emb1.forward(emb)));
+        let emb = match &self.class_emb {
+            Some(c) => {
+                let e = c.forward(cond, b, &emb);
+                emb + e
+            }
+            None => emb,
+        };
         let mut h = kernels::conv2d(&self.conv_in, x);
         let mut hs = vec![h.clone()];
         for level in &self.down {
@@ -193,5 +218,11 @@ impl UNet {
 impl crate::diffusion::Denoiser<4> for UNet {
     fn forward(&self, x_t: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
         UNet::forward(self, x_t, t)
+    }
+    fn forward_cond(&self, x_t: Tensor<4>, t: Tensor<1>, cond: Option<Tensor<2>>) -> Tensor<4> {
+        UNet::forward_cond(self, x_t, t, cond)
+    }
+    fn num_classes(&self) -> Option<usize> {
+        UNet::num_classes(self)
     }
 }

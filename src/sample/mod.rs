@@ -4,6 +4,7 @@
 pub mod ancestral;
 pub mod ddim;
 pub mod dpm_solver;
+pub mod guidance;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -13,6 +14,7 @@ use crate::rng::Rng;
 pub use ancestral::Ancestral;
 pub use ddim::{Ddim, Spacing};
 pub use dpm_solver::DpmSolverPp2M;
+pub use guidance::ClassGuided;
 
 /// The result of one reverse step.
 #[derive(Debug, Clone)]

@@ -94,6 +94,14 @@ pub struct TrainConfig {
     pub hflip: bool,
     /// Dropout override (the preset's otherwise).
     pub dropout: Option<f64>,
+    /// Train a class-conditional network (the dataset's labels; classifier-free guidance).
+    pub class_cond: bool,
+    /// Probability that a training label is replaced by the null class (Ho & Salimans 2022),
+    /// so the same network also learns the unconditional model.
+    pub cond_drop: f64,
+    /// The class names, in label order (filled from the dataset when a class-conditional run
+    /// starts, then kept: a folder dataset's sub-directory names, digits for MNIST).
+    pub classes: Option<Vec<String>>,
     /// The U-Net (filled from `preset` unless given).
     pub model: Option<UNetConfig>,
     /// The MLP (for `preset = "mlp"`).
@@ -143,6 +151,9 @@ impl Default for TrainConfig {
             t_sampler: "uniform".into(),
             hflip: false,
             dropout: None,
+            class_cond: false,
+            cond_drop: 0.1,
+            classes: None,
             model: None,
             mlp: None,
         }
@@ -206,7 +217,17 @@ impl TrainConfig {
         if let Some(p) = self.dropout {
             c.dropout = p;
         }
+        c.num_classes = self.num_classes();
         Ok(c)
+    }
+
+    /// The number of classes of a class-conditional run whose classes are known.
+    pub fn num_classes(&self) -> Option<usize> {
+        if self.class_cond {
+            self.classes.as_ref().map(Vec::len)
+        } else {
+            None
+        }
     }
 
     /// Checks the values that no type can check; every error names the flag (or key).
@@ -299,6 +320,17 @@ impl TrainConfig {
         positive("--min-snr-gamma", self.min_snr_gamma)?;
         if let Some(p) = self.dropout {
             unit("--dropout", p)?;
+        }
+        if !(0.0..=1.0).contains(&self.cond_drop) {
+            bail!("--cond-drop must be in [0, 1], got {}", self.cond_drop);
+        }
+        if let Some(c) = &self.classes
+            && !(1..=100_000).contains(&c.len())
+        {
+            bail!(
+                "classes: a class-conditional model needs 1 to 100000 classes, got {}",
+                c.len()
+            );
         }
         for (flag, b) in [
             ("--beta-start", self.beta_start),

@@ -70,6 +70,7 @@ impl Net<2> for Mlp {
     fn build(cfg: &TrainConfig, item_shape: &[usize], device: &Device) -> Result<Self> {
         let mut c = cfg.mlp.clone().unwrap_or_default();
         c.learn_sigma = cfg.variance.is_learned();
+        c.num_classes = cfg.num_classes();
         if item_shape != [c.dim] {
             bail!(
                 "--data {}: items are {item_shape:?} but the MLP takes {}-D points",
@@ -416,9 +417,12 @@ pub fn train<M: Net<D>, const D: usize>(
             );
             let x_t = diffusion.q_sample(x0.clone(), &t, noise.clone());
             let model_t = diffusion.model_timesteps(&t, &x_t);
+            let cond = cfg
+                .num_classes()
+                .map(|classes| class_rows(&batch.labels, classes, cfg, step, k as u64, &device));
             let working = precision.working_copy(&model);
             let out = precision.forward(&model, working.as_ref(), x_t.clone(), |m, x| {
-                m.forward(x, model_t.clone())
+                m.forward_cond(x, model_t.clone(), cond.clone())
             });
             let losses = diffusion.training_losses(&loss_cfg, out, x0, x_t, &t, noise);
             let w = Tensor::<1>::from_data(TensorData::new(w, [micro]), &device);
@@ -564,6 +568,33 @@ pub fn ema_model<M: Module>(model: &M, ema: &Ema, device: &Device) -> M {
     })
 }
 
+/// The one-hot class rows of a micro-batch's labels, each replaced by the null class with
+/// probability `cond_drop`; the draws come from (seed, step, micro-batch), so a resumed run
+/// makes the same ones.
+fn class_rows(
+    labels: &[usize],
+    classes: usize,
+    cfg: &TrainConfig,
+    step: u64,
+    micro: u64,
+    device: &Device,
+) -> Tensor<2> {
+    let mut rng = Rng::new(
+        cfg.seed ^ 0xC1A5_5D20_0000_0000 ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ micro << 40,
+    );
+    let rows: Vec<usize> = labels
+        .iter()
+        .map(|&y| {
+            if rng.uniform() < cfg.cond_drop {
+                classes
+            } else {
+                y.min(classes - 1)
+            }
+        })
+        .collect();
+    crate::model::one_hot(&rows, classes + 1, device)
+}
+
 /// The name of the first parameter holding a NaN or an infinity, if any: one device reduction
 /// per parameter (0·x sums to 0 exactly when every x is finite) and one read-back.
 fn first_non_finite<M: Module>(model: &M) -> Option<String> {
@@ -594,7 +625,10 @@ fn check_memory<M: Net<D>, const D: usize>(
     model: &M,
     item_shape: &[usize],
 ) -> Result<()> {
-    if crate::device::resolve_name(&cfg.device)? != "cpu" {
+    if !matches!(
+        crate::device::resolve_name(&cfg.device)?,
+        "cpu" | "cubecl-cpu"
+    ) {
         return Ok(());
     }
     let Some(available) = crate::heap::available_memory() else {
@@ -703,16 +737,43 @@ fn write_samples<M: Net<D>, const D: usize>(
     let mut shape = [0usize; D];
     shape[1..].copy_from_slice(item_shape);
     let mut done = 0;
+    // A class-conditional model draws every class in turn (one row per class when the grid's
+    // width is the class count).
+    let labels = cfg
+        .num_classes()
+        .map(|k| crate::sample::guidance::labels_for("all", n, k))
+        .transpose()?;
     while done < n {
         shape[0] = chunk.min(n - done);
-        let x = sample_loop(
-            model,
-            &mut sampler,
-            shape,
-            device,
-            &mut rng,
-            |_, _, _, _| {},
-        );
+        let x = match (&labels, cfg.num_classes()) {
+            (Some(l), Some(k)) => {
+                let guided = crate::sample::ClassGuided::new(
+                    model,
+                    k,
+                    &l[done..done + shape[0]],
+                    0.0,
+                    0.0,
+                    diffusion.variance.is_learned(),
+                    device,
+                )?;
+                sample_loop(
+                    &guided,
+                    &mut sampler,
+                    shape,
+                    device,
+                    &mut rng,
+                    |_, _, _, _| {},
+                )
+            }
+            _ => sample_loop(
+                model,
+                &mut sampler,
+                shape,
+                device,
+                &mut rng,
+                |_, _, _, _| {},
+            ),
+        };
         data.extend(
             x.into_data()
                 .convert::<f32>()
@@ -770,6 +831,28 @@ pub fn open_dataset(cfg: &TrainConfig) -> Result<Arc<dyn Dataset>> {
 /// Trains with the network the data calls for: the U-Net for images, the MLP for 2-D points.
 pub fn train_auto(cfg: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainSummary> {
     let ds = open_dataset(cfg)?;
+    let mut cfg = cfg.clone();
+    if cfg.class_cond {
+        let names = ds.classes();
+        if names.is_empty() {
+            bail!(
+                "--class-cond: --data {} has no labels (IDX needs its labels file beside the images; \
+                 a folder needs one sub-directory per class; toy data: 8-gaussians or two-moons)",
+                cfg.data
+            );
+        }
+        match &cfg.classes {
+            None => cfg.classes = Some(names),
+            Some(c) if *c != names => bail!(
+                "--data {}: its classes {:?} are not the run's {:?}",
+                cfg.data,
+                names,
+                c
+            ),
+            Some(_) => {}
+        }
+    }
+    let cfg = &cfg;
     if cfg.preset == "mlp" || ds.item_shape().len() == 1 {
         if cfg.preset != "mlp" {
             bail!("--data {}: 2-D points need --preset mlp", cfg.data);
