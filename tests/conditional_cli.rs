@@ -234,6 +234,20 @@ fn conditioning_errors_are_clear() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("classes 0..=1"));
+    // The denoising chain is drawn for image models only.
+    let chain = tmp.path().join("chain.png").display().to_string();
+    let o = ddpm(&[
+        "plot",
+        "chain",
+        "--checkpoint",
+        &cond,
+        "--steps",
+        "3",
+        "--out",
+        &chain,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("image models"));
     // A resumed conditional run keeps its conditioning.
     let o = ddpm(&[
         "train",
@@ -247,4 +261,128 @@ fn conditioning_errors_are_clear() {
         "0.5",
     ]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("--cond-drop cannot change"));
+}
+
+/// The guidance sweep end to end on a tiny 8×8 labelled set: a class-conditional U-Net, the
+/// judging classifier, the table, the JSON lines and the trade-off plot.
+#[test]
+fn guidance_sweep_runs_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d");
+    std::fs::create_dir_all(&data).unwrap();
+    let n = 40u32;
+    let mut img = Vec::new();
+    let mut lab = Vec::new();
+    for x in [0x0803u32, n, 8, 8] {
+        img.extend(x.to_be_bytes());
+    }
+    for x in [0x0801u32, n] {
+        lab.extend(x.to_be_bytes());
+    }
+    for i in 0..n {
+        // Class k: a bright k-th row.
+        let k = (i % 10) as usize;
+        img.extend((0..64).map(|p| if p / 8 == k % 8 { 250u8 } else { 5 }));
+        lab.push(k as u8);
+    }
+    std::fs::write(data.join("train-images-idx3-ubyte"), img).unwrap();
+    std::fs::write(data.join("train-labels-idx1-ubyte"), lab).unwrap();
+    let spec = format!("idx:{}", data.display());
+    let run = tmp.path().join("r").display().to_string();
+    ok(ddpm(&[
+        "train",
+        "--quiet",
+        "--data",
+        &spec,
+        "--preset",
+        "tiny",
+        "--class-cond",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--timesteps",
+        "50",
+        "--sample-count",
+        "10",
+        "--sample-steps",
+        "2",
+        "--out",
+        &run,
+    ]));
+    let clf = tmp.path().join("c.safetensors").display().to_string();
+    ok(ddpm(&[
+        "eval",
+        "classifier-train",
+        "--data",
+        &spec,
+        "--out",
+        &clf,
+    ]));
+    let plot = tmp.path().join("t.png");
+    let o = ok(ddpm(&[
+        "eval",
+        "guidance",
+        "--quiet",
+        "--checkpoint",
+        &run,
+        "--classifier",
+        &clf,
+        "--reference",
+        &spec,
+        "--guidance",
+        "0,1.5",
+        "--per-class",
+        "2",
+        "--steps",
+        "2",
+        "--json",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["w"], 1.5);
+    assert_eq!(lines[0]["n"], 20);
+    for l in &lines {
+        let acc = l["accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc));
+        assert!(l["fd"].as_f64().unwrap().is_finite());
+    }
+    assert!(plot.is_file());
+    // The chain of the conditional model, guided toward class 3.
+    let chain = tmp.path().join("chain.png");
+    ok(ddpm(&[
+        "plot",
+        "chain",
+        "--checkpoint",
+        &run,
+        "--sampler",
+        "ddim",
+        "--steps",
+        "3",
+        "--n",
+        "2",
+        "--class",
+        "3",
+        "--guidance",
+        "2",
+        "--out",
+        chain.to_str().unwrap(),
+    ]));
+    assert!(chain.is_file());
+    let o = ddpm(&[
+        "eval",
+        "guidance",
+        "--checkpoint",
+        &run,
+        "--classifier",
+        &clf,
+        "--guidance",
+        "1,x",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
 }

@@ -21,6 +21,61 @@ pub enum EvalCommand {
     FidStats(super::fid::FidStatsArgs),
     /// FID of generated images against a dataset or cached statistics (pytorch-fid's Inception).
     Fid(super::fid::FidArgs),
+    /// The classifier-free guidance trade-off of a class-conditional model: accuracy, classifier
+    /// FD and IS of its samples for each guidance weight.
+    Guidance(GuidanceArgs),
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "Example:\n  ddpm eval guidance --checkpoint runs/mnist-cond --classifier mnist-classifier.safetensors --reference idx:../shared/data/mnist --guidance 0,0.5,1,2,4 --plot tradeoff.png"
+)]
+pub struct GuidanceArgs {
+    /// A class-conditional run (trained with --class-cond) or one of its checkpoints.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The judging classifier, from `eval classifier-train` on the real data.
+    #[arg(long)]
+    classifier: PathBuf,
+    /// The real images the samples are compared with (a dataset).
+    #[arg(long, default_value = "bundled")]
+    reference: String,
+    /// Split of the reference dataset.
+    #[arg(long, default_value = "train")]
+    reference_split: String,
+    /// Use at most N reference images.
+    #[arg(long, value_parser = super::at_least_one)]
+    reference_limit: Option<usize>,
+    /// Guidance weights, comma-separated.
+    #[arg(long, default_value = "0,0.5,1,2,4")]
+    guidance: String,
+    /// Samples per class and weight.
+    #[arg(long, default_value_t = 100, value_parser = super::at_least_one)]
+    per_class: usize,
+    /// DDIM steps (η = 0).
+    #[arg(long, default_value_t = 25, value_parser = super::at_least_one)]
+    steps: usize,
+    /// Images per network batch.
+    #[arg(long, default_value_t = 64, value_parser = super::at_least_one)]
+    batch_size: usize,
+    /// Seed (the same noise for every weight).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use the raw weights instead of the EMA weights.
+    #[arg(long)]
+    no_ema: bool,
+    /// Also draw the trade-off to this PNG.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// One JSON line per weight instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// cpu, cuda, wgpu, or auto (the GPU when there is one).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -117,6 +172,7 @@ pub fn run(cmd: EvalCommand) -> CliResult {
         EvalCommand::Fd(a) => fd(a),
         EvalCommand::FidStats(a) => super::fid::fid_stats(a),
         EvalCommand::Fid(a) => super::fid::fid(a),
+        EvalCommand::Guidance(a) => guidance(a),
     }
 }
 
@@ -287,6 +343,111 @@ fn nll(a: NllArgs) -> CliResult {
             r.bpd - r.prior_bpd - r.decoder_bpd,
             r.mse
         );
+    }
+    Ok(())
+}
+
+fn guidance(a: GuidanceArgs) -> CliResult {
+    use crate::eval::classifier;
+    use crate::eval::frechet::FeatureStats;
+    let weights: Vec<f64> = a
+        .guidance
+        .split(',')
+        .map(|w| match w.trim().parse::<f64>() {
+            Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
+            _ => Err(CliError::Usage(format!(
+                "--guidance: `{w}` is not a weight ≥ 0 (a comma-separated list, e.g. 0,0.5,1,2,4)"
+            ))),
+        })
+        .collect::<Result<_, _>>()?;
+    let device = super::device(&a.device)?;
+    let loaded = load_for_inference::<UNet, 4>(&a.checkpoint, a.no_ema, &device)
+        .map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
+    let Some(classes) = loaded.model.num_classes() else {
+        return Err(CliError::Usage(
+            "--checkpoint: this model was trained without classes (train with --class-cond)".into(),
+        ));
+    };
+    let u = loaded.config.unet_config()?;
+    let item_shape = [u.in_channels, u.image_size, u.image_size];
+    let (judge, shape) = classifier::load(&a.classifier, &device)
+        .map_err(|e| CliError::Usage(format!("--classifier: {e:#}")))?;
+    if shape != item_shape {
+        return Err(CliError::Usage(format!(
+            "--classifier takes {shape:?} images, the model makes {item_shape:?}"
+        )));
+    }
+    let split: Split = a
+        .reference_split
+        .parse()
+        .map_err(|e: String| CliError::Usage(format!("--reference-split: {e}")))?;
+    let reference = crate::data::open(&a.reference, split, 0, Some((shape[0], shape[1])))
+        .map_err(|e| CliError::Usage(format!("--reference: {e:#}")))?;
+    if reference.item_shape() != shape {
+        return Err(CliError::Usage(format!(
+            "--reference {}: items are {:?}, the classifier takes {shape:?}",
+            a.reference,
+            reference.item_shape()
+        )));
+    }
+    let (fr, _, nr) =
+        classifier::features(&judge, reference.as_ref(), a.reference_limit, 256, &device);
+    if nr < 2 {
+        return Err(CliError::Usage(format!(
+            "--reference: {nr} image(s); a covariance needs at least 2"
+        )));
+    }
+    let reference = FeatureStats::from_features(&fr, nr, classifier::FEATURES)?;
+    let diffusion = diffusion_from(&loaded.config)?;
+    let total = (a.per_class * classes * weights.len()) as u64;
+    let bar = (!a.quiet).then(|| super::progress(total, "images", false));
+    let opts = crate::eval::guidance::SweepOptions {
+        weights: &weights,
+        per_class: a.per_class,
+        steps: a.steps,
+        batch: a.batch_size,
+        seed: a.seed,
+    };
+    let rows = crate::eval::guidance::sweep(
+        &loaded.model,
+        &diffusion,
+        classes,
+        item_shape,
+        &judge,
+        &reference,
+        &opts,
+        &device,
+        |done, _| {
+            if let Some(b) = &bar {
+                b.set_position(done as u64);
+            }
+        },
+    )?;
+    if let Some(b) = bar {
+        b.finish();
+    }
+    if a.json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r).map_err(anyhow::Error::from)?);
+        }
+    } else {
+        println!(
+            "{} samples per weight ({} per class), DDIM-{}, against {nr} reference images",
+            a.per_class * classes,
+            a.per_class,
+            a.steps
+        );
+        println!("| w | accuracy | classifier FD | classifier IS |");
+        println!("|---|---|---|---|");
+        for r in &rows {
+            println!(
+                "| {} | {:.4} | {:.3} | {:.3} |",
+                r.w, r.accuracy, r.fd, r.inception_score
+            );
+        }
+    }
+    if let Some(p) = &a.plot {
+        crate::viz::plot::guidance_tradeoff(p, &rows)?;
     }
     Ok(())
 }

@@ -43,6 +43,12 @@ pub struct ChainArgs {
     /// Output PNG.
     #[arg(long)]
     out: PathBuf,
+    /// Classes of a class-conditional model, as `ddpm sample --class`.
+    #[arg(long)]
+    class: Option<String>,
+    /// Classifier-free guidance weight, as `ddpm sample --guidance`.
+    #[arg(long, default_value_t = 0.0, value_parser = super::non_negative)]
+    guidance: f64,
 }
 
 #[derive(Args)]
@@ -182,11 +188,15 @@ pub fn run(cmd: PlotCommand) -> CliResult {
         }
         PlotCommand::Chain(a) => {
             super::sample::chain(
-                a.checkpoint,
-                a.sampler,
-                a.steps,
-                a.n.clamp(1, 8),
-                a.seed,
+                super::sample::ChainRequest {
+                    checkpoint: a.checkpoint,
+                    sampler: a.sampler,
+                    steps: a.steps,
+                    n: a.n.clamp(1, 8),
+                    seed: a.seed,
+                    class: a.class,
+                    guidance: a.guidance,
+                },
                 &a.out,
             )?;
         }

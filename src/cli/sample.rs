@@ -484,15 +484,41 @@ fn save_chain(path: &Path, chain: &[(usize, Vec<f32>, Vec<f32>)], s4: [usize; 4]
     )
 }
 
+/// What `ddpm plot chain` draws.
+pub(super) struct ChainRequest {
+    pub checkpoint: PathBuf,
+    pub sampler: String,
+    pub steps: usize,
+    pub n: usize,
+    pub seed: u64,
+    pub class: Option<String>,
+    pub guidance: f64,
+}
+
 /// `ddpm plot chain`: the denoising chain (x_t and x̂0 at ten steps) of `n` samples as one PNG.
-pub(super) fn chain(
-    checkpoint: PathBuf,
-    sampler: String,
-    steps: usize,
-    n: usize,
-    seed: u64,
-    out: &Path,
-) -> CliResult {
+pub(super) fn chain(r: ChainRequest, out: &Path) -> CliResult {
+    let ChainRequest {
+        checkpoint,
+        sampler,
+        steps,
+        n,
+        seed,
+        class,
+        guidance,
+    } = r;
+    let ckpt = resolve(&checkpoint).map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
+    let cfg_path = run_of(&ckpt).join("config.toml");
+    let is_mlp = std::fs::read_to_string(&cfg_path)
+        .ok()
+        .and_then(|t| TrainConfig::from_toml(&t, "").ok())
+        .is_some_and(|c| c.preset == "mlp");
+    if is_mlp {
+        return Err(CliError::Usage(
+            "--checkpoint: the chain is drawn for image models; a 2-D model's samples come from \
+             `ddpm sample` (samples.csv, grid.png)"
+                .into(),
+        ));
+    }
     let tmp = out.with_extension("chain-tmp");
     let args = SampleArgs {
         checkpoint,
@@ -513,8 +539,8 @@ pub(super) fn chain(
         save_chain: true,
         device: "cpu".into(),
         quiet: false,
-        class: None,
-        guidance: 0.0,
+        class,
+        guidance,
         guidance_rescale: 0.0,
     };
     let secs = generate(&args)?;

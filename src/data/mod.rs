@@ -6,6 +6,7 @@ pub mod fetch;
 pub mod folder;
 pub mod idx;
 pub mod loader;
+pub mod memory;
 pub mod toy2d;
 
 use anyhow::{Result, bail};

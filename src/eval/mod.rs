@@ -3,5 +3,6 @@
 pub mod classifier;
 pub mod fid;
 pub mod frechet;
+pub mod guidance;
 pub mod inception;
 pub mod nll;

@@ -56,7 +56,8 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(140, 86, 75),
 ];
 
-type Series = (String, Vec<(f64, f64)>);
+type Points = Vec<(f64, f64)>;
+type Series = (String, Points);
 
 fn line_chart(
     area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
@@ -341,5 +342,33 @@ pub fn loss(path: &Path, log: &Path) -> Result<()> {
     }
     render(path, 1000, 520, |root| {
         line_chart(&root, "Training loss", "step", "loss", &series)
+    })
+}
+
+/// The guidance trade-off: the classifier's accuracy on the requested classes, the classifier
+/// Fréchet distance and the Inception-style score, each against the guidance weight w.
+pub fn guidance_tradeoff(path: &Path, rows: &[crate::eval::guidance::GuidanceRow]) -> Result<()> {
+    let pick = |f: fn(&crate::eval::guidance::GuidanceRow) -> f64| -> Vec<(f64, f64)> {
+        rows.iter().map(|r| (r.w, f(r))).collect()
+    };
+    let panels: [(&str, &str, Points); 3] = [
+        (
+            "Accuracy on the requested class",
+            "accuracy",
+            pick(|r| r.accuracy),
+        ),
+        ("Classifier Fréchet distance", "FD", pick(|r| r.fd)),
+        (
+            "Classifier Inception score",
+            "IS",
+            pick(|r| r.inception_score),
+        ),
+    ];
+    render(path, 1500, 460, |root| {
+        let areas = root.split_evenly((1, 3));
+        for (area, (title, y, pts)) in areas.iter().zip(panels) {
+            line_chart(area, title, "guidance weight w", y, &[(y.to_string(), pts)])?;
+        }
+        Ok(())
     })
 }
