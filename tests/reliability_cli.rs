@@ -410,6 +410,20 @@ fn numbers_out_of_range_are_named() {
         assert_eq!(o.status.code(), Some(2));
         fails_with(o, "--eta");
     }
+    let out = f.path("s");
+    let e = fails_with(
+        ddpm(&[
+            "sample",
+            "--checkpoint",
+            &r,
+            "--n",
+            "100000000000",
+            "--out",
+            &out,
+        ]),
+        "--n",
+    );
+    assert!(e.contains("GiB"), "{e}");
     let o = ddpm(&[
         "eval",
         "nll",
