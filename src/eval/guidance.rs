@@ -13,7 +13,7 @@ use crate::data::memory::InMemory;
 use crate::diffusion::{Denoiser, GaussianDiffusion, X0Clip};
 use crate::rng::Rng;
 use crate::sample::guidance::labels_for;
-use crate::sample::{ClassGuided, Ddim, Spacing, ddim::spaced_steps, sample_loop};
+use crate::sample::{Conditioning, Ddim, Spacing, ddim::spaced_steps, draw};
 
 /// The judgement of one guidance weight.
 #[derive(Debug, Clone, Serialize)]
@@ -71,39 +71,25 @@ pub fn sweep<M: Denoiser<4>>(
     let mut rows = Vec::new();
     for (wi, &w) in o.weights.iter().enumerate() {
         let mut rng = Rng::new(o.seed);
-        let mut data = Vec::with_capacity(n * item_shape.iter().product::<usize>());
-        let mut done = 0;
-        while done < n {
-            let b = o.batch.min(n - done);
-            let steps = spaced_steps(diffusion.num_timesteps(), o.steps, Spacing::Linspace);
-            let mut sampler = Ddim::new(diffusion, steps, 0.0, X0Clip::Clip);
-            let guided = ClassGuided::new(
-                model,
-                classes,
-                &labels[done..done + b],
-                w,
-                0.0,
-                diffusion.variance.is_learned(),
-                device,
-            )?;
-            let shape = [b, item_shape[0], item_shape[1], item_shape[2]];
-            let x = sample_loop(
-                &guided,
-                &mut sampler,
-                shape,
-                device,
-                &mut rng,
-                |_, _, _, _| {},
-            );
-            data.extend(
-                x.into_data()
-                    .convert::<f32>()
-                    .try_into_vec::<f32>()
-                    .map_err(|e| anyhow::anyhow!("{e:?}"))?,
-            );
-            done += b;
-            progress(wi * n + done, total);
-        }
+        let steps = spaced_steps(diffusion.num_timesteps(), o.steps, Spacing::Linspace);
+        let cond = Conditioning {
+            labels: &labels,
+            classes,
+            guidance: w,
+            rescale: 0.0,
+            learned_variance: diffusion.variance.is_learned(),
+        };
+        let data = draw::<4, M, Ddim>(
+            model,
+            || Ddim::new(diffusion, steps.clone(), 0.0, X0Clip::Clip),
+            n,
+            o.batch,
+            &item_shape,
+            Some(&cond),
+            device,
+            &mut rng,
+            |done| progress(wi * n + done, total),
+        )?;
         let samples = InMemory::new(
             data,
             item_shape.to_vec(),

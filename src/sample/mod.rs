@@ -4,6 +4,7 @@
 pub mod ancestral;
 pub mod ddim;
 pub mod dpm_solver;
+pub mod draw;
 pub mod guidance;
 
 use burn::tensor::{Device, Tensor, TensorData};
@@ -14,6 +15,7 @@ use crate::rng::Rng;
 pub use ancestral::Ancestral;
 pub use ddim::{Ddim, Spacing};
 pub use dpm_solver::DpmSolverPp2M;
+pub use draw::{Conditioning, draw};
 pub use guidance::ClassGuided;
 
 /// The result of one reverse step.

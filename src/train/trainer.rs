@@ -29,7 +29,7 @@ use crate::diffusion::{Denoiser, GaussianDiffusion, X0Clip};
 use crate::files::{remove_stale, write_atomic};
 use crate::model::{Mlp, UNet};
 use crate::rng::Rng;
-use crate::sample::{Ddim, Spacing, sample_loop};
+use crate::sample::{Conditioning, Ddim, Spacing, draw};
 use crate::schedule::{BetaSchedule, NoiseSchedule, read_betas_file};
 
 /// A network the trainer can build from a configuration.
@@ -728,61 +728,37 @@ fn write_samples<M: Net<D>, const D: usize>(
         cfg.sample_steps,
         Spacing::Linspace,
     );
-    let mut sampler = Ddim::new(diffusion, steps, 0.0, X0Clip::Clip);
     let mut rng = Rng::new(cfg.seed ^ 0x5A3B_1E00);
-    // In chunks of at most a training micro-batch, so a large grid needs no more memory than a
-    // training step.
-    let chunk = (cfg.batch_size / cfg.grad_accum).max(1);
-    let mut data: Vec<f32> = Vec::new();
-    let mut shape = [0usize; D];
-    shape[1..].copy_from_slice(item_shape);
-    let mut done = 0;
-    // A class-conditional model draws every class in turn (one row per class when the grid's
-    // width is the class count).
+    // A class-conditional model draws every class in turn.
     let labels = cfg
         .num_classes()
         .map(|k| crate::sample::guidance::labels_for("all", n, k))
         .transpose()?;
-    while done < n {
-        shape[0] = chunk.min(n - done);
-        let x = match (&labels, cfg.num_classes()) {
-            (Some(l), Some(k)) => {
-                let guided = crate::sample::ClassGuided::new(
-                    model,
-                    k,
-                    &l[done..done + shape[0]],
-                    0.0,
-                    0.0,
-                    diffusion.variance.is_learned(),
-                    device,
-                )?;
-                sample_loop(
-                    &guided,
-                    &mut sampler,
-                    shape,
-                    device,
-                    &mut rng,
-                    |_, _, _, _| {},
-                )
-            }
-            _ => sample_loop(
-                model,
-                &mut sampler,
-                shape,
-                device,
-                &mut rng,
-                |_, _, _, _| {},
-            ),
-        };
-        data.extend(
-            x.into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?,
-        );
-        done += shape[0];
-    }
-    shape[0] = n;
+    let cond = labels
+        .as_ref()
+        .zip(cfg.num_classes())
+        .map(|(l, k)| Conditioning {
+            labels: l,
+            classes: k,
+            guidance: 0.0,
+            rescale: 0.0,
+            learned_variance: diffusion.variance.is_learned(),
+        });
+    // In batches of at most a training micro-batch, so a large grid needs no more memory than
+    // a training step.
+    let data = draw::<D, M, Ddim>(
+        model,
+        || Ddim::new(diffusion, steps.clone(), 0.0, X0Clip::Clip),
+        n,
+        cfg.batch_size / cfg.grad_accum,
+        item_shape,
+        cond.as_ref(),
+        device,
+        &mut rng,
+        |_| {},
+    )?;
+    let mut shape = [n; D];
+    shape[1..].copy_from_slice(item_shape);
     let path = run.join("samples").join(format!("step-{step:08}.png"));
     if D == 4 {
         let s = shape.to_vec();
