@@ -128,9 +128,11 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
-/// Deletes, in `dir`, the temporary files and directories of interrupted writes made by
-/// processes that are no longer running; returns what it removed. A missing `dir` is no error.
-pub fn remove_stale(dir: &Path) -> Result<Vec<PathBuf>> {
+/// Deletes, in `dir`, the temporary files and directories of interrupted writes of `targets`
+/// (the names they were writing: `config.toml`, `step-` for every `step-*` directory) made by
+/// processes that are no longer running; returns what it removed. Nothing else is touched, so a
+/// directory shared with other tools keeps their files. A missing `dir` is no error.
+pub fn remove_stale(dir: &Path, targets: &[&str]) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -140,7 +142,13 @@ pub fn remove_stale(dir: &Path) -> Result<Vec<PathBuf>> {
     for e in entries {
         let e = e.with_context(|| format!("cannot list {}", dir.display()))?;
         let name = e.file_name().to_string_lossy().to_string();
-        if let Some(pid) = temporary_owner(&name)
+        let ours = targets.iter().any(|t| {
+            [".tmp-", ".trash-", "."]
+                .iter()
+                .any(|prefix| name.starts_with(&format!("{prefix}{t}")))
+        });
+        if ours
+            && let Some(pid) = temporary_owner(&name)
             && !process_alive(pid)
         {
             let p = e.path();
@@ -152,9 +160,49 @@ pub fn remove_stale(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
+/// An exclusive lock on a directory (a `.lock` file in it, locked with `flock`), held until the
+/// returned file is dropped; an error naming the directory when another process holds it. Where
+/// `flock` is not available, no lock is taken.
+pub fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a file descriptor this function owns; no memory is shared.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r != 0 {
+            anyhow::bail!(
+                "{}: another ddpm process is using this run (its lock {} is held); wait for it \
+                 or stop it first",
+                dir.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_is_locked_by_one_holder_at_a_time() {
+        let d = tempfile::tempdir().unwrap();
+        let held = lock_dir(d.path()).unwrap();
+        if cfg!(target_os = "linux") {
+            let e = lock_dir(d.path()).unwrap_err().to_string();
+            assert!(e.contains("another ddpm process"), "{e}");
+        }
+        drop(held);
+        lock_dir(d.path()).unwrap();
+    }
 
     #[test]
     fn temporary_names_and_their_owners() {
@@ -192,9 +240,12 @@ mod tests {
             std::fs::create_dir(d.path().join(n)).unwrap();
         }
         std::fs::write(d.path().join(format!(".latest.tmp{dead}")), b"x").unwrap();
-        let mut gone = remove_stale(d.path()).unwrap();
+        // Another tool's temporary of the same pattern, not one of ours: kept.
+        std::fs::write(d.path().join(format!(".notes.txt.tmp{dead}")), b"x").unwrap();
+        let mut gone = remove_stale(d.path(), &["step-", "latest"]).unwrap();
         gone.sort();
         assert_eq!(gone.len(), 3, "{gone:?}");
+        assert!(d.path().join(format!(".notes.txt.tmp{dead}")).exists());
         assert!(d.path().join(format!(".tmp-step-3-{mine}")).exists());
         assert!(sub.exists() && f.exists());
         remove_dir_aside(&sub).unwrap();

@@ -352,6 +352,8 @@ fn guidance_sweep_runs_end_to_end() {
         assert!((0.0..=1.0).contains(&acc));
         assert!(l["fd"].as_f64().unwrap().is_finite());
     }
+    // The weight is applied: the same noise gives other samples, so another distance.
+    assert_ne!(lines[0]["fd"], lines[1]["fd"]);
     assert!(plot.is_file());
     // The chain of the conditional model, guided toward class 3.
     let chain = tmp.path().join("chain.png");
@@ -381,8 +383,12 @@ fn guidance_sweep_runs_end_to_end() {
         &run,
         "--classifier",
         &clf,
+        "--reference",
+        &spec,
         "--guidance",
         "1,x",
     ]);
     assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("--guidance: `x`"), "{e}");
 }

@@ -1,6 +1,7 @@
-//! The crash test: a tiny training run with a checkpoint every step is killed with SIGKILL at
-//! seeded random moments (during steps, checkpoint writes and pruning alike) and resumed each
-//! time. After every kill the run's newest complete checkpoint must be whole and readable, and
+//! The crash test: a tiny class-conditional training run (dropout, gradient accumulation,
+//! flips, importance-sampled timesteps: every random stream) with a checkpoint every step is
+//! killed with SIGKILL at seeded random moments (during steps, checkpoint writes and pruning
+//! alike) and resumed each time. After every kill the run's newest complete checkpoint must be whole and readable, and
 //! the final weights, EMA, optimizer state and training state must equal those of an
 //! uninterrupted run bit for bit.
 
@@ -24,6 +25,13 @@ fn write_idx(dir: &Path) {
     }
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("train-images-idx3-ubyte"), v).unwrap();
+    // Labels, for a class-conditional run (its null-class draws must resume exactly too).
+    let mut l = Vec::new();
+    for x in [0x0801u32, 10] {
+        l.extend(x.to_be_bytes());
+    }
+    l.extend((0..10u8).map(|i| i % 3));
+    std::fs::write(dir.join("train-labels-idx1-ubyte"), l).unwrap();
 }
 
 fn command(data: &str, out: &Path, resume: bool) -> Command {
@@ -53,6 +61,12 @@ fn command(data: &str, out: &Path, resume: bool) -> Command {
         "2",
         "--steps",
         STEPS,
+        "--class-cond",
+        "--grad-accum",
+        "2",
+        "--hflip",
+        "--t-sampler",
+        "loss-second-moment",
         "--out",
     ])
     .arg(out)

@@ -207,10 +207,18 @@ fn non_finite_weights_are_never_checkpointed() {
     );
     assert!(e.contains("step-00000002"), "{e}");
     assert!(!ckpt(&g, 3).exists());
-    // The last finite checkpoint still resumes.
+    // The failed segment's --lr was not saved: the run resumes as it was made.
+    let saved = std::fs::read_to_string(Path::new(&g).join("config.toml")).unwrap();
+    assert!(saved.contains("lr = 0.001"), "{saved}");
     ok(ddpm(&[
-        "train", "--quiet", "--out", &g, "--resume", "--steps", "3", "--lr", "1e-3",
+        "train", "--quiet", "--out", &g, "--resume", "--steps", "3",
     ]));
+    // Without its config.toml a run is not resumed on guesses.
+    std::fs::remove_file(Path::new(&g).join("config.toml")).unwrap();
+    fails_with(
+        ddpm(&["train", "--quiet", "--out", &g, "--resume", "--steps", "4"]),
+        "config.toml is missing",
+    );
 }
 
 /// Finding 3: Flags on `--resume`: what may change between segments is applied and said; the rest is

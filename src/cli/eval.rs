@@ -370,6 +370,23 @@ fn guidance(a: GuidanceArgs) -> CliResult {
     };
     let u = loaded.config.unet_config()?;
     let item_shape = [u.in_channels, u.image_size, u.image_size];
+    // The samples of one weight are held together: refuse what cannot fit.
+    let need = (a.per_class as f64)
+        * classes as f64
+        * item_shape.iter().product::<usize>() as f64
+        * 4.0
+        * 2.0;
+    if let Some(avail) = crate::heap::available_memory()
+        && need > avail as f64
+    {
+        return Err(CliError::Usage(format!(
+            "--per-class {}: {} classes of samples need about {:.1} GiB, more than the {:.1} GiB available",
+            a.per_class,
+            classes,
+            need / (1u64 << 30) as f64,
+            avail as f64 / (1u64 << 30) as f64
+        )));
+    }
     let (judge, shape) = classifier::load(&a.classifier, &device)
         .map_err(|e| CliError::Usage(format!("--classifier: {e:#}")))?;
     if shape != item_shape {

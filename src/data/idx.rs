@@ -87,6 +87,14 @@ pub fn read_idx_file(path: &Path, magic: u32) -> Result<Vec<u8>> {
             acc.checked_mul(u32::from_be_bytes(d.try_into().expect("4 bytes")) as u64)
         })
         .with_context(|| format!("{name}: the sizes in its header overflow"))?;
+    if let Some(avail) = crate::heap::available_memory()
+        && announced > avail
+    {
+        bail!(
+            "{name}: its header announces {announced} bytes of values, more than the {avail} bytes \
+             of memory available; a damaged header?"
+        );
+    }
     let head = out.len();
     r.take(announced.saturating_add(1))
         .read_to_end(&mut out)
@@ -175,9 +183,11 @@ impl IdxImages {
         };
         let bytes = read_idx_file(path, 0x0803)?;
         let images = Self::parse(&bytes, &path.display().to_string())?;
-        match labels_path(dir, split) {
-            Some(_) => images.with_labels(open_labels_dir(dir, split)?),
-            None => Ok(images),
+        // Labels only where a readable file has one per image: unconditional uses of a
+        // subset of images beside a full labels file keep working.
+        match labels_path(dir, split).and_then(|_| open_labels_dir(dir, split).ok()) {
+            Some(l) if l.len() == images.count => images.with_labels(l),
+            _ => Ok(images),
         }
     }
 

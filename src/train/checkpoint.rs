@@ -140,10 +140,15 @@ pub fn write_checkpoint(
     let final_dir = step_dir(run, step);
     write_dir_atomic(&final_dir, files)?;
     write_atomic(&root.join("latest"), format!("step-{step:08}\n").as_bytes())?;
-    let mut steps = list_checkpoints(run)?;
+    // Prune complete checkpoints older than this one, so `keep` counts only what resume could
+    // use; a newer or incomplete `step-*` (left by an older version) takes no slot.
+    let mut steps: Vec<u64> = list_checkpoints(run)?
+        .into_iter()
+        .filter(|&s| s < step && is_complete(&step_dir(run, s)))
+        .collect();
     steps.sort_unstable();
-    if keep > 0 && steps.len() > keep {
-        for old in &steps[..steps.len() - keep] {
+    if keep > 0 && steps.len() + 1 > keep {
+        for old in &steps[..steps.len() + 1 - keep] {
             remove_dir_aside(&step_dir(run, *old))?;
         }
     }
@@ -254,5 +259,15 @@ mod tests {
         assert!(e.contains("a.weight") && e.contains("index 2"), "{e}");
         std::fs::write(dir.path().join("bad.safetensors"), b"garbage").unwrap();
         assert!(read_safetensors(&dir.path().join("bad.safetensors")).is_err());
+        // An incomplete newer directory takes no slot and never costs the new checkpoint.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(step_dir(other.path(), 90)).unwrap();
+        for step in [10, 20] {
+            write_checkpoint(other.path(), step, &files, 1).unwrap();
+        }
+        let mut steps = list_checkpoints(other.path()).unwrap();
+        steps.sort();
+        assert_eq!(steps, vec![20, 90]);
+        assert_eq!(resolve(other.path()).unwrap(), step_dir(other.path(), 20));
     }
 }

@@ -37,7 +37,11 @@ pub const CHANGEABLE_ON_RESUME: [&str; 19] = [
 ];
 
 fn flag(key: &str) -> String {
-    format!("--{}", key.replace('_', "-"))
+    match key {
+        "mlp" => "the [mlp] table".into(),
+        "classes" => "the dataset's classes (--data)".into(),
+        _ => format!("--{}", key.replace('_', "-")),
+    }
 }
 
 fn show(v: Option<&serde_json::Value>) -> String {

@@ -235,6 +235,19 @@ pub fn train<M: Net<D>, const D: usize>(
     let run = PathBuf::from(&cfg.out);
     let config_path = run.join("config.toml");
     // A resumed run keeps what defines it; what may change between segments is reported.
+    if resume && !config_path.is_file() && run.join("checkpoints").is_dir() {
+        bail!(
+            "--resume: {} is missing, so nothing says how the run was made; pass its \
+             configuration with --config FILE (the one it was started with)",
+            config_path.display()
+        );
+    }
+    // One process per run: a second one would prune the first one's checkpoints.
+    let _lock = if run.is_dir() {
+        Some(crate::files::lock_dir(&run)?)
+    } else {
+        None
+    };
     if resume && config_path.is_file() {
         let text = std::fs::read_to_string(&config_path)
             .with_context(|| format!("cannot read {}", config_path.display()))?;
@@ -296,8 +309,12 @@ pub fn train<M: Net<D>, const D: usize>(
 
     // Leftovers of interrupted writes (temporary checkpoint directories, half-written files,
     // checkpoints moved aside for deletion) by processes that are gone.
-    for dir in [run.clone(), run.join("checkpoints")] {
-        let removed = remove_stale(&dir)?;
+    let run_files: [(PathBuf, &[&str]); 2] = [
+        (run.clone(), &["config.toml"]),
+        (run.join("checkpoints"), &["step-", "latest"]),
+    ];
+    for (dir, targets) in run_files {
+        let removed = remove_stale(&dir, targets)?;
         if !removed.is_empty() && !quiet {
             eprintln!(
                 "removed {} leftover(s) of an interrupted write in {}",
@@ -359,9 +376,20 @@ pub fn train<M: Net<D>, const D: usize>(
     check_memory::<M, D>(cfg, &model, &item_shape)?;
     std::fs::create_dir_all(&run)
         .with_context(|| format!("cannot create the run directory {}", run.display()))?;
+    let _lock = match _lock {
+        Some(l) => l,
+        None => crate::files::lock_dir(&run)?,
+    };
+    // A new run's configuration is written now; a resumed run's changes (a new --lr, say) only
+    // once this segment has saved a checkpoint, so a segment that fails leaves the run as it was.
     let toml = cfg.to_toml()?;
+    let mut pending_config = None;
     if std::fs::read_to_string(&config_path).ok().as_deref() != Some(toml.as_str()) {
-        write_atomic(&config_path, toml.as_bytes())?;
+        if resume {
+            pending_config = Some(toml);
+        } else {
+            write_atomic(&config_path, toml.as_bytes())?;
+        }
     }
 
     let micro = cfg.batch_size / cfg.grad_accum;
@@ -530,6 +558,9 @@ pub fn train<M: Net<D>, const D: usize>(
                 &state,
                 cfg.keep_checkpoints,
             )?);
+            if let Some(t) = pending_config.take() {
+                write_atomic(&config_path, t.as_bytes())?;
+            }
         }
         if cfg.sample_every > 0 && step.is_multiple_of(cfg.sample_every) || at_end {
             let ema_model = ema_model(&model, &ema, &device);
@@ -812,8 +843,9 @@ pub fn train_auto(cfg: &TrainConfig, resume: bool, quiet: bool) -> Result<TrainS
         let names = ds.classes();
         if names.is_empty() {
             bail!(
-                "--class-cond: --data {} has no labels (IDX needs its labels file beside the images; \
-                 a folder needs one sub-directory per class; toy data: 8-gaussians or two-moons)",
+                "--class-cond: --data {} has no labels (IDX needs its labels file, one label per \
+                 image, beside the images; a folder needs one sub-directory per class; toy data: \
+                 8-gaussians or two-moons)",
                 cfg.data
             );
         }
