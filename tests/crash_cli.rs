@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use ddpm::train::checkpoint::{CHECKPOINT_FILES, newest_complete, read_safetensors};
 
-const STEPS: &str = "120";
+const STEPS: &str = "150";
+/// SIGKILLs before the run is let finish (each costs at most 4 steps of progress).
+const KILLS: usize = 30;
 
 fn write_idx(dir: &Path) {
     let mut v = Vec::new();
@@ -78,6 +80,22 @@ fn command(data: &str, out: &Path, resume: bool) -> Command {
     c
 }
 
+/// Whether a checkpoint is being written (its temporary directory exists).
+fn writing(run: &Path) -> bool {
+    std::fs::read_dir(run.join("checkpoints")).is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+    })
+}
+
+/// The step `checkpoints/latest` names (0 before the first checkpoint).
+fn latest_step(run: &Path) -> u64 {
+    std::fs::read_to_string(run.join("checkpoints/latest"))
+        .ok()
+        .and_then(|s| s.trim().strip_prefix("step-")?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The newest complete checkpoint, checked whole: every tensor file parses with finite values
 /// and `state.json` names its own step.
 fn check_newest(run: &Path) -> Option<PathBuf> {
@@ -105,10 +123,8 @@ fn killed_at_random_moments_the_run_ends_bit_identical() {
     let data = format!("idx:{}", data_dir.display());
 
     let straight = tmp.path().join("straight");
-    let start = Instant::now();
     let o = command(&data, &straight, false).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let run_time = start.elapsed();
 
     let killed = tmp.path().join("killed");
     let mut rng = 0x5EED_u64;
@@ -128,14 +144,20 @@ fn killed_at_random_moments_the_run_ends_bit_identical() {
         }) {
             mid_write += 1;
         }
+        let start_step = latest_step(&killed);
         let mut child = command(&data, &killed, resume).spawn().unwrap();
-        // After the 25th kill, let the run finish.
-        let wait = if kills < 25 {
-            run_time.mul_f64(0.01 + 0.07 * next())
-        } else {
-            Duration::from_secs(600)
-        };
-        let deadline = Instant::now() + wait;
+        // Kill once 0–3 more checkpoints are written, then 0–25 ms later (a step here takes
+        // about 20 ms, most of it writing its checkpoint), so the kills land in start-up, steps,
+        // checkpoint writes and pruning alike whatever the machine's speed; after the last kill
+        // the run is let finish.
+        let target = (kills < KILLS).then(|| {
+            let step = start_step + (next() * 4.0) as u64;
+            // Every other kill within 3 ms of a new `latest`: while the old checkpoints are
+            // being pruned or the next step starts.
+            let span = if kills % 2 == 0 { 3_000.0 } else { 25_000.0 };
+            (step, Duration::from_micros((next() * span) as u64))
+        });
+        let mut deadline: Option<Instant> = None;
         loop {
             if let Some(st) = child.try_wait().unwrap() {
                 let mut err = String::new();
@@ -144,13 +166,30 @@ fn killed_at_random_moments_the_run_ends_bit_identical() {
                 finished = true;
                 break;
             }
-            if Instant::now() >= deadline {
-                child.kill().unwrap();
-                child.wait().unwrap();
-                kills += 1;
-                break;
+            if let Some((step, delay)) = target {
+                if deadline.is_none() && latest_step(&killed) >= step {
+                    deadline = Some(Instant::now() + delay);
+                }
+                // Every third kill the moment a checkpoint is seen half-written (watched
+                // without sleeping: a write lasts a few milliseconds).
+                if kills % 3 == 2 && deadline.is_some() {
+                    if writing(&killed) {
+                        child.kill().unwrap();
+                        child.wait().unwrap();
+                        kills += 1;
+                        break;
+                    }
+                    std::thread::yield_now();
+                    continue;
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    child.kill().unwrap();
+                    child.wait().unwrap();
+                    kills += 1;
+                    break;
+                }
             }
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_millis(1));
         }
         if finished {
             break;
@@ -159,8 +198,8 @@ fn killed_at_random_moments_the_run_ends_bit_identical() {
     assert!(finished, "the run never finished");
     assert!(kills >= 20, "only {kills} kills");
     assert!(
-        mid_write > 0,
-        "no kill landed during a checkpoint write or pruning"
+        mid_write >= 5,
+        "only {mid_write} kills landed during a checkpoint write or pruning"
     );
     eprintln!("{kills} kills, {mid_write} of them during a checkpoint write or pruning");
     let last = format!("checkpoints/step-{:08}", STEPS.parse::<u64>().unwrap());
