@@ -42,6 +42,14 @@ pub fn available_memory() -> Option<u64> {
     meminfo_available(&text)
 }
 
+/// When `need` bytes exceed the available memory: (need, available) in GiB, for the error
+/// message of a command that refuses the work; `None` when it fits or memory cannot be read.
+pub fn shortfall_gib(need: f64) -> Option<(f64, f64)> {
+    let avail = available_memory()? as f64;
+    let gib = (1u64 << 30) as f64;
+    (need > avail).then(|| (need / gib, avail / gib))
+}
+
 fn meminfo_available(text: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -223,34 +223,40 @@ fn classifier_train(a: ClassifierTrainArgs) -> CliResult {
     Ok(())
 }
 
+/// A dataset (or a folder of generated images, which must all be of the classifier's size) for a
+/// classifier taking items of `shape`; `flag` names it in errors.
+fn open_judged(
+    spec: &str,
+    split: &str,
+    flag: &str,
+    shape: &[usize],
+) -> Result<Box<dyn crate::data::Dataset>, CliError> {
+    let split: Split = split
+        .parse()
+        .map_err(|e: String| CliError::Usage(format!("{flag}-split: {e}")))?;
+    if let Some(dir) = spec.strip_prefix("folder:") {
+        crate::data::folder::check_samples_folder(std::path::Path::new(dir), shape[1])
+            .map_err(|e| CliError::Usage(format!("{flag}: {e:#}")))?;
+    }
+    let d = crate::data::open(spec, split, 0, Some((shape[0], shape[1])))
+        .map_err(|e| CliError::Usage(format!("{flag}: {e:#}")))?;
+    if d.item_shape() != shape {
+        return Err(CliError::Usage(format!(
+            "{flag} {spec}: items are {:?}, the classifier takes {shape:?}",
+            d.item_shape()
+        )));
+    }
+    Ok(d)
+}
+
 fn fd(a: FdArgs) -> CliResult {
     use crate::eval::classifier;
     use crate::eval::frechet::{FeatureStats, frechet_distance};
     let device = super::device("cpu")?;
     let (model, shape) = classifier::load(&a.classifier, &device)
         .map_err(|e| CliError::Usage(format!("--classifier: {e:#}")))?;
-    let open =
-        |spec: &str, split: &str, flag: &str| -> Result<Box<dyn crate::data::Dataset>, CliError> {
-            let split: Split = split
-                .parse()
-                .map_err(|e: String| CliError::Usage(format!("{flag}-split: {e}")))?;
-            if let Some(dir) = spec.strip_prefix("folder:") {
-                crate::data::folder::check_samples_folder(std::path::Path::new(dir), shape[1])
-                    .map_err(|e| CliError::Usage(format!("{flag}: {e:#}")))?;
-            }
-            let d = crate::data::open(spec, split, 0, Some((shape[0], shape[1])))
-                .map_err(|e| CliError::Usage(format!("{flag}: {e:#}")))?;
-            if d.item_shape() != shape {
-                return Err(CliError::Usage(format!(
-                    "{flag} {spec}: items are {:?}, the classifier takes {:?}",
-                    d.item_shape(),
-                    shape
-                )));
-            }
-            Ok(d)
-        };
-    let samples = open(&a.samples, &a.samples_split, "--samples")?;
-    let reference = open(&a.reference, &a.reference_split, "--reference")?;
+    let samples = open_judged(&a.samples, &a.samples_split, "--samples", &shape)?;
+    let reference = open_judged(&a.reference, &a.reference_split, "--reference", &shape)?;
     let (fs, ps, ns) = classifier::features(&model, samples.as_ref(), a.limit, 256, &device);
     let (fr, _, nr) = classifier::features(&model, reference.as_ref(), a.limit, 256, &device);
     for (name, n) in [("--samples", ns), ("--reference", nr)] {
@@ -376,15 +382,11 @@ fn guidance(a: GuidanceArgs) -> CliResult {
         * item_shape.iter().product::<usize>() as f64
         * 4.0
         * 2.0;
-    if let Some(avail) = crate::heap::available_memory()
-        && need > avail as f64
-    {
+    if let Some((need_gib, avail_gib)) = crate::heap::shortfall_gib(need) {
         return Err(CliError::Usage(format!(
-            "--per-class {}: {} classes of samples need about {:.1} GiB, more than the {:.1} GiB available",
-            a.per_class,
-            classes,
-            need / (1u64 << 30) as f64,
-            avail as f64 / (1u64 << 30) as f64
+            "--per-class {}: {classes} classes of samples need about {need_gib:.1} GiB, more than \
+             the {avail_gib:.1} GiB available",
+            a.per_class
         )));
     }
     let (judge, shape) = classifier::load(&a.classifier, &device)
@@ -394,19 +396,7 @@ fn guidance(a: GuidanceArgs) -> CliResult {
             "--classifier takes {shape:?} images, the model makes {item_shape:?}"
         )));
     }
-    let split: Split = a
-        .reference_split
-        .parse()
-        .map_err(|e: String| CliError::Usage(format!("--reference-split: {e}")))?;
-    let reference = crate::data::open(&a.reference, split, 0, Some((shape[0], shape[1])))
-        .map_err(|e| CliError::Usage(format!("--reference: {e:#}")))?;
-    if reference.item_shape() != shape {
-        return Err(CliError::Usage(format!(
-            "--reference {}: items are {:?}, the classifier takes {shape:?}",
-            a.reference,
-            reference.item_shape()
-        )));
-    }
+    let reference = open_judged(&a.reference, &a.reference_split, "--reference", &shape)?;
     let (fr, _, nr) =
         classifier::features(&judge, reference.as_ref(), a.reference_limit, 256, &device);
     if nr < 2 {

@@ -390,23 +390,20 @@ fn generate(a: &SampleArgs) -> Result<f64, CliError> {
     })?;
     let cfg = TrainConfig::from_toml(&text, &cfg_path.display().to_string())?;
     // Every image is held until the grid is drawn: refuse what cannot fit before sampling.
-    let item: usize = item_shape_of(&cfg)?.iter().product();
-    let per_batch = cfg
-        .unet_config()
-        .map(|u| u.activation_values() as f64 * 4.0)
-        .unwrap_or(0.0);
-    let need = a.n as f64 * item as f64 * 4.0 * 3.0 + a.batch_size.min(a.n) as f64 * per_batch;
-    if let Some(avail) = crate::heap::available_memory()
-        && need > avail as f64
-    {
-        let gib = |b: f64| b / (1u64 << 30) as f64;
+    let item_shape = item_shape_of(&cfg)?;
+    let item: usize = item_shape.iter().product();
+    let per_image = if cfg.preset == "mlp" {
+        <Mlp as Net<2>>::activation_bytes_per_item(&cfg, &item_shape)
+    } else {
+        <UNet as Net<4>>::activation_bytes_per_item(&cfg, &item_shape)
+    };
+    let need = a.n as f64 * item as f64 * 4.0 * 3.0 + a.batch_size.min(a.n) as f64 * per_image;
+    if let Some((need_gib, avail_gib)) = crate::heap::shortfall_gib(need) {
         return Err(CliError::Usage(format!(
-            "--n {} at --batch-size {}: sampling needs about {:.1} GiB, this machine has {:.1} GiB \
-             available; sample fewer images per call (with other --seed values) or a smaller batch",
-            a.n,
-            a.batch_size,
-            gib(need),
-            gib(avail as f64)
+            "--n {} at --batch-size {}: sampling needs about {need_gib:.1} GiB, this machine has \
+             {avail_gib:.1} GiB available; sample fewer images per call (with other --seed values) \
+             or a smaller batch",
+            a.n, a.batch_size
         )));
     }
     let device = super::device(&a.device)?;

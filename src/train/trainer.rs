@@ -373,7 +373,7 @@ pub fn train<M: Net<D>, const D: usize>(
             run.display()
         );
     }
-    check_memory::<M, D>(cfg, &model, &item_shape)?;
+    check_memory::<M, D>(cfg, device_name, &model, &item_shape)?;
     std::fs::create_dir_all(&run)
         .with_context(|| format!("cannot create the run directory {}", run.display()))?;
     let _lock = match _lock {
@@ -474,10 +474,7 @@ pub fn train<M: Net<D>, const D: usize>(
             if per_sample.iter().any(|l| !l.is_finite()) {
                 bail!(
                     "non-finite loss at step {step}; stopping without saving. The last finite checkpoint is {}",
-                    last_ckpt
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|| "none (no checkpoint was written yet)".into())
+                    last_finite(&last_ckpt)
                 );
             }
             state.t_sampler.update(&t, &per_sample);
@@ -496,10 +493,7 @@ pub fn train<M: Net<D>, const D: usize>(
             bail!(
                 "non-finite weights after the update of step {step} (parameter {name}; learning rate \
                  {lr}, gradient norm {grad_norm}); stopping without saving. The last finite checkpoint is {}",
-                last_ckpt
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "none (no checkpoint was written yet)".into())
+                last_finite(&last_ckpt)
             );
         }
         ema.update(
@@ -599,6 +593,13 @@ pub fn ema_model<M: Module>(model: &M, ema: &Ema, device: &Device) -> M {
     })
 }
 
+/// How a run that stops on non-finite values names its last finite checkpoint.
+fn last_finite(last: &Option<PathBuf>) -> String {
+    last.as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "none (no checkpoint was written yet)".into())
+}
+
 /// The one-hot class rows of a micro-batch's labels, each replaced by the null class with
 /// probability `cond_drop`; the draws come from (seed, step, micro-batch), so a resumed run
 /// makes the same ones.
@@ -653,18 +654,13 @@ fn first_non_finite<M: Module>(model: &M) -> Option<String> {
 /// only), with the estimate, before anything large is allocated.
 fn check_memory<M: Net<D>, const D: usize>(
     cfg: &TrainConfig,
+    device_name: &str,
     model: &M,
     item_shape: &[usize],
 ) -> Result<()> {
-    if !matches!(
-        crate::device::resolve_name(&cfg.device)?,
-        "cpu" | "cubecl-cpu"
-    ) {
+    if !matches!(device_name, "cpu" | "cubecl-cpu") {
         return Ok(());
     }
-    let Some(available) = crate::heap::available_memory() else {
-        return Ok(());
-    };
     let mut params = 0u64;
     visit_params(model, |_, _, shape, _| {
         params += shape.iter().product::<usize>() as u64
@@ -673,17 +669,16 @@ fn check_memory<M: Net<D>, const D: usize>(
     let micro = (cfg.batch_size / cfg.grad_accum) as f64;
     // Weights, gradients, two AdamW moments, the EMA and the update's temporaries: 8 copies.
     let need = micro * per_item + 8.0 * 4.0 * params as f64;
-    if need > available as f64 {
-        let gib = |b: f64| b / (1u64 << 30) as f64;
+    if let Some((need_gib, avail_gib)) = crate::heap::shortfall_gib(need) {
         bail!(
             "--batch-size {}: a training step needs about {:.1} GiB ({} images per micro-batch at \
              about {:.1} MiB each, plus the model's state), but this machine has {:.1} GiB available; \
              use a smaller --batch-size or split it with --grad-accum",
             cfg.batch_size,
-            gib(need),
+            need_gib,
             micro,
             per_item / (1u64 << 20) as f64,
-            gib(available as f64)
+            avail_gib
         );
     }
     Ok(())
