@@ -2,17 +2,14 @@
 //! class-conditional densities are known: 8-gaussians, class k = N(μ_k, 0.05² I) with μ_k on a
 //! circle of radius 0.8 at angle 2πk/8.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+
+use common::{ddpm, write_idx_labels};
 
 use ddpm::data::toy2d::{EIGHT_GAUSSIANS_SD, eight_gaussians_mean};
-
-fn ddpm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ddpm"))
-        .args(args)
-        .output()
-        .expect("run ddpm")
-}
 
 fn ok(o: Output) -> Output {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -272,13 +269,10 @@ fn guidance_sweep_runs_end_to_end() {
     std::fs::create_dir_all(&data).unwrap();
     let n = 40u32;
     let mut img = Vec::new();
-    let mut lab = Vec::new();
     for x in [0x0803u32, n, 8, 8] {
         img.extend(x.to_be_bytes());
     }
-    for x in [0x0801u32, n] {
-        lab.extend(x.to_be_bytes());
-    }
+    let mut lab = Vec::new();
     for i in 0..n {
         // Class k: a bright k-th row.
         let k = (i % 10) as usize;
@@ -286,7 +280,7 @@ fn guidance_sweep_runs_end_to_end() {
         lab.push(k as u8);
     }
     std::fs::write(data.join("train-images-idx3-ubyte"), img).unwrap();
-    std::fs::write(data.join("train-labels-idx1-ubyte"), lab).unwrap();
+    write_idx_labels(&data, &lab);
     let spec = format!("idx:{}", data.display());
     let run = tmp.path().join("r").display().to_string();
     ok(ddpm(&[

@@ -1,40 +1,22 @@
 //! The crash test: a tiny class-conditional training run (dropout, gradient accumulation,
 //! flips, importance-sampled timesteps: every random stream) with a checkpoint every step is
 //! killed with SIGKILL at seeded random moments (during steps, checkpoint writes and pruning
-//! alike) and resumed each time. After every kill the run's newest complete checkpoint must be whole and readable, and
-//! the final weights, EMA, optimizer state and training state must equal those of an
-//! uninterrupted run bit for bit.
+//! alike) and resumed each time. After every kill the run's newest complete checkpoint must be
+//! whole and readable, and the final weights, EMA, optimizer state and training state must equal
+//! those of an uninterrupted run bit for bit.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{write_idx, write_idx_labels};
 use ddpm::train::checkpoint::{CHECKPOINT_FILES, newest_complete, read_safetensors};
 
 const STEPS: &str = "150";
 /// SIGKILLs before the run is let finish (each costs at most 4 steps of progress).
 const KILLS: usize = 30;
-
-fn write_idx(dir: &Path) {
-    let mut v = Vec::new();
-    for x in [0x0803u32, 10, 8, 8] {
-        v.extend(x.to_be_bytes());
-    }
-    let mut s = 7u32;
-    for _ in 0..10 * 64 {
-        s = s.wrapping_mul(1_103_515_245).wrapping_add(12345);
-        v.push((s >> 16) as u8);
-    }
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("train-images-idx3-ubyte"), v).unwrap();
-    // Labels, for a class-conditional run (its null-class draws must resume exactly too).
-    let mut l = Vec::new();
-    for x in [0x0801u32, 10] {
-        l.extend(x.to_be_bytes());
-    }
-    l.extend((0..10u8).map(|i| i % 3));
-    std::fs::write(dir.join("train-labels-idx1-ubyte"), l).unwrap();
-}
 
 fn command(data: &str, out: &Path, resume: bool) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ddpm"));
@@ -119,7 +101,9 @@ fn check_newest(run: &Path) -> Option<PathBuf> {
 fn killed_at_random_moments_the_run_ends_bit_identical() {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("data");
-    write_idx(&data_dir);
+    write_idx(&data_dir, 10, 8, 7);
+    // Labels, for a class-conditional run (its null-class draws must resume exactly too).
+    write_idx_labels(&data_dir, &(0..10u8).map(|i| i % 3).collect::<Vec<_>>());
     let data = format!("idx:{}", data_dir.display());
 
     let straight = tmp.path().join("straight");

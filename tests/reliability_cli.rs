@@ -3,9 +3,12 @@
 //! runs away, and what an interrupted or disk-full run leaves behind. Tiny model, 8×8 data.
 
 use std::collections::BTreeMap;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::write_idx;
 use ddpm::train::checkpoint::{HostTensor, read_safetensors, to_safetensors};
 
 fn ddpm_in(dir: Option<&Path>, args: &[&str]) -> Output {
@@ -43,21 +46,6 @@ fn fails_with(o: Output, needle: &str) -> String {
     e
 }
 
-/// `n` pseudo-random 8×8 images as raw IDX in `dir`.
-fn write_idx(dir: &Path, n: u32) {
-    let mut v = Vec::new();
-    for x in [0x0803u32, n, 8, 8] {
-        v.extend(x.to_be_bytes());
-    }
-    let mut s = 99u32;
-    for _ in 0..n * 64 {
-        s = s.wrapping_mul(1_103_515_245).wrapping_add(12345);
-        v.push((s >> 16) as u8);
-    }
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("train-images-idx3-ubyte"), v).unwrap();
-}
-
 struct Fixture {
     _tmp: tempfile::TempDir,
     root: PathBuf,
@@ -68,7 +56,7 @@ impl Fixture {
     fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
-        write_idx(&root.join("data"), 12);
+        write_idx(&root.join("data"), 12, 8, 99);
         let data = format!("idx:{}", root.join("data").display());
         Self {
             _tmp: tmp,

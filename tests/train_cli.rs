@@ -1,29 +1,10 @@
 //! `ddpm train` end to end on tiny synthetic data: bit-identical resume and clear errors.
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
-fn ddpm(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ddpm"))
-        .args(args)
-        .output()
-        .expect("run ddpm")
-}
-
-/// Writes `n` pseudo-random `size`×`size` images as a raw IDX3 file in `dir`.
-fn write_idx(dir: &Path, n: u32, size: u32) {
-    let mut v = Vec::new();
-    for x in [0x0803u32, n, size, size] {
-        v.extend(x.to_be_bytes());
-    }
-    let mut s = 12345u32;
-    for _ in 0..n * size * size {
-        s = s.wrapping_mul(1_103_515_245).wrapping_add(12345);
-        v.push((s >> 16) as u8);
-    }
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("train-images-idx3-ubyte"), v).unwrap();
-}
+use common::{ddpm, write_idx};
 
 fn common<'a>(data: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
     vec![
@@ -62,7 +43,7 @@ fn common<'a>(data: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
 fn resume_continues_bit_identically() {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("data");
-    write_idx(&data_dir, 10, 8);
+    write_idx(&data_dir, 10, 8, 12345);
     let data = format!("idx:{}", data_dir.display());
     let straight = tmp.path().join("straight");
     let split = tmp.path().join("split");
@@ -124,7 +105,7 @@ fn bad_inputs_get_clear_errors() {
     );
     // Truncated file.
     let trunc = tmp.path().join("trunc");
-    write_idx(&trunc, 4, 8);
+    write_idx(&trunc, 4, 8, 12345);
     let f = trunc.join("train-images-idx3-ubyte");
     let bytes = std::fs::read(&f).unwrap();
     std::fs::write(&f, &bytes[..bytes.len() - 10]).unwrap();
@@ -172,7 +153,7 @@ fn bad_inputs_get_clear_errors() {
     );
     // Image size that does not fit the preset.
     let small = tmp.path().join("small");
-    write_idx(&small, 4, 8);
+    write_idx(&small, 4, 8, 12345);
     check(
         &[
             "train",
@@ -276,7 +257,7 @@ fn bad_inputs_get_clear_errors() {
 fn sample_from_a_trained_checkpoint_with_every_sampler() {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("data");
-    write_idx(&data_dir, 8, 8);
+    write_idx(&data_dir, 8, 8, 12345);
     let data = format!("idx:{}", data_dir.display());
     let run = tmp.path().join("run").display().to_string();
     let o = ddpm(&[
@@ -458,7 +439,7 @@ fn sample_from_a_trained_checkpoint_with_every_sampler() {
 fn classifier_fd_and_its_bad_inputs() {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("data");
-    write_idx(&data_dir, 20, 8);
+    write_idx(&data_dir, 20, 8, 12345);
     let mut labels = vec![];
     for x in [0x0801u32, 20] {
         labels.extend(x.to_be_bytes());
@@ -541,7 +522,7 @@ fn classifier_fd_and_its_bad_inputs() {
 fn bf16_mixed_precision_trains() {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("data");
-    write_idx(&data_dir, 10, 8);
+    write_idx(&data_dir, 10, 8, 12345);
     let data = format!("idx:{}", data_dir.display());
     let run = tmp.path().join("bf16");
     let r = run.display().to_string();
