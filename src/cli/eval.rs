@@ -21,17 +21,18 @@ pub enum EvalCommand {
     FidStats(super::fid::FidStatsArgs),
     /// FID of generated images against a dataset or cached statistics (pytorch-fid's Inception).
     Fid(super::fid::FidArgs),
-    /// The classifier-free guidance trade-off of a class-conditional model: accuracy, classifier
-    /// FD and IS of its samples for each guidance weight.
+    /// The guidance trade-off: accuracy, classifier FD and IS of a model's samples for each
+    /// classifier-free guidance weight and classifier-guidance scale.
     Guidance(GuidanceArgs),
 }
 
 #[derive(Args)]
 #[command(
-    after_help = "Example:\n  ddpm eval guidance --checkpoint runs/mnist-cond --classifier mnist-classifier.safetensors --reference idx:../shared/data/mnist --guidance 0,0.5,1,2,4 --plot tradeoff.png"
+    after_help = "Examples:\n  ddpm eval guidance --checkpoint runs/mnist-cond --classifier mnist-classifier.safetensors --reference idx:../shared/data/mnist --guidance 0,0.5,1,2,4 --plot tradeoff.png\n  ddpm eval guidance --checkpoint runs/mnist --guide-classifier runs/mnist-noisy-clf --classifier-scale 0,1,2,4 --classifier mnist-classifier.safetensors --reference idx:../shared/data/mnist"
 )]
 pub struct GuidanceArgs {
-    /// A class-conditional run (trained with --class-cond) or one of its checkpoints.
+    /// A run or one of its checkpoints: class-conditional (trained with --class-cond), or any
+    /// model with --guide-classifier.
     #[arg(long)]
     checkpoint: PathBuf,
     /// The judging classifier, from `eval classifier-train` on the real data.
@@ -46,9 +47,17 @@ pub struct GuidanceArgs {
     /// Use at most N reference images.
     #[arg(long, value_parser = super::at_least_one)]
     reference_limit: Option<usize>,
-    /// Guidance weights, comma-separated.
-    #[arg(long, default_value = "0,0.5,1,2,4")]
-    guidance: String,
+    /// Classifier-free guidance weights, comma-separated (default 0,0.5,1,2,4; 0 with
+    /// --guide-classifier).
+    #[arg(long)]
+    guidance: Option<String>,
+    /// A noise-aware classifier from `ddpm train-classifier`: also guide by its gradient, at
+    /// each --classifier-scale (the model may then be unconditional).
+    #[arg(long)]
+    guide_classifier: Option<PathBuf>,
+    /// Classifier-guidance scales, comma-separated (with --guide-classifier).
+    #[arg(long, default_value = "0,1,2,4")]
+    classifier_scale: String,
     /// Samples per class and weight.
     #[arg(long, default_value_t = 100, value_parser = super::at_least_one)]
     per_class: usize,
@@ -356,23 +365,39 @@ fn nll(a: NllArgs) -> CliResult {
 fn guidance(a: GuidanceArgs) -> CliResult {
     use crate::eval::classifier;
     use crate::eval::frechet::FeatureStats;
-    let weights: Vec<f64> = a
-        .guidance
-        .split(',')
-        .map(|w| match w.trim().parse::<f64>() {
-            Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
-            _ => Err(CliError::Usage(format!(
-                "--guidance: `{w}` is not a weight ≥ 0 (a comma-separated list, e.g. 0,0.5,1,2,4)"
-            ))),
-        })
-        .collect::<Result<_, _>>()?;
     let device = super::device(&a.device)?;
     let loaded = load_for_inference::<UNet, 4>(&a.checkpoint, a.no_ema, &device)
         .map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
-    let Some(classes) = loaded.model.num_classes() else {
-        return Err(CliError::Usage(
-            "--checkpoint: this model was trained without classes (train with --class-cond)".into(),
-        ));
+    let diffusion = diffusion_from(&loaded.config)?;
+    let guide = match &a.guide_classifier {
+        Some(p) => Some(super::sample::load_guide(
+            p,
+            &loaded.config,
+            &diffusion,
+            &device,
+        )?),
+        None => None,
+    };
+    let default_w = if guide.is_some() { "0" } else { "0,0.5,1,2,4" };
+    let weights = super::number_list("--guidance", a.guidance.as_deref().unwrap_or(default_w))?;
+    let scales = super::number_list("--classifier-scale", &a.classifier_scale)?;
+    let classes = match (loaded.model.num_classes(), &guide) {
+        (Some(k), _) => k,
+        (None, Some(g)) if weights.iter().all(|&w| w == 0.0) => g.config.classes.len(),
+        (None, Some(_)) => {
+            return Err(CliError::Usage(
+                "--guidance: classifier-free guidance needs a class-conditional model; with an \
+                 unconditional one use --guidance 0 and --classifier-scale"
+                    .into(),
+            ));
+        }
+        (None, None) => {
+            return Err(CliError::Usage(
+                "--checkpoint: this model was trained without classes (train with --class-cond, \
+                 or guide it with --guide-classifier)"
+                    .into(),
+            ));
+        }
     };
     let u = loaded.config.unet_config()?;
     let item_shape = [u.in_channels, u.image_size, u.image_size];
@@ -405,11 +430,12 @@ fn guidance(a: GuidanceArgs) -> CliResult {
         )));
     }
     let reference = FeatureStats::from_features(&fr, nr, classifier::FEATURES)?;
-    let diffusion = diffusion_from(&loaded.config)?;
-    let total = (a.per_class * classes * weights.len()) as u64;
+    let settings = weights.len() * if guide.is_some() { scales.len() } else { 1 };
+    let total = (a.per_class * classes * settings) as u64;
     let bar = (!a.quiet).then(|| super::progress(total, "images", false));
     let opts = crate::eval::guidance::SweepOptions {
         weights: &weights,
+        classifier: guide.as_ref().map(|g| (&g.model, scales.as_slice())),
         per_class: a.per_class,
         steps: a.steps,
         batch: a.batch_size,
@@ -439,16 +465,19 @@ fn guidance(a: GuidanceArgs) -> CliResult {
         }
     } else {
         println!(
-            "{} samples per weight ({} per class), DDIM-{}, against {nr} reference images",
+            "{} samples per setting ({} per class), DDIM-{}, against {nr} reference images",
             a.per_class * classes,
             a.per_class,
             a.steps
         );
-        println!("| w | accuracy | classifier FD | classifier IS |");
-        println!("|---|---|---|---|");
+        println!("| w | classifier scale | accuracy | classifier FD | classifier IS |");
+        println!("|---|---|---|---|---|");
         for r in &rows {
+            let s = r
+                .classifier_scale
+                .map_or("–".to_string(), |s| s.to_string());
             println!(
-                "| {} | {:.4} | {:.3} | {:.3} |",
+                "| {} | {s} | {:.4} | {:.3} | {:.3} |",
                 r.w, r.accuracy, r.fd, r.inception_score
             );
         }

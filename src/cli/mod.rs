@@ -9,6 +9,7 @@ mod plot;
 mod sample;
 mod schedule;
 mod train;
+mod train_classifier;
 
 use std::process::ExitCode;
 
@@ -74,6 +75,18 @@ fn non_negative(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A comma-separated list of finite numbers ≥ 0 given to `flag`.
+fn number_list(flag: &str, s: &str) -> Result<Vec<f64>, CliError> {
+    s.split(',')
+        .map(|w| match w.trim().parse::<f64>() {
+            Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
+            _ => Err(CliError::Usage(format!(
+                "{flag}: `{w}` is not a number ≥ 0 (a comma-separated list, e.g. 0,0.5,1,2,4)"
+            ))),
+        })
+        .collect()
+}
+
 /// Clap parser of a number in [0, 1].
 fn unit_closed(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -101,6 +114,8 @@ enum Command {
     Schedule(schedule::ScheduleArgs),
     /// Train a diffusion model (Algorithm 1); with no flags, on the bundled MNIST digits.
     Train(Box<train::TrainArgs>),
+    /// Train a noise-aware classifier p(y | x_t, t) for classifier guidance.
+    TrainClassifier(Box<train_classifier::TrainClassifierArgs>),
     /// Generate images from a checkpoint (Algorithm 2, respaced, DDIM, DPM-Solver++).
     Sample(Box<sample::SampleArgs>),
     /// Evaluate a model: likelihood in bits/dim.
@@ -123,6 +138,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Schedule(args) => schedule::run(args),
         Command::Train(args) => train::run(*args),
+        Command::TrainClassifier(args) => train_classifier::run(*args),
         Command::Sample(args) => sample::run(*args),
         Command::Eval(cmd) => eval::run(cmd),
         Command::Bench(args) => bench::run(args),

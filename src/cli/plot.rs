@@ -49,6 +49,12 @@ pub struct ChainArgs {
     /// Classifier-free guidance weight, as `ddpm sample --guidance`.
     #[arg(long, default_value_t = 0.0, value_parser = super::non_negative)]
     guidance: f64,
+    /// A noise-aware classifier to guide with, as `ddpm sample --classifier`.
+    #[arg(long)]
+    classifier: Option<PathBuf>,
+    /// Classifier-guidance scale, as `ddpm sample --classifier-scale`.
+    #[arg(long, default_value_t = 1.0, value_parser = super::non_negative)]
+    classifier_scale: f64,
 }
 
 #[derive(Args)]
@@ -196,6 +202,8 @@ pub fn run(cmd: PlotCommand) -> CliResult {
                     seed: a.seed,
                     class: a.class,
                     guidance: a.guidance,
+                    classifier: a.classifier,
+                    classifier_scale: a.classifier_scale,
                 },
                 &a.out,
             )?;

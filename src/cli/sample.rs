@@ -13,11 +13,13 @@ use crate::model::{Mlp, UNet};
 use crate::rng::Rng;
 use crate::sample::guidance::labels_for;
 use crate::sample::{
-    Ancestral, ClassGuided, Ddim, DpmSolverPp2M, Sampler, Spacing, ddim::spaced_steps, sample_loop,
+    Ancestral, ClassGuided, ClassifierGradient, ClassifierGuide, Ddim, DpmSolverPp2M, Sampler,
+    Spacing, ddim::spaced_steps, sample_loop_guided,
 };
 use crate::schedule::space_timesteps;
 use crate::train::TrainConfig;
 use crate::train::checkpoint::{HostTensor, resolve, to_safetensors};
+use crate::train::classifier::{LoadedClassifier, check_guides, load_classifier};
 use crate::train::trainer::{Net, diffusion_from, item_shape_of, load_for_inference};
 use crate::viz::grid::{encode_png, image_pixels, save_grid, save_scatter, square_cols};
 
@@ -93,6 +95,32 @@ pub struct SampleArgs {
     /// φ in [0, 1], 0 off.
     #[arg(long, default_value_t = 0.0, value_parser = super::unit_closed)]
     guidance_rescale: f64,
+    /// Classifier guidance: a noise-aware classifier from `ddpm train-classifier` (its
+    /// directory) whose gradient steers toward --class, for conditional or unconditional models.
+    #[arg(long)]
+    classifier: Option<PathBuf>,
+    /// Classifier-guidance scale s: the step follows s·∇ log p(y | x_t).
+    #[arg(long, default_value_t = 1.0, value_parser = super::non_negative)]
+    classifier_scale: f64,
+}
+
+/// The noise-aware classifier at `path`, checked against the model of run `cfg` sampled on
+/// `diffusion` (same schedule; same classes when the model has classes). Loaded without
+/// autodiff: guidance differentiates with respect to the input only.
+pub(super) fn load_guide(
+    path: &Path,
+    cfg: &TrainConfig,
+    diffusion: &GaussianDiffusion,
+    device: &Device,
+) -> Result<LoadedClassifier, CliError> {
+    let flag =
+        |e: anyhow::Error| CliError::Usage(format!("--classifier {}: {e:#}", path.display()));
+    let c = load_classifier(path, device).map_err(flag)?;
+    let names = cfg
+        .num_classes()
+        .map(|_| cfg.classes.clone().unwrap_or_default());
+    check_guides(&c.config, diffusion, names.as_deref()).map_err(flag)?;
+    Ok(c)
 }
 
 fn parse_clip(s: &str) -> Result<X0Clip, CliError> {
@@ -169,7 +197,11 @@ fn run_of(ckpt: &Path) -> PathBuf {
         .unwrap_or_default()
 }
 
-fn run_with<const D: usize, M: Net<D>>(a: &SampleArgs, device: &Device) -> Result<Sampled, CliError>
+fn run_with<const D: usize, M: Net<D>>(
+    a: &SampleArgs,
+    device: &Device,
+    guide: Option<&dyn ClassifierGradient<D>>,
+) -> Result<Sampled, CliError>
 where
     AnySampler: SamplerFor<D>,
 {
@@ -193,23 +225,38 @@ where
     } else {
         None
     };
-    let labels = match (&a.class, model.num_classes()) {
-        (Some(spec), Some(k)) => Some((
+    let cfg_free = a.guidance != 0.0 || a.guidance_rescale != 0.0;
+    let labels = match (&a.class, model.num_classes(), guide.map(|g| g.classes())) {
+        (Some(spec), Some(k), _) => Some((
             labels_for(spec, a.n, k).map_err(|e| CliError::Usage(format!("{e:#}")))?,
             k,
         )),
-        (Some(_), None) => {
+        (Some(_), None, Some(_)) if cfg_free => {
             return Err(CliError::Usage(
-                "--class: this model was trained without classes (train with --class-cond)".into(),
-            ));
-        }
-        (None, _) if a.guidance != 0.0 || a.guidance_rescale != 0.0 => {
-            return Err(CliError::Usage(
-                "--guidance and --guidance-rescale need --class (the classes to guide toward)"
+                "--guidance and --guidance-rescale need a class-conditional model (train with \
+                 --class-cond); this one is guided by --classifier only"
                     .into(),
             ));
         }
-        (None, _) => None,
+        (Some(spec), None, Some(k)) => Some((
+            labels_for(spec, a.n, k).map_err(|e| CliError::Usage(format!("{e:#}")))?,
+            k,
+        )),
+        (Some(_), None, None) => {
+            return Err(CliError::Usage(
+                "--class: this model was trained without classes (train with --class-cond, or \
+                 guide it with --classifier)"
+                    .into(),
+            ));
+        }
+        (None, _, _) if cfg_free || guide.is_some() => {
+            return Err(CliError::Usage(
+                "--guidance, --guidance-rescale and --classifier need --class (the classes to \
+                 guide toward)"
+                    .into(),
+            ));
+        }
+        (None, _, _) => None,
     };
     let mut rng = Rng::new(a.seed);
     let mut all = Vec::new();
@@ -252,19 +299,25 @@ where
         };
         let x = match &labels {
             Some((l, k)) => {
-                let guided = ClassGuided::new(
-                    &model,
-                    *k,
-                    &l[done..done + n],
-                    a.guidance,
-                    a.guidance_rescale,
-                    diffusion.variance.is_learned(),
-                    device,
-                )
-                .map_err(|e| CliError::Usage(format!("{e:#}")))?;
-                sampler.run(&guided, shape, device, &mut rng, &mut on_step)
+                let batch_labels = &l[done..done + n];
+                let g = guide.map(|g| (g, batch_labels));
+                if model.num_classes().is_some() {
+                    let guided = ClassGuided::new(
+                        &model,
+                        *k,
+                        batch_labels,
+                        a.guidance,
+                        a.guidance_rescale,
+                        diffusion.variance.is_learned(),
+                        device,
+                    )
+                    .map_err(|e| CliError::Usage(format!("{e:#}")))?;
+                    sampler.run(&guided, shape, g, device, &mut rng, &mut on_step)
+                } else {
+                    sampler.run(&model, shape, g, device, &mut rng, &mut on_step)
+                }
             }
-            None => sampler.run(&model, shape, device, &mut rng, &mut on_step),
+            None => sampler.run(&model, shape, None, device, &mut rng, &mut on_step),
         };
         all.extend(
             x.into_data()
@@ -324,6 +377,7 @@ trait SamplerFor<const D: usize> {
         &mut self,
         model: &M,
         shape: [usize; D],
+        guide: Option<(&dyn ClassifierGradient<D>, &[usize])>,
         device: &Device,
         rng: &mut Rng,
         on: impl FnMut(usize, usize, &Tensor<D>, &Tensor<D>),
@@ -344,16 +398,21 @@ macro_rules! impl_sampler_for {
                 &mut self,
                 model: &M,
                 shape: [usize; $d],
+                guide: Option<(&dyn ClassifierGradient<$d>, &[usize])>,
                 device: &Device,
                 rng: &mut Rng,
                 on: impl FnMut(usize, usize, &Tensor<$d>, &Tensor<$d>),
             ) -> Tensor<$d> {
                 match self {
                     AnySampler::Ancestral(s) => {
-                        sample_loop(model, s.as_mut(), shape, device, rng, on)
+                        sample_loop_guided(model, s.as_mut(), shape, guide, device, rng, on)
                     }
-                    AnySampler::Ddim(s) => sample_loop(model, s.as_mut(), shape, device, rng, on),
-                    AnySampler::Dpm(s) => sample_loop(model, s.as_mut(), shape, device, rng, on),
+                    AnySampler::Ddim(s) => {
+                        sample_loop_guided(model, s.as_mut(), shape, guide, device, rng, on)
+                    }
+                    AnySampler::Dpm(s) => {
+                        sample_loop_guided(model, s.as_mut(), shape, guide, device, rng, on)
+                    }
                 }
             }
         }
@@ -409,9 +468,27 @@ fn generate(a: &SampleArgs) -> Result<f64, CliError> {
     let device = super::device(&a.device)?;
     let start = std::time::Instant::now();
     let (data, shape, chain) = if cfg.preset == "mlp" {
-        run_with::<2, Mlp>(a, &device)?
+        if a.classifier.is_some() {
+            return Err(CliError::Usage(
+                "--classifier: classifier guidance is for image models (a noise-aware classifier \
+                 of images)"
+                    .into(),
+            ));
+        }
+        run_with::<2, Mlp>(a, &device, None)?
     } else {
-        run_with::<4, UNet>(a, &device)?
+        let loaded = match &a.classifier {
+            Some(p) => Some(load_guide(p, &cfg, &diffusion_from(&cfg)?, &device)?),
+            None => None,
+        };
+        let guide = loaded
+            .as_ref()
+            .map(|c| ClassifierGuide::new(&c.model, a.classifier_scale));
+        run_with::<4, UNet>(
+            a,
+            &device,
+            guide.as_ref().map(|g| g as &dyn ClassifierGradient<4>),
+        )?
     };
     let secs = start.elapsed().as_secs_f64();
     std::fs::create_dir_all(&a.out)
@@ -510,6 +587,8 @@ pub(super) struct ChainRequest {
     pub seed: u64,
     pub class: Option<String>,
     pub guidance: f64,
+    pub classifier: Option<PathBuf>,
+    pub classifier_scale: f64,
 }
 
 /// `ddpm plot chain`: the denoising chain (x_t and x̂0 at ten steps) of `n` samples as one PNG.
@@ -522,6 +601,8 @@ pub(super) fn chain(r: ChainRequest, out: &Path) -> CliResult {
         seed,
         class,
         guidance,
+        classifier,
+        classifier_scale,
     } = r;
     let ckpt = resolve(&checkpoint).map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
     let cfg_path = run_of(&ckpt).join("config.toml");
@@ -559,6 +640,8 @@ pub(super) fn chain(r: ChainRequest, out: &Path) -> CliResult {
         class,
         guidance,
         guidance_rescale: 0.0,
+        classifier,
+        classifier_scale,
     };
     let secs = generate(&args)?;
     let res = std::fs::rename(tmp.join("chain.png"), out)

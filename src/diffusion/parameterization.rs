@@ -64,6 +64,19 @@ impl Parameterization {
         }
     }
 
+    /// ∂out/∂ε̂ at fixed x_t: how this parameterization's output moves when the ε it implies
+    /// moves by one (1 for ε; −√(1−ᾱ_t)/√ᾱ_t for x0, from x0 = (x_t − √(1−ᾱ_t)·ε)/√ᾱ_t;
+    /// 1/√ᾱ_t for v, from v = ε/√ᾱ_t − √(1−ᾱ_t)/√ᾱ_t·x_t). The outputs are linear in ε, so a
+    /// correction Δε of the implied noise is the output correction Δε·(this).
+    pub fn output_per_eps(self, s: &NoiseSchedule, t: usize) -> f64 {
+        let ab = s.alphas_cumprod[t];
+        match self {
+            Self::Eps => 1.0,
+            Self::X0 => -((1.0 - ab) / ab).sqrt(),
+            Self::V => 1.0 / ab.sqrt(),
+        }
+    }
+
     /// c_t such that ‖Δε‖² = c_t·‖Δ(target)‖² for an error in this parameterization's target:
     /// 1 for ε, SNR(t) for x0, SNR(t)/(1+SNR(t)) = ᾱ_t for v. Loss weightings defined on the
     /// ε-loss carry over to the other parameterizations through it.

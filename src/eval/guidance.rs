@@ -1,7 +1,9 @@
-//! The fidelity / diversity trade-off of classifier-free guidance: for each guidance weight w,
-//! samples of every class from a class-conditional model, judged by a classifier trained on the
-//! real data — its accuracy on the requested classes (fidelity), the Fréchet distance of its
-//! features to the real data's and its Inception-style score (quality and diversity).
+//! The fidelity / diversity trade-off of guidance: for each classifier-free guidance weight w
+//! (of a class-conditional model) and each classifier-guidance scale s (with a noise-aware
+//! classifier, of a conditional or unconditional model), samples of every class judged by a
+//! classifier trained on the real data — its accuracy on the requested classes (fidelity), the
+//! Fréchet distance of its features to the real data's and its Inception-style score (quality
+//! and diversity).
 
 use anyhow::{Result, bail};
 use burn::tensor::Device;
@@ -11,15 +13,21 @@ use super::classifier::{self, Classifier};
 use super::frechet::{FeatureStats, frechet_distance};
 use crate::data::memory::InMemory;
 use crate::diffusion::{Denoiser, GaussianDiffusion, X0Clip};
+use crate::model::NoisyClassifier;
 use crate::rng::Rng;
 use crate::sample::guidance::labels_for;
-use crate::sample::{Conditioning, Ddim, Spacing, ddim::spaced_steps, draw};
+use crate::sample::{
+    ClassifierGradient, ClassifierGuide, Conditioning, Ddim, Spacing, ddim::spaced_steps, draw,
+};
 
 /// The judgement of one guidance weight.
 #[derive(Debug, Clone, Serialize)]
 pub struct GuidanceRow {
-    /// The guidance weight w.
+    /// The classifier-free guidance weight w.
     pub w: f64,
+    /// The classifier-guidance scale s (absent: no classifier guidance).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classifier_scale: Option<f64>,
     /// The classifier's accuracy against the requested classes.
     pub accuracy: f64,
     /// Classifier Fréchet distance to the reference data.
@@ -32,8 +40,11 @@ pub struct GuidanceRow {
 
 /// What a sweep samples with.
 pub struct SweepOptions<'a> {
-    /// Guidance weights.
+    /// Classifier-free guidance weights (all 0 for an unconditional model).
     pub weights: &'a [f64],
+    /// Classifier-guidance scales, with the noise-aware classifier that guides (sampling with
+    /// every weight at every scale).
+    pub classifier: Option<(&'a NoisyClassifier, &'a [f64])>,
     /// Samples per class and weight.
     pub per_class: usize,
     /// DDIM steps (η = 0).
@@ -44,8 +55,8 @@ pub struct SweepOptions<'a> {
     pub seed: u64,
 }
 
-/// Samples `per_class` images of each of the model's `classes` classes at every weight and
-/// judges them with `judge` against `reference` (the judge's feature statistics of real data).
+/// Samples `per_class` images of each of `classes` classes (the model's, or the guiding
+/// classifier's for an unconditional model) at every weight and scale and judges them with `judge` against `reference` (the judge's feature statistics of real data).
 /// `progress(done, total)` counts sampled images.
 #[allow(clippy::too_many_arguments)]
 pub fn sweep<M: Denoiser<4>>(
@@ -67,47 +78,61 @@ pub fn sweep<M: Denoiser<4>>(
     }
     let n = o.per_class * classes;
     let labels = labels_for("all", n, classes)?;
-    let total = n * o.weights.len();
+    let scales: Vec<Option<f64>> = match o.classifier {
+        Some((_, s)) => s.iter().map(|&v| Some(v)).collect(),
+        None => vec![None],
+    };
+    let total = n * o.weights.len() * scales.len();
     let mut rows = Vec::new();
-    for (wi, &w) in o.weights.iter().enumerate() {
-        let mut rng = Rng::new(o.seed);
-        let steps = spaced_steps(diffusion.num_timesteps(), o.steps, Spacing::Linspace);
-        let cond = Conditioning {
-            labels: &labels,
-            classes,
-            guidance: w,
-            rescale: 0.0,
-            learned_variance: diffusion.variance.is_learned(),
-        };
-        let data = draw::<4, M, Ddim>(
-            model,
-            || Ddim::new(diffusion, steps.clone(), 0.0, X0Clip::Clip),
-            n,
-            o.batch,
-            &item_shape,
-            Some(&cond),
-            device,
-            &mut rng,
-            |done| progress(wi * n + done, total),
-        )?;
-        let samples = InMemory::new(
-            data,
-            item_shape.to_vec(),
-            labels.clone(),
-            classes,
-            "samples",
-        );
-        let as_u8: Vec<u8> = labels.iter().map(|&l| l as u8).collect();
-        let accuracy = classifier::accuracy(judge, &samples, &as_u8, 256, device);
-        let (f, p, m) = classifier::features(judge, &samples, None, 256, device);
-        let stats = FeatureStats::from_features(&f, m, classifier::FEATURES)?;
-        rows.push(GuidanceRow {
-            w,
-            accuracy,
-            fd: frechet_distance(&stats, reference)?,
-            inception_score: classifier::inception_score(&p, m),
-            n: m,
-        });
+    let mut k = 0;
+    for &w in o.weights {
+        for &scale in &scales {
+            let mut rng = Rng::new(o.seed);
+            let steps = spaced_steps(diffusion.num_timesteps(), o.steps, Spacing::Linspace);
+            let guide = o
+                .classifier
+                .zip(scale)
+                .map(|((c, _), s)| ClassifierGuide::new(c, s));
+            let cond = Conditioning {
+                labels: &labels,
+                classes,
+                guidance: w,
+                rescale: 0.0,
+                learned_variance: diffusion.variance.is_learned(),
+                classifier: guide.as_ref().map(|g| g as &dyn ClassifierGradient<4>),
+            };
+            let data = draw::<4, M, Ddim>(
+                model,
+                || Ddim::new(diffusion, steps.clone(), 0.0, X0Clip::Clip),
+                n,
+                o.batch,
+                &item_shape,
+                Some(&cond),
+                device,
+                &mut rng,
+                |done| progress(k * n + done, total),
+            )?;
+            k += 1;
+            let samples = InMemory::new(
+                data,
+                item_shape.to_vec(),
+                labels.clone(),
+                classes,
+                "samples",
+            );
+            let as_u8: Vec<u8> = labels.iter().map(|&l| l as u8).collect();
+            let accuracy = classifier::accuracy(judge, &samples, &as_u8, 256, device);
+            let (f, p, m) = classifier::features(judge, &samples, None, 256, device);
+            let stats = FeatureStats::from_features(&f, m, classifier::FEATURES)?;
+            rows.push(GuidanceRow {
+                w,
+                classifier_scale: scale,
+                accuracy,
+                fd: frechet_distance(&stats, reference)?,
+                inception_score: classifier::inception_score(&p, m),
+                n: m,
+            });
+        }
     }
     Ok(rows)
 }

@@ -7,11 +7,13 @@ pub mod class_embedding;
 pub mod config;
 pub mod embedding;
 pub mod mlp;
+pub mod noisy_classifier;
 pub mod unet;
 
 pub use class_embedding::one_hot;
 pub use config::{MlpConfig, TimeFeatures, TimeInjection, UNetConfig};
 pub use mlp::Mlp;
+pub use noisy_classifier::NoisyClassifier;
 pub use unet::UNet;
 
 #[cfg(test)]

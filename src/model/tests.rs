@@ -118,3 +118,62 @@ fn activation_estimate_follows_the_measured_peak() {
     assert!(wide.activation_values() > UNetConfig::cifar10().activation_values());
     assert!(UNetConfig::mnist().activation_values() < UNetConfig::cifar10().activation_values());
 }
+
+#[test]
+fn noisy_classifier_gradient_matches_finite_differences() {
+    use crate::sample::{ClassifierGradient, ClassifierGuide};
+    use burn::tensor::activation::log_softmax;
+    use burn::tensor::{Distribution, TensorData};
+    dev().seed(11);
+    let mut cfg = UNetConfig::tiny();
+    cfg.time_injection = TimeInjection::ScaleShift;
+    // Loaded without autodiff, as for sampling: the gradient is taken w.r.t. the input only.
+    let net = NoisyClassifier::new(&cfg, 3, &dev()).unwrap();
+    let x = Tensor::<4>::random([2, 1, 8, 8], Distribution::Normal(0.0, 1.0), &dev());
+    let t = Tensor::<1>::from_floats([5.0, 700.0], &dev());
+    assert_eq!(net.logits(x.clone(), t.clone()).dims(), [2, 3]);
+    let labels = [2usize, 0];
+    let g: Vec<f64> = ClassifierGradient::gradient(
+        &ClassifierGuide::new(&net, 1.0),
+        x.clone(),
+        t.clone(),
+        &labels,
+    )
+    .into_data()
+    .convert::<f64>()
+    .try_into_vec()
+    .unwrap();
+    let logp = |x: Tensor<4>| -> Vec<f64> {
+        log_softmax(net.logits(x, t.clone()), 1)
+            .into_data()
+            .convert::<f64>()
+            .try_into_vec()
+            .unwrap()
+    };
+    let xs: Vec<f32> = x
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec()
+        .unwrap();
+    let h = 1e-2f32;
+    for (item, pixel) in [(0usize, 0usize), (0, 27), (1, 9), (1, 63)] {
+        let k = item * 64 + pixel;
+        let shifted = |d: f32| {
+            let mut v = xs.clone();
+            v[k] += d;
+            Tensor::<4>::from_data(TensorData::new(v, [2, 1, 8, 8]), &dev())
+        };
+        let (up, down) = (logp(shifted(h)), logp(shifted(-h)));
+        let fd = (up[item * 3 + labels[item]] - down[item * 3 + labels[item]]) / (2.0 * h as f64);
+        assert!(
+            (fd - g[k]).abs() < 2e-3 + 0.05 * fd.abs(),
+            "item {item} pixel {pixel}: autodiff {} vs finite difference {fd}",
+            g[k]
+        );
+    }
+    assert!(
+        g.iter().any(|v| v.abs() > 1e-6),
+        "a gradient that is all zero"
+    );
+}

@@ -58,38 +58,64 @@ pub struct UNet {
     time_scale: f64,
 }
 
-impl UNet {
-    /// Builds the network of `config` on `device` (after validating the configuration).
-    pub fn new(config: &UNetConfig, device: &Device) -> Result<Self, ConfigError> {
-        config.validate()?;
+/// The residual-block shape of `config` from `cin` to `cout` channels.
+pub(crate) fn res_spec(
+    config: &UNetConfig,
+    cin: usize,
+    cout: usize,
+    resample: Resample,
+) -> ResBlockSpec {
+    ResBlockSpec {
+        cin,
+        cout,
+        emb_dim: 4 * config.base_channels,
+        groups: config.groups,
+        dropout: config.dropout,
+        scale_shift: config.time_injection == TimeInjection::ScaleShift,
+        resample,
+    }
+}
+
+/// Self-attention after a block of `c` channels at resolution `res`, where `config` asks for it.
+pub(crate) fn attention_at(
+    config: &UNetConfig,
+    c: usize,
+    res: usize,
+    device: &Device,
+) -> Option<AttentionBlock> {
+    config
+        .attention_resolutions
+        .contains(&res)
+        .then(|| AttentionBlock::new(c, config.heads_for(c), config.groups, device))
+}
+
+/// The way down, shared by the U-Net and the noise-aware classifier (its encoder half).
+pub(crate) struct DownPath {
+    /// One level per channel multiplier.
+    pub levels: Vec<Level>,
+    /// The channels of every activation kept for a skip connection, in order.
+    pub skips: Vec<usize>,
+    /// Channels at the bottom.
+    pub channels: usize,
+    /// Resolution at the bottom.
+    pub resolution: usize,
+}
+
+impl DownPath {
+    /// The levels of `config` on the way down.
+    pub fn new(config: &UNetConfig, device: &Device) -> Self {
         let ch = config.base_channels;
-        let emb_dim = 4 * ch;
-        let spec = |cin: usize, cout: usize, resample: Resample| ResBlockSpec {
-            cin,
-            cout,
-            emb_dim,
-            groups: config.groups,
-            dropout: config.dropout,
-            scale_shift: config.time_injection == TimeInjection::ScaleShift,
-            resample,
-        };
-        let attn = |c: usize, res: usize| {
-            config
-                .attention_resolutions
-                .contains(&res)
-                .then(|| AttentionBlock::new(c, config.heads_for(c), config.groups, device))
-        };
         let n_levels = config.channel_mult.len();
         let mut skips = vec![ch];
         let mut cur = ch;
         let mut res = config.image_size;
-        let mut down = Vec::new();
+        let mut levels = Vec::new();
         for (i, m) in config.channel_mult.iter().enumerate() {
             let mut stages = Vec::new();
             for _ in 0..config.num_res_blocks {
                 stages.push(Stage {
-                    res: ResBlock::new(&spec(cur, ch * m, Resample::None), device),
-                    attn: attn(ch * m, res),
+                    res: ResBlock::new(&res_spec(config, cur, ch * m, Resample::None), device),
+                    attn: attention_at(config, ch * m, res, device),
                 });
                 cur = ch * m;
                 skips.push(cur);
@@ -97,7 +123,7 @@ impl UNet {
             let ds = (i + 1 < n_levels).then(|| {
                 skips.push(cur);
                 if config.resblock_updown {
-                    Downsample::res(&spec(cur, cur, Resample::Down), device)
+                    Downsample::res(&res_spec(config, cur, cur, Resample::Down), device)
                 } else {
                     Downsample::conv(cur, device)
                 }
@@ -105,12 +131,75 @@ impl UNet {
             if ds.is_some() {
                 res /= 2;
             }
-            down.push(Level {
+            levels.push(Level {
                 stages,
                 down: ds,
                 up: None,
             });
         }
+        Self {
+            levels,
+            skips,
+            channels: cur,
+            resolution: res,
+        }
+    }
+}
+
+/// Runs `h` down through `levels`, pushing every activation a skip connection needs onto `hs`
+/// (when given).
+pub(crate) fn run_down(
+    levels: &[Level],
+    mut h: Tensor<4>,
+    emb: &Tensor<2>,
+    mut hs: Option<&mut Vec<Tensor<4>>>,
+) -> Tensor<4> {
+    for level in levels {
+        for stage in &level.stages {
+            h = stage.forward(h, emb.clone());
+            if let Some(hs) = hs.as_deref_mut() {
+                hs.push(h.clone());
+            }
+        }
+        if let Some(d) = &level.down {
+            h = d.forward(h, emb.clone());
+            if let Some(hs) = hs.as_deref_mut() {
+                hs.push(h.clone());
+            }
+        }
+    }
+    h
+}
+
+/// The time embedding MLP(features(t·scale)) in `dtype`: `emb1` → SiLU → `emb2`.
+pub(crate) fn embed_time(
+    emb1: &Linear,
+    emb2: &Linear,
+    t: Tensor<1>,
+    base_channels: usize,
+    features: super::config::TimeFeatures,
+    scale: f64,
+    dtype: burn::tensor::DType,
+) -> Tensor<2> {
+    let f = time_features(t * scale, base_channels, features).cast(dtype);
+    emb2.forward(silu(emb1.forward(f)))
+}
+
+impl UNet {
+    /// Builds the network of `config` on `device` (after validating the configuration).
+    pub fn new(config: &UNetConfig, device: &Device) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let ch = config.base_channels;
+        let emb_dim = 4 * ch;
+        let spec =
+            |cin: usize, cout: usize, resample: Resample| res_spec(config, cin, cout, resample);
+        let attn = |c: usize, res: usize| attention_at(config, c, res, device);
+        let DownPath {
+            levels: down,
+            mut skips,
+            channels: mut cur,
+            resolution: mut res,
+        } = DownPath::new(config, device);
         let mid1 = ResBlock::new(&spec(cur, cur, Resample::None), device);
         let mid_attn = AttentionBlock::new(cur, config.heads_for(cur), config.groups, device);
         let mid2 = ResBlock::new(&spec(cur, cur, Resample::None), device);
@@ -175,11 +264,17 @@ impl UNet {
     /// As [`Self::forward`], with class rows `cond` (`[B, classes + 1]`, one-hot; `None`: the
     /// null class). An unconditional network ignores `cond`.
     pub fn forward_cond(&self, x: Tensor<4>, t: Tensor<1>, cond: Option<Tensor<2>>) -> Tensor<4> {
-        let t = t * self.time_scale;
         let b = x.dims()[0];
         // The features in the parameters' precision (f32, or bf16 under mixed precision).
-        let emb = time_features(t, self.base_channels, self.time_features).cast(x.dtype());
-        let emb = self.emb2.forward(silu(self.emb1.forward(emb)));
+        let emb = embed_time(
+            &self.emb1,
+            &self.emb2,
+            t,
+            self.base_channels,
+            self.time_features,
+            self.time_scale,
+            x.dtype(),
+        );
         let emb = match &self.class_emb {
             Some(c) => {
                 let e = c.forward(cond, b, &emb);
@@ -187,18 +282,9 @@ impl UNet {
             }
             None => emb,
         };
-        let mut h = kernels::conv2d(&self.conv_in, x);
+        let h = kernels::conv2d(&self.conv_in, x);
         let mut hs = vec![h.clone()];
-        for level in &self.down {
-            for stage in &level.stages {
-                h = stage.forward(h, emb.clone());
-                hs.push(h.clone());
-            }
-            if let Some(d) = &level.down {
-                h = d.forward(h, emb.clone());
-                hs.push(h.clone());
-            }
-        }
+        let mut h = run_down(&self.down, h, &emb, Some(&mut hs));
         h = self.mid1.forward(h, emb.clone());
         h = self.mid_attn.forward(h);
         h = self.mid2.forward(h, emb.clone());

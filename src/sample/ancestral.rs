@@ -67,6 +67,36 @@ impl<const D: usize> Sampler<D> for Ancestral {
         model_output: Tensor<D>,
         rng: &mut Rng,
     ) -> StepOutput<D> {
+        self.step_shifted(i, x_t, model_output, None, rng)
+    }
+
+    fn chain_at(&self, i: usize) -> (&GaussianDiffusion, usize) {
+        (&self.diffusion, self.diffusion.num_timesteps() - 1 - i)
+    }
+
+    /// Dhariwal & Nichol's Algorithm 1: the mean moves by Σ·`grad`, Σ this step's variance.
+    fn step_guided(
+        &mut self,
+        i: usize,
+        x_t: Tensor<D>,
+        model_output: Tensor<D>,
+        grad: Tensor<D>,
+        rng: &mut Rng,
+    ) -> StepOutput<D> {
+        self.step_shifted(i, x_t, model_output, Some(grad), rng)
+    }
+}
+
+impl Ancestral {
+    /// One step, the mean shifted by Σ·`grad` when given.
+    fn step_shifted<const D: usize>(
+        &mut self,
+        i: usize,
+        x_t: Tensor<D>,
+        model_output: Tensor<D>,
+        grad: Option<Tensor<D>>,
+        rng: &mut Rng,
+    ) -> StepOutput<D> {
         let n = self.diffusion.num_timesteps();
         let idx = n - 1 - i;
         let b = x_t.dims()[0];
@@ -74,8 +104,18 @@ impl<const D: usize> Sampler<D> for Ancestral {
         let p = self
             .diffusion
             .p_mean_variance(model_output, x_t.clone(), &t, self.clip);
+        let mean = match grad {
+            Some(g) => {
+                let variance = match &self.variance {
+                    Some(v) => crate::diffusion::extract(v, &t, &x_t),
+                    None => p.params.variance,
+                };
+                p.params.mean + variance * g
+            }
+            None => p.params.mean,
+        };
         let prev = if idx == 0 {
-            p.params.mean
+            mean
         } else {
             let z = host_normal(x_t.dims(), rng, &x_t.device());
             let sd = match &self.variance {
@@ -86,7 +126,7 @@ impl<const D: usize> Sampler<D> for Ancestral {
                 ),
                 None => (p.params.log_variance * 0.5).exp(),
             };
-            p.params.mean + z * sd
+            mean + z * sd
         };
         StepOutput {
             prev_sample: prev,

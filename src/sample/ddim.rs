@@ -79,6 +79,10 @@ impl<const D: usize> Sampler<D> for Ddim {
         self.steps.iter().rev().copied().collect()
     }
 
+    fn chain_at(&self, i: usize) -> (&GaussianDiffusion, usize) {
+        (&self.diffusion, self.steps[self.steps.len() - 1 - i])
+    }
+
     fn step(
         &mut self,
         i: usize,

@@ -88,6 +88,9 @@ impl Sampler<4> for DpmSolverPp2M {
     fn timesteps(&self) -> Vec<usize> {
         self.steps.iter().rev().copied().collect()
     }
+    fn chain_at(&self, i: usize) -> (&GaussianDiffusion, usize) {
+        (&self.diffusion, self.steps[self.steps.len() - 1 - i])
+    }
     fn step(
         &mut self,
         i: usize,
@@ -105,6 +108,9 @@ impl Sampler<4> for DpmSolverPp2M {
 impl Sampler<2> for DpmSolverPp2M {
     fn timesteps(&self) -> Vec<usize> {
         self.steps.iter().rev().copied().collect()
+    }
+    fn chain_at(&self, i: usize) -> (&GaussianDiffusion, usize) {
+        (&self.diffusion, self.steps[self.steps.len() - 1 - i])
     }
     fn step(
         &mut self,

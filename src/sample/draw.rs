@@ -3,15 +3,16 @@
 use anyhow::Result;
 use burn::tensor::Device;
 
-use super::{ClassGuided, Sampler, sample_loop};
+use super::{ClassGuided, ClassifierGradient, Sampler, sample_loop, sample_loop_guided};
 use crate::diffusion::Denoiser;
 use crate::rng::Rng;
 
-/// The classes to draw from a class-conditional model, and how strongly to guide toward them.
-pub struct Conditioning<'a> {
+/// The classes to draw, and how strongly to guide toward them: by the class-conditional model's
+/// own classes (classifier-free guidance), by a classifier's gradient, or both.
+pub struct Conditioning<'a, const D: usize> {
     /// One class per item to draw.
     pub labels: &'a [usize],
-    /// The model's class count.
+    /// The class count (the model's, when it is class-conditional; else the classifier's).
     pub classes: usize,
     /// Classifier-free guidance weight (0: plain conditional sampling).
     pub guidance: f64,
@@ -19,6 +20,8 @@ pub struct Conditioning<'a> {
     pub rescale: f64,
     /// The model's second half of output channels is a variance (left unguided).
     pub learned_variance: bool,
+    /// Classifier guidance: s·∇ log p(y | x_t) (the scale inside).
+    pub classifier: Option<&'a dyn ClassifierGradient<D>>,
 }
 
 /// Draws `n` items of `item_shape` in batches of at most `batch`, each batch with a fresh
@@ -31,7 +34,7 @@ pub fn draw<const D: usize, M: Denoiser<D>, S: Sampler<D>>(
     n: usize,
     batch: usize,
     item_shape: &[usize],
-    cond: Option<&Conditioning>,
+    cond: Option<&Conditioning<D>>,
     device: &Device,
     rng: &mut Rng,
     mut on_batch: impl FnMut(usize),
@@ -45,16 +48,43 @@ pub fn draw<const D: usize, M: Denoiser<D>, S: Sampler<D>>(
         let mut sampler = new_sampler();
         let x = match cond {
             Some(c) => {
-                let guided = ClassGuided::new(
-                    model,
-                    c.classes,
-                    &c.labels[done..done + shape[0]],
-                    c.guidance,
-                    c.rescale,
-                    c.learned_variance,
-                    device,
-                )?;
-                sample_loop(&guided, &mut sampler, shape, device, rng, |_, _, _, _| {})
+                let labels = &c.labels[done..done + shape[0]];
+                let guide = c.classifier.map(|g| (g, labels));
+                if model.num_classes().is_some() {
+                    let guided = ClassGuided::new(
+                        model,
+                        c.classes,
+                        labels,
+                        c.guidance,
+                        c.rescale,
+                        c.learned_variance,
+                        device,
+                    )?;
+                    sample_loop_guided(
+                        &guided,
+                        &mut sampler,
+                        shape,
+                        guide,
+                        device,
+                        rng,
+                        |_, _, _, _| {},
+                    )
+                } else {
+                    if c.guidance != 0.0 {
+                        anyhow::bail!(
+                            "classifier-free guidance needs a class-conditional model (train with --class-cond)"
+                        );
+                    }
+                    sample_loop_guided(
+                        model,
+                        &mut sampler,
+                        shape,
+                        guide,
+                        device,
+                        rng,
+                        |_, _, _, _| {},
+                    )
+                }
             }
             None => sample_loop(model, &mut sampler, shape, device, rng, |_, _, _, _| {}),
         };

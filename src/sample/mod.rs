@@ -2,6 +2,7 @@
 //! denoiser (as diffusers' schedulers do).
 
 pub mod ancestral;
+pub mod classifier_guidance;
 pub mod ddim;
 pub mod dpm_solver;
 pub mod draw;
@@ -13,6 +14,7 @@ use crate::diffusion::{Denoiser, GaussianDiffusion, X0Clip};
 use crate::rng::Rng;
 
 pub use ancestral::Ancestral;
+pub use classifier_guidance::{ClassifierGradient, ClassifierGuide, NoisyLogits};
 pub use ddim::{Ddim, Spacing};
 pub use dpm_solver::DpmSolverPp2M;
 pub use draw::{Conditioning, draw};
@@ -42,6 +44,26 @@ pub trait Sampler<const D: usize> {
         model_output: Tensor<D>,
         rng: &mut Rng,
     ) -> StepOutput<D>;
+
+    /// The chain the `i`-th visited step belongs to and its index there (what classifier
+    /// guidance reads ᾱ_t and the parameterization from).
+    fn chain_at(&self, i: usize) -> (&GaussianDiffusion, usize);
+
+    /// [`Self::step`] guided by `grad` = s·∇ log p(y | x_t). By default the noise prediction is
+    /// corrected, ε̂ − √(1−ᾱ_t)·`grad` (Dhariwal & Nichol's Algorithm 2, for deterministic
+    /// samplers); ancestral samplers shift the mean instead.
+    fn step_guided(
+        &mut self,
+        i: usize,
+        x_t: Tensor<D>,
+        model_output: Tensor<D>,
+        grad: Tensor<D>,
+        rng: &mut Rng,
+    ) -> StepOutput<D> {
+        let (chain, t) = self.chain_at(i);
+        let out = classifier_guidance::eps_corrected(chain, t, model_output, grad);
+        self.step(i, x_t, out, rng)
+    }
 }
 
 /// Standard normal noise of `shape` from the host generator (so a seed gives the same images on
@@ -59,6 +81,20 @@ pub fn sample_loop<const D: usize, M: Denoiser<D>, S: Sampler<D>>(
     shape: [usize; D],
     device: &Device,
     rng: &mut Rng,
+    on_step: impl FnMut(usize, usize, &Tensor<D>, &Tensor<D>),
+) -> Tensor<D> {
+    sample_loop_guided(model, sampler, shape, None, device, rng, on_step)
+}
+
+/// [`sample_loop`] with classifier guidance toward `guide`'s classes (one per batch item) when
+/// given: the classifier sees x_t and the same network timesteps as the model.
+pub fn sample_loop_guided<const D: usize, M: Denoiser<D>, S: Sampler<D>>(
+    model: &M,
+    sampler: &mut S,
+    shape: [usize; D],
+    guide: Option<(&dyn ClassifierGradient<D>, &[usize])>,
+    device: &Device,
+    rng: &mut Rng,
     mut on_step: impl FnMut(usize, usize, &Tensor<D>, &Tensor<D>),
 ) -> Tensor<D> {
     let mut x = host_normal(shape, rng, device);
@@ -68,8 +104,14 @@ pub fn sample_loop<const D: usize, M: Denoiser<D>, S: Sampler<D>>(
             TensorData::new(vec![t as f32; shape[0]], [shape[0]]),
             device,
         );
-        let out = model.forward(x.clone(), tt);
-        let o = sampler.step(i, x, out, rng);
+        let out = model.forward(x.clone(), tt.clone());
+        let o = match guide {
+            Some((g, labels)) => {
+                let grad = g.gradient(x.clone(), tt, labels);
+                sampler.step_guided(i, x, out, grad, rng)
+            }
+            None => sampler.step(i, x, out, rng),
+        };
         on_step(i, t, &o.prev_sample, &o.pred_x0);
         x = o.prev_sample;
     }

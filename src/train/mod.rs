@@ -1,6 +1,7 @@
 //! Training (Algorithm 1): optimizer, EMA, checkpoints and the loop.
 
 pub mod checkpoint;
+pub mod classifier;
 pub mod config;
 pub mod ema;
 pub mod optim;

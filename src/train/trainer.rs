@@ -107,21 +107,39 @@ pub struct TrainState {
 
 /// Builds the diffusion a configuration describes.
 pub fn diffusion_from(cfg: &TrainConfig) -> Result<GaussianDiffusion> {
-    let kind = if let Some(p) = cfg.schedule.strip_prefix("file:") {
-        BetaSchedule::Custom(read_betas_file(Path::new(p))?)
-    } else {
-        BetaSchedule::named(&cfg.schedule, cfg.timesteps, cfg.beta_start, cfg.beta_end)?
-    };
-    let t = match &kind {
-        BetaSchedule::Custom(b) => b.len(),
-        _ => cfg.timesteps,
-    };
-    let s = NoiseSchedule::new(&kind, t, cfg.zero_terminal_snr)?;
+    let s = noise_schedule(
+        &cfg.schedule,
+        cfg.timesteps,
+        cfg.beta_start,
+        cfg.beta_end,
+        cfg.zero_terminal_snr,
+    )?;
     Ok(GaussianDiffusion::new(
         s,
         cfg.parameterization,
         cfg.variance,
     ))
+}
+
+/// The noise schedule of a `--schedule` value (a name, or `file:PATH` of β's) with `timesteps`
+/// steps (a file sets its own), optional linear β range, optionally rescaled to zero terminal SNR.
+pub fn noise_schedule(
+    schedule: &str,
+    timesteps: usize,
+    beta_start: Option<f64>,
+    beta_end: Option<f64>,
+    zero_terminal_snr: bool,
+) -> Result<NoiseSchedule> {
+    let kind = if let Some(p) = schedule.strip_prefix("file:") {
+        BetaSchedule::Custom(read_betas_file(Path::new(p))?)
+    } else {
+        BetaSchedule::named(schedule, timesteps, beta_start, beta_end)?
+    };
+    let t = match &kind {
+        BetaSchedule::Custom(b) => b.len(),
+        _ => timesteps,
+    };
+    Ok(NoiseSchedule::new(&kind, t, zero_terminal_snr)?)
 }
 
 /// Model weights by name as host tensors.
@@ -769,6 +787,7 @@ fn write_samples<M: Net<D>, const D: usize>(
             guidance: 0.0,
             rescale: 0.0,
             learned_variance: diffusion.variance.is_learned(),
+            classifier: None,
         });
     // In batches of at most a training micro-batch, so a large grid needs no more memory than
     // a training step.

@@ -346,28 +346,66 @@ pub fn loss(path: &Path, log: &Path) -> Result<()> {
 }
 
 /// The guidance trade-off: the classifier's accuracy on the requested classes, the classifier
-/// Fréchet distance and the Inception-style score, each against the guidance weight w.
+/// Fréchet distance and the Inception-style score, each against the guidance weight w (one line
+/// per classifier scale), or against the classifier scale s when only it varies.
 pub fn guidance_tradeoff(path: &Path, rows: &[crate::eval::guidance::GuidanceRow]) -> Result<()> {
-    let pick = |f: fn(&crate::eval::guidance::GuidanceRow) -> f64| -> Vec<(f64, f64)> {
-        rows.iter().map(|r| (r.w, f(r))).collect()
+    type Row = crate::eval::guidance::GuidanceRow;
+    // Along the classifier scale when only it varies; else along w, one line per scale.
+    let by_scale =
+        rows.iter().any(|r| r.classifier_scale.is_some()) && rows.iter().all(|r| r.w == rows[0].w);
+    let mut scales: Vec<Option<f64>> = Vec::new();
+    for r in rows {
+        if !scales.contains(&r.classifier_scale) {
+            scales.push(r.classifier_scale);
+        }
+    }
+    let lines = |f: fn(&Row) -> f64| -> Vec<Series> {
+        if by_scale {
+            let pts = rows
+                .iter()
+                .map(|r| (r.classifier_scale.unwrap_or(0.0), f(r)))
+                .collect();
+            return vec![(String::new(), pts)];
+        }
+        scales
+            .iter()
+            .map(|s| {
+                let pts = rows
+                    .iter()
+                    .filter(|r| r.classifier_scale == *s)
+                    .map(|r| (r.w, f(r)))
+                    .collect();
+                (s.map_or(String::new(), |s| format!("s = {s}")), pts)
+            })
+            .collect()
     };
-    let panels: [(&str, &str, Points); 3] = [
+    let xlabel = if by_scale {
+        "classifier scale s"
+    } else {
+        "guidance weight w"
+    };
+    let panels: [(&str, &str, Vec<Series>); 3] = [
         (
             "Accuracy on the requested class",
             "accuracy",
-            pick(|r| r.accuracy),
+            lines(|r| r.accuracy),
         ),
-        ("Classifier Fréchet distance", "FD", pick(|r| r.fd)),
+        ("Classifier Fréchet distance", "FD", lines(|r| r.fd)),
         (
             "Classifier Inception score",
             "IS",
-            pick(|r| r.inception_score),
+            lines(|r| r.inception_score),
         ),
     ];
     render(path, 1500, 460, |root| {
         let areas = root.split_evenly((1, 3));
-        for (area, (title, y, pts)) in areas.iter().zip(panels) {
-            line_chart(area, title, "guidance weight w", y, &[(y.to_string(), pts)])?;
+        for (area, (title, y, mut pts)) in areas.iter().zip(panels) {
+            if let [(name, _)] = pts.as_mut_slice()
+                && name.is_empty()
+            {
+                *name = y.to_string();
+            }
+            line_chart(area, title, xlabel, y, &pts)?;
         }
         Ok(())
     })
