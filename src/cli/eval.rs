@@ -135,6 +135,11 @@ pub struct FdArgs {
     /// Print {fd, inception_score, n_samples, n_reference} as JSON.
     #[arg(long)]
     json: bool,
+    /// Also the distance of each class: the samples' classes (a folder with one sub-directory
+    /// per class, as `ddpm sample --class` writes) against the reference's classes of the same
+    /// names.
+    #[arg(long)]
+    per_class: bool,
 }
 
 #[derive(Args)]
@@ -258,6 +263,36 @@ fn open_judged(
     Ok(d)
 }
 
+/// The Fréchet distance of each class of the samples to the same class of the reference, from
+/// the features of each (row-major, `d` wide, in item order) and the datasets they came from.
+pub(super) fn per_class(
+    samples: (&[f64], &dyn crate::data::Dataset),
+    reference: (&[f64], &dyn crate::data::Dataset),
+    d: usize,
+) -> Result<Vec<crate::eval::frechet::ClassDistance>, CliError> {
+    use crate::eval::frechet::{class_stats, per_class_distances};
+    let usage = |e: anyhow::Error| CliError::Usage(format!("--per-class: {e:#}"));
+    let stats = |(f, data): (&[f64], &dyn crate::data::Dataset), what: &str| {
+        let names = crate::data::item_class_names(data, f.len() / d, what).map_err(usage)?;
+        class_stats(f, &names, d).map_err(|e| usage(e.context(what.to_string())))
+    };
+    let s = stats(samples, "--samples")?;
+    let r = stats(reference, "--reference")?;
+    per_class_distances(&s, &r).map_err(usage)
+}
+
+/// Prints the per-class distances as a table.
+pub(super) fn print_per_class(what: &str, rows: &[crate::eval::frechet::ClassDistance]) {
+    println!("| class | {what} | samples | reference |");
+    println!("|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {:.4} | {} | {} |",
+            r.class, r.fd, r.n_samples, r.n_reference
+        );
+    }
+}
+
 fn fd(a: FdArgs) -> CliResult {
     use crate::eval::classifier;
     use crate::eval::frechet::{FeatureStats, frechet_distance};
@@ -286,15 +321,29 @@ fn fd(a: FdArgs) -> CliResult {
     let r = FeatureStats::from_features(&fr, nr, classifier::FEATURES)?;
     let d = frechet_distance(&s, &r)?;
     let is = classifier::inception_score(&ps, ns);
+    let classes = if a.per_class {
+        Some(per_class(
+            (&fs, samples.as_ref()),
+            (&fr, reference.as_ref()),
+            classifier::FEATURES,
+        )?)
+    } else {
+        None
+    };
     if a.json {
-        println!(
-            "{}",
-            serde_json::json!({"fd": d, "inception_score": is, "n_samples": ns, "n_reference": nr})
-        );
+        let mut j =
+            serde_json::json!({"fd": d, "inception_score": is, "n_samples": ns, "n_reference": nr});
+        if let Some(c) = &classes {
+            j["per_class"] = serde_json::to_value(c).map_err(anyhow::Error::from)?;
+        }
+        println!("{j}");
     } else {
         println!(
             "classifier FD {d:.4} ({ns} samples vs {nr} reference images); classifier IS {is:.3}"
         );
+        if let Some(c) = &classes {
+            print_per_class("classifier FD", c);
+        }
     }
     Ok(())
 }

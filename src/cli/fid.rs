@@ -64,6 +64,11 @@ pub struct FidArgs {
     /// Print {fid, n_samples, n_reference} as JSON.
     #[arg(long)]
     json: bool,
+    /// Also the FID of each class: the samples' classes (a folder with one sub-directory per
+    /// class, as `ddpm sample --class` writes) against the reference dataset's classes of the
+    /// same names (statistics files have no classes).
+    #[arg(long)]
+    per_class: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -76,11 +81,8 @@ fn open_images(spec: &str, split: &str, flag: &str) -> Result<Box<dyn Dataset>, 
         .strip_prefix("folder:")
         .or_else(|| Path::new(spec).is_dir().then_some(spec));
     if let Some(dir) = dir {
-        let first = std::fs::read_dir(dir)
-            .map_err(|e| usage(e.into()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file())
-            .min()
+        let first = crate::data::folder::first_image(Path::new(dir))
+            .map_err(usage)?
             .ok_or_else(|| CliError::Usage(format!("{flag} {spec}: holds no images")))?;
         let (w, h) = image::image_dimensions(&first)
             .map_err(|e| usage(anyhow::anyhow!("{}: {e}", first.display())))?;
@@ -120,6 +122,18 @@ fn statistics(
     batch: usize,
     quiet: bool,
 ) -> Result<FeatureStats, CliError> {
+    Ok(features_and_statistics(net, data, what, limit, batch, quiet)?.1)
+}
+
+/// The Inception features of `data` (row-major) and their statistics.
+fn features_and_statistics(
+    net: &InceptionV3,
+    data: &dyn Dataset,
+    what: &str,
+    limit: Option<usize>,
+    batch: usize,
+    quiet: bool,
+) -> Result<(Vec<f64>, FeatureStats), CliError> {
     let n = limit.unwrap_or(data.len()).min(data.len());
     let bar = (!quiet).then(|| super::progress(n as u64, "images", false));
     let (features, n) = fid::dataset_features(net, data, limit, batch, |done| {
@@ -136,7 +150,7 @@ fn statistics(
     if let Some(w) = fid::rank_warning(what, &stats) {
         eprintln!("{w}");
     }
-    Ok(stats)
+    Ok((features, stats))
 }
 
 pub fn fid_stats(a: FidStatsArgs) -> CliResult {
@@ -163,6 +177,11 @@ pub fn fid_stats(a: FidStatsArgs) -> CliResult {
 pub fn fid(a: FidArgs) -> CliResult {
     let samples = open_images(&a.samples, "train", "--samples")?;
     let reference_data = if fid::is_stats_file(&a.reference) {
+        if a.per_class {
+            return Err(CliError::Usage(
+                "--per-class needs a reference dataset with classes, not a statistics file".into(),
+            ));
+        }
         None
     } else {
         Some(open_images(
@@ -172,7 +191,7 @@ pub fn fid(a: FidArgs) -> CliResult {
         )?)
     };
     let net = load_network(&a.inception)?;
-    let s = statistics(
+    let (fs, s) = features_and_statistics(
         &net,
         samples.as_ref(),
         "--samples",
@@ -180,10 +199,13 @@ pub fn fid(a: FidArgs) -> CliResult {
         a.batch_size,
         a.quiet,
     )?;
-    let r = match &reference_data {
-        None => fid::load_stats(Path::new(&a.reference))
-            .map_err(|e| CliError::Usage(format!("--reference: {e:#}")))?,
-        Some(d) => statistics(
+    let (fr, r) = match &reference_data {
+        None => (
+            Vec::new(),
+            fid::load_stats(Path::new(&a.reference))
+                .map_err(|e| CliError::Usage(format!("--reference: {e:#}")))?,
+        ),
+        Some(d) => features_and_statistics(
             &net,
             d.as_ref(),
             "--reference",
@@ -193,13 +215,25 @@ pub fn fid(a: FidArgs) -> CliResult {
         )?,
     };
     let d = frechet_distance(&s, &r).map_err(|e| CliError::Usage(format!("{e:#}")))?;
+    let classes = match (&reference_data, a.per_class) {
+        (Some(rd), true) => Some(super::eval::per_class(
+            (&fs, samples.as_ref()),
+            (&fr, rd.as_ref()),
+            crate::eval::inception::FEATURES,
+        )?),
+        _ => None,
+    };
     if a.json {
-        println!(
-            "{}",
-            serde_json::json!({"fid": d, "n_samples": s.n, "n_reference": r.n})
-        );
+        let mut j = serde_json::json!({"fid": d, "n_samples": s.n, "n_reference": r.n});
+        if let Some(c) = &classes {
+            j["per_class"] = serde_json::to_value(c).map_err(anyhow::Error::from)?;
+        }
+        println!("{j}");
     } else {
         println!("FID {d:.4} ({} samples vs {} reference images)", s.n, r.n);
+        if let Some(c) = &classes {
+            super::eval::print_per_class("FID", c);
+        }
     }
     Ok(())
 }

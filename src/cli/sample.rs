@@ -145,8 +145,14 @@ enum AnySampler {
     Dpm(Box<DpmSolverPp2M>),
 }
 
-/// Samples (flat), their shape, and the saved chain (step, x_t, x̂0) of the first images.
-type Sampled = (Vec<f32>, Vec<usize>, Vec<(usize, Vec<f32>, Vec<f32>)>);
+/// Samples (flat), their shape, the saved chain (step, x_t, x̂0) of the first images, and each
+/// image's class when classes were requested.
+type Sampled = (
+    Vec<f32>,
+    Vec<usize>,
+    Vec<(usize, Vec<f32>, Vec<f32>)>,
+    Option<Vec<usize>>,
+);
 
 fn build_sampler(
     a: &SampleArgs,
@@ -332,7 +338,7 @@ where
     }
     let mut shape = vec![a.n];
     shape.extend(item_shape);
-    Ok((all, shape, chain))
+    Ok((all, shape, chain, labels.map(|(l, _)| l)))
 }
 
 /// The Analytic-DPM variance of the ddpm sampler's chain, with Γ estimated on the run's data.
@@ -467,7 +473,8 @@ fn generate(a: &SampleArgs) -> Result<f64, CliError> {
     }
     let device = super::device(&a.device)?;
     let start = std::time::Instant::now();
-    let (data, shape, chain) = if cfg.preset == "mlp" {
+    let mut class_names = cfg.classes.clone().filter(|_| cfg.num_classes().is_some());
+    let (data, shape, chain, labels) = if cfg.preset == "mlp" {
         if a.classifier.is_some() {
             return Err(CliError::Usage(
                 "--classifier: classifier guidance is for image models (a noise-aware classifier \
@@ -481,6 +488,9 @@ fn generate(a: &SampleArgs) -> Result<f64, CliError> {
             Some(p) => Some(load_guide(p, &cfg, &diffusion_from(&cfg)?, &device)?),
             None => None,
         };
+        if class_names.is_none() {
+            class_names = loaded.as_ref().map(|c| c.config.classes.clone());
+        }
         let guide = loaded
             .as_ref()
             .map(|c| ClassifierGuide::new(&c.model, a.classifier_scale));
@@ -495,11 +505,18 @@ fn generate(a: &SampleArgs) -> Result<f64, CliError> {
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     if shape.len() == 4 {
         let s4 = [shape[0], shape[1], shape[2], shape[3]];
-        // One PNG per image in images/ (a clean folder for `eval fd --samples folder:…`).
-        for i in 0..shape[0] {
+        // One PNG per image in images/ (a clean folder for `eval fd --samples folder:…`), in
+        // one sub-directory per class when classes were requested (for `--per-class`).
+        let dirs = image_dirs(
+            &a.out.join("images"),
+            shape[0],
+            labels.as_deref(),
+            class_names.as_deref(),
+        );
+        for (i, dir) in dirs.iter().enumerate() {
             let px = image_pixels(&data, s4, i);
             write_atomic(
-                &a.out.join("images").join(format!("{i:05}.png")),
+                &dir.join(format!("{i:05}.png")),
                 &encode_png(s4[3], s4[2], s4[1], &px)?,
             )?;
         }
@@ -544,6 +561,32 @@ fn generate(a: &SampleArgs) -> Result<f64, CliError> {
         write_atomic(&a.out.join("samples.safetensors"), &to_safetensors(&m)?)?;
     }
     Ok(secs)
+}
+
+/// The directory of each image: `images` itself, or `images/CLASS` when classes were requested.
+/// A name that is not a plain file name (a path separator, `.`, `..`) is used by its number.
+fn image_dirs(
+    images: &Path,
+    n: usize,
+    labels: Option<&[usize]>,
+    names: Option<&[String]>,
+) -> Vec<PathBuf> {
+    let Some(labels) = labels else {
+        return vec![images.to_path_buf(); n];
+    };
+    labels
+        .iter()
+        .map(|&l| {
+            let name = names
+                .and_then(|n| n.get(l))
+                .filter(|n| {
+                    !n.is_empty() && *n != "." && *n != ".." && !n.contains(['/', '\\', '\0'])
+                })
+                .cloned()
+                .unwrap_or_else(|| l.to_string());
+            images.join(name)
+        })
+        .collect()
 }
 
 /// Rows: for each of the first images, x_t then x̂0; columns: the saved steps, noisiest first.

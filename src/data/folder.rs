@@ -143,15 +143,33 @@ fn class_folders(dir: &Path, files: &[PathBuf]) -> (Vec<String>, Vec<usize>) {
     (classes, labels)
 }
 
-/// Checks that `dir` holds only PNG/JPEG images, all `size`×`size` (as a folder of generated
-/// samples must: no resizing may hide a mismatch).
+/// Checks that `dir` holds only PNG/JPEG images (directly, or in one sub-directory per class as
+/// `ddpm sample --class` writes them), all `size`×`size` (as a folder of generated samples must:
+/// no resizing may hide a mismatch). Returns the number of images.
 pub fn check_samples_folder(dir: &Path, size: usize) -> Result<usize> {
+    let n = check_images(dir, size, true)?;
+    if n == 0 {
+        bail!("{}: holds no images", dir.display());
+    }
+    Ok(n)
+}
+
+fn check_images(dir: &Path, size: usize, top: bool) -> Result<usize> {
     let entries = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read the folder {}", dir.display()))?;
     let mut n = 0;
     for e in entries {
         let p = e?.path();
         if p.is_dir() {
+            if top {
+                n += check_images(&p, size, false)?;
+            } else {
+                bail!(
+                    "{}: a folder inside a class folder (samples are FOLDER/IMAGE or \
+                     FOLDER/CLASS/IMAGE)",
+                    p.display()
+                );
+            }
             continue;
         }
         let ext = p
@@ -174,10 +192,14 @@ pub fn check_samples_folder(dir: &Path, size: usize) -> Result<usize> {
         }
         n += 1;
     }
-    if n == 0 {
-        bail!("{}: holds no images", dir.display());
-    }
     Ok(n)
+}
+
+/// The first image (in path order) under `dir` or its sub-directories.
+pub fn first_image(dir: &Path) -> Result<Option<PathBuf>> {
+    let mut files = Vec::new();
+    collect(dir, &mut files)?;
+    Ok(files.into_iter().min())
 }
 
 #[cfg(test)]

@@ -35,6 +35,26 @@ pub trait Dataset: Send + Sync {
     }
 }
 
+/// The class name of each of the first `n` items, or an error naming `what` when the dataset
+/// has no labels.
+pub fn item_class_names(data: &dyn Dataset, n: usize, what: &str) -> anyhow::Result<Vec<String>> {
+    let classes = data.classes();
+    if classes.is_empty() {
+        anyhow::bail!(
+            "{what} {}: no classes (a folder needs one sub-directory per class, as `ddpm sample \
+             --class` writes; IDX needs its labels file)",
+            data.describe()
+        );
+    }
+    (0..n.min(data.len()))
+        .map(|i| {
+            data.label(i)
+                .and_then(|l| classes.get(l).cloned())
+                .ok_or_else(|| anyhow::anyhow!("{what}: item {i} has no class"))
+        })
+        .collect()
+}
+
 /// Class names "0", "1", … for datasets whose labels are the digits or indices themselves.
 pub fn numbered_classes(n: usize) -> Vec<String> {
     (0..n).map(|i| i.to_string()).collect()

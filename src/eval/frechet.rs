@@ -2,6 +2,8 @@
 //! Heusel et al. 2017 for FID):
 //! d² = ‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2(Σ1^{½} Σ2 Σ1^{½})^{½}).
 
+use std::collections::BTreeMap;
+
 use anyhow::{Result, bail};
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 
@@ -39,6 +41,75 @@ impl FeatureStats {
     pub fn well_determined(&self) -> bool {
         self.n > self.mean.len()
     }
+}
+
+/// The Fréchet distance of one class: samples of class `class` against the reference images
+/// of the class of the same name.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClassDistance {
+    /// The class name.
+    pub class: String,
+    /// The squared Fréchet distance.
+    pub fd: f64,
+    /// Samples of the class.
+    pub n_samples: usize,
+    /// Reference images of the class.
+    pub n_reference: usize,
+}
+
+/// Feature statistics of each class: the rows of `features` (`names.len()` × `d`) grouped by
+/// their class name.
+pub fn class_stats(
+    features: &[f64],
+    names: &[String],
+    d: usize,
+) -> Result<BTreeMap<String, FeatureStats>> {
+    if features.len() != names.len() * d {
+        bail!(
+            "features: expected {}×{d} values, got {}",
+            names.len(),
+            features.len()
+        );
+    }
+    let mut rows: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (i, name) in names.iter().enumerate() {
+        rows.entry(name.clone())
+            .or_default()
+            .extend_from_slice(&features[i * d..(i + 1) * d]);
+    }
+    rows.into_iter()
+        .map(|(name, f)| {
+            let n = f.len() / d;
+            let stats = FeatureStats::from_features(&f, n, d)
+                .map_err(|e| anyhow::anyhow!("class `{name}`: {n} image(s): {e}"))?;
+            Ok((name, stats))
+        })
+        .collect()
+}
+
+/// For every class of `samples`, the Fréchet distance to the reference class of the same name;
+/// a sample class the reference lacks is an error naming it.
+pub fn per_class_distances(
+    samples: &BTreeMap<String, FeatureStats>,
+    reference: &BTreeMap<String, FeatureStats>,
+) -> Result<Vec<ClassDistance>> {
+    samples
+        .iter()
+        .map(|(name, s)| {
+            let Some(r) = reference.get(name) else {
+                bail!(
+                    "the samples have class `{name}`, the reference only {:?}",
+                    reference.keys().collect::<Vec<_>>()
+                );
+            };
+            Ok(ClassDistance {
+                class: name.clone(),
+                fd: frechet_distance(s, r)?,
+                n_samples: s.n,
+                n_reference: r.n,
+            })
+        })
+        .collect()
 }
 
 /// Square root of a symmetric positive semi-definite matrix through its eigendecomposition,
@@ -165,5 +236,36 @@ mod tests {
             // rank-deficient case pytorch-fid may add 1e-6·I, which moves the result by ~1e-5.
             assert!((got - want).abs() < 1e-4 * want, "n = {n}: {got} vs {want}");
         }
+    }
+
+    #[test]
+    fn per_class_distances_pair_classes_by_name() {
+        // Class "a": the same points in both sets (distance 0); class "b": shifted by 3 in
+        // each of 2 dimensions (distance 18); rows of the classes interleaved.
+        let pts = [[0.0, 1.0], [2.0, -1.0], [1.0, 0.5], [-1.0, 2.0]];
+        let mut fs = Vec::new();
+        let mut fr = Vec::new();
+        let (mut ns, mut nr) = (Vec::new(), Vec::new());
+        for p in pts {
+            for (class, shift) in [("a", 0.0), ("b", 3.0)] {
+                fs.extend([p[0] + shift, p[1] + shift]);
+                ns.push(class.to_string());
+                fr.extend(p);
+                nr.push(class.to_string());
+            }
+        }
+        let s = class_stats(&fs, &ns, 2).unwrap();
+        let r = class_stats(&fr, &nr, 2).unwrap();
+        let rows = per_class_distances(&s, &r).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].class.as_str(), rows[0].n_samples), ("a", 4));
+        assert!(rows[0].fd.abs() < 1e-9, "{}", rows[0].fd);
+        assert!((rows[1].fd - 18.0).abs() < 1e-9, "{}", rows[1].fd);
+        // A class the reference lacks is named; a class of one image cannot have a covariance.
+        let only_a = class_stats(&fr[..2], &nr[..1], 2);
+        assert!(only_a.unwrap_err().to_string().contains("class `a`"));
+        let ra = class_stats(&fr[..4], &["a".to_string(), "a".to_string()], 2).unwrap();
+        let e = per_class_distances(&s, &ra).unwrap_err().to_string();
+        assert!(e.contains("class `b`"), "{e}");
     }
 }

@@ -703,7 +703,7 @@ fn classifier_guidance_at_scale_one_samples_the_requested_component() {
         let labels = vec![y; n];
         let g: &dyn ClassifierGradient<2> = &guide;
         let (_, mu, sd) = comps[y];
-        let mut go = |smp: &mut dyn FnMut(&mut Rng) -> Tensor<2>| smp(&mut Rng::new(3 + y as u64));
+        let go = |smp: &mut dyn FnMut(&mut Rng) -> Tensor<2>| smp(&mut Rng::new(3 + y as u64));
         // Each sampler against what it makes of component y's exact score: the data for the
         // 1000-step ancestral chain (up to its O(β) error), the closed-form chain for DDIM and
         // DPM-Solver++ (their large steps shrink this narrow Gaussian's variance).
