@@ -95,7 +95,11 @@ fn cuda() -> Result<Device> {
                  it can see); use --device cpu, or --device auto to take what is there"
             );
         }
-        Ok(Device::cuda(0))
+        // Under an MPI launcher, one GPU per rank of a machine.
+        let gpus = Device::enumerate(burn::tensor::DeviceType::Cuda)
+            .len()
+            .max(1);
+        Ok(Device::cuda(crate::dist::world().local_rank % gpus))
     }
     #[cfg(not(feature = "cuda"))]
     bail!(

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod data;
 pub mod device;
 pub mod diffusion;
+pub mod dist;
 pub mod eval;
 pub mod files;
 pub mod heap;

@@ -112,6 +112,50 @@ impl Rng {
     }
 }
 
+/// Where a sampler's Gaussian noise comes from: one generator for the whole batch, or
+/// [`ItemRngs`] — one per item, so an item's noise does not depend on the batch it is in.
+pub trait NoiseSource {
+    /// `n` independent N(0, 1) draws as f32, for `n` values laid out item after item.
+    fn normal_f32(&mut self, n: usize) -> Vec<f32>;
+}
+
+impl NoiseSource for Rng {
+    fn normal_f32(&mut self, n: usize) -> Vec<f32> {
+        Rng::normal_f32(self, n)
+    }
+}
+
+/// One generator per batch item: a draw of `n` values takes `n / items` from each item's own
+/// stream, in item order.
+#[derive(Debug, Clone)]
+pub struct ItemRngs(pub Vec<Rng>);
+
+impl ItemRngs {
+    /// The streams of items `first..first + count` of a sequence seeded by `seed`: item i's
+    /// stream is the same whichever batch (or process) draws it.
+    pub fn for_items(seed: u64, first: usize, count: usize) -> Self {
+        Self(
+            (first..first + count)
+                .map(|i| Rng::new(seed).fork(i as u64))
+                .collect(),
+        )
+    }
+}
+
+impl NoiseSource for ItemRngs {
+    fn normal_f32(&mut self, n: usize) -> Vec<f32> {
+        let k = self.0.len();
+        assert!(
+            k > 0 && n.is_multiple_of(k),
+            "{n} values do not split over {k} items"
+        );
+        self.0
+            .iter_mut()
+            .flat_map(|r| r.normal_f32(n / k))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,5 +198,25 @@ mod tests {
         for c in counts {
             assert!((c as f64 - n as f64 * p).abs() < 5.0 * sd, "{counts:?}");
         }
+    }
+
+    #[test]
+    fn item_streams_do_not_depend_on_the_batch() {
+        // Items 0..4 drawn as one batch or as two batches of two: the same values per item.
+        let mut whole = ItemRngs::for_items(9, 0, 4);
+        let a = NoiseSource::normal_f32(&mut whole, 12);
+        let b = NoiseSource::normal_f32(&mut whole, 8);
+        let (mut lo, mut hi) = (ItemRngs::for_items(9, 0, 2), ItemRngs::for_items(9, 2, 2));
+        let (a_lo, a_hi) = (
+            NoiseSource::normal_f32(&mut lo, 6),
+            NoiseSource::normal_f32(&mut hi, 6),
+        );
+        let (b_lo, b_hi) = (
+            NoiseSource::normal_f32(&mut lo, 4),
+            NoiseSource::normal_f32(&mut hi, 4),
+        );
+        assert_eq!(a, [a_lo, a_hi].concat());
+        assert_eq!(b, [b_lo, b_hi].concat());
+        assert_ne!(a[..3], a[3..6], "items have their own streams");
     }
 }

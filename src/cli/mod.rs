@@ -131,9 +131,25 @@ enum Command {
     Plot(plot::PlotCommand),
 }
 
-/// Parses the command line and runs the subcommand.
+/// Parses the command line and runs the subcommand. Under an MPI launcher every rank runs
+/// this; a rank that fails ends the whole job (no rank waits forever in a collective).
 pub fn main() -> ExitCode {
     crate::heap::retain_freed_memory();
+    let world = match crate::dist::init() {
+        Ok(w) => *w,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    if world.is_distributed() {
+        share_threads(&world);
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default_hook(info);
+            world.abort(101);
+        }));
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Schedule(args) => schedule::run(args),
@@ -145,15 +161,41 @@ pub fn main() -> ExitCode {
         Command::Data(cmd) => data::run(cmd),
         Command::Plot(cmd) => plot::run(cmd),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    let who = if world.is_distributed() {
+        format!(" (rank {} of {})", world.rank, world.size)
+    } else {
+        String::new()
+    };
+    let code = match result {
+        Ok(()) => {
+            world.finalize();
+            return ExitCode::SUCCESS;
+        }
         Err(CliError::Usage(m)) => {
-            eprintln!("error: {m}");
-            ExitCode::from(2)
+            eprintln!("error{who}: {m}");
+            2
         }
         Err(CliError::Failure(e)) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            eprintln!("error{who}: {e:#}");
+            1
         }
+    };
+    if world.is_distributed() {
+        world.abort(code);
     }
+    ExitCode::from(code as u8)
+}
+
+/// Gives each rank on a machine its share of the cores for the CPU kernels, unless
+/// `RAYON_NUM_THREADS` says otherwise.
+fn share_threads(world: &crate::dist::World) {
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cores / world.local_size.max(1)).max(1);
+    // Fails only when the pool already exists, which it cannot this early.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
 }

@@ -10,7 +10,7 @@ use super::{CliError, CliResult};
 use crate::diffusion::{Denoiser, GaussianDiffusion, X0Clip};
 use crate::files::write_atomic;
 use crate::model::{Mlp, UNet};
-use crate::rng::Rng;
+use crate::rng::{ItemRngs, NoiseSource, Rng};
 use crate::sample::guidance::labels_for;
 use crate::sample::{
     Ancestral, ClassGuided, ClassifierGradient, ClassifierGuide, Ddim, DpmSolverPp2M, Sampler,
@@ -264,19 +264,26 @@ where
         }
         (None, _, _) => None,
     };
-    let mut rng = Rng::new(a.seed);
-    let mut all = Vec::new();
+    // Image i's noise comes from its own stream (seed, i): the same images whatever the batch
+    // size or the number of processes. With several, rank r draws batches r, r + N, … and the
+    // images are then summed into every rank's copy (each image is non-zero on one rank only).
+    let world = crate::dist::world();
+    let item: usize = item_shape.iter().product();
+    let mut all = vec![0.0f32; a.n * item];
     let mut chain = Vec::new();
     let bs = a.batch_size.max(1);
     let n_batches = a.n.div_ceil(bs);
+    let mine: Vec<usize> = (world.rank..n_batches).step_by(world.size).collect();
     let total_steps = {
         let s = build_sampler(a, &diffusion, clip)?;
-        s.steps_len() * n_batches
+        s.steps_len() * mine.len()
     };
-    let bar = (!a.quiet).then(|| super::progress(total_steps as u64, "steps", false));
-    let mut done = 0;
-    while done < a.n {
+    let bar =
+        (!a.quiet && world.is_root()).then(|| super::progress(total_steps as u64, "steps", false));
+    for &b in &mine {
+        let done = b * bs;
         let n = bs.min(a.n - done);
+        let mut rng = ItemRngs::for_items(a.seed, done, n);
         let mut sampler = build_sampler(a, &diffusion, clip)?;
         if let (AnySampler::Ancestral(s), Some(v)) = (&mut sampler, &analytic) {
             s.set_variance(v.clone());
@@ -325,17 +332,17 @@ where
             }
             None => sampler.run(&model, shape, None, device, &mut rng, &mut on_step),
         };
-        all.extend(
-            x.into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?,
-        );
-        done += n;
+        let x: Vec<f32> = x
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        all[done * item..(done + n) * item].copy_from_slice(&x);
     }
     if let Some(b) = bar {
         b.finish();
     }
+    world.sum_f32(&mut all)?;
     let mut shape = vec![a.n];
     shape.extend(item_shape);
     Ok((all, shape, chain, labels.map(|(l, _)| l)))
@@ -385,7 +392,7 @@ trait SamplerFor<const D: usize> {
         shape: [usize; D],
         guide: Option<(&dyn ClassifierGradient<D>, &[usize])>,
         device: &Device,
-        rng: &mut Rng,
+        rng: &mut dyn NoiseSource,
         on: impl FnMut(usize, usize, &Tensor<D>, &Tensor<D>),
     ) -> Tensor<D>;
 }
@@ -406,7 +413,7 @@ macro_rules! impl_sampler_for {
                 shape: [usize; $d],
                 guide: Option<(&dyn ClassifierGradient<$d>, &[usize])>,
                 device: &Device,
-                rng: &mut Rng,
+                rng: &mut dyn NoiseSource,
                 on: impl FnMut(usize, usize, &Tensor<$d>, &Tensor<$d>),
             ) -> Tensor<$d> {
                 match self {
@@ -429,6 +436,9 @@ impl_sampler_for!(4);
 
 pub fn run(a: SampleArgs) -> CliResult {
     let secs = generate(&a)?;
+    if !crate::dist::world().is_root() {
+        return Ok(());
+    }
     println!(
         "sampled {} in {secs:.1} s with {} ({} steps); wrote {}",
         a.n,
@@ -513,16 +523,25 @@ fn generate(a: &SampleArgs) -> Result<f64, CliError> {
             labels.as_deref(),
             class_names.as_deref(),
         );
+        // Each rank writes the images it drew.
+        let world = crate::dist::world();
+        let bs = a.batch_size.max(1);
         for (i, dir) in dirs.iter().enumerate() {
+            if (i / bs) % world.size != world.rank {
+                continue;
+            }
             let px = image_pixels(&data, s4, i);
             write_atomic(
                 &dir.join(format!("{i:05}.png")),
                 &encode_png(s4[3], s4[2], s4[1], &px)?,
             )?;
         }
+        if !world.is_root() {
+            return Ok(secs);
+        }
         // One row per requested class when the images divide evenly among them.
         let rows = match a.class.as_deref() {
-            Some("all") => cfg.num_classes().unwrap_or(1),
+            Some("all") => class_names.as_ref().map_or(1, Vec::len),
             Some(list) => list.split(',').count(),
             None => 0,
         };
@@ -536,6 +555,9 @@ fn generate(a: &SampleArgs) -> Result<f64, CliError> {
             save_chain(&a.out.join("chain.png"), &chain, s4)?;
         }
     } else {
+        if !crate::dist::world().is_root() {
+            return Ok(secs);
+        }
         save_scatter(&a.out.join("grid.png"), &data, 512, 1.5)?;
         let csv: String = data
             .chunks(shape[1])

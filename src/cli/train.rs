@@ -262,6 +262,9 @@ fn resolve(args: &TrainArgs) -> Result<TrainConfig, CliError> {
 pub fn run(args: TrainArgs) -> CliResult {
     let cfg = resolve(&args)?;
     let s = crate::train::train_auto(&cfg, args.resume, args.quiet)?;
+    if !crate::dist::world().is_root() {
+        return Ok(());
+    }
     println!(
         "trained {} steps in {:.1} s ({:.1} img/s); run: {}{}",
         s.steps,

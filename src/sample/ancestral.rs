@@ -4,7 +4,7 @@ use burn::tensor::Tensor;
 
 use super::{Sampler, StepOutput, host_normal, respaced};
 use crate::diffusion::{GaussianDiffusion, X0Clip};
-use crate::rng::Rng;
+use crate::rng::NoiseSource;
 
 /// x_{t−1} = μ_θ(x_t, t) + σ_t z, z ~ N(0, I), with no noise at the last step (Ho et al.
 /// Algorithm 2). On a respaced chain β is recomputed from the kept ᾱ (Nichol & Dhariwal §4)
@@ -65,7 +65,7 @@ impl<const D: usize> Sampler<D> for Ancestral {
         i: usize,
         x_t: Tensor<D>,
         model_output: Tensor<D>,
-        rng: &mut Rng,
+        rng: &mut dyn NoiseSource,
     ) -> StepOutput<D> {
         self.step_shifted(i, x_t, model_output, None, rng)
     }
@@ -81,7 +81,7 @@ impl<const D: usize> Sampler<D> for Ancestral {
         x_t: Tensor<D>,
         model_output: Tensor<D>,
         grad: Tensor<D>,
-        rng: &mut Rng,
+        rng: &mut dyn NoiseSource,
     ) -> StepOutput<D> {
         self.step_shifted(i, x_t, model_output, Some(grad), rng)
     }
@@ -95,7 +95,7 @@ impl Ancestral {
         x_t: Tensor<D>,
         model_output: Tensor<D>,
         grad: Option<Tensor<D>>,
-        rng: &mut Rng,
+        rng: &mut dyn NoiseSource,
     ) -> StepOutput<D> {
         let n = self.diffusion.num_timesteps();
         let idx = n - 1 - i;

@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 
 use super::{Sampler, StepOutput, host_normal, predict_x0};
 use crate::diffusion::{GaussianDiffusion, X0Clip, parameterization::eps_from_x0};
-use crate::rng::Rng;
+use crate::rng::NoiseSource;
 
 /// How the visited steps are spread over the chain (Lin et al. 2024, Table 2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +88,7 @@ impl<const D: usize> Sampler<D> for Ddim {
         i: usize,
         x_t: Tensor<D>,
         model_output: Tensor<D>,
-        rng: &mut Rng,
+        rng: &mut dyn NoiseSource,
     ) -> StepOutput<D> {
         let s = &self.diffusion.schedule;
         let n = self.steps.len();

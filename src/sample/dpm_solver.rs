@@ -5,7 +5,7 @@ use burn::tensor::Tensor;
 
 use super::{Sampler, StepOutput, predict_x0};
 use crate::diffusion::{GaussianDiffusion, X0Clip};
-use crate::rng::Rng;
+use crate::rng::NoiseSource;
 
 /// DPM-Solver++(2M) over a list of steps, with λ_t = log(α_t/σ_t), α_t = √ᾱ_t,
 /// σ_t = √(1−ᾱ_t). The final step lands on t = 0's x̂0 (denoised output).
@@ -96,7 +96,7 @@ impl Sampler<4> for DpmSolverPp2M {
         i: usize,
         x_t: Tensor<4>,
         model_output: Tensor<4>,
-        _rng: &mut Rng,
+        _rng: &mut dyn NoiseSource,
     ) -> StepOutput<4> {
         let prev = if i == 0 { None } else { self.prev_x0.take() };
         let (o, x0) = self.step_generic(i, x_t, model_output, prev);
@@ -117,7 +117,7 @@ impl Sampler<2> for DpmSolverPp2M {
         i: usize,
         x_t: Tensor<2>,
         model_output: Tensor<2>,
-        _rng: &mut Rng,
+        _rng: &mut dyn NoiseSource,
     ) -> StepOutput<2> {
         let prev = if i == 0 { None } else { self.prev_x0_2d.take() };
         let (o, x0) = self.step_generic(i, x_t, model_output, prev);

@@ -5,7 +5,7 @@ use burn::tensor::Device;
 
 use super::{ClassGuided, ClassifierGradient, Sampler, sample_loop, sample_loop_guided};
 use crate::diffusion::Denoiser;
-use crate::rng::Rng;
+use crate::rng::NoiseSource;
 
 /// The classes to draw, and how strongly to guide toward them: by the class-conditional model's
 /// own classes (classifier-free guidance), by a classifier's gradient, or both.
@@ -36,7 +36,7 @@ pub fn draw<const D: usize, M: Denoiser<D>, S: Sampler<D>>(
     item_shape: &[usize],
     cond: Option<&Conditioning<D>>,
     device: &Device,
-    rng: &mut Rng,
+    rng: &mut dyn NoiseSource,
     mut on_batch: impl FnMut(usize),
 ) -> Result<Vec<f32>> {
     let mut data = Vec::with_capacity(n * item_shape.iter().product::<usize>());

@@ -11,7 +11,7 @@ pub mod guidance;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::diffusion::{Denoiser, GaussianDiffusion, X0Clip};
-use crate::rng::Rng;
+use crate::rng::NoiseSource;
 
 pub use ancestral::Ancestral;
 pub use classifier_guidance::{ClassifierGradient, ClassifierGuide, NoisyLogits};
@@ -42,7 +42,7 @@ pub trait Sampler<const D: usize> {
         i: usize,
         x_t: Tensor<D>,
         model_output: Tensor<D>,
-        rng: &mut Rng,
+        rng: &mut dyn NoiseSource,
     ) -> StepOutput<D>;
 
     /// The chain the `i`-th visited step belongs to and its index there (what classifier
@@ -58,7 +58,7 @@ pub trait Sampler<const D: usize> {
         x_t: Tensor<D>,
         model_output: Tensor<D>,
         grad: Tensor<D>,
-        rng: &mut Rng,
+        rng: &mut dyn NoiseSource,
     ) -> StepOutput<D> {
         let (chain, t) = self.chain_at(i);
         let out = classifier_guidance::eps_corrected(chain, t, model_output, grad);
@@ -68,7 +68,11 @@ pub trait Sampler<const D: usize> {
 
 /// Standard normal noise of `shape` from the host generator (so a seed gives the same images on
 /// every backend with the same dtype).
-pub fn host_normal<const D: usize>(shape: [usize; D], rng: &mut Rng, device: &Device) -> Tensor<D> {
+pub fn host_normal<const D: usize>(
+    shape: [usize; D],
+    rng: &mut dyn NoiseSource,
+    device: &Device,
+) -> Tensor<D> {
     let n = shape.iter().product();
     Tensor::<D>::from_data(TensorData::new(rng.normal_f32(n), shape), device)
 }
@@ -80,7 +84,7 @@ pub fn sample_loop<const D: usize, M: Denoiser<D>, S: Sampler<D>>(
     sampler: &mut S,
     shape: [usize; D],
     device: &Device,
-    rng: &mut Rng,
+    rng: &mut dyn NoiseSource,
     on_step: impl FnMut(usize, usize, &Tensor<D>, &Tensor<D>),
 ) -> Tensor<D> {
     sample_loop_guided(model, sampler, shape, None, device, rng, on_step)
@@ -94,7 +98,7 @@ pub fn sample_loop_guided<const D: usize, M: Denoiser<D>, S: Sampler<D>>(
     shape: [usize; D],
     guide: Option<(&dyn ClassifierGradient<D>, &[usize])>,
     device: &Device,
-    rng: &mut Rng,
+    rng: &mut dyn NoiseSource,
     mut on_step: impl FnMut(usize, usize, &Tensor<D>, &Tensor<D>),
 ) -> Tensor<D> {
     let mut x = host_normal(shape, rng, device);

@@ -4,6 +4,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::*;
 use crate::diffusion::{Parameterization, VarianceType};
+use crate::rng::Rng;
 use crate::schedule::{BetaSchedule, NoiseSchedule, space_timesteps};
 
 fn dev() -> Device {

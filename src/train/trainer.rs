@@ -222,6 +222,9 @@ struct LogLine {
     lr: f64,
     img_per_s: f64,
     elapsed_s: f64,
+    /// With several ranks: the seconds per step spent summing gradients across them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allreduce_s: Option<f64>,
 }
 
 /// What a finished run reports.
@@ -250,6 +253,28 @@ pub fn train<M: Net<D>, const D: usize>(
     quiet: bool,
 ) -> Result<TrainSummary> {
     cfg.validate()?;
+    let world = crate::dist::world();
+    // Rank 0 writes the run's files and reports progress; the other ranks only compute.
+    let root = world.is_root();
+    let quiet = quiet || !root;
+    let micro = cfg.batch_size / cfg.grad_accum;
+    if !micro.is_multiple_of(world.size) {
+        bail!(
+            "--batch-size {}: with --grad-accum {} its micro-batches of {micro} images do not split \
+             evenly over {} processes; choose a batch size whose micro-batch is a multiple of {}",
+            cfg.batch_size,
+            cfg.grad_accum,
+            world.size,
+            world.size
+        );
+    }
+    if world.is_distributed() {
+        world.agree(
+            "the configuration",
+            crate::dist::fnv1a(cfg.to_toml()?.as_bytes()),
+        )?;
+        world.agree("the ddpm binary", binary_hash())?;
+    }
     let run = PathBuf::from(&cfg.out);
     let config_path = run.join("config.toml");
     // A resumed run keeps what defines it; what may change between segments is reported.
@@ -261,7 +286,7 @@ pub fn train<M: Net<D>, const D: usize>(
         );
     }
     // One process per run: a second one would prune the first one's checkpoints.
-    let _lock = if run.is_dir() {
+    let _lock = if root && run.is_dir() {
         Some(crate::files::lock_dir(&run)?)
     } else {
         None
@@ -331,7 +356,7 @@ pub fn train<M: Net<D>, const D: usize>(
         (run.clone(), &["config.toml"]),
         (run.join("checkpoints"), &["step-", "latest"]),
     ];
-    for (dir, targets) in run_files {
+    for (dir, targets) in run_files.into_iter().filter(|_| root) {
         let removed = remove_stale(&dir, targets)?;
         if !removed.is_empty() && !quiet {
             eprintln!(
@@ -391,18 +416,21 @@ pub fn train<M: Net<D>, const D: usize>(
             run.display()
         );
     }
-    check_memory::<M, D>(cfg, device_name, &model, &item_shape)?;
-    std::fs::create_dir_all(&run)
-        .with_context(|| format!("cannot create the run directory {}", run.display()))?;
+    check_memory::<M, D>(cfg, device_name, &model, &item_shape, world.size)?;
+    if root {
+        std::fs::create_dir_all(&run)
+            .with_context(|| format!("cannot create the run directory {}", run.display()))?;
+    }
     let _lock = match _lock {
-        Some(l) => l,
-        None => crate::files::lock_dir(&run)?,
+        Some(l) => Some(l),
+        None if root => Some(crate::files::lock_dir(&run)?),
+        None => None,
     };
     // A new run's configuration is written now; a resumed run's changes (a new --lr, say) only
     // once this segment has saved a checkpoint, so a segment that fails leaves the run as it was.
     let toml = cfg.to_toml()?;
     let mut pending_config = None;
-    if std::fs::read_to_string(&config_path).ok().as_deref() != Some(toml.as_str()) {
+    if root && std::fs::read_to_string(&config_path).ok().as_deref() != Some(toml.as_str()) {
         if resume {
             pending_config = Some(toml);
         } else {
@@ -410,7 +438,6 @@ pub fn train<M: Net<D>, const D: usize>(
         }
     }
 
-    let micro = cfg.batch_size / cfg.grad_accum;
     let mut loader = Loader::spawn(BatchStream::new(
         dataset.clone(),
         micro,
@@ -426,11 +453,20 @@ pub fn train<M: Net<D>, const D: usize>(
     }
     let bar = progress_bar(cfg.steps, state.step, quiet);
     let log_path = run.join("log.jsonl");
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot open {} for appending", log_path.display()))?;
+    let mut log = if root {
+        Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .with_context(|| format!("cannot open {} for appending", log_path.display()))?,
+        )
+    } else {
+        None
+    };
+    // This rank's rows of every micro-batch.
+    let (lo, hi) = world.share(micro);
+    let mut allreduce_secs = 0.0f64;
 
     let start = Instant::now();
     let first_step = state.step;
@@ -449,30 +485,46 @@ pub fn train<M: Net<D>, const D: usize>(
         let mut grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
         let mut step_loss = 0.0;
         for k in 0..cfg.grad_accum {
-            // Dropout draws from the backend generator: seed it from (seed, step, micro-batch).
-            device.seed(cfg.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (k as u64) << 48);
+            // Dropout draws from the backend generator: seed it from (seed, step, micro-batch,
+            // rank).
+            device.seed(
+                cfg.seed
+                    ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    ^ (k as u64) << 48
+                    ^ (world.rank as u64) << 56,
+            );
+            // Every rank draws the whole micro-batch — its data, t and noise, from the same
+            // generators — and keeps its rows, so N ranks train exactly as one process does.
             let batch = loader.next_batch();
             state.data = batch.next;
-            let shape: [usize; D] = batch.shape.clone().try_into().expect("batch rank");
-            let x0 = Tensor::<D>::from_data(TensorData::new(batch.data, shape), &device);
-            let (t, w) = state.t_sampler.sample(micro, &mut state.rng_t);
-            let numel: usize = shape.iter().product();
-            let noise = Tensor::<D>::from_data(
-                TensorData::new(state.rng_noise.normal_f32(numel), shape),
+            let (t_all, w_all) = state.t_sampler.sample(micro, &mut state.rng_t);
+            let mut shape: [usize; D] = batch.shape.clone().try_into().expect("batch rank");
+            let item: usize = shape[1..].iter().product();
+            let noise_all = state.rng_noise.normal_f32(micro * item);
+            let rows = hi - lo;
+            shape[0] = rows;
+            let x0 = Tensor::<D>::from_data(
+                TensorData::new(batch.data[lo * item..hi * item].to_vec(), shape),
                 &device,
             );
+            let noise = Tensor::<D>::from_data(
+                TensorData::new(noise_all[lo * item..hi * item].to_vec(), shape),
+                &device,
+            );
+            let t = t_all[lo..hi].to_vec();
+            let w = w_all[lo..hi].to_vec();
             let x_t = diffusion.q_sample(x0.clone(), &t, noise.clone());
             let model_t = diffusion.model_timesteps(&t, &x_t);
-            let cond = cfg
-                .num_classes()
-                .map(|classes| class_rows(&batch.labels, classes, cfg, step, k as u64, &device));
+            let cond = cfg.num_classes().map(|classes| {
+                class_rows(&batch.labels, classes, cfg, step, k as u64, &device).narrow(0, lo, rows)
+            });
             let working = precision.working_copy(&model);
             let out = precision.forward(&model, working.as_ref(), x_t.clone(), |m, x| {
                 m.forward_cond(x, model_t.clone(), cond.clone())
             });
             let losses = diffusion.training_losses(&loss_cfg, out, x0, x_t, &t, noise);
-            let w = Tensor::<1>::from_data(TensorData::new(w, [micro]), &device);
-            let per_sample: Vec<f64> = losses
+            let w = Tensor::<1>::from_data(TensorData::new(w, [rows]), &device);
+            let mine: Vec<f64> = losses
                 .loss
                 .clone()
                 .detach()
@@ -480,7 +532,13 @@ pub fn train<M: Net<D>, const D: usize>(
                 .convert::<f64>()
                 .try_into_vec::<f64>()
                 .unwrap_or_default();
-            let loss = (losses.loss * w).mean() / cfg.grad_accum as f64;
+            // The loss of the whole micro-batch: its mean on one process; with several, each
+            // rank's share of the sum, the gradients summed below.
+            let loss = if world.is_distributed() {
+                (losses.loss * w).sum() / (micro * cfg.grad_accum) as f64
+            } else {
+                (losses.loss * w).mean() / cfg.grad_accum as f64
+            };
             let g = named_grads(&model, &loss.backward());
             for (name, gi) in g {
                 let sum = match grads.remove(&name) {
@@ -489,20 +547,31 @@ pub fn train<M: Net<D>, const D: usize>(
                 };
                 grads.insert(name, sum);
             }
+            // Every rank sees every sample's loss (the timestep sampler learns from them all).
+            let per_sample = if world.is_distributed() {
+                let mut all = vec![0.0f64; micro];
+                all[lo..hi].copy_from_slice(&mine);
+                world.sum_f64(&mut all)?;
+                all
+            } else {
+                mine
+            };
             if per_sample.iter().any(|l| !l.is_finite()) {
                 bail!(
                     "non-finite loss at step {step}; stopping without saving. The last finite checkpoint is {}",
                     last_finite(&last_ckpt)
                 );
             }
-            state.t_sampler.update(&t, &per_sample);
-            for (&ti, &l) in t.iter().zip(&per_sample) {
+            state.t_sampler.update(&t_all, &per_sample);
+            for (&ti, &l) in t_all.iter().zip(&per_sample) {
                 let q = (ti * 4 / n_t).min(3);
                 q_sum[q] += l;
                 q_n[q] += 1;
                 step_loss += l / (micro * cfg.grad_accum) as f64;
             }
         }
+        // Summed over the ranks before clipping, so the clip sees the global gradient norm.
+        allreduce_secs += crate::dist::sum_gradients(&world, &mut grads)?;
         let (factor, grad_norm) = clip_factor(&grads, cfg.grad_clip.filter(|c| *c > 0.0));
         let lr = learning_rate(cfg.lr, cfg.warmup_steps, step);
         model = opt.step(model, &grads, lr, factor);
@@ -544,9 +613,15 @@ pub fn train<M: Net<D>, const D: usize>(
                 lr,
                 img_per_s: window_images as f64 / secs.max(1e-9),
                 elapsed_s: start.elapsed().as_secs_f64(),
+                allreduce_s: world
+                    .is_distributed()
+                    .then(|| allreduce_secs / loss_n.max(1) as f64),
             };
-            writeln!(log, "{}", serde_json::to_string(&line)?)
-                .with_context(|| format!("cannot append to {}", log_path.display()))?;
+            allreduce_secs = 0.0;
+            if let Some(log) = log.as_mut() {
+                writeln!(log, "{}", serde_json::to_string(&line)?)
+                    .with_context(|| format!("cannot append to {}", log_path.display()))?;
+            }
             if let Some(b) = &bar {
                 b.set_message(format!(
                     "loss {:.4} | {:.1} img/s",
@@ -562,6 +637,16 @@ pub fn train<M: Net<D>, const D: usize>(
         }
         let at_end = step == cfg.steps;
         if cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every) || at_end {
+            if world.is_distributed() {
+                // The replicas must hold the same weights: a cheap checksum per checkpoint.
+                world.agree(
+                    "the weights (the replicas diverged)",
+                    weights_checksum(&model),
+                )?;
+            }
+        }
+        if root && (cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every) || at_end)
+        {
             last_ckpt = Some(save_checkpoint(
                 &run,
                 &model,
@@ -574,7 +659,7 @@ pub fn train<M: Net<D>, const D: usize>(
                 write_atomic(&config_path, t.as_bytes())?;
             }
         }
-        if cfg.sample_every > 0 && step.is_multiple_of(cfg.sample_every) || at_end {
+        if root && (cfg.sample_every > 0 && step.is_multiple_of(cfg.sample_every) || at_end) {
             let ema_model = ema_model(&model, &ema, &device);
             grid = Some(write_samples::<M, D>(
                 &run,
@@ -645,6 +730,32 @@ fn class_rows(
     crate::model::one_hot(&rows, classes + 1, device)
 }
 
+/// A hash of this program's executable (every rank of a job must run the same one).
+fn binary_hash() -> u64 {
+    std::env::current_exe()
+        .and_then(std::fs::read)
+        .map(|b| crate::dist::fnv1a(&b))
+        .unwrap_or(0)
+}
+
+/// The bits of every weight, hashed: equal on replicas that stayed identical.
+fn weights_checksum<M: Module>(model: &M) -> u64 {
+    let mut bytes = Vec::new();
+    for (name, p) in named_params(model) {
+        bytes.extend(name.as_bytes());
+        let v: Vec<f32> = p
+            .value
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec()
+            .unwrap_or_default();
+        for x in v {
+            bytes.extend(x.to_bits().to_le_bytes());
+        }
+    }
+    crate::dist::fnv1a(&bytes)
+}
+
 /// The name of the first parameter holding a NaN or an infinity, if any: one device reduction
 /// per parameter (0·x sums to 0 exactly when every x is finite) and one read-back.
 fn first_non_finite<M: Module>(model: &M) -> Option<String> {
@@ -675,6 +786,7 @@ fn check_memory<M: Net<D>, const D: usize>(
     device_name: &str,
     model: &M,
     item_shape: &[usize],
+    ranks: usize,
 ) -> Result<()> {
     if !matches!(device_name, "cpu" | "cubecl-cpu") {
         return Ok(());
@@ -684,7 +796,7 @@ fn check_memory<M: Net<D>, const D: usize>(
         params += shape.iter().product::<usize>() as u64
     });
     let per_item = M::activation_bytes_per_item(cfg, item_shape);
-    let micro = (cfg.batch_size / cfg.grad_accum) as f64;
+    let micro = (cfg.batch_size / cfg.grad_accum / ranks.max(1)) as f64;
     // Weights, gradients, two AdamW moments, the EMA and the update's temporaries: 8 copies.
     let need = micro * per_item + 8.0 * 4.0 * params as f64;
     if let Some((need_gib, avail_gib)) = crate::heap::shortfall_gib(need) {
