@@ -12,6 +12,29 @@ use burn::tensor::{Tensor, TensorData};
 #[cfg(feature = "mpi")]
 mod ffi;
 
+/// Without MPI no world has more than one rank, so these are never reached; they answer with
+/// an error rather than a wrong result all the same.
+#[cfg(not(feature = "mpi"))]
+mod ffi {
+    use anyhow::{Result, bail};
+
+    const NO_MPI: &str = "this ddpm was built without the `mpi` feature";
+
+    pub(super) fn sum_f32(_: &mut [f32]) -> Result<()> {
+        bail!(NO_MPI)
+    }
+    pub(super) fn sum_f64(_: &mut [f64]) -> Result<()> {
+        bail!(NO_MPI)
+    }
+    pub(super) fn min_max(_: u64) -> Result<(u64, u64)> {
+        bail!(NO_MPI)
+    }
+    pub(super) fn abort(code: i32) -> ! {
+        std::process::exit(code)
+    }
+    pub(super) fn finalize() {}
+}
+
 /// This process's place among the ranks of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct World {
@@ -107,10 +130,7 @@ impl World {
         if !self.is_distributed() {
             return Ok(());
         }
-        #[cfg(feature = "mpi")]
-        return ffi::sum_f32(buf);
-        #[cfg(not(feature = "mpi"))]
-        unreachable!("a distributed world without MPI");
+        ffi::sum_f32(buf)
     }
 
     /// Sums `buf` element-wise over all ranks, in place.
@@ -118,10 +138,7 @@ impl World {
         if !self.is_distributed() {
             return Ok(());
         }
-        #[cfg(feature = "mpi")]
-        return ffi::sum_f64(buf);
-        #[cfg(not(feature = "mpi"))]
-        unreachable!("a distributed world without MPI");
+        ffi::sum_f64(buf)
     }
 
     /// Checks that every rank holds the same `value` of `what` (a hash, a checksum): an error on
@@ -130,27 +147,21 @@ impl World {
         if !self.is_distributed() {
             return Ok(());
         }
-        #[cfg(feature = "mpi")]
-        {
-            let (min, max) = ffi::min_max(value)?;
-            if min != max {
-                bail!(
-                    "the {} ranks disagree on {what} (this is rank {}); every rank must run the \
-                     same binary with the same configuration and files",
-                    self.size,
-                    self.rank
-                );
-            }
-            Ok(())
+        let (min, max) = ffi::min_max(value)?;
+        if min != max {
+            bail!(
+                "the {} ranks disagree on {what} (this is rank {}); every rank must run the same \
+                 binary with the same configuration and files",
+                self.size,
+                self.rank
+            );
         }
-        #[cfg(not(feature = "mpi"))]
-        unreachable!("a distributed world without MPI {what}");
+        Ok(())
     }
 
     /// Ends the whole job with `code` (every rank), so none waits forever in a collective for
     /// a rank that failed.
     pub fn abort(&self, code: i32) -> ! {
-        #[cfg(feature = "mpi")]
         if self.is_distributed() {
             ffi::abort(code);
         }
@@ -159,7 +170,6 @@ impl World {
 
     /// Leaves the job cleanly (after the last collective).
     pub fn finalize(&self) {
-        #[cfg(feature = "mpi")]
         if self.is_distributed() {
             ffi::finalize();
         }

@@ -636,17 +636,16 @@ pub fn train<M: Net<D>, const D: usize>(
             q_n = [0; 4];
         }
         let at_end = step == cfg.steps;
-        if cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every) || at_end {
-            if world.is_distributed() {
-                // The replicas must hold the same weights: a cheap checksum per checkpoint.
-                world.agree(
-                    "the weights (the replicas diverged)",
-                    weights_checksum(&model),
-                )?;
-            }
+        let checkpoint_now =
+            cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every) || at_end;
+        if checkpoint_now && world.is_distributed() {
+            // The replicas must hold the same weights: a cheap checksum per checkpoint.
+            world.agree(
+                "the weights (the replicas diverged)",
+                weights_checksum(&model),
+            )?;
         }
-        if root && (cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every) || at_end)
-        {
+        if root && checkpoint_now {
             last_ckpt = Some(save_checkpoint(
                 &run,
                 &model,

@@ -1,0 +1,272 @@
+//! Training and sampling on several MPI processes (`--features mpi`, with `mpirun` on the
+//! PATH): N ranks train as one process does, resume across different N, sample the same images
+//! for any N, and stop together when one rank fails.
+#![cfg(feature = "mpi")]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use ddpm::train::checkpoint::read_safetensors;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ddpm")
+}
+
+/// `mpirun` with what a root-run, core-starved CI machine needs (Open MPI's flags; MPICH takes
+/// none).
+fn mpirun() -> Command {
+    let mut c = Command::new("mpirun");
+    let version = Command::new("mpirun").arg("--version").output();
+    if version.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("Open MPI")) {
+        c.args(["--oversubscribe", "--bind-to", "none"]);
+        c.env("OMPI_ALLOW_RUN_AS_ROOT", "1");
+        c.env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+        c.env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
+    }
+    c
+}
+
+fn on(n: usize, args: &[&str]) -> Output {
+    let o = mpirun()
+        .args(["-np", &n.to_string(), bin()])
+        .args(args)
+        .output()
+        .expect("run mpirun");
+    assert!(
+        o.status.success(),
+        "{n} ranks: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn tiny(data: &str, out: &str, steps: &str, batch: &str) -> Vec<String> {
+    [
+        "train",
+        "--quiet",
+        "--data",
+        data,
+        "--preset",
+        "tiny",
+        "--steps",
+        steps,
+        "--batch-size",
+        batch,
+        "--timesteps",
+        "50",
+        "--checkpoint-every",
+        "10",
+        "--sample-every",
+        "0",
+        "--sample-count",
+        "4",
+        "--sample-steps",
+        "2",
+        "--out",
+        out,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The largest difference between the weights (and EMA weights) of two checkpoints.
+fn max_difference(a: &Path, b: &Path) -> f32 {
+    let mut worst = 0.0f32;
+    for file in ["model.safetensors", "ema.safetensors"] {
+        let (x, y) = (
+            read_safetensors(&a.join(file)).unwrap(),
+            read_safetensors(&b.join(file)).unwrap(),
+        );
+        assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>());
+        for (k, t) in &x {
+            for (p, q) in t.data.iter().zip(&y[k].data) {
+                worst = worst.max((p - q).abs());
+            }
+        }
+    }
+    worst
+}
+
+fn ckpt(run: &Path, step: u32) -> std::path::PathBuf {
+    run.join("checkpoints").join(format!("step-{step:08}"))
+}
+
+/// Weights after 20 AdamW steps of N ranks and of one process differ only by the order of the
+/// f32 sums of the gradient (rank partial sums added, instead of one sum over the batch):
+/// relative differences of ~1e-7 per step, which Adam's scale-free update m/√v turns into
+/// weight differences of about lr · 1e-7 per step; 1e-5 allows a hundred times that over 20
+/// steps, and a wrong split (a rank's rows lost or counted twice) moves weights by ~1e-3.
+const TOLERANCE: f32 = 1e-5;
+
+#[test]
+fn ranks_train_as_one_process_and_resume_across_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("d");
+    common::write_idx(&d, 48, 8, 5);
+    let data = format!("idx:{}", d.display());
+    let run = |name: &str| tmp.path().join(name);
+    let s = |p: &Path| p.display().to_string();
+    let one = run("one");
+    let o = Command::new(bin())
+        .args(tiny(&data, &s(&one), "20", "6"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for n in [2usize, 3] {
+        let r = run(&format!("n{n}"));
+        let args = tiny(&data, &s(&r), "20", "6");
+        on(n, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        let diff = max_difference(&ckpt(&one, 20), &ckpt(&r, 20));
+        assert!(diff < TOLERANCE, "{n} ranks: weights differ by {diff}");
+        // Only rank 0 wrote: one log line per logged step.
+        let log = std::fs::read_to_string(r.join("log.jsonl")).unwrap();
+        assert_eq!(log.lines().count(), 2, "{log}");
+        assert!(log.contains("allreduce_s"));
+    }
+    // 2 ranks for 10 steps, then 1 to 20; 1 for 10, then 2 to 20.
+    for (first, second, name) in [(2usize, 1usize, "2-then-1"), (1, 2, "1-then-2")] {
+        let r = run(name);
+        let a10 = tiny(&data, &s(&r), "10", "6");
+        let mut a20 = tiny(&data, &s(&r), "20", "6");
+        a20.push("--resume".into());
+        for (n, args) in [(first, a10), (second, a20)] {
+            on(n, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        let diff = max_difference(&ckpt(&one, 20), &ckpt(&r, 20));
+        assert!(diff < TOLERANCE, "{name}: weights differ by {diff}");
+    }
+}
+
+#[test]
+fn sampling_on_any_number_of_ranks_writes_the_same_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("d");
+    common::write_idx(&d, 16, 8, 3);
+    let data = format!("idx:{}", d.display());
+    let r = tmp.path().join("r").display().to_string();
+    let o = Command::new(bin())
+        .args(tiny(&data, &r, "2", "4"))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let read = |dir: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                (
+                    p.file_name().unwrap().to_string_lossy().to_string(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let mut outputs = Vec::new();
+    for n in [1usize, 2, 3] {
+        let out = tmp.path().join(format!("s{n}"));
+        on(
+            n,
+            &[
+                "sample",
+                "--quiet",
+                "--checkpoint",
+                &r,
+                "--n",
+                "11",
+                "--batch-size",
+                "3",
+                "--steps",
+                "3",
+                "--sampler",
+                "ddpm",
+                "--out",
+                &out.display().to_string(),
+            ],
+        );
+        let images = read(&out.join("images"));
+        assert_eq!(images.len(), 11);
+        outputs.push((images, std::fs::read(out.join("grid.png")).unwrap()));
+    }
+    assert!(
+        outputs.iter().all(|o| *o == outputs[0]),
+        "images differ between rank counts"
+    );
+}
+
+#[test]
+fn a_failing_rank_stops_the_job_and_checkpoints_stay_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("d");
+    common::write_idx(&d, 16, 8, 7);
+    let data = format!("idx:{}", d.display());
+    let r = tmp.path().join("r");
+    let args = tiny(&data, &r.display().to_string(), "1000000", "4");
+    // Rank 1 is killed after 3 s; rank 0 must not wait for it forever.
+    let start = Instant::now();
+    let o = mpirun()
+        .args(["-np", "1", bin()])
+        .args(&args)
+        .args([":", "-np", "1", "timeout", "-s", "KILL", "3", bin()])
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "the job succeeded with a killed rank");
+    assert!(
+        start.elapsed() < Duration::from_secs(120),
+        "the job took {:?} to stop",
+        start.elapsed()
+    );
+    // The newest checkpoint rank 0 wrote is whole, and the run resumes from it.
+    let latest = ddpm::train::checkpoint::newest_complete(&r)
+        .unwrap()
+        .expect("no checkpoint was written in 3 s");
+    for f in [
+        "model.safetensors",
+        "ema.safetensors",
+        "optimizer.safetensors",
+    ] {
+        read_safetensors(&latest.join(f)).unwrap();
+    }
+    let step: u64 = latest.file_name().unwrap().to_string_lossy()["step-".len()..]
+        .parse()
+        .unwrap();
+    let more = (step + 2).to_string();
+    let o = Command::new(bin())
+        .args(tiny(&data, &r.display().to_string(), &more, "4"))
+        .arg("--resume")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(ckpt(&r, step as u32 + 2).is_dir());
+    // Ranks that disagree on the configuration refuse together, naming it.
+    let other = tmp.path().join("o").display().to_string();
+    let a = tiny(&data, &other, "4", "4");
+    let o = mpirun()
+        .args(["-np", "1", bin()])
+        .args(&a)
+        .args([":", "-np", "1", bin()])
+        .args(&a)
+        .args(["--lr", "0.002"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("disagree on the configuration"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // A micro-batch that does not split over the ranks.
+    let o = mpirun()
+        .args(["-np", "3", bin()])
+        .args(tiny(&data, &other, "4", "4"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("do not split"));
+}
