@@ -151,3 +151,60 @@ pub fn run(
 fn on_warmup_step(i: usize, secs: f64) -> bool {
     i == 0 && secs > 1.0 || secs > 5.0
 }
+
+/// The time to sum a preset's gradients over the ranks of the job (`ddpm bench --mode
+/// allreduce` under `mpirun`).
+#[derive(Debug, Clone, Serialize)]
+pub struct AllreduceResult {
+    /// Preset name.
+    pub preset: String,
+    /// Ranks in the job.
+    pub ranks: usize,
+    /// Parameters (f32 values summed).
+    pub parameters: usize,
+    /// Median wall time of one gradient all-reduce (packing, MPI, unpacking).
+    pub ms: f64,
+    /// Bytes / time.
+    pub algorithm_gb_per_s: f64,
+    /// What a ring moves per rank, 2(N−1)/N · bytes, over the time: comparable with a link's
+    /// bandwidth.
+    pub bus_gb_per_s: f64,
+}
+
+/// Times `steps` all-reduces (after `warmup`) of gradients shaped like the preset's parameters.
+pub fn allreduce(
+    preset: &str,
+    steps: usize,
+    warmup: usize,
+    device: &Device,
+) -> Result<AllreduceResult> {
+    let cfg = UNetConfig::preset(preset).map_err(|e| anyhow::anyhow!("--preset: {e}"))?;
+    let model = UNet::new(&cfg, device).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let named = crate::train::params::named_params(&model);
+    let parameters: usize = named.values().map(|p| p.value.dims()[0]).sum();
+    let world = crate::dist::world();
+    let mut times = Vec::with_capacity(steps);
+    for i in 0..warmup + steps {
+        let mut grads: BTreeMap<String, Tensor<1>> = named
+            .iter()
+            .map(|(k, p)| (k.clone(), p.value.clone()))
+            .collect();
+        let start = Instant::now();
+        crate::dist::sum_gradients(&world, &mut grads)?;
+        let secs = start.elapsed().as_secs_f64();
+        if i >= warmup {
+            times.push(secs);
+        }
+    }
+    let secs = median(times);
+    let bytes = (parameters * 4) as f64;
+    let n = world.size as f64;
+    Ok(AllreduceResult {
+        preset: preset.to_string(),
+        ranks: world.size,
+        parameters,
+        ms: secs * 1000.0,
+        algorithm_gb_per_s: bytes / secs / 1e9,
+        bus_gb_per_s: 2.0 * (n - 1.0) / n * bytes / secs / 1e9,
+    })
+}

@@ -270,3 +270,94 @@ fn a_failing_rank_stops_the_job_and_checkpoints_stay_whole() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("do not split"));
 }
+
+#[test]
+fn likelihood_and_fid_on_two_ranks_equal_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("d");
+    common::write_idx(&d, 12, 8, 11);
+    let data = format!("idx:{}", d.display());
+    let r = tmp.path().join("r").display().to_string();
+    let o = Command::new(bin())
+        .args(tiny(&data, &r, "2", "4"))
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let json = |o: Output| -> serde_json::Value {
+        serde_json::from_slice(o.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap()
+    };
+    let nll = |n: usize| {
+        json(on(
+            n,
+            &[
+                "eval",
+                "nll",
+                "--quiet",
+                "--checkpoint",
+                &r,
+                "--data",
+                &data,
+                "--limit",
+                "7",
+                "--batch-size",
+                "2",
+                "--json",
+            ],
+        ))
+    };
+    let (a, b) = (nll(1), nll(2));
+    assert_eq!(a["n"], 7);
+    let (x, y) = (a["bpd"].as_f64().unwrap(), b["bpd"].as_f64().unwrap());
+    assert!(
+        (x - y).abs() < 1e-6 * x.abs(),
+        "bits/dim {x} on one rank, {y} on two"
+    );
+    // FID with synthetic Inception weights: every image's features are computed by one rank,
+    // with that rank's share of the cores (one thread instead of two here), which may split the
+    // convolutions' f32 sums differently: features agree to ~1e-7 relative, and the FID of this
+    // rank-deficient covariance (12 images, 2048 features) to ~1e-6; 1e-5 allows ten times that.
+    let weights = tmp.path().join("inception.safetensors");
+    ddpm::eval::inception::write_synthetic_weights(&weights).unwrap();
+    let samples = tmp.path().join("s");
+    on(
+        1,
+        &[
+            "sample",
+            "--quiet",
+            "--checkpoint",
+            &r,
+            "--n",
+            "5",
+            "--steps",
+            "2",
+            "--out",
+            &samples.display().to_string(),
+        ],
+    );
+    let fid = |n: usize| {
+        json(on(
+            n,
+            &[
+                "eval",
+                "fid",
+                "--quiet",
+                "--samples",
+                &samples.join("images").display().to_string(),
+                "--reference",
+                &data,
+                "--inception",
+                &weights.display().to_string(),
+                "--batch-size",
+                "2",
+                "--json",
+            ],
+        ))["fid"]
+            .as_f64()
+            .unwrap()
+    };
+    let (x, y) = (fid(1), fid(2));
+    assert!(
+        x.is_finite() && (x - y).abs() <= 1e-5 * x.abs(),
+        "FID {x} on one rank, {y} on two"
+    );
+}

@@ -8,7 +8,7 @@ use super::{CliError, CliResult};
 
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  ddpm bench --preset mnist --batch-size 64 --mode train --steps 5\n  ddpm bench --preset cifar10 --batch-size 128 --mode sample --device cuda --json\n\nbench/compare.sh runs this and the PyTorch peer (bench/torch_peer.py) side by side."
+    after_help = "Examples:\n  ddpm bench --preset mnist --batch-size 64 --mode train --steps 5\n  mpirun -np 2 ddpm bench --preset cifar10 --mode allreduce --steps 20\n  ddpm bench --preset cifar10 --batch-size 128 --mode sample --device cuda --json\n\nbench/compare.sh runs this and the PyTorch peer (bench/torch_peer.py) side by side."
 )]
 pub struct BenchArgs {
     /// mnist, cifar10 or tiny.
@@ -17,7 +17,8 @@ pub struct BenchArgs {
     /// Images per step.
     #[arg(long, default_value_t = 64, value_parser = super::at_least_one)]
     batch_size: usize,
-    /// train (forward, L_simple, backward, AdamW) or sample (one network evaluation).
+    /// train (forward, L_simple, backward, AdamW), sample (one network evaluation), or
+    /// allreduce (summing the preset's gradients over the ranks of an `mpirun` job).
     #[arg(long, default_value = "train")]
     mode: String,
     /// cpu, cuda, wgpu, or auto (the GPU when there is one).
@@ -51,6 +52,25 @@ pub fn run(a: BenchArgs) -> CliResult {
     let device = super::device(&a.device)?;
     let precision = crate::train::precision::Precision::parse(&a.precision, "--precision")
         .map_err(|e| CliError::Usage(format!("{e:#}")))?;
+    if a.mode == "allreduce" {
+        let r = crate::bench::allreduce(&a.preset, a.steps, a.warmup, &device)
+            .map_err(|e| CliError::Usage(format!("{e:#}")))?;
+        if crate::dist::world().is_root() {
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&r).map_err(anyhow::Error::from)?
+                );
+            } else {
+                println!(
+                    "{} gradients ({} parameters) over {} rank(s): {:.2} ms per all-reduce, {:.2} GB/s \
+                     (bus {:.2} GB/s)",
+                    r.preset, r.parameters, r.ranks, r.ms, r.algorithm_gb_per_s, r.bus_gb_per_s
+                );
+            }
+        }
+        return Ok(());
+    }
     crate::kernels::profile::set_enabled(a.profile);
     let r = crate::bench::run(
         &a.preset,

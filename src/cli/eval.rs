@@ -370,8 +370,11 @@ fn nll(a: NllArgs) -> CliResult {
     }
     let diffusion = diffusion_from(&loaded.config)?;
     let n = a.limit.unwrap_or(data.len()).min(data.len());
-    let total = (n.div_ceil(a.batch_size.max(1)) * diffusion.num_timesteps()) as u64;
-    let bar = (!a.quiet).then(|| super::progress(total, "evaluations", false));
+    let world = crate::dist::world();
+    let batches = n.div_ceil(a.batch_size.max(1));
+    let mine = (world.rank..batches).step_by(world.size).count();
+    let total = (mine * diffusion.num_timesteps()) as u64;
+    let bar = (!a.quiet && world.is_root()).then(|| super::progress(total, "evaluations", false));
     let r = crate::eval::nll::evaluate(
         &diffusion,
         &loaded.model,
@@ -387,9 +390,12 @@ fn nll(a: NllArgs) -> CliResult {
                 b.inc(1);
             }
         },
-    );
+    )?;
     if let Some(b) = bar {
         b.finish();
+    }
+    if !crate::dist::world().is_root() {
+        return Ok(());
     }
     if a.json {
         println!(

@@ -135,7 +135,13 @@ fn features_and_statistics(
     quiet: bool,
 ) -> Result<(Vec<f64>, FeatureStats), CliError> {
     let n = limit.unwrap_or(data.len()).min(data.len());
-    let bar = (!quiet).then(|| super::progress(n as u64, "images", false));
+    // Under mpirun each rank computes every N-th batch; rank 0 shows its own progress.
+    let world = crate::dist::world();
+    let mine: usize = (world.rank..n.div_ceil(batch.max(1)))
+        .step_by(world.size)
+        .map(|b| batch.max(1).min(n - b * batch.max(1)))
+        .sum();
+    let bar = (!quiet && world.is_root()).then(|| super::progress(mine as u64, "images", false));
     let (features, n) = fid::dataset_features(net, data, limit, batch, |done| {
         if let Some(b) = &bar {
             b.set_position(done as u64);
@@ -147,7 +153,7 @@ fn features_and_statistics(
     }
     let stats =
         fid::stats_of(&features, n).map_err(|e| CliError::Usage(format!("{what}: {e:#}")))?;
-    if let Some(w) = fid::rank_warning(what, &stats) {
+    if let Some(w) = fid::rank_warning(what, &stats).filter(|_| world.is_root()) {
         eprintln!("{w}");
     }
     Ok((features, stats))
@@ -164,6 +170,9 @@ pub fn fid_stats(a: FidStatsArgs) -> CliResult {
         a.batch_size,
         a.quiet,
     )?;
+    if !crate::dist::world().is_root() {
+        return Ok(());
+    }
     fid::save_stats(&stats, &a.out)?;
     println!(
         "FID statistics of {} images ({}) written to {}",
@@ -223,6 +232,9 @@ pub fn fid(a: FidArgs) -> CliResult {
         )?),
         _ => None,
     };
+    if !crate::dist::world().is_root() {
+        return Ok(());
+    }
     if a.json {
         let mut j = serde_json::json!({"fid": d, "n_samples": s.n, "n_reference": r.n});
         if let Some(c) = &classes {

@@ -17,7 +17,8 @@ use std::path::Path;
 
 /// Inception features of the first `limit` items of `data` (all when `None`), `batch` images
 /// per network call; returns the features row-major and their count. `progress` is called
-/// with the number of images done after each batch.
+/// with the number of images done after each batch. Under `mpirun` rank r computes batches r,
+/// r + N, … and every rank gets all the features.
 pub fn dataset_features(
     net: &InceptionV3,
     data: &dyn Dataset,
@@ -40,13 +41,15 @@ pub fn dataset_features(
     }
     let n = limit.unwrap_or(data.len()).min(data.len());
     let batch = batch.max(1);
-    let mut features = Vec::with_capacity(n * FEATURES);
+    let world = crate::dist::world();
+    let mut features = vec![0.0f64; n * FEATURES];
     let mut item = vec![0f32; c * h * w];
-    let mut start = 0;
-    while start < n {
-        let b = batch.min(n - start);
-        let mut rgb = Vec::with_capacity(b * 3 * h * w);
-        for i in start..start + b {
+    let mut done = 0;
+    for b in (world.rank..n.div_ceil(batch)).step_by(world.size) {
+        let start = b * batch;
+        let m = batch.min(n - start);
+        let mut rgb = Vec::with_capacity(m * 3 * h * w);
+        for i in start..start + m {
             data.get(i, &mut item);
             // Datasets hold [-1, 1]; pytorch-fid reads images as [0, 1].
             let unit: Vec<f32> = item.iter().map(|v| (v + 1.0) * 0.5).collect();
@@ -58,10 +61,17 @@ pub fn dataset_features(
                 rgb.extend_from_slice(&unit);
             }
         }
-        features.extend(net.features(&rgb, b, h, w).iter().map(|&v| v as f64));
-        start += b;
-        progress(start);
+        let f = net.features(&rgb, m, h, w);
+        for (dst, &v) in features[start * FEATURES..(start + m) * FEATURES]
+            .iter_mut()
+            .zip(f.iter())
+        {
+            *dst = v as f64;
+        }
+        done += m;
+        progress(done);
     }
+    world.sum_f64(&mut features)?;
     Ok((features, n))
 }
 

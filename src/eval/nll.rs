@@ -40,7 +40,9 @@ pub struct NllOptions {
 }
 
 /// Evaluates the bound on the first `limit` items of `data` (all when `None`), `batch` at a
-/// time; `on_batch(done)` reports progress in network evaluations.
+/// time; `on_batch(done)` reports progress in network evaluations. Batch b's noise comes from
+/// its own stream (seed, b); under `mpirun` rank r evaluates batches r, r + N, … and the terms
+/// are summed over the ranks, so the report is the same for any number of processes.
 pub fn evaluate<M: Denoiser<4>>(
     diffusion: &GaussianDiffusion,
     model: &M,
@@ -48,39 +50,46 @@ pub fn evaluate<M: Denoiser<4>>(
     opts: NllOptions,
     device: &Device,
     mut on_eval: impl FnMut(),
-) -> NllReport {
+) -> anyhow::Result<NllReport> {
     let NllOptions { limit, batch, seed } = opts;
     let n = limit.unwrap_or(data.len()).min(data.len());
     let shape = data.item_shape();
     let item: usize = shape.iter().product();
     let n_t = diffusion.num_timesteps();
-    let mut rng = Rng::new(seed);
-    let mut totals = Vec::with_capacity(n);
-    let (mut prior, mut decoder, mut mse) = (0.0, 0.0, 0.0);
+    let world = crate::dist::world();
+    let batch = batch.max(1);
+    // Per image: total, prior, decoder, mse; then the sums of every term by t.
+    let mut per_image = vec![0.0f64; 4 * n];
     let mut by_t = vec![0.0; n_t];
-    let mut start = 0;
-    while start < n {
-        let b = batch.max(1).min(n - start);
-        let mut buf = vec![0.0f32; b * item];
-        for i in 0..b {
+    for b in (world.rank..n.div_ceil(batch)).step_by(world.size) {
+        let start = b * batch;
+        let m = batch.min(n - start);
+        let mut buf = vec![0.0f32; m * item];
+        for i in 0..m {
             data.get(start + i, &mut buf[i * item..(i + 1) * item]);
         }
         let x0 = Tensor::<4>::from_data(
-            TensorData::new(buf, [b, shape[0], shape[1], shape[2]]),
+            TensorData::new(buf, [m, shape[0], shape[1], shape[2]]),
             device,
         );
+        let mut rng = Rng::new(seed).fork(b as u64);
         let r = calc_bpd_loop(diffusion, model, x0, X0Clip::Clip, &mut rng, |_| on_eval());
-        for i in 0..b {
-            totals.push(r.total_bpd[i]);
-            prior += r.prior_bpd[i];
-            decoder += r.vb[i][0];
+        for i in 0..m {
+            let k = start + i;
+            per_image[k] = r.total_bpd[i];
+            per_image[n + k] = r.prior_bpd[i];
+            per_image[2 * n + k] = r.vb[i][0];
+            per_image[3 * n + k] = r.mse[i].iter().sum::<f64>() / n_t as f64;
             for (acc, v) in by_t.iter_mut().zip(&r.vb[i]) {
                 *acc += v;
             }
-            mse += r.mse[i].iter().sum::<f64>() / n_t as f64;
         }
-        start += b;
     }
+    world.sum_f64(&mut per_image)?;
+    world.sum_f64(&mut by_t)?;
+    let totals = &per_image[..n];
+    let sum = |j: usize| per_image[j * n..(j + 1) * n].iter().sum::<f64>();
+    let (prior, decoder, mse) = (sum(1), sum(2), sum(3));
     let nf = n as f64;
     let bpd = totals.iter().sum::<f64>() / nf;
     let var = if n > 1 {
@@ -88,7 +97,7 @@ pub fn evaluate<M: Denoiser<4>>(
     } else {
         0.0
     };
-    NllReport {
+    Ok(NllReport {
         bpd,
         bpd_stderr: (var / nf).sqrt(),
         prior_bpd: prior / nf,
@@ -96,5 +105,5 @@ pub fn evaluate<M: Denoiser<4>>(
         vb_bpd_by_t: by_t.into_iter().map(|v| v / nf).collect(),
         mse: mse / nf,
         n,
-    }
+    })
 }
