@@ -73,6 +73,21 @@ fn tiny(data: &str, out: &str, steps: &str, batch: &str) -> Vec<String> {
     .collect()
 }
 
+/// `n` random 8×8 images (from `seed`) in `dir`/d and a tiny model trained on them for 2 steps
+/// in `dir`/r, by one process: the data specification and the run.
+fn trained(dir: &Path, n: u32, seed: u32) -> (String, String) {
+    let d = dir.join("d");
+    common::write_idx(&d, n, 8, seed);
+    let data = format!("idx:{}", d.display());
+    let r = dir.join("r").display().to_string();
+    let o = Command::new(bin())
+        .args(tiny(&data, &r, "2", "4"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (data, r)
+}
+
 /// The largest difference between the weights (and EMA weights) of two checkpoints.
 fn max_difference(a: &Path, b: &Path) -> f32 {
     let mut worst = 0.0f32;
@@ -144,15 +159,7 @@ fn ranks_train_as_one_process_and_resume_across_counts() {
 #[test]
 fn sampling_on_any_number_of_ranks_writes_the_same_images() {
     let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().join("d");
-    common::write_idx(&d, 16, 8, 3);
-    let data = format!("idx:{}", d.display());
-    let r = tmp.path().join("r").display().to_string();
-    let o = Command::new(bin())
-        .args(tiny(&data, &r, "2", "4"))
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    let (_, r) = trained(tmp.path(), 16, 3);
     let read = |dir: &Path| -> Vec<(String, Vec<u8>)> {
         let mut v: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
@@ -244,7 +251,7 @@ fn a_failing_rank_stops_the_job_and_checkpoints_stay_whole() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(ckpt(&r, step as u32 + 2).is_dir());
-    // Ranks that disagree on the configuration refuse together, naming it.
+    // Ranks started with different command lines refuse together, naming it.
     let other = tmp.path().join("o").display().to_string();
     let a = tiny(&data, &other, "4", "4");
     let o = mpirun()
@@ -257,7 +264,7 @@ fn a_failing_rank_stops_the_job_and_checkpoints_stay_whole() {
         .unwrap();
     assert!(!o.status.success());
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("disagree on the configuration"),
+        String::from_utf8_lossy(&o.stderr).contains("disagree on the command line"),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
@@ -274,15 +281,7 @@ fn a_failing_rank_stops_the_job_and_checkpoints_stay_whole() {
 #[test]
 fn likelihood_and_fid_on_two_ranks_equal_one() {
     let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().join("d");
-    common::write_idx(&d, 12, 8, 11);
-    let data = format!("idx:{}", d.display());
-    let r = tmp.path().join("r").display().to_string();
-    let o = Command::new(bin())
-        .args(tiny(&data, &r, "2", "4"))
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    let (data, r) = trained(tmp.path(), 12, 11);
     let json = |o: Output| -> serde_json::Value {
         serde_json::from_slice(o.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap()
     };

@@ -143,6 +143,24 @@ pub fn main() -> ExitCode {
         }
     };
     if world.is_distributed() {
+        // Every rank must run the same binary on the same command line.
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let binary = std::env::current_exe()
+            .and_then(std::fs::read)
+            .map(|b| crate::dist::fnv1a(&b))
+            .unwrap_or(0);
+        for (what, hash) in [
+            (
+                "the command line",
+                crate::dist::fnv1a(args.join("\0").as_bytes()),
+            ),
+            ("the ddpm binary", binary),
+        ] {
+            if let Err(e) = world.agree(what, hash) {
+                eprintln!("error (rank {} of {}): {e:#}", world.rank, world.size);
+                world.abort(2);
+            }
+        }
         share_threads(&world);
         let default_hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {

@@ -51,17 +51,21 @@ pub struct World {
 static WORLD: OnceLock<World> = OnceLock::new();
 
 /// The number of ranks an MPI launcher announced in the environment (Open MPI, MPICH / Intel
-/// MPI's PMI, PMIx, Slurm), if any.
+/// MPI's PMI, PMIx), if any.
 fn launched_size() -> Option<usize> {
-    [
-        "OMPI_COMM_WORLD_SIZE",
-        "PMI_SIZE",
-        "PMIX_SIZE",
-        "MPI_LOCALNRANKS",
-        "SLURM_NTASKS",
-    ]
-    .iter()
-    .find_map(|k| std::env::var(k).ok()?.trim().parse().ok())
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok()?.trim().parse().ok())
+}
+
+/// The tasks of a Slurm job step (`srun`), if any. Inside `sbatch`'s own script (no `srun`)
+/// they may be set too, so they only matter when MPI can ask the launcher for the truth.
+fn slurm_tasks() -> Option<usize> {
+    std::env::var("SLURM_STEP_NUM_TASKS")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Joins the job this process was launched into (once, before anything else runs). A process
@@ -72,7 +76,7 @@ pub fn init() -> Result<&'static World> {
         return Ok(w);
     }
     let launched = launched_size().unwrap_or(1);
-    let w = if launched > 1 {
+    let w = if launched > 1 || (cfg!(feature = "mpi") && slurm_tasks().unwrap_or(1) > 1) {
         join(launched)?
     } else {
         World {

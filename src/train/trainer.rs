@@ -268,13 +268,11 @@ pub fn train<M: Net<D>, const D: usize>(
             world.size
         );
     }
-    if world.is_distributed() {
-        world.agree(
-            "the configuration",
-            crate::dist::fnv1a(cfg.to_toml()?.as_bytes()),
-        )?;
-        world.agree("the ddpm binary", binary_hash())?;
-    }
+    // The same command line can read different configuration files on different machines.
+    world.agree(
+        "the configuration",
+        crate::dist::fnv1a(cfg.to_toml()?.as_bytes()),
+    )?;
     let run = PathBuf::from(&cfg.out);
     let config_path = run.join("config.toml");
     // A resumed run keeps what defines it; what may change between segments is reported.
@@ -727,14 +725,6 @@ fn class_rows(
         })
         .collect();
     crate::model::one_hot(&rows, classes + 1, device)
-}
-
-/// A hash of this program's executable (every rank of a job must run the same one).
-fn binary_hash() -> u64 {
-    std::env::current_exe()
-        .and_then(std::fs::read)
-        .map(|b| crate::dist::fnv1a(&b))
-        .unwrap_or(0)
 }
 
 /// The bits of every weight, hashed: equal on replicas that stayed identical.
