@@ -175,8 +175,9 @@ fn sampling_on_any_number_of_ranks_writes_the_same_images() {
         v
     };
     let mut outputs = Vec::new();
-    for n in [1usize, 2, 3] {
-        let out = tmp.path().join(format!("s{n}"));
+    // 1, 2 and 3 ranks at batch 3; one rank at batch 11 (image i's noise is its own).
+    for (n, batch) in [(1usize, "3"), (2, "3"), (3, "3"), (1, "11")] {
+        let out = tmp.path().join(format!("s{n}-{batch}"));
         on(
             n,
             &[
@@ -187,7 +188,7 @@ fn sampling_on_any_number_of_ranks_writes_the_same_images() {
                 "--n",
                 "11",
                 "--batch-size",
-                "3",
+                batch,
                 "--steps",
                 "3",
                 "--sampler",
