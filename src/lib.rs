@@ -19,4 +19,5 @@ pub mod rng;
 pub mod sample;
 pub mod schedule;
 pub mod train;
+pub mod vdm;
 pub mod viz;
