@@ -91,6 +91,16 @@ impl LearnedGamma {
         (g0.clone(), g0 + softplus(self.range.val(), 1.0))
     }
 
+    /// The device the schedule's parameters live on.
+    pub fn device(&self) -> Device {
+        self.gamma0.val().device()
+    }
+
+    /// The parameters' float type.
+    pub fn dtype(&self) -> burn::tensor::DType {
+        self.gamma0.val().dtype()
+    }
+
     /// (γ(0), γ(1)): the learned endpoints.
     pub fn endpoints(&self) -> (f64, f64) {
         let (a, b) = self.endpoints_t();

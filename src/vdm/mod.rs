@@ -5,6 +5,7 @@
 
 pub mod gamma;
 pub mod learned;
+pub mod loss;
 pub mod vlb;
 
 pub use gamma::{FixedGamma, alpha_sq, discrete_weight, sample_times, sigma_sq};
