@@ -147,6 +147,20 @@ fn classifier_guidance_runs_end_to_end() {
         }
         assert!(out.join("grid.png").exists());
     }
+    // A second call into the same --out would mix its images with these: refused.
+    let again = ddpm(&[
+        "sample",
+        "--quiet",
+        "--checkpoint",
+        &run,
+        "--n",
+        "2",
+        "--steps",
+        "2",
+        "--out",
+        &tmp.path().join("s-ddim").display().to_string(),
+    ]);
+    usage_error(again, "already holds images");
     // Per-class Fréchet distances of those samples against the data's classes.
     let judge = tmp.path().join("judge.safetensors").display().to_string();
     ok(ddpm(&[

@@ -205,6 +205,41 @@ fn sampling_on_any_number_of_ranks_writes_the_same_images() {
         outputs.iter().all(|o| *o == outputs[0]),
         "images differ between rank counts"
     );
+    // The denoising chain on two ranks: one picture, no scratch folders left behind.
+    let chain = tmp.path().join("chain.png");
+    on(
+        2,
+        &[
+            "plot",
+            "chain",
+            "--checkpoint",
+            &r,
+            "--n",
+            "2",
+            "--steps",
+            "3",
+            "--out",
+            &chain.display().to_string(),
+        ],
+    );
+    assert!(chain.is_file());
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("chain-tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Commands that do not split their work refuse to run on several ranks.
+    let o = mpirun()
+        .args(["-np", "2", bin(), "schedule", "--timesteps", "10"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("runs as one process"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]

@@ -43,6 +43,13 @@ pub struct BenchArgs {
     profile: bool,
 }
 
+impl BenchArgs {
+    /// Whether this benchmark splits over the ranks of an `mpirun` job (the all-reduce does).
+    pub fn splits_over_ranks(&self) -> bool {
+        self.mode == "allreduce"
+    }
+}
+
 pub fn run(a: BenchArgs) -> CliResult {
     if a.steps == 0 || a.batch_size == 0 {
         return Err(CliError::Usage(

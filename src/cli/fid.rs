@@ -208,6 +208,8 @@ pub fn fid(a: FidArgs) -> CliResult {
         a.batch_size,
         a.quiet,
     )?;
+    // The samples' features are kept only for the per-class distances.
+    let fs = if a.per_class { fs } else { Vec::new() };
     let (fr, r) = match &reference_data {
         None => (
             Vec::new(),

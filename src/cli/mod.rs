@@ -169,6 +169,18 @@ pub fn main() -> ExitCode {
         }));
     }
     let cli = Cli::parse();
+    if world.is_distributed()
+        && let Some(name) = single_process_only(&cli.command)
+    {
+        if world.is_root() {
+            eprintln!(
+                "error: `ddpm {name}` runs as one process; under mpirun only train, sample, eval \
+                 nll, eval fid, eval fid-stats, plot chain and bench --mode allreduce split their \
+                 work"
+            );
+        }
+        world.abort(2);
+    }
     let result = match cli.command {
         Command::Schedule(args) => schedule::run(args),
         Command::Train(args) => train::run(*args),
@@ -202,6 +214,29 @@ pub fn main() -> ExitCode {
         world.abort(code);
     }
     ExitCode::from(code as u8)
+}
+
+/// The name of a command that does not split its work over ranks (and would only repeat it,
+/// writing the same files from every rank).
+fn single_process_only(cmd: &Command) -> Option<&'static str> {
+    match cmd {
+        Command::Train(_) | Command::Sample(_) => None,
+        Command::Eval(e) => match e {
+            eval::EvalCommand::Nll(_)
+            | eval::EvalCommand::Fid(_)
+            | eval::EvalCommand::FidStats(_) => None,
+            eval::EvalCommand::ClassifierTrain(_) => Some("eval classifier-train"),
+            eval::EvalCommand::Fd(_) => Some("eval fd"),
+            eval::EvalCommand::Guidance(_) => Some("eval guidance"),
+        },
+        Command::Plot(plot::PlotCommand::Chain(_)) => None,
+        Command::Plot(_) => Some("plot"),
+        Command::Bench(b) if b.splits_over_ranks() => None,
+        Command::Bench(_) => Some("bench (other than --mode allreduce)"),
+        Command::TrainClassifier(_) => Some("train-classifier"),
+        Command::Schedule(_) => Some("schedule"),
+        Command::Data(_) => Some("data"),
+    }
 }
 
 /// Gives each rank on a machine its share of the cores for the CPU kernels, unless

@@ -472,13 +472,26 @@ fn generate(a: &SampleArgs) -> Result<f64, CliError> {
     } else {
         <UNet as Net<4>>::activation_bytes_per_item(&cfg, &item_shape)
     };
-    let need = a.n as f64 * item as f64 * 4.0 * 3.0 + a.batch_size.min(a.n) as f64 * per_image;
+    // Every rank holds all the images (and each rank on this machine needs as much).
+    let need = (a.n as f64 * item as f64 * 4.0 * 3.0 + a.batch_size.min(a.n) as f64 * per_image)
+        * crate::dist::world().local_size.max(1) as f64;
     if let Some((need_gib, avail_gib)) = crate::heap::shortfall_gib(need) {
         return Err(CliError::Usage(format!(
             "--n {} at --batch-size {}: sampling needs about {need_gib:.1} GiB, this machine has \
              {avail_gib:.1} GiB available; sample fewer images per call (with other --seed values) \
              or a smaller batch",
             a.n, a.batch_size
+        )));
+    }
+    // Images of an earlier call would mix with these in images/ (and `eval fd` would count
+    // them): a new --out, or an emptied one.
+    let images = a.out.join("images");
+    if std::fs::read_dir(&images).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(CliError::Usage(format!(
+            "--out {}: {} already holds images from an earlier call; choose a new --out or \
+             remove it",
+            a.out.display(),
+            images.display()
         )));
     }
     let device = super::device(&a.device)?;
@@ -523,21 +536,16 @@ fn generate(a: &SampleArgs) -> Result<f64, CliError> {
             labels.as_deref(),
             class_names.as_deref(),
         );
-        // Each rank writes the images it drew.
-        let world = crate::dist::world();
-        let bs = a.batch_size.max(1);
+        // Rank 0 holds every image and writes them all (the others' --out may be elsewhere).
+        if !crate::dist::world().is_root() {
+            return Ok(secs);
+        }
         for (i, dir) in dirs.iter().enumerate() {
-            if (i / bs) % world.size != world.rank {
-                continue;
-            }
             let px = image_pixels(&data, s4, i);
             write_atomic(
                 &dir.join(format!("{i:05}.png")),
                 &encode_png(s4[3], s4[2], s4[1], &px)?,
             )?;
-        }
-        if !world.is_root() {
-            return Ok(secs);
         }
         // One row per requested class when the images divide evenly among them.
         let rows = match a.class.as_deref() {
@@ -682,7 +690,8 @@ pub(super) fn chain(r: ChainRequest, out: &Path) -> CliResult {
                 .into(),
         ));
     }
-    let tmp = out.with_extension("chain-tmp");
+    // This process's own scratch folder (one per rank under mpirun), removed afterwards.
+    let tmp = out.with_extension(format!("chain-tmp-{}", std::process::id()));
     let args = SampleArgs {
         checkpoint,
         no_ema: false,
@@ -708,7 +717,12 @@ pub(super) fn chain(r: ChainRequest, out: &Path) -> CliResult {
         classifier,
         classifier_scale,
     };
-    let secs = generate(&args)?;
+    let secs = generate(&args);
+    if !crate::dist::world().is_root() || secs.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return secs.map(|_| ());
+    }
+    let secs = secs?;
     let res = std::fs::rename(tmp.join("chain.png"), out)
         .with_context(|| format!("cannot write {}", out.display()));
     let _ = std::fs::remove_dir_all(&tmp);

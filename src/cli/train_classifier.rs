@@ -154,8 +154,9 @@ pub fn run(a: TrainClassifierArgs) -> CliResult {
         seed: a.seed,
         schedule: a.schedule.clone().unwrap_or(base.schedule.clone()),
         timesteps: a.timesteps.unwrap_or(base.timesteps),
-        beta_start: base.beta_start,
-        beta_end: base.beta_end,
+        // The run's β range belongs to its schedule: not carried over to another one.
+        beta_start: base.beta_start.filter(|_| a.schedule.is_none()),
+        beta_end: base.beta_end.filter(|_| a.schedule.is_none()),
         zero_terminal_snr: base.zero_terminal_snr,
         classes,
         net,

@@ -86,6 +86,11 @@ pub fn eps_corrected<const D: usize>(
     grad: Tensor<D>,
 ) -> Tensor<D> {
     let s = &chain.schedule;
+    // At ᾱ_t = 0 (a zero-terminal-SNR chain's last step) x_t is pure noise, ε = x_t exactly:
+    // nothing to correct, and the x0 and v outputs would need an infinite correction.
+    if s.alphas_cumprod[t] <= 0.0 {
+        return model_output;
+    }
     let k = -(1.0 - s.alphas_cumprod[t]).sqrt() * chain.parameterization.output_per_eps(s, t);
     match chain.split_output(model_output) {
         (out, None) => out + grad * k,

@@ -676,6 +676,37 @@ fn guidance_corrects_every_parameterization_by_the_same_noise() {
 }
 
 #[test]
+fn guidance_leaves_a_zero_terminal_snr_step_finite() {
+    // ᾱ = 0 at the last step of a zero-terminal-SNR chain: the corrected output stays finite
+    // (it is the output itself) for every parameterization.
+    let s = NoiseSchedule::new(
+        &BetaSchedule::named("linear", 100, None, None).unwrap(),
+        100,
+        true,
+    )
+    .unwrap();
+    assert_eq!(s.alphas_cumprod[99], 0.0);
+    for p in [
+        Parameterization::Eps,
+        Parameterization::X0,
+        Parameterization::V,
+    ] {
+        let d = GaussianDiffusion::new(s.clone(), p, VarianceType::FixedSmall);
+        let out = Tensor::<2>::from_floats([[0.3, -1.2]], &dev());
+        let g = Tensor::<2>::from_floats([[2.0, 0.0]], &dev());
+        let fixed = classifier_guidance::eps_corrected(&d, 99, out.clone(), g.clone());
+        let v: Vec<f32> = fixed.into_data().convert::<f32>().try_into_vec().unwrap();
+        assert_eq!(v, [0.3, -1.2], "{p:?}");
+        let inside = classifier_guidance::eps_corrected(&d, 98, out.clone(), g);
+        let v: Vec<f32> = inside.into_data().convert::<f32>().try_into_vec().unwrap();
+        assert!(
+            v.iter().all(|x| x.is_finite()) && v[0] != 0.3,
+            "{p:?}: {v:?}"
+        );
+    }
+}
+
+#[test]
 fn classifier_guidance_at_scale_one_samples_the_requested_component() {
     // With an exact classifier and s = 1, ∇log p(x_t) + ∇log p(y | x_t) = ∇log p(x_t | y): the
     // guided chain samples component y alone (Dhariwal & Nichol §4.1). ε-correction samplers

@@ -414,7 +414,14 @@ pub fn train<M: Net<D>, const D: usize>(
             run.display()
         );
     }
-    check_memory::<M, D>(cfg, device_name, &model, &item_shape, world.size)?;
+    // Every rank starts from the same state: the same step, data position, generators and
+    // weights (a rank that read another copy of the run would mix steps silently).
+    if world.is_distributed() {
+        let state_hash = crate::dist::fnv1a(serde_json::to_string(&state)?.as_bytes());
+        world.agree("the training state to start from", state_hash)?;
+        world.agree("the weights to start from", weights_checksum(&model))?;
+    }
+    check_memory::<M, D>(cfg, device_name, &model, &item_shape, &world)?;
     if root {
         std::fs::create_dir_all(&run)
             .with_context(|| format!("cannot create the run directory {}", run.display()))?;
@@ -492,7 +499,8 @@ pub fn train<M: Net<D>, const D: usize>(
                     ^ (world.rank as u64) << 56,
             );
             // Every rank draws the whole micro-batch — its data, t and noise, from the same
-            // generators — and keeps its rows, so N ranks train exactly as one process does.
+            // generators — and keeps its rows, so N ranks train exactly as one process does
+            // (dropout aside: each rank draws its own masks).
             let batch = loader.next_batch();
             state.data = batch.next;
             let (t_all, w_all) = state.t_sampler.sample(micro, &mut state.rng_t);
@@ -775,7 +783,7 @@ fn check_memory<M: Net<D>, const D: usize>(
     device_name: &str,
     model: &M,
     item_shape: &[usize],
-    ranks: usize,
+    world: &crate::dist::World,
 ) -> Result<()> {
     if !matches!(device_name, "cpu" | "cubecl-cpu") {
         return Ok(());
@@ -785,18 +793,27 @@ fn check_memory<M: Net<D>, const D: usize>(
         params += shape.iter().product::<usize>() as u64
     });
     let per_item = M::activation_bytes_per_item(cfg, item_shape);
-    let micro = (cfg.batch_size / cfg.grad_accum / ranks.max(1)) as f64;
+    let micro = (cfg.batch_size / cfg.grad_accum / world.size.max(1)) as f64;
     // Weights, gradients, two AdamW moments, the EMA and the update's temporaries: 8 copies.
-    let need = micro * per_item + 8.0 * 4.0 * params as f64;
+    // Every rank on this machine needs as much.
+    let need = (micro * per_item + 8.0 * 4.0 * params as f64) * world.local_size.max(1) as f64;
     if let Some((need_gib, avail_gib)) = crate::heap::shortfall_gib(need) {
         bail!(
             "--batch-size {}: a training step needs about {:.1} GiB ({} images per micro-batch at \
-             about {:.1} MiB each, plus the model's state), but this machine has {:.1} GiB available; \
-             use a smaller --batch-size or split it with --grad-accum",
+             about {:.1} MiB each, plus the model's state{}), but this machine has {:.1} GiB \
+             available; use a smaller --batch-size or split it with --grad-accum",
             cfg.batch_size,
             need_gib,
             micro,
             per_item / (1u64 << 20) as f64,
+            if world.local_size > 1 {
+                format!(
+                    ", for each of the {} processes on this machine",
+                    world.local_size
+                )
+            } else {
+                String::new()
+            },
             avail_gib
         );
     }
