@@ -22,6 +22,22 @@ pub fn diffusion_term(dgamma: f64, eps: f64, eps_hat: f64) -> f64 {
     0.5 * dgamma * (eps - eps_hat) * (eps - eps_hat)
 }
 
+/// −log p(x | z₀) for 8-bit data under VDM's discretized decoder (Kingma et al. Appendix C):
+/// each of the 256 values v_k = 2k/255 − 1 gets logit −½((z₀ − α₀v_k)/σ₀)², so p(x = v_k | z₀)
+/// is their softmax; `x` must be on that grid. With σ₀/α₀ = e^{γ₀/2} much finer than the grid
+/// the true value's probability tends to 1; much coarser, to 1/256.
+pub fn discretized_decoder_nll(gamma0: f64, x: f64, z0: f64) -> f64 {
+    let (a, s) = (alpha_sq(gamma0).sqrt(), sigma_sq(gamma0).sqrt());
+    let logit = |v: f64| -0.5 * ((z0 - a * v) / s).powi(2);
+    let k = ((x + 1.0) * 127.5).round().clamp(0.0, 255.0) as usize;
+    let logits: Vec<f64> = (0..256)
+        .map(|j| logit(2.0 * j as f64 / 255.0 - 1.0))
+        .collect();
+    let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let lse = max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
+    lse - logits[k]
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::gamma::FixedGamma;
@@ -126,5 +142,35 @@ mod tests {
         let se = ((sum2 / n as f64 - mean * mean) / n as f64).sqrt();
         let want = expected_bound(&g, mu, s, 1.0);
         assert!((mean - want).abs() < 5.0 * se, "{mean} ± {se} vs {want}");
+    }
+
+    #[test]
+    fn the_discretized_decoder_is_a_distribution_over_the_256_values() {
+        let v = |k: usize| 2.0 * k as f64 / 255.0 - 1.0;
+        for (gamma0, z_of) in [(-13.0, 0.3), (-5.0, -0.7), (2.0, 0.1)] {
+            let a = alpha_sq(gamma0).sqrt();
+            let z0 = a * z_of;
+            // The probabilities of all 256 values sum to one.
+            let total: f64 = (0..256)
+                .map(|k| (-discretized_decoder_nll(gamma0, v(k), z0)).exp())
+                .sum();
+            assert!((total - 1.0).abs() < 1e-12, "γ₀ {gamma0}: {total}");
+        }
+        // Fine noise: the value z₀/α₀ lies on is nearly certain. Coarse: nearly uniform.
+        let x = v(200);
+        let fine = discretized_decoder_nll(-13.0, x, alpha_sq(-13.0).sqrt() * x);
+        // Neighbours 5.2 noise sd away: 2·e^{−5.2²/2} ≈ 2.5e-6.
+        assert!(fine < 1e-5, "{fine}");
+        let coarse = discretized_decoder_nll(12.0, x, 0.0);
+        assert!((coarse - 256f64.ln()).abs() < 1e-3, "{coarse}");
+        // In between, a z₀ halfway between two grid values splits the mass between them.
+        let g = 2.0 * (1.0 / 255.0f64).ln(); // σ₀/α₀ = one grid step
+        let a = alpha_sq(g).sqrt();
+        let mid = a * (v(100) + v(101)) / 2.0;
+        let (p100, p101) = (
+            (-discretized_decoder_nll(g, v(100), mid)).exp(),
+            (-discretized_decoder_nll(g, v(101), mid)).exp(),
+        );
+        assert!((p100 - p101).abs() < 1e-12 && p100 > 0.3, "{p100} {p101}");
     }
 }
