@@ -146,12 +146,28 @@ pub fn schedules(path: &Path, timesteps: usize) -> Result<()> {
             "ᾱ_t",
             &series(&|s, i| s.alphas_cumprod[i]),
         )?;
+        // Beside them, VDM's fixed continuous-time schedule, linear in γ = −log SNR from
+        // −13.3 to 5 (Kingma et al.), at t = i/T.
+        let mut log_snr = series(&|s, i| s.snr[i].ln());
+        let vdm = crate::vdm::FixedGamma::Linear {
+            gamma_min: -13.3,
+            gamma_max: 5.0,
+        };
+        log_snr.push((
+            "VDM linear γ".to_string(),
+            (0..timesteps)
+                .map(|i| {
+                    let t = (i + 1) as f64 / timesteps as f64;
+                    ((i + 1) as f64, -vdm.gamma(t))
+                })
+                .collect(),
+        ));
         line_chart(
             &areas[2],
             "log SNR(t) = log ᾱ_t/(1 − ᾱ_t)",
             "t",
             "log SNR",
-            &series(&|s, i| s.snr[i].ln()),
+            &log_snr,
         )?;
         Ok(())
     })
