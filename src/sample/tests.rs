@@ -287,7 +287,28 @@ fn gaussian_chain(ab: &[f64], steps: &[usize], mu: f64, s2: f64, eta: Option<f64
 
 #[test]
 fn samplers_reproduce_a_gaussian() {
-    let d = base(1000);
+    check_gaussian(&base(1000));
+}
+
+#[test]
+fn samplers_reproduce_a_gaussian_on_a_continuous_schedule() {
+    // VDM's linear-in-γ schedule discretized on 1000 points (a continuous-time model's chain):
+    // the same samplers, the same guarantees.
+    let g = crate::vdm::FixedGamma::Linear {
+        gamma_min: -13.3,
+        gamma_max: 5.0,
+    };
+    let s = crate::vdm::discretize(|t| g.gamma(t), 1000).unwrap();
+    check_gaussian(&GaussianDiffusion::new(
+        s,
+        Parameterization::Eps,
+        VarianceType::FixedSmall,
+    ));
+}
+
+/// Every sampler driven by the exact denoiser of N(0.5, 0.3²) on the chain of `d`.
+fn check_gaussian(d: &GaussianDiffusion) {
+    let d = d.clone();
     let (mu, s) = (0.5, 0.3);
     let model = ExactMixture {
         alphas_cumprod: d.schedule.alphas_cumprod.clone(),

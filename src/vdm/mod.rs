@@ -8,5 +8,5 @@ pub mod learned;
 pub mod loss;
 pub mod vlb;
 
-pub use gamma::{FixedGamma, alpha_sq, discrete_weight, sample_times, sigma_sq};
+pub use gamma::{FixedGamma, alpha_sq, discrete_weight, discretize, sample_times, sigma_sq};
 pub use learned::LearnedGamma;
