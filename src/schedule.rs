@@ -86,9 +86,22 @@ pub enum BetaSchedule {
         /// β.
         beta: f64,
     },
+    /// Variational Diffusion Models' fixed schedule, linear in γ = −log SNR (Kingma et al.
+    /// 2021): step i (1-based) has ᾱ_i = sigmoid(−γ(i/T)), γ(t) = γ_min + (γ_max − γ_min)·t.
+    VdmLinear {
+        /// γ at t = 0 (log SNR 13.3 by default).
+        gamma_min: f64,
+        /// γ at t = 1, the last step's −log SNR (−5 by default).
+        gamma_max: f64,
+    },
     /// An explicit list β_1..β_T.
     Custom(Vec<f64>),
 }
+
+/// VDM's default γ endpoints: SNR from e^{13.3} down to e^{−5}.
+pub const VDM_GAMMA_MIN: f64 = -13.3;
+/// See [`VDM_GAMMA_MIN`].
+pub const VDM_GAMMA_MAX: f64 = 5.0;
 
 impl BetaSchedule {
     /// The named schedule with the paper defaults. For `linear`, `quadratic` and `sigmoid`
@@ -153,11 +166,15 @@ impl BetaSchedule {
                 max_beta: COSINE_MAX_BETA,
             },
             "constant" => Self::Constant { beta: end },
+            "vdm-linear" => Self::VdmLinear {
+                gamma_min: VDM_GAMMA_MIN,
+                gamma_max: VDM_GAMMA_MAX,
+            },
             other => {
                 return Err(ScheduleError::new(
                     "--schedule",
                     format!(
-                        "unknown schedule `{other}`; expected linear, quadratic, sigmoid, cosine, constant or file:PATH"
+                        "unknown schedule `{other}`; expected linear, quadratic, sigmoid, cosine, constant, vdm-linear or file:PATH"
                     ),
                 ));
             }
@@ -202,6 +219,24 @@ impl BetaSchedule {
                     .collect()
             }
             Self::Constant { beta } => vec![*beta; t],
+            Self::VdmLinear {
+                gamma_min,
+                gamma_max,
+            } => {
+                let g = crate::vdm::FixedGamma::Linear {
+                    gamma_min: *gamma_min,
+                    gamma_max: *gamma_max,
+                };
+                let mut prev = 1.0;
+                (1..=t)
+                    .map(|i| {
+                        let ab = crate::vdm::alpha_sq(g.gamma(i as f64 / t as f64));
+                        let b = 1.0 - ab / prev;
+                        prev = ab;
+                        b
+                    })
+                    .collect()
+            }
             Self::Custom(list) => {
                 if list.len() != t {
                     return Err(ScheduleError::new(
@@ -713,5 +748,28 @@ mod tests {
             s.posterior_log_variance_clipped[5],
             s.posterior_variance[5].ln()
         );
+    }
+
+    #[test]
+    fn the_vdm_schedule_is_linear_in_log_snr() {
+        // ᾱ_i = sigmoid(−γ(i/T)): log SNR_i = −γ_min − (γ_max − γ_min)·i/T, computed here from
+        // the β's the schedule yields.
+        let t = 500;
+        let s = NoiseSchedule::new(
+            &BetaSchedule::named("vdm-linear", t, None, None).unwrap(),
+            t,
+            false,
+        )
+        .unwrap();
+        for i in [0usize, 1, 250, 499] {
+            let want =
+                -(VDM_GAMMA_MIN + (VDM_GAMMA_MAX - VDM_GAMMA_MIN) * (i + 1) as f64 / t as f64);
+            assert!(
+                (s.snr[i].ln() - want).abs() < 1e-9,
+                "step {i}: {} vs {want}",
+                s.snr[i].ln()
+            );
+        }
+        assert!(BetaSchedule::named("vdm-linear", t, Some(1e-4), None).is_err());
     }
 }

@@ -10,7 +10,8 @@ use crate::viz::plot;
 
 #[derive(Subcommand)]
 pub enum PlotCommand {
-    /// β_t, ᾱ_t and log-SNR of the linear, quadratic, sigmoid and cosine schedules.
+    /// β_t, ᾱ_t and log-SNR of the linear, quadratic, sigmoid, cosine and VDM linear-γ
+    /// schedules.
     Schedules(SchedulesArgs),
     /// The diffused data distribution q(x_t) at several t.
     Diffusion(DiffusionArgs),

@@ -18,7 +18,7 @@ pub enum Format {
 /// The flags that choose a noise schedule, shared by `ddpm schedule` and `ddpm train`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ScheduleFlags {
-    /// Noise schedule: linear, quadratic, sigmoid, cosine, constant, or file:PATH (a list of β
+    /// Noise schedule: linear, quadratic, sigmoid, cosine, constant, vdm-linear (VDM's linear-in-γ), or file:PATH (a list of β
     /// values) [default: linear].
     #[arg(long)]
     pub schedule: Option<String>,

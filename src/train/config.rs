@@ -62,7 +62,7 @@ pub struct TrainConfig {
     pub device: String,
     /// The network's arithmetic: `f32`, or `bf16` (mixed precision: f32 master weights).
     pub precision: String,
-    /// Noise schedule: linear, quadratic, sigmoid, cosine, constant, file:PATH.
+    /// Noise schedule: linear, quadratic, sigmoid, cosine, constant, vdm-linear (VDM's linear-in-γ), file:PATH.
     pub schedule: String,
     /// T.
     pub timesteps: usize,

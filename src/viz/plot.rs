@@ -118,10 +118,11 @@ fn line_chart(
     Ok(())
 }
 
-/// β_t, ᾱ_t and log-SNR of the linear, quadratic, sigmoid and cosine schedules over T steps.
+/// β_t, ᾱ_t and log-SNR of the linear, quadratic, sigmoid, cosine and VDM linear-γ schedules
+/// over T steps.
 pub fn schedules(path: &Path, timesteps: usize) -> Result<()> {
     let mut tables = Vec::new();
-    for name in ["linear", "quadratic", "sigmoid", "cosine"] {
+    for name in ["linear", "quadratic", "sigmoid", "cosine", "vdm-linear"] {
         let k = BetaSchedule::named(name, timesteps, None, None)?;
         tables.push((name.to_string(), NoiseSchedule::new(&k, timesteps, false)?));
     }
@@ -146,22 +147,7 @@ pub fn schedules(path: &Path, timesteps: usize) -> Result<()> {
             "ᾱ_t",
             &series(&|s, i| s.alphas_cumprod[i]),
         )?;
-        // Beside them, VDM's fixed continuous-time schedule, linear in γ = −log SNR from
-        // −13.3 to 5 (Kingma et al.), at t = i/T.
-        let mut log_snr = series(&|s, i| s.snr[i].ln());
-        let vdm = crate::vdm::FixedGamma::Linear {
-            gamma_min: -13.3,
-            gamma_max: 5.0,
-        };
-        log_snr.push((
-            "VDM linear γ".to_string(),
-            (0..timesteps)
-                .map(|i| {
-                    let t = (i + 1) as f64 / timesteps as f64;
-                    ((i + 1) as f64, -vdm.gamma(t))
-                })
-                .collect(),
-        ));
+        let log_snr = series(&|s, i| s.snr[i].ln());
         line_chart(
             &areas[2],
             "log SNR(t) = log ᾱ_t/(1 − ᾱ_t)",
