@@ -353,19 +353,26 @@ fn check_gaussian(d: &GaussianDiffusion) {
             "{name}: closed form {want_var}"
         );
         let (_, mean, var) = moments(f(&model, n, 1));
-        // 5 standard errors of the sample mean and variance, plus 2% for the 1000-step chain's
-        // own O(β) error.
-        let tol_mean = 5.0 * (want_var / n as f64).sqrt() + 0.02 * s;
-        let tol_var = 5.0 * want_var * (2.0 / (n - 1) as f64).sqrt() + 0.02 * s * s;
-        assert!(
-            (mean - want_mean).abs() < tol_mean,
-            "{name}: mean {mean} vs {want_mean}"
-        );
-        assert!(
-            (var - want_var).abs() < tol_var,
-            "{name}: var {var} vs {want_var}"
-        );
+        // Plus 2% for the 1000-step chain's own O(β) error.
+        assert_moments(name, (mean, var), (want_mean, want_var), n, (0.02, s));
     }
+}
+
+/// The sample mean and variance of `n` draws against a Gaussian's (`want`): within 5 standard
+/// errors, plus a discretization allowance `(a, sd)` of a·sd on the mean and a·sd² on the
+/// variance.
+fn assert_moments(name: &str, got: (f64, f64), want: (f64, f64), n: usize, allow: (f64, f64)) {
+    let ((mean, var), (want_mean, want_var), (a, sd)) = (got, want, allow);
+    let tol_mean = 5.0 * (want_var / n as f64).sqrt() + a * sd;
+    let tol_var = 5.0 * want_var * (2.0 / (n - 1) as f64).sqrt() + a * sd * sd;
+    assert!(
+        (mean - want_mean).abs() < tol_mean,
+        "{name}: mean {mean} vs {want_mean}"
+    );
+    assert!(
+        (var - want_var).abs() < tol_var,
+        "{name}: var {var} vs {want_var}"
+    );
 }
 
 #[test]
@@ -824,14 +831,12 @@ fn classifier_guidance_at_scale_one_samples_the_requested_component() {
                 wrong, 0,
                 "{name}, class {y}: {wrong} samples outside the class"
             );
-            assert!(
-                (mean - want_mean).abs() < 5.0 * (want_var / n as f64).sqrt() + allow * sd,
-                "{name}, class {y}: mean {mean} vs {want_mean}"
-            );
-            let tol = 5.0 * want_var * (2.0 / (n - 1) as f64).sqrt() + allow * sd * sd;
-            assert!(
-                (var - want_var).abs() < tol,
-                "{name}, class {y}: var {var} vs {want_var}"
+            assert_moments(
+                &format!("{name}, class {y}"),
+                (mean, var),
+                (want_mean, want_var),
+                n,
+                (allow, sd),
             );
         }
     }
