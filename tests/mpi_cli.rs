@@ -288,11 +288,21 @@ fn a_failing_rank_stops_the_job_and_checkpoints_stay_whole() {
         .parse()
         .unwrap();
     let more = (step + 2).to_string();
-    let o = Command::new(bin())
-        .args(tiny(&data, &r.display().to_string(), &more, "4"))
-        .arg("--resume")
-        .output()
-        .unwrap();
+    // mpirun may return while the aborted rank 0 is still exiting and holds the run's lock.
+    let mut tries = 0;
+    let o = loop {
+        let o = Command::new(bin())
+            .args(tiny(&data, &r.display().to_string(), &more, "4"))
+            .arg("--resume")
+            .output()
+            .unwrap();
+        let busy = String::from_utf8_lossy(&o.stderr).contains("another ddpm process");
+        tries += 1;
+        if !busy || tries == 40 {
+            break o;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(ckpt(&r, step as u32 + 2).is_dir());
     // Ranks started with different command lines refuse together, naming it.
