@@ -227,15 +227,9 @@ impl BetaSchedule {
                     gamma_min: *gamma_min,
                     gamma_max: *gamma_max,
                 };
-                let mut prev = 1.0;
-                (1..=t)
-                    .map(|i| {
-                        let ab = crate::vdm::alpha_sq(g.gamma(i as f64 / t as f64));
-                        let b = 1.0 - ab / prev;
-                        prev = ab;
-                        b
-                    })
-                    .collect()
+                betas_from_alphas_cumprod(
+                    (1..=t).map(|i| crate::vdm::alpha_sq(g.gamma(i as f64 / t as f64))),
+                )
             }
             Self::Custom(list) => {
                 if list.len() != t {
@@ -257,6 +251,19 @@ impl BetaSchedule {
         }
         Ok(betas)
     }
+}
+
+/// The β's of a chain with the given ᾱ's: β_i = 1 − ᾱ_i/ᾱ_{i−1}, with ᾱ_{−1} = 1.
+pub fn betas_from_alphas_cumprod(alphas_cumprod: impl IntoIterator<Item = f64>) -> Vec<f64> {
+    let mut prev = 1.0;
+    alphas_cumprod
+        .into_iter()
+        .map(|a| {
+            let b = 1.0 - a / prev;
+            prev = a;
+            b
+        })
+        .collect()
 }
 
 /// Reads a β list from a text file: numbers separated by whitespace, commas or newlines, or a
@@ -508,16 +515,7 @@ impl NoiseSchedule {
                 format!("timestep {last} is outside the chain of {n} steps"),
             ));
         }
-        let mut prev = 1.0;
-        let betas = kept
-            .iter()
-            .map(|&s| {
-                let a = self.alphas_cumprod[s];
-                let b = 1.0 - a / prev;
-                prev = a;
-                b
-            })
-            .collect();
+        let betas = betas_from_alphas_cumprod(kept.iter().map(|&s| self.alphas_cumprod[s]));
         let mut out = Self::from_betas(betas)?;
         out.timestep_map = kept.iter().map(|&s| self.timestep_map[s]).collect();
         Ok(out)

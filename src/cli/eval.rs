@@ -372,7 +372,7 @@ fn nll(a: NllArgs) -> CliResult {
     let n = a.limit.unwrap_or(data.len()).min(data.len());
     let world = crate::dist::world();
     let batches = n.div_ceil(a.batch_size.max(1));
-    let mine = (world.rank..batches).step_by(world.size).count();
+    let mine = world.batches(batches).count();
     let total = (mine * diffusion.num_timesteps()) as u64;
     let bar = (!a.quiet && world.is_root()).then(|| super::progress(total, "evaluations", false));
     let r = crate::eval::nll::evaluate(

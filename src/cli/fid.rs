@@ -137,9 +137,10 @@ fn features_and_statistics(
     let n = limit.unwrap_or(data.len()).min(data.len());
     // Under mpirun each rank computes every N-th batch; rank 0 shows its own progress.
     let world = crate::dist::world();
-    let mine: usize = (world.rank..n.div_ceil(batch.max(1)))
-        .step_by(world.size)
-        .map(|b| batch.max(1).min(n - b * batch.max(1)))
+    let batch = batch.max(1);
+    let mine: usize = world
+        .batches(n.div_ceil(batch))
+        .map(|b| batch.min(n - b * batch))
         .sum();
     let bar = (!quiet && world.is_root()).then(|| super::progress(mine as u64, "images", false));
     let (features, n) = fid::dataset_features(net, data, limit, batch, |done| {

@@ -78,11 +78,12 @@ fn non_negative(s: &str) -> Result<f64, String> {
 /// A comma-separated list of finite numbers ≥ 0 given to `flag`.
 fn number_list(flag: &str, s: &str) -> Result<Vec<f64>, CliError> {
     s.split(',')
-        .map(|w| match w.trim().parse::<f64>() {
-            Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
-            _ => Err(CliError::Usage(format!(
-                "{flag}: `{w}` is not a number ≥ 0 (a comma-separated list, e.g. 0,0.5,1,2,4)"
-            ))),
+        .map(|w| {
+            non_negative(w.trim()).map_err(|_| {
+                CliError::Usage(format!(
+                    "{flag}: `{w}` is not a number ≥ 0 (a comma-separated list, e.g. 0,0.5,1,2,4)"
+                ))
+            })
         })
         .collect()
 }

@@ -20,7 +20,7 @@ use crate::schedule::space_timesteps;
 use crate::train::TrainConfig;
 use crate::train::checkpoint::{HostTensor, resolve, to_safetensors};
 use crate::train::classifier::{LoadedClassifier, check_guides, load_classifier};
-use crate::train::trainer::{Net, diffusion_from, item_shape_of, load_for_inference};
+use crate::train::trainer::{Net, diffusion_from, item_shape_of, load_for_inference, run_config};
 use crate::viz::grid::{encode_png, image_pixels, save_grid, save_scatter, square_cols};
 
 #[derive(Args)]
@@ -195,14 +195,6 @@ fn build_sampler(
     })
 }
 
-/// The run directory a checkpoint directory belongs to.
-fn run_of(ckpt: &Path) -> PathBuf {
-    ckpt.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
-
 fn run_with<const D: usize, M: Net<D>>(
     a: &SampleArgs,
     device: &Device,
@@ -273,7 +265,7 @@ where
     let mut chain = Vec::new();
     let bs = a.batch_size.max(1);
     let n_batches = a.n.div_ceil(bs);
-    let mine: Vec<usize> = (world.rank..n_batches).step_by(world.size).collect();
+    let mine: Vec<usize> = world.batches(n_batches).collect();
     let total_steps = {
         let s = build_sampler(a, &diffusion, clip)?;
         s.steps_len() * mine.len()
@@ -456,14 +448,7 @@ fn generate(a: &SampleArgs) -> Result<f64, CliError> {
     }
     let ckpt =
         resolve(&a.checkpoint).map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
-    let cfg_path = run_of(&ckpt).join("config.toml");
-    let text = std::fs::read_to_string(&cfg_path).with_context(|| {
-        format!(
-            "cannot read {} (the run's configuration)",
-            cfg_path.display()
-        )
-    })?;
-    let cfg = TrainConfig::from_toml(&text, &cfg_path.display().to_string())?;
+    let cfg = run_config(&ckpt)?;
     // Every image is held until the grid is drawn: refuse what cannot fit before sampling.
     let item_shape = item_shape_of(&cfg)?;
     let item: usize = item_shape.iter().product();
@@ -678,11 +663,7 @@ pub(super) fn chain(r: ChainRequest, out: &Path) -> CliResult {
         classifier_scale,
     } = r;
     let ckpt = resolve(&checkpoint).map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
-    let cfg_path = run_of(&ckpt).join("config.toml");
-    let is_mlp = std::fs::read_to_string(&cfg_path)
-        .ok()
-        .and_then(|t| TrainConfig::from_toml(&t, "").ok())
-        .is_some_and(|c| c.preset == "mlp");
+    let is_mlp = run_config(&ckpt).is_ok_and(|c| c.preset == "mlp");
     if is_mlp {
         return Err(CliError::Usage(
             "--checkpoint: the chain is drawn for image models; a 2-D model's samples come from \

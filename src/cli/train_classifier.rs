@@ -77,15 +77,7 @@ pub struct TrainClassifierArgs {
 fn like_run(path: &std::path::Path) -> Result<TrainConfig, CliError> {
     let ckpt = crate::train::checkpoint::resolve(path)
         .map_err(|e| CliError::Usage(format!("--like: {e:#}")))?;
-    let run = ckpt
-        .parent()
-        .and_then(std::path::Path::parent)
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_default();
-    let p = run.join("config.toml");
-    let text = std::fs::read_to_string(&p)
-        .with_context(|| format!("--like: cannot read {}", p.display()))?;
-    Ok(TrainConfig::from_toml(&text, &p.display().to_string())?)
+    Ok(crate::train::trainer::run_config(&ckpt).context("--like")?)
 }
 
 pub fn run(a: TrainClassifierArgs) -> CliResult {

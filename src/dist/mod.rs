@@ -129,6 +129,11 @@ impl World {
         (self.rank * n / self.size, (self.rank + 1) * n / self.size)
     }
 
+    /// The batches of `n` this rank takes: r, r + N, r + 2N, … (rank 0 always has batch 0).
+    pub fn batches(&self, n: usize) -> std::iter::StepBy<std::ops::Range<usize>> {
+        (self.rank..n).step_by(self.size)
+    }
+
     /// Sums `buf` element-wise over all ranks, in place.
     pub fn sum_f32(&self, buf: &mut [f32]) -> Result<()> {
         if !self.is_distributed() {

@@ -45,7 +45,7 @@ pub fn dataset_features(
     let mut features = vec![0.0f64; n * FEATURES];
     let mut item = vec![0f32; c * h * w];
     let mut done = 0;
-    for b in (world.rank..n.div_ceil(batch)).step_by(world.size) {
+    for b in world.batches(n.div_ceil(batch)) {
         let start = b * batch;
         let m = batch.min(n - start);
         let mut rgb = Vec::with_capacity(m * 3 * h * w);

@@ -61,7 +61,7 @@ pub fn evaluate<M: Denoiser<4>>(
     // Per image: total, prior, decoder, mse; then the sums of every term by t.
     let mut per_image = vec![0.0f64; 4 * n];
     let mut by_t = vec![0.0; n_t];
-    for b in (world.rank..n.div_ceil(batch)).step_by(world.size) {
+    for b in world.batches(n.div_ceil(batch)) {
         let start = b * batch;
         let m = batch.min(n - start);
         let mut buf = vec![0.0f32; m * item];

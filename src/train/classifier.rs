@@ -194,11 +194,20 @@ fn noised(
     (diffusion.q_sample(x0, &t, noise), t, b.labels)
 }
 
-fn as_float(t: &[usize], device: &Device) -> Tensor<1> {
-    Tensor::<1>::from_data(
-        TensorData::new(t.iter().map(|&v| v as f32).collect(), [t.len()]),
-        device,
-    )
+/// How many rows of `logits` have their largest value at the row's label.
+fn correct(logits: Tensor<2>, labels: &[usize]) -> Result<usize> {
+    let pred: Vec<i64> = logits
+        .inner()
+        .argmax(1)
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok(labels
+        .iter()
+        .zip(&pred)
+        .filter(|(l, p)| **l as i64 == **p)
+        .count())
 }
 
 /// Progress of training: (step, mean loss, batch accuracy) every `log_every` steps.
@@ -267,20 +276,9 @@ pub fn train_classifier(
     let (mut loss_sum, mut right, mut seen, mut since) = (0.0, 0usize, 0usize, 0u64);
     for step in 1..=cfg.steps {
         let (x, t, labels) = noised(&diffusion, &mut stream, &mut rng, &dev);
-        let logits = model.logits(x, as_float(&t, &dev));
-        let pred: Vec<i64> = logits
-            .clone()
-            .inner()
-            .argmax(1)
-            .into_data()
-            .convert::<i64>()
-            .try_into_vec()
-            .unwrap_or_default();
-        right += labels
-            .iter()
-            .zip(&pred)
-            .filter(|(l, p)| **l as i64 == **p)
-            .count();
+        let model_t = diffusion.model_timesteps(&t, &x);
+        let logits = model.logits(x, model_t);
+        right += correct(logits.clone(), &labels)?;
         seen += labels.len();
         let y = one_hot(&labels, k, &dev);
         let loss = (log_softmax(logits, 1) * y).sum().neg() / labels.len() as f64;
@@ -353,18 +351,8 @@ pub fn noisy_accuracy(
                 Tensor::<4>::from_data(TensorData::new(rng.normal_f32(m * item), dims), device);
             let ts = vec![t; m];
             let x = diffusion.q_sample(x0, &ts, noise);
-            let pred: Vec<i64> = model
-                .logits(x, as_float(&ts, device))
-                .argmax(1)
-                .into_data()
-                .convert::<i64>()
-                .try_into_vec()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            right += labels
-                .iter()
-                .zip(&pred)
-                .filter(|(l, p)| **l as i64 == **p)
-                .count();
+            let model_t = diffusion.model_timesteps(&ts, &x);
+            right += correct(model.logits(x, model_t), &labels)?;
         }
         rows.push(NoiseAccuracy {
             t,

@@ -269,10 +269,10 @@ pub fn train<M: Net<D>, const D: usize>(
         );
     }
     // The same command line can read different configuration files on different machines.
-    world.agree(
-        "the configuration",
-        crate::dist::fnv1a(cfg.to_toml()?.as_bytes()),
-    )?;
+    if world.is_distributed() {
+        let hash = crate::dist::fnv1a(cfg.to_toml()?.as_bytes());
+        world.agree("the configuration", hash)?;
+    }
     let run = PathBuf::from(&cfg.out);
     let config_path = run.join("config.toml");
     // A resumed run keeps what defines it; what may change between segments is reported.
@@ -509,14 +509,16 @@ pub fn train<M: Net<D>, const D: usize>(
             let noise_all = state.rng_noise.normal_f32(micro * item);
             let rows = hi - lo;
             shape[0] = rows;
-            let x0 = Tensor::<D>::from_data(
-                TensorData::new(batch.data[lo * item..hi * item].to_vec(), shape),
-                &device,
-            );
-            let noise = Tensor::<D>::from_data(
-                TensorData::new(noise_all[lo * item..hi * item].to_vec(), shape),
-                &device,
-            );
+            // This rank's rows (all of them, without a copy, on one process).
+            let my_rows = |v: Vec<f32>| {
+                if rows == micro {
+                    v
+                } else {
+                    v[lo * item..hi * item].to_vec()
+                }
+            };
+            let x0 = Tensor::<D>::from_data(TensorData::new(my_rows(batch.data), shape), &device);
+            let noise = Tensor::<D>::from_data(TensorData::new(my_rows(noise_all), shape), &device);
             let t = t_all[lo..hi].to_vec();
             let w = w_all[lo..hi].to_vec();
             let x_t = diffusion.q_sample(x0.clone(), &t, noise.clone());
@@ -1014,13 +1016,9 @@ pub struct Loaded<M> {
     pub model: M,
 }
 
-/// Loads the network of a run or checkpoint directory (`no_ema`: the raw weights).
-pub fn load_for_inference<M: Net<D>, const D: usize>(
-    path: &Path,
-    no_ema: bool,
-    device: &Device,
-) -> Result<Loaded<M>> {
-    let ckpt = resolve(path)?;
+/// The configuration of the run a checkpoint directory (`RUN/checkpoints/step-N`) belongs to:
+/// its `config.toml`.
+pub fn run_config(ckpt: &Path) -> Result<TrainConfig> {
     let run = ckpt
         .parent()
         .and_then(Path::parent)
@@ -1033,7 +1031,17 @@ pub fn load_for_inference<M: Net<D>, const D: usize>(
             cfg_path.display()
         )
     })?;
-    let config = TrainConfig::from_toml(&text, &cfg_path.display().to_string())?;
+    TrainConfig::from_toml(&text, &cfg_path.display().to_string())
+}
+
+/// Loads the network of a run or checkpoint directory (`no_ema`: the raw weights).
+pub fn load_for_inference<M: Net<D>, const D: usize>(
+    path: &Path,
+    no_ema: bool,
+    device: &Device,
+) -> Result<Loaded<M>> {
+    let ckpt = resolve(path)?;
+    let config = run_config(&ckpt)?;
     let item_shape = item_shape_of(&config)?;
     let model = M::build(&config, &item_shape, device)?;
     let file = ckpt.join(if no_ema {

@@ -140,19 +140,9 @@ pub fn discretize(
     gamma: impl Fn(f64) -> f64,
     steps: usize,
 ) -> Result<crate::schedule::NoiseSchedule, crate::schedule::ScheduleError> {
-    let ab: Vec<f64> = (0..steps)
-        .map(|i| alpha_sq(gamma(i as f64 / steps as f64)))
-        .collect();
-    let mut prev = 1.0;
-    let betas = ab
-        .iter()
-        .map(|&a| {
-            let b = 1.0 - a / prev;
-            prev = a;
-            b
-        })
-        .collect();
-    crate::schedule::NoiseSchedule::from_betas(betas)
+    crate::schedule::NoiseSchedule::from_betas(crate::schedule::betas_from_alphas_cumprod(
+        (0..steps).map(|i| alpha_sq(gamma(i as f64 / steps as f64))),
+    ))
 }
 
 #[cfg(test)]

@@ -71,19 +71,25 @@ impl ScheduleSignal {
     /// The gradient of the mean squared loss (1/B)Σ L_i² — the loss estimator's second moment,
     /// whose interior gradient is that of its variance.
     pub fn variance_grads(&self, schedule: &LearnedGamma) -> BTreeMap<String, Tensor<1>> {
-        let n = self.t.len() as f64;
-        let w: Vec<f64> = self.loss.iter().map(|l| 2.0 * l / n).collect();
-        let c: Vec<f64> = w.iter().zip(&self.d_gamma).map(|(w, g)| w * g).collect();
-        let d: Vec<f64> = w.iter().zip(&self.d_dgamma).map(|(w, g)| w * g).collect();
-        schedule_grads(schedule, &self.t, &c, &d)
+        let w: Vec<f64> = self.loss.iter().map(|l| 2.0 * l).collect();
+        self.weighted_grads(schedule, &w)
     }
 
     /// The gradient of the mean loss (1/B)Σ L_i with respect to the schedule.
     pub fn mean_grads(&self, schedule: &LearnedGamma) -> BTreeMap<String, Tensor<1>> {
+        self.weighted_grads(schedule, &vec![1.0; self.t.len()])
+    }
+
+    /// ∇_η (1/B)Σ_i w_i·L_i with the weights w_i held constant.
+    fn weighted_grads(&self, schedule: &LearnedGamma, w: &[f64]) -> BTreeMap<String, Tensor<1>> {
         let n = self.t.len() as f64;
-        let c: Vec<f64> = self.d_gamma.iter().map(|g| g / n).collect();
-        let d: Vec<f64> = self.d_dgamma.iter().map(|g| g / n).collect();
-        schedule_grads(schedule, &self.t, &c, &d)
+        let scale = |d: &[f64]| -> Vec<f64> { w.iter().zip(d).map(|(w, g)| w * g / n).collect() };
+        schedule_grads(
+            schedule,
+            &self.t,
+            &scale(&self.d_gamma),
+            &scale(&self.d_dgamma),
+        )
     }
 }
 
