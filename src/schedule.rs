@@ -420,6 +420,12 @@ pub struct NoiseSchedule {
     /// For each step of this chain, the step of the original chain it stands for (the identity
     /// unless respaced). Networks are always called with these original steps.
     pub timestep_map: Vec<usize>,
+    /// The network's time input for step `i` of the original chain is
+    /// `(i + time_offset)·time_scale`: the step itself for a DDPM chain (1, 0); for a chain
+    /// discretizing a continuous-time (VDM) model over N steps, 1000·t with t = (i + 1)/N.
+    pub time_scale: f64,
+    /// See [`Self::time_scale`].
+    pub time_offset: f64,
 }
 
 impl NoiseSchedule {
@@ -471,6 +477,8 @@ impl NoiseSchedule {
             posterior_variance,
             posterior_log_variance_clipped,
             timestep_map: (0..n).collect(),
+            time_scale: 1.0,
+            time_offset: 0.0,
             alphas_cumprod,
             alphas_cumprod_prev,
             alphas,
@@ -518,7 +526,14 @@ impl NoiseSchedule {
         let betas = betas_from_alphas_cumprod(kept.iter().map(|&s| self.alphas_cumprod[s]));
         let mut out = Self::from_betas(betas)?;
         out.timestep_map = kept.iter().map(|&s| self.timestep_map[s]).collect();
+        out.time_scale = self.time_scale;
+        out.time_offset = self.time_offset;
         Ok(out)
+    }
+
+    /// The network's time input for step `step` of the original chain (a `timestep_map` value).
+    pub fn network_time(&self, step: usize) -> f64 {
+        (step as f64 + self.time_offset) * self.time_scale
     }
 }
 

@@ -145,7 +145,7 @@ impl GaussianDiffusion {
     pub fn model_timesteps<const D: usize>(&self, t: &[usize], like: &Tensor<D>) -> Tensor<1> {
         let vals: Vec<f64> = t
             .iter()
-            .map(|&i| self.schedule.timestep_map[i] as f64)
+            .map(|&i| self.schedule.network_time(self.schedule.timestep_map[i]))
             .collect();
         Tensor::<1>::from_data(
             TensorData::new(vals, [t.len()]),

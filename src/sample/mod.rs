@@ -104,8 +104,9 @@ pub fn sample_loop_guided<const D: usize, M: Denoiser<D>, S: Sampler<D>>(
     let mut x = host_normal(shape, rng, device);
     let steps = sampler.timesteps();
     for (i, &t) in steps.iter().enumerate() {
+        let time = sampler.chain_at(i).0.schedule.network_time(t);
         let tt = Tensor::<1>::from_data(
-            TensorData::new(vec![t as f32; shape[0]], [shape[0]]),
+            TensorData::new(vec![time as f32; shape[0]], [shape[0]]),
             device,
         );
         let out = model.forward(x.clone(), tt.clone());

@@ -298,7 +298,7 @@ fn samplers_reproduce_a_gaussian_on_a_continuous_schedule() {
         gamma_min: -13.3,
         gamma_max: 5.0,
     };
-    let s = crate::vdm::discretize(|t| g.gamma(t), 1000).unwrap();
+    let s = crate::vdm::time::chain(&g, 1000).unwrap();
     check_gaussian(&GaussianDiffusion::new(
         s,
         Parameterization::Eps,
@@ -310,8 +310,15 @@ fn samplers_reproduce_a_gaussian_on_a_continuous_schedule() {
 fn check_gaussian(d: &GaussianDiffusion) {
     let d = d.clone();
     let (mu, s) = (0.5, 0.3);
+    // The exact denoiser reads ᾱ by the network's time input (step i + 1 on a VDM chain).
+    let sch = &d.schedule;
+    let last = sch.network_time(sch.num_timesteps() - 1) as usize;
+    let mut by_time = vec![1.0; last + 1];
+    for (i, &a) in sch.alphas_cumprod.iter().enumerate() {
+        by_time[sch.network_time(i) as usize] = a;
+    }
     let model = ExactMixture {
-        alphas_cumprod: d.schedule.alphas_cumprod.clone(),
+        alphas_cumprod: by_time,
         comps: vec![(1.0, mu, s)],
         learned: None,
     };

@@ -132,19 +132,6 @@ pub fn sample_times(n: usize, antithetic: bool, rng: &mut crate::rng::Rng) -> Ve
     }
 }
 
-/// The discrete chain of a continuous schedule on T points: step i (0-based) at t = i/T with
-/// ᾱ_i = sigmoid(−γ(i/T)), so that a network fed 1000·t sees the chain index i as its time when
-/// T = 1000, and every discrete sampler (ancestral, respaced, DDIM, DPM-Solver++) and the
-/// discrete bound apply to a continuous-time model. `gamma` gives γ at a time.
-pub fn discretize(
-    gamma: impl Fn(f64) -> f64,
-    steps: usize,
-) -> Result<crate::schedule::NoiseSchedule, crate::schedule::ScheduleError> {
-    crate::schedule::NoiseSchedule::from_betas(crate::schedule::betas_from_alphas_cumprod(
-        (0..steps).map(|i| alpha_sq(gamma(i as f64 / steps as f64))),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,22 +252,5 @@ mod tests {
             .sum::<f64>()
             / n as f64;
         assert!((mean - 0.5).abs() < 5.0 * (1.0 / 12.0f64 / n as f64).sqrt());
-    }
-
-    #[test]
-    fn a_discretized_schedule_has_the_continuous_alphas() {
-        for g in all().into_iter().skip(1) {
-            let s = discretize(|t| g.gamma(t), 1000).unwrap();
-            for i in [0, 1, 500, 999] {
-                let want = alpha_sq(g.gamma(i as f64 / 1000.0));
-                assert!(
-                    (s.alphas_cumprod[i] - want).abs() < 1e-12 * want.max(1e-300) + 1e-15,
-                    "{g:?} step {i}: {} vs {want}",
-                    s.alphas_cumprod[i]
-                );
-            }
-        }
-        // The linear-β limit has SNR(0) = ∞: its first step would have β = 0.
-        assert!(discretize(|t| FixedGamma::ddpm_linear().gamma(t), 1000).is_err());
     }
 }

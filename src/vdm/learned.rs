@@ -12,6 +12,9 @@ use burn::tensor::{Device, Distribution, Tensor};
 /// Width of the hidden layer (VDM uses 1024).
 pub const HIDDEN: usize = 1024;
 
+/// The parameters that set γ(0) and γ(1) (the rest shape the schedule between them).
+pub const ENDPOINT_PARAMS: [&str; 2] = ["gamma0", "range"];
+
 /// The monotone γ network with its two endpoint parameters.
 #[derive(Module, Debug)]
 pub struct LearnedGamma {
@@ -86,7 +89,8 @@ impl LearnedGamma {
         ((v - e0) * scale.clone() + g0, d * scale)
     }
 
-    fn endpoints_t(&self) -> (Tensor<1>, Tensor<1>) {
+    /// (γ(0), γ(1)) as tensors of the graph.
+    pub fn endpoints_t(&self) -> (Tensor<1>, Tensor<1>) {
         let g0 = self.gamma0.val();
         (g0.clone(), g0 + softplus(self.range.val(), 1.0))
     }

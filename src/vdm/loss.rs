@@ -36,60 +36,113 @@ pub fn diffusion_losses<const D: usize>(
     per.sum_dim(1).reshape([b]) * dgamma * 0.5
 }
 
-/// ∇_η Σ_i (c_i·γ(t_i) + d_i·γ'(t_i)) for the learned schedule, by name: the chain rule from
-/// per-example derivatives with respect to γ(t_i) and γ'(t_i) (`c`, `d`) to the schedule's
-/// parameters. `schedule` must live on an autodiff device.
+/// ∇_η [Σ_i (c_i·γ(t_i) + d_i·γ'(t_i)) + e₀·γ(0) + e₁·γ(1)] for the learned schedule, by
+/// name: the chain rule from derivatives with respect to γ and γ' at the times `t` (and to the
+/// endpoints) to the schedule's parameters, by one backward pass through the γ network.
 pub fn schedule_grads(
     schedule: &LearnedGamma,
     t: &[f64],
     c: &[f64],
     d: &[f64],
+    ends: (f64, f64),
 ) -> BTreeMap<String, Tensor<1>> {
     let (device, dtype) = (schedule.device(), schedule.dtype());
     let n = t.len();
     let host =
         |v: &[f64]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [n]), (&device, dtype));
     let (g, dg) = schedule.gamma(host(t));
-    let objective = (g * host(c)).sum() + (dg * host(d)).sum();
+    let (g0, g1) = schedule.endpoints_t();
+    let objective =
+        (g * host(c)).sum() + (dg * host(d)).sum() + g0.sum() * ends.0 + g1.sum() * ends.1;
     named_grads(schedule, &objective.backward())
 }
 
-/// The per-example signal one backward pass of the network's loss leaves for the schedule.
-#[derive(Debug, Clone)]
+/// What one batch tells the learned schedule: each example's loss and the derivatives of that
+/// loss with respect to γ (and γ') at the times it used.
+#[derive(Debug, Clone, Default)]
 pub struct ScheduleSignal {
-    /// The times t_i.
-    pub t: Vec<f64>,
-    /// L_i.
+    /// Each example's diffusion loss L_i (the variance gradient weights by 2·L_i).
     pub loss: Vec<f64>,
-    /// ∂L_i/∂γ(t_i).
-    pub d_gamma: Vec<f64>,
-    /// ∂L_i/∂γ'(t_i).
-    pub d_dgamma: Vec<f64>,
+    /// (example, time, ∂L_i/∂γ(time), ∂L_i/∂γ'(time)).
+    pub terms: Vec<(usize, f64, f64, f64)>,
+    /// Σ over the examples of ∂/∂γ₀ and ∂/∂γ₁ of the prior and decoder terms.
+    pub ends: (f64, f64),
+    /// What the sums are divided by: the examples of the whole batch, on every process.
+    pub total: f64,
 }
 
 impl ScheduleSignal {
-    /// The gradient of the mean squared loss (1/B)Σ L_i² — the loss estimator's second moment,
-    /// whose interior gradient is that of its variance.
+    /// The signal of one batch: per-example losses, their derivatives with respect to the γ and
+    /// the weight each used (`d_gamma`, `d_weight`), and the endpoint terms' summed derivatives.
+    /// In discrete time the weight T·expm1(γ(t) − γ(s)) passes its derivative on to γ(t) and
+    /// γ(s); in continuous time the weight is γ'(t) itself.
+    pub fn from_batch(
+        times: &super::time::LossTimes,
+        loss: Vec<f64>,
+        d_gamma: &[f64],
+        d_weight: &[f64],
+        ends: (f64, f64),
+        total: f64,
+    ) -> Self {
+        let mut terms = Vec::with_capacity(2 * loss.len());
+        for i in 0..loss.len() {
+            match &times.prev {
+                None => terms.push((i, times.t[i], d_gamma[i], d_weight[i])),
+                Some((s, _)) => {
+                    // d/dγ of T·(e^{γ_t − γ_s} − 1) = ±(weight + T).
+                    let steps = 1.0 / (times.t[i] - s[i]).max(f64::MIN_POSITIVE);
+                    let k = d_weight[i] * (times.weight[i] + steps);
+                    terms.push((i, times.t[i], d_gamma[i] + k, 0.0));
+                    terms.push((i, s[i], -k, 0.0));
+                }
+            }
+        }
+        Self {
+            loss,
+            terms,
+            ends,
+            total,
+        }
+    }
+
+    /// ∇_η of the estimator's second moment E[L²] (the interior's objective).
     pub fn variance_grads(&self, schedule: &LearnedGamma) -> BTreeMap<String, Tensor<1>> {
         let w: Vec<f64> = self.loss.iter().map(|l| 2.0 * l).collect();
-        self.weighted_grads(schedule, &w)
+        self.weighted_grads(schedule, &w, (0.0, 0.0))
     }
 
-    /// The gradient of the mean loss (1/B)Σ L_i with respect to the schedule.
+    /// ∇_η of the bound E[L] + prior + decoder (the endpoints' objective).
     pub fn mean_grads(&self, schedule: &LearnedGamma) -> BTreeMap<String, Tensor<1>> {
-        self.weighted_grads(schedule, &vec![1.0; self.t.len()])
+        let ends = (self.ends.0 / self.total, self.ends.1 / self.total);
+        self.weighted_grads(schedule, &vec![1.0; self.loss.len()], ends)
     }
 
-    /// ∇_η (1/B)Σ_i w_i·L_i with the weights w_i held constant.
-    fn weighted_grads(&self, schedule: &LearnedGamma, w: &[f64]) -> BTreeMap<String, Tensor<1>> {
-        let n = self.t.len() as f64;
-        let scale = |d: &[f64]| -> Vec<f64> { w.iter().zip(d).map(|(w, g)| w * g / n).collect() };
-        schedule_grads(
-            schedule,
-            &self.t,
-            &scale(&self.d_gamma),
-            &scale(&self.d_dgamma),
-        )
+    /// The schedule's update direction: the bound's gradient for the endpoint parameters, the
+    /// second moment's for the rest.
+    pub fn grads(&self, schedule: &LearnedGamma) -> BTreeMap<String, Tensor<1>> {
+        let mut out = self.variance_grads(schedule);
+        for (name, g) in self.mean_grads(schedule) {
+            if super::learned::ENDPOINT_PARAMS.contains(&name.as_str()) {
+                out.insert(name, g);
+            }
+        }
+        out
+    }
+
+    fn weighted_grads(
+        &self,
+        schedule: &LearnedGamma,
+        w: &[f64],
+        ends: (f64, f64),
+    ) -> BTreeMap<String, Tensor<1>> {
+        let t: Vec<f64> = self.terms.iter().map(|x| x.1).collect();
+        let scale = |f: fn(&(usize, f64, f64, f64)) -> f64| -> Vec<f64> {
+            self.terms
+                .iter()
+                .map(|x| w[x.0] * f(x) / self.total)
+                .collect()
+        };
+        schedule_grads(schedule, &t, &scale(|x| x.2), &scale(|x| x.3), ends)
     }
 }
 
@@ -98,6 +151,7 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
     use crate::train::params::map_params;
+    use crate::vdm::time::{LossTimes, Time};
     use burn::tensor::{DType, Device};
 
     fn host(t: Tensor<1>) -> Vec<f64> {
@@ -122,20 +176,47 @@ mod tests {
         (x, e, t)
     }
 
-    /// The per-example losses with the schedule in the graph (no leaves).
-    fn losses(s: &LearnedGamma, x: Tensor<2>, e: Tensor<2>, t: &[f64]) -> Vec<f64> {
+    /// The per-example losses with the schedule in the graph (no leaves): the weight γ'(t), or
+    /// T·(exp(γ(t) − γ(t − 1/T)) − 1).
+    fn losses(s: &LearnedGamma, x: Tensor<2>, e: Tensor<2>, t: &[f64], time: Time) -> Vec<f64> {
         let dev = x.device();
-        let tt = Tensor::<1>::from_data(TensorData::new(t.to_vec(), [t.len()]), (&dev, DType::F64));
-        let (g, dg) = s.gamma(tt);
-        host(diffusion_losses(x, e, g, dg, denoiser))
+        let at =
+            |v: Vec<f64>| Tensor::<1>::from_data(TensorData::new(v, [t.len()]), (&dev, DType::F64));
+        let (g, dg) = s.gamma(at(t.to_vec()));
+        let w = match time {
+            Time::Continuous => dg,
+            Time::Discrete(steps) => {
+                let (gs, _) = s.gamma(at(t.iter().map(|t| t - 1.0 / steps as f64).collect()));
+                ((g.clone() - gs).exp() - 1.0) * steps as f64
+            }
+        };
+        host(diffusion_losses(x, e, g, w, denoiser))
+    }
+
+    /// A made-up endpoint term f(γ₀, γ₁) = 0.7γ₀ + 0.2γ₁² and its gradient.
+    fn end_term(s: &LearnedGamma) -> (f64, (f64, f64)) {
+        let (g0, g1) = s.endpoints();
+        (0.7 * g0 + 0.2 * g1 * g1, (0.7, 0.4 * g1))
     }
 
     #[test]
     fn the_variance_gradient_is_the_derivative_of_the_second_moment() {
+        for time in [Time::Continuous, Time::Discrete(8)] {
+            check_schedule_gradients(time);
+        }
+    }
+
+    fn check_schedule_gradients(time: Time) {
         let dev = Device::flex().autodiff();
         dev.seed(5);
         let n = 16;
         let (x, e, t) = samples(n, &dev);
+        let t = time
+            .draw(n, true, &mut Rng::new(8))
+            .into_iter()
+            .zip(t)
+            .map(|(a, _)| a)
+            .collect::<Vec<_>>();
         // Randomize the schedule's interior so that every weight matters.
         let mut rng = Rng::new(3);
         // In f64, so that finite differences are not drowned by rounding.
@@ -147,35 +228,42 @@ mod tests {
             p.cast(DType::F64)
                 + Tensor::<1>::from_data(TensorData::new(noise, [k]), (&d, DType::F64)) * 0.5
         });
-        // The trick: γ(t_i) and γ'(t_i) as leaves of the loss's graph.
-        let tt = Tensor::<1>::from_data(TensorData::new(t.clone(), [n]), (&dev, DType::F64));
-        let (g, dg) = schedule.gamma(tt);
-        let g_leaf = g.detach().require_grad();
-        let dg_leaf = dg.detach().require_grad();
+        // The trick: γ(t_i) and the weight as leaves of the loss's graph, evaluated on the host.
+        let lt = LossTimes::new(time, &schedule, t.clone());
+        let leaf = |v: &[f64]| {
+            Tensor::<1>::from_data(TensorData::new(v.to_vec(), [n]), (&dev, DType::F64))
+                .require_grad()
+        };
+        let (g_leaf, w_leaf) = (leaf(&lt.gamma), leaf(&lt.weight));
         let l = diffusion_losses(
             x.clone(),
             e.clone(),
             g_leaf.clone(),
-            dg_leaf.clone(),
+            w_leaf.clone(),
             denoiser,
         );
         let grads = l.clone().sum().backward();
-        let signal = ScheduleSignal {
-            t: t.clone(),
-            loss: host(l.detach()),
-            d_gamma: host(g_leaf.grad(&grads).unwrap()),
-            d_dgamma: host(dg_leaf.grad(&grads).unwrap()),
-        };
+        let (_, ends) = end_term(&schedule);
+        let signal = ScheduleSignal::from_batch(
+            &lt,
+            host(l.detach()),
+            &host(g_leaf.grad(&grads).unwrap()),
+            &host(w_leaf.grad(&grads).unwrap()),
+            (ends.0 * n as f64, ends.1 * n as f64),
+            n as f64,
+        );
         let var_grads = signal.variance_grads(&schedule);
         let mean_grads = signal.mean_grads(&schedule);
-        // Central differences of M(η) = (1/n)Σ L_i² and m(η) = (1/n)Σ L_i along each
-        // parameter tensor, in a random direction v: ∇M·v against (M(η + hv) − M(η − hv))/2h.
+        let update = signal.grads(&schedule);
+        // Central differences of M(η) = (1/n)Σ L_i² and m(η) = (1/n)Σ L_i + f(γ₀, γ₁) along
+        // each parameter tensor, in a random direction v: ∇M·v against (M(η + hv) − M(η − hv))/2h.
         let moment = |s: &LearnedGamma, p: u32| -> f64 {
-            losses(s, x.clone(), e.clone(), &t)
+            let m = losses(s, x.clone(), e.clone(), &t, time)
                 .iter()
                 .map(|l| l.powi(p as i32))
                 .sum::<f64>()
-                / n as f64
+                / n as f64;
+            if p == 1 { m + end_term(s).0 } else { m }
         };
         let mut dir = Rng::new(9);
         for name in var_grads.keys() {
@@ -202,9 +290,16 @@ mod tests {
                 let an = dot(&grads[name]);
                 assert!(
                     (fd - an).abs() < 1e-5 * fd.abs().max(an.abs()) + 1e-7,
-                    "{what}, {name}: trick {an} vs finite difference {fd}"
+                    "{time:?}, {what}, {name}: trick {an} vs finite difference {fd}"
                 );
             }
+            // The update takes the bound's gradient at the endpoints, the variance's inside.
+            let want = if crate::vdm::learned::ENDPOINT_PARAMS.contains(&name.as_str()) {
+                &mean_grads
+            } else {
+                &var_grads
+            };
+            assert_eq!(host(update[name].clone()), host(want[name].clone()));
         }
     }
 }

@@ -11,6 +11,45 @@ pub fn prior_kl(gamma1: f64, x: f64) -> f64 {
     0.5 * (a2 * x * x + s2 - 1.0 - s2.ln())
 }
 
+/// d/dγ₁ of [`prior_kl`]: with dα²/dγ = −α²σ² and dσ²/dγ = α²σ², ½α₁²(σ₁²(1 − x²) − 1).
+pub fn prior_kl_dgamma(gamma1: f64, x: f64) -> f64 {
+    let (a2, s2) = (alpha_sq(gamma1), sigma_sq(gamma1));
+    0.5 * a2 * (s2 * (1.0 - x * x) - 1.0)
+}
+
+/// [`discretized_decoder_nll`] at z₀ = α₀x + σ₀ε, with its derivative in γ₀ at fixed ε (the
+/// reparameterized gradient the endpoint γ₀ learns from). Bin j's logit is −½r_j² with r_j =
+/// e^{−γ₀/2}(x − v_j) + ε, so dlogit_j/dγ₀ = ½r_j·e^{−γ₀/2}(x − v_j). Only bins within 60 nats of
+/// the likeliest enter the normalizer (each other one adds less than e^{−60} of it), so the cost
+/// is a few bins when the noise is finer than the grid.
+pub fn decoder_nll_and_dgamma(gamma0: f64, x: f64, eps: f64) -> (f64, f64) {
+    let q = (-0.5 * gamma0).exp();
+    let v = |j: usize| 2.0 * j as f64 / 255.0 - 1.0;
+    let logit = |j: usize| {
+        let r = q * (x - v(j)) + eps;
+        (-0.5 * r * r, 0.5 * r * q * (x - v(j)))
+    };
+    let k = ((x + 1.0) * 127.5).round().clamp(0.0, 255.0) as usize;
+    let centre = ((x + eps / q + 1.0) * 127.5).round().clamp(0.0, 255.0) as usize;
+    let top = logit(centre).0;
+    let (mut lo, mut hi) = (centre, centre);
+    while lo > 0 && logit(lo - 1).0 > top - 60.0 {
+        lo -= 1;
+    }
+    while hi < 255 && logit(hi + 1).0 > top - 60.0 {
+        hi += 1;
+    }
+    let (mut z, mut dz) = (0.0, 0.0);
+    for j in lo..=hi {
+        let (l, d) = logit(j);
+        let w = (l - top).exp();
+        z += w;
+        dz += w * d;
+    }
+    let (lk, dk) = logit(k);
+    (top + z.ln() - lk, dz / z - dk)
+}
+
 /// −log p(x | z₀) for continuous data under the Gaussian decoder N(x; z₀/α₀, σ₀²/α₀²) =
 /// N(x; z₀/α₀, e^{γ₀}): with z₀ = α₀x + σ₀ε it is ½ log(2π e^{γ₀}) + ½ε².
 pub fn gaussian_decoder_nll(gamma0: f64, eps: f64) -> f64 {
@@ -142,6 +181,36 @@ mod tests {
         let se = ((sum2 / n as f64 - mean * mean) / n as f64).sqrt();
         let want = expected_bound(&g, mu, s, 1.0);
         assert!((mean - want).abs() < 5.0 * se, "{mean} ± {se} vs {want}");
+    }
+
+    #[test]
+    fn the_endpoint_derivatives_match_finite_differences() {
+        let v = |k: usize| 2.0 * k as f64 / 255.0 - 1.0;
+        let h = 1e-5;
+        for gamma in [-13.3, -8.0, -3.0, 0.5, 4.0] {
+            for x in [-1.0, -0.3, 0.0, 0.9] {
+                let fd = (prior_kl(gamma + h, x) - prior_kl(gamma - h, x)) / (2.0 * h);
+                let an = prior_kl_dgamma(gamma, x);
+                assert!((fd - an).abs() < 1e-7 * an.abs().max(1.0), "{fd} vs {an}");
+            }
+            for (k, eps) in [(0, 0.4), (37, -1.3), (128, 0.0), (255, 2.2), (200, -3.1)] {
+                let x = v(k);
+                // The windowed value equals the sum over all 256 bins.
+                let z0 = alpha_sq(gamma).sqrt() * x + sigma_sq(gamma).sqrt() * eps;
+                let full = discretized_decoder_nll(gamma, x, z0);
+                let (nll, d) = decoder_nll_and_dgamma(gamma, x, eps);
+                assert!(
+                    (nll - full).abs() < 1e-9 * full.abs().max(1.0),
+                    "γ₀ {gamma}, k {k}: {nll} vs {full}"
+                );
+                let f = |g: f64| decoder_nll_and_dgamma(g, x, eps).0;
+                let fd = (f(gamma + h) - f(gamma - h)) / (2.0 * h);
+                assert!(
+                    (fd - d).abs() < 1e-5 * d.abs().max(1.0),
+                    "γ₀ {gamma}, k {k}: d/dγ₀ {d} vs {fd}"
+                );
+            }
+        }
     }
 
     #[test]
