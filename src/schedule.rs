@@ -181,6 +181,20 @@ impl BetaSchedule {
         })
     }
 
+    /// `vdm-linear` with the given γ_min/γ_max (where given); other schedules unchanged.
+    pub fn with_gamma_range(self, range: (Option<f64>, Option<f64>)) -> Self {
+        match self {
+            Self::VdmLinear {
+                gamma_min,
+                gamma_max,
+            } => Self::VdmLinear {
+                gamma_min: range.0.unwrap_or(gamma_min),
+                gamma_max: range.1.unwrap_or(gamma_max),
+            },
+            other => other,
+        }
+    }
+
     /// β_1..β_T for this schedule.
     pub fn betas(&self, timesteps: usize) -> Result<Vec<f64>, ScheduleError> {
         check_timesteps(timesteps)?;

@@ -18,8 +18,8 @@ pub enum Format {
 /// The flags that choose a noise schedule, shared by `ddpm schedule` and `ddpm train`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ScheduleFlags {
-    /// Noise schedule: linear, quadratic, sigmoid, cosine, constant, vdm-linear (VDM's linear-in-γ), or file:PATH (a list of β
-    /// values) [default: linear].
+    /// Noise schedule: linear, quadratic, sigmoid, cosine, constant, vdm-linear (VDM's linear-in-γ), learned (VDM time only),
+    /// or file:PATH (a list of β values) [default: linear].
     #[arg(long)]
     pub schedule: Option<String>,
     /// Number of diffusion steps T (from the file for file:PATH) [default: 1000].
@@ -34,6 +34,13 @@ pub struct ScheduleFlags {
     /// Rescale to zero terminal SNR (Lin et al. 2024).
     #[arg(long)]
     pub zero_terminal_snr: bool,
+    /// γ(0) = −log SNR at t = 0 of vdm-linear, of cosine in VDM time, of a learned schedule's
+    /// start [default: -13.3].
+    #[arg(long, allow_hyphen_values = true)]
+    pub gamma_min: Option<f64>,
+    /// γ(1) of the same schedules [default: 5].
+    #[arg(long, allow_hyphen_values = true)]
+    pub gamma_max: Option<f64>,
 }
 
 #[derive(Args)]

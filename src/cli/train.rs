@@ -133,6 +133,16 @@ pub struct TrainArgs {
     /// Class-conditional training on the dataset's labels (for --class and --guidance).
     #[arg(long)]
     class_cond: bool,
+    /// continuous (VDM's L_∞), discrete:T (VDM's L_T) or discrete (the DDPM chain of
+    /// --timesteps steps) [default: continuous for --schedule learned, else discrete].
+    #[arg(long)]
+    time: Option<String>,
+    /// VDM time: draw each batch's times independently instead of antithetically.
+    #[arg(long)]
+    no_antithetic_time: bool,
+    /// Learning rate of a learned schedule [default: --lr].
+    #[arg(long)]
+    schedule_lr: Option<f64>,
     /// Probability of training a label as the null class (classifier-free guidance).
     #[arg(long)]
     cond_drop: Option<f64>,
@@ -233,6 +243,21 @@ fn resolve(args: &TrainArgs) -> Result<TrainConfig, CliError> {
     }
     if f.zero_terminal_snr {
         c.zero_terminal_snr = true;
+    }
+    if f.gamma_min.is_some() {
+        c.gamma_min = f.gamma_min;
+    }
+    if f.gamma_max.is_some() {
+        c.gamma_max = f.gamma_max;
+    }
+    if args.time.is_some() {
+        c.time = args.time.clone();
+    }
+    if args.no_antithetic_time {
+        c.antithetic_time = false;
+    }
+    if args.schedule_lr.is_some() {
+        c.schedule_lr = args.schedule_lr;
     }
     if args.hflip {
         c.hflip = true;

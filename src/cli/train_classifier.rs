@@ -83,6 +83,14 @@ fn like_run(path: &std::path::Path) -> Result<TrainConfig, CliError> {
 pub fn run(a: TrainClassifierArgs) -> CliResult {
     let like = a.like.as_deref().map(like_run).transpose()?;
     let base = like.clone().unwrap_or_default();
+    if base.vdm_time().ok().flatten().is_some() {
+        return Err(CliError::Usage(format!(
+            "--like: the run trains in VDM time (--time {}); a noise-aware classifier follows a \
+             DDPM chain of --timesteps steps, whose steps and network times differ: train the \
+             classifier with --schedule and --timesteps instead, or use classifier-free guidance",
+            base.time.as_deref().unwrap_or("continuous")
+        )));
+    }
     if base.preset == "mlp" {
         return Err(CliError::Usage(
             "--like: a 2-D (mlp) run; classifier guidance is for image models".into(),
@@ -150,6 +158,8 @@ pub fn run(a: TrainClassifierArgs) -> CliResult {
         beta_start: base.beta_start.filter(|_| a.schedule.is_none()),
         beta_end: base.beta_end.filter(|_| a.schedule.is_none()),
         zero_terminal_snr: base.zero_terminal_snr,
+        gamma_min: base.gamma_min.filter(|_| a.schedule.is_none()),
+        gamma_max: base.gamma_max.filter(|_| a.schedule.is_none()),
         classes,
         net,
         accuracy: Vec::new(),

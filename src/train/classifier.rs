@@ -63,6 +63,12 @@ pub struct ClassifierConfig {
     pub beta_end: Option<f64>,
     /// Rescaled to zero terminal SNR.
     pub zero_terminal_snr: bool,
+    /// γ(0) of `vdm-linear` (None: −13.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gamma_min: Option<f64>,
+    /// γ(1) of `vdm-linear` (None: 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gamma_max: Option<f64>,
     /// The class names, in label order.
     pub classes: Vec<String>,
     /// The encoder (a U-Net configuration; its output keys are unused).
@@ -91,6 +97,7 @@ impl ClassifierConfig {
             self.timesteps,
             self.beta_start,
             self.beta_end,
+            (self.gamma_min, self.gamma_max),
             self.zero_terminal_snr,
         )
     }

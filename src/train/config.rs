@@ -66,6 +66,19 @@ pub struct TrainConfig {
     pub schedule: String,
     /// T.
     pub timesteps: usize,
+    /// `continuous` (VDM's L_∞), `discrete:T` (VDM's L_T) or `discrete` (the DDPM chain of
+    /// `timesteps` steps with `loss`); absent: continuous for `schedule = "learned"`, else
+    /// discrete.
+    pub time: Option<String>,
+    /// γ(0) = −log SNR at t = 0 of `vdm-linear`, of `cosine` in VDM time and of a learned
+    /// schedule's start (−13.3 when absent).
+    pub gamma_min: Option<f64>,
+    /// γ(1) of the same schedules (5 when absent).
+    pub gamma_max: Option<f64>,
+    /// VDM time: draw a batch's t as one uniform shifted by i/B (low discrepancy).
+    pub antithetic_time: bool,
+    /// Learning rate of a learned schedule (`lr` when absent).
+    pub schedule_lr: Option<f64>,
     /// β_1 override.
     pub beta_start: Option<f64>,
     /// β_T override.
@@ -137,6 +150,11 @@ impl Default for TrainConfig {
             precision: "f32".into(),
             schedule: "linear".into(),
             timesteps: 1000,
+            time: None,
+            gamma_min: None,
+            gamma_max: None,
+            antithetic_time: true,
+            schedule_lr: None,
             beta_start: None,
             beta_end: None,
             zero_terminal_snr: false,
@@ -219,6 +237,113 @@ impl TrainConfig {
         }
         c.num_classes = self.num_classes();
         Ok(c)
+    }
+
+    /// The VDM time of the run, or `None` for a DDPM chain.
+    pub fn vdm_time(&self) -> anyhow::Result<Option<crate::vdm::Time>> {
+        match &self.time {
+            Some(t) => crate::vdm::Time::parse(t),
+            None if self.schedule == "learned" => Ok(Some(crate::vdm::Time::Continuous)),
+            None => Ok(None),
+        }
+    }
+
+    /// (γ_min, γ_max) with their defaults.
+    pub fn gamma_range(&self) -> (f64, f64) {
+        (
+            self.gamma_min.unwrap_or(crate::schedule::VDM_GAMMA_MIN),
+            self.gamma_max.unwrap_or(crate::schedule::VDM_GAMMA_MAX),
+        )
+    }
+
+    /// The fixed γ of a VDM run (`None` for a learned schedule).
+    pub fn fixed_gamma(&self) -> anyhow::Result<Option<crate::vdm::FixedGamma>> {
+        use crate::vdm::FixedGamma;
+        let (gamma_min, gamma_max) = self.gamma_range();
+        Ok(match self.schedule.as_str() {
+            "learned" => None,
+            "vdm-linear" => Some(FixedGamma::Linear {
+                gamma_min,
+                gamma_max,
+            }),
+            "cosine" => Some(FixedGamma::Cosine {
+                gamma_min,
+                gamma_max,
+            }),
+            other => anyhow::bail!(
+                "--schedule {other}: VDM time (--time {}) takes vdm-linear, cosine or learned \
+                 (a schedule with a finite log-SNR at t = 0 and 1, set by --gamma-min/--gamma-max); \
+                 `{other}` trains with --time discrete",
+                self.time.as_deref().unwrap_or("continuous")
+            ),
+        })
+    }
+
+    /// The fixed γ of a VDM run; `None` for a learned schedule or a DDPM run.
+    pub fn fixed_gamma_if_vdm(&self) -> anyhow::Result<Option<crate::vdm::FixedGamma>> {
+        match self.vdm_time()? {
+            Some(_) => self.fixed_gamma(),
+            None => Ok(None),
+        }
+    }
+
+    /// Checks a VDM run's keys: the VDM losses train ε-prediction with a fixed reverse
+    /// variance, uniformly in time, with their own weighting.
+    fn validate_vdm(&self) -> anyhow::Result<()> {
+        use anyhow::bail;
+        let (lo, hi) = self.gamma_range();
+        if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+            bail!("--gamma-min {lo} must be below --gamma-max {hi} (both finite)");
+        }
+        if let Some(lr) = self.schedule_lr
+            && !(lr > 0.0 && lr.is_finite())
+        {
+            bail!("--schedule-lr must be a positive finite number, got {lr}");
+        }
+        let Some(time) = self.vdm_time()? else {
+            if self.schedule == "learned" {
+                bail!(
+                    "--schedule learned: a learned schedule is a VDM schedule; use --time \
+                     continuous or --time discrete:T"
+                );
+            }
+            if self.schedule_lr.is_some() {
+                bail!("--schedule-lr: only a learned schedule (--schedule learned) has one");
+            }
+            return Ok(());
+        };
+        self.fixed_gamma()?;
+        if self.schedule != "learned" && self.schedule_lr.is_some() {
+            bail!("--schedule-lr: only a learned schedule (--schedule learned) has one");
+        }
+        let what = format!("--time {}", self.time.as_deref().unwrap_or("continuous"));
+        if self.parameterization != Parameterization::Eps {
+            bail!("{what} trains ε-prediction (VDM's loss); drop --parameterization");
+        }
+        if self.variance.is_learned() {
+            bail!("{what}: the reverse variance is the posterior's (fixed-small or fixed-large)");
+        }
+        for (flag, set) in [
+            ("--loss", self.loss != "simple"),
+            ("--weighting", self.weighting != "none"),
+            ("--t-sampler", self.t_sampler != "uniform"),
+            ("--beta-start", self.beta_start.is_some()),
+            ("--beta-end", self.beta_end.is_some()),
+            ("--zero-terminal-snr", self.zero_terminal_snr),
+        ] {
+            if set {
+                bail!(
+                    "{flag} does not apply to {what}: the VDM loss weights ‖ε − ε̂‖² by the \
+                     schedule itself (γ'(t), or the SNR ratio of consecutive steps)"
+                );
+            }
+        }
+        if let crate::vdm::Time::Discrete(t) = time
+            && t > i64::MAX as usize
+        {
+            bail!("--time discrete:{t}: T is too large");
+        }
+        Ok(())
     }
 
     /// The number of classes of a class-conditional run whose classes are known.
@@ -351,6 +476,7 @@ impl TrainConfig {
         crate::device::resolve_name(&self.device)?;
         super::precision::Precision::parse(&self.precision, "--precision")?;
         self.loss_config()?;
+        self.validate_vdm()?;
         Ok(())
     }
 }

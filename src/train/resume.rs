@@ -14,9 +14,10 @@ use super::trainer::TrainState;
 /// Keys a resumed segment may change; each change is applied and reported. Every other key
 /// (except `out`, which only says where the run is) defines the model, the diffusion, the
 /// objective or the random streams, and must stay as the run was made.
-pub const CHANGEABLE_ON_RESUME: [&str; 19] = [
+pub const CHANGEABLE_ON_RESUME: [&str; 20] = [
     "steps",
     "lr",
+    "schedule_lr",
     "warmup_steps",
     "grad_clip",
     "adam_beta1",

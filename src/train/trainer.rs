@@ -17,10 +17,12 @@ use super::checkpoint::{
 };
 use super::config::TrainConfig;
 use super::ema::{Ema, EmaConfig};
+use super::learned_schedule::{LearnedSchedule, SCHEDULE_FILE};
 use super::optim::{AdamW, AdamWConfig, clip_factor, learning_rate};
 use super::params::{map_params, named_grads, named_params, visit_params};
 use super::precision::Precision;
 use super::resume::{check_state, check_state_tensors, compare_configs, split_moments};
+use super::vdm_batch::VdmBatch;
 use crate::data::loader::{BatchStream, Loader, Position};
 use crate::data::{Dataset, Split};
 use crate::diffusion::losses::LossConfig;
@@ -31,6 +33,8 @@ use crate::model::{Mlp, UNet};
 use crate::rng::Rng;
 use crate::sample::{Conditioning, Ddim, Spacing, draw};
 use crate::schedule::{BetaSchedule, NoiseSchedule, read_betas_file};
+use crate::vdm::bound::Decoder;
+use crate::vdm::{GammaSource, LossTimes};
 
 /// A network the trainer can build from a configuration.
 pub trait Net<const D: usize>: Module + Denoiser<D> + Clone + 'static {
@@ -107,18 +111,35 @@ pub struct TrainState {
 
 /// Builds the diffusion a configuration describes.
 pub fn diffusion_from(cfg: &TrainConfig) -> Result<GaussianDiffusion> {
-    let s = noise_schedule(
-        &cfg.schedule,
-        cfg.timesteps,
-        cfg.beta_start,
-        cfg.beta_end,
-        cfg.zero_terminal_snr,
-    )?;
+    let s = match (cfg.vdm_time()?, cfg.fixed_gamma_if_vdm()?) {
+        (Some(time), Some(g)) => crate::vdm::time::chain(&g, vdm_chain_steps(cfg, time))?,
+        (Some(_), None) => bail!(
+            "--schedule learned: the chain depends on the learned schedule's weights; load it \
+             with the checkpoint"
+        ),
+        (None, _) => noise_schedule(
+            &cfg.schedule,
+            cfg.timesteps,
+            cfg.beta_start,
+            cfg.beta_end,
+            (cfg.gamma_min, cfg.gamma_max),
+            cfg.zero_terminal_snr,
+        )?,
+    };
     Ok(GaussianDiffusion::new(
         s,
         cfg.parameterization,
         cfg.variance,
     ))
+}
+
+/// The steps of the chain a VDM run samples on: T for discrete time, `timesteps` (1000 by
+/// default) for continuous time.
+pub fn vdm_chain_steps(cfg: &TrainConfig, time: crate::vdm::Time) -> usize {
+    match time {
+        crate::vdm::Time::Discrete(t) => t,
+        crate::vdm::Time::Continuous => cfg.timesteps,
+    }
 }
 
 /// The noise schedule of a `--schedule` value (a name, or `file:PATH` of β's) with `timesteps`
@@ -128,12 +149,14 @@ pub fn noise_schedule(
     timesteps: usize,
     beta_start: Option<f64>,
     beta_end: Option<f64>,
+    gamma_range: (Option<f64>, Option<f64>),
     zero_terminal_snr: bool,
 ) -> Result<NoiseSchedule> {
     let kind = if let Some(p) = schedule.strip_prefix("file:") {
         BetaSchedule::Custom(read_betas_file(Path::new(p))?)
     } else {
         BetaSchedule::named(schedule, timesteps, beta_start, beta_end)?
+            .with_gamma_range(gamma_range)
     };
     let t = match &kind {
         BetaSchedule::Custom(b) => b.len(),
@@ -188,7 +211,10 @@ pub fn load_params<M: Module>(
     Ok(map_params(model, |name, _| tensors[name].to_tensor(device)))
 }
 
-fn to_host_map(m: &BTreeMap<String, Tensor<1>>, prefix: &str) -> BTreeMap<String, HostTensor> {
+pub(crate) fn to_host_map(
+    m: &BTreeMap<String, Tensor<1>>,
+    prefix: &str,
+) -> BTreeMap<String, HostTensor> {
     m.iter()
         .map(|(k, t)| {
             (
@@ -199,7 +225,7 @@ fn to_host_map(m: &BTreeMap<String, Tensor<1>>, prefix: &str) -> BTreeMap<String
         .collect()
 }
 
-fn from_host_map(
+pub(crate) fn from_host_map(
     m: &BTreeMap<String, HostTensor>,
     prefix: &str,
     device: &Device,
@@ -300,7 +326,25 @@ pub fn train<M: Net<D>, const D: usize>(
         }
     }
     let device = crate::device::by_name(&cfg.device)?.autodiff();
-    let diffusion = diffusion_from(cfg)?;
+    let vdm_time = cfg.vdm_time()?;
+    let fixed_gamma = cfg.fixed_gamma_if_vdm()?;
+    // A learned schedule's chain is rebuilt from its average whenever samples are drawn; until
+    // then the linear schedule it starts from stands in.
+    let mut diffusion = match (vdm_time, fixed_gamma) {
+        (Some(time), None) => {
+            let (gamma_min, gamma_max) = cfg.gamma_range();
+            let start = crate::vdm::FixedGamma::Linear {
+                gamma_min,
+                gamma_max,
+            };
+            GaussianDiffusion::new(
+                crate::vdm::time::chain(&start, vdm_chain_steps(cfg, time))?,
+                cfg.parameterization,
+                cfg.variance,
+            )
+        }
+        _ => diffusion_from(cfg)?,
+    };
     let loss_cfg: LossConfig = cfg.loss_config()?;
     let precision = Precision::parse(&cfg.precision, "--precision")?;
     let device_name = crate::device::resolve_name(&cfg.device)?;
@@ -324,16 +368,26 @@ pub fn train<M: Net<D>, const D: usize>(
 
     device.seed(cfg.seed);
     let mut model = M::build(cfg, &item_shape, &device)?;
-    let mut opt = AdamW::new(AdamWConfig {
+    let adam = AdamWConfig {
         beta1: cfg.adam_beta1,
         beta2: cfg.adam_beta2,
         eps: cfg.adam_eps,
         weight_decay: cfg.weight_decay,
-    });
-    let mut ema = Ema::new(EmaConfig {
+    };
+    let ema_cfg = EmaConfig {
         decay: cfg.ema_decay,
         warmup_power: (cfg.ema_warmup_power > 0.0).then_some(cfg.ema_warmup_power),
-    });
+    };
+    let mut opt = AdamW::new(adam);
+    let mut ema = Ema::new(ema_cfg);
+    let mut learned = (vdm_time.is_some() && fixed_gamma.is_none())
+        .then(|| LearnedSchedule::new(cfg.gamma_range(), adam, ema_cfg, &device));
+    // The bound's decoder: 8-bit images, or continuous 2-D points.
+    let decoder = if cfg.preset == "mlp" {
+        Decoder::Gaussian
+    } else {
+        Decoder::Discretized
+    };
     let mut seeder = Rng::new(cfg.seed);
     let mut state = TrainState {
         step: 0,
@@ -405,6 +459,9 @@ pub fn train<M: Net<D>, const D: usize>(
         check_state(&state, &ckpt, n_t, dataset.len(), &st_path)?;
         opt.step = state.adam_step;
         ema.updates = state.ema_updates;
+        if let Some(l) = learned.take() {
+            learned = Some(l.load(&ckpt, state.adam_step, state.ema_updates)?);
+        }
         if !quiet {
             eprintln!("resuming {} at step {}", ckpt.display(), state.step);
         }
@@ -488,6 +545,7 @@ pub fn train<M: Net<D>, const D: usize>(
     while state.step < cfg.steps {
         let step = state.step + 1;
         let mut grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
+        let mut schedule_grads: BTreeMap<String, Tensor<1>> = BTreeMap::new();
         let mut step_loss = 0.0;
         for k in 0..cfg.grad_accum {
             // Dropout draws from the backend generator: seed it from (seed, step, micro-batch,
@@ -503,7 +561,18 @@ pub fn train<M: Net<D>, const D: usize>(
             // (dropout aside: each rank draws its own masks).
             let batch = loader.next_batch();
             state.data = batch.next;
-            let (t_all, w_all) = state.t_sampler.sample(micro, &mut state.rng_t);
+            // VDM time: t in (0, 1] (its step of the sampling chain for the log's quartiles).
+            let vdm_t =
+                vdm_time.map(|time| time.draw(micro, cfg.antithetic_time, &mut state.rng_t));
+            let (t_all, w_all) = match &vdm_t {
+                Some(tc) => (
+                    tc.iter()
+                        .map(|t| ((t * n_t as f64).ceil() as usize).clamp(1, n_t) - 1)
+                        .collect(),
+                    vec![1.0; micro],
+                ),
+                None => state.t_sampler.sample(micro, &mut state.rng_t),
+            };
             let mut shape: [usize; D] = batch.shape.clone().try_into().expect("batch rank");
             let item: usize = shape[1..].iter().product();
             let noise_all = state.rng_noise.normal_f32(micro * item);
@@ -517,37 +586,85 @@ pub fn train<M: Net<D>, const D: usize>(
                     v[lo * item..hi * item].to_vec()
                 }
             };
+            // VDM: the decoder's noise, drawn for the whole micro-batch like the rest.
+            let eps0 = vdm_t
+                .as_ref()
+                .map(|_| state.rng_noise.normal_f32(micro * item));
+            let x_host = vdm_t.as_ref().map(|_| my_rows(batch.data.clone()));
             let x0 = Tensor::<D>::from_data(TensorData::new(my_rows(batch.data), shape), &device);
             let noise = Tensor::<D>::from_data(TensorData::new(my_rows(noise_all), shape), &device);
             let t = t_all[lo..hi].to_vec();
             let w = w_all[lo..hi].to_vec();
-            let x_t = diffusion.q_sample(x0.clone(), &t, noise.clone());
-            let model_t = diffusion.model_timesteps(&t, &x_t);
             let cond = cfg.num_classes().map(|classes| {
                 class_rows(&batch.labels, classes, cfg, step, k as u64, &device).narrow(0, lo, rows)
             });
             let working = precision.working_copy(&model);
-            let out = precision.forward(&model, working.as_ref(), x_t.clone(), |m, x| {
-                m.forward_cond(x, model_t.clone(), cond.clone())
-            });
-            let losses = diffusion.training_losses(&loss_cfg, out, x0, x_t, &t, noise);
+            let net = |x: Tensor<D>, time: Tensor<1>| {
+                precision.forward(&model, working.as_ref(), x, |m, x| {
+                    m.forward_cond(x, time.clone(), cond.clone())
+                })
+            };
+            let (per_example, vdm_batch) = match (vdm_time, &vdm_t) {
+                (Some(time), Some(tc)) => {
+                    let gamma: &dyn GammaSource = match (&learned, &fixed_gamma) {
+                        (Some(l), _) => &l.net,
+                        (None, Some(g)) => g,
+                        (None, None) => unreachable!("a VDM run has a fixed or a learned γ"),
+                    };
+                    let times = LossTimes::new(time, gamma, tc[lo..hi].to_vec());
+                    let b = VdmBatch::new(
+                        times,
+                        learned.is_some(),
+                        &device,
+                        x_host.as_deref().unwrap_or_default(),
+                        &my_rows(eps0.unwrap_or_default()),
+                        item,
+                        gamma.ends(),
+                        decoder,
+                    );
+                    (b.losses(x0, noise, net), Some(b))
+                }
+                _ => {
+                    let x_t = diffusion.q_sample(x0.clone(), &t, noise.clone());
+                    let model_t = diffusion.model_timesteps(&t, &x_t);
+                    let out = net(x_t.clone(), model_t);
+                    let l = diffusion.training_losses(&loss_cfg, out, x0, x_t, &t, noise);
+                    (l.loss, None)
+                }
+            };
             let w = Tensor::<1>::from_data(TensorData::new(w, [rows]), &device);
-            let mine: Vec<f64> = losses
-                .loss
+            let diffusion_part: Vec<f64> = per_example
                 .clone()
                 .detach()
                 .into_data()
                 .convert::<f64>()
                 .try_into_vec::<f64>()
                 .unwrap_or_default();
+            // What the log reports per example: the loss, or for VDM the whole bound.
+            let mine: Vec<f64> = match &vdm_batch {
+                Some(b) => b.bound(&diffusion_part),
+                None => diffusion_part.clone(),
+            };
             // The loss of the whole micro-batch: its mean on one process; with several, each
             // rank's share of the sum, the gradients summed below.
             let loss = if world.is_distributed() {
-                (losses.loss * w).sum() / (micro * cfg.grad_accum) as f64
+                (per_example * w).sum() / (micro * cfg.grad_accum) as f64
             } else {
-                (losses.loss * w).mean() / cfg.grad_accum as f64
+                (per_example * w).mean() / cfg.grad_accum as f64
             };
-            let g = named_grads(&model, &loss.backward());
+            let backward = loss.backward();
+            let g = named_grads(&model, &backward);
+            if let (Some(b), Some(l)) = (&vdm_batch, &learned) {
+                let total = (micro * cfg.grad_accum) as f64;
+                let signal = b.signal(&backward, diffusion_part, total);
+                for (name, gi) in signal.grads(&l.net) {
+                    let sum = match schedule_grads.remove(&name) {
+                        Some(acc) => acc + gi,
+                        None => gi,
+                    };
+                    schedule_grads.insert(name, sum);
+                }
+            }
             for (name, gi) in g {
                 let sum = match grads.remove(&name) {
                     Some(acc) => acc + gi,
@@ -570,7 +687,9 @@ pub fn train<M: Net<D>, const D: usize>(
                     last_finite(&last_ckpt)
                 );
             }
-            state.t_sampler.update(&t_all, &per_sample);
+            if vdm_t.is_none() {
+                state.t_sampler.update(&t_all, &per_sample);
+            }
             for (&ti, &l) in t_all.iter().zip(&per_sample) {
                 let q = (ti * 4 / n_t).min(3);
                 q_sum[q] += l;
@@ -584,6 +703,11 @@ pub fn train<M: Net<D>, const D: usize>(
         let lr = learning_rate(cfg.lr, cfg.warmup_steps, step);
         model = opt.step(model, &grads, lr, factor);
         drop(grads);
+        if let Some(l) = learned.as_mut() {
+            crate::dist::sum_gradients(&world, &mut schedule_grads)?;
+            let lr_s = learning_rate(cfg.schedule_lr.unwrap_or(cfg.lr), cfg.warmup_steps, step);
+            l.step(&schedule_grads, lr_s);
+        }
         if let Some(name) = first_non_finite(&model) {
             bail!(
                 "non-finite weights after the update of step {step} (parameter {name}; learning rate \
@@ -654,12 +778,17 @@ pub fn train<M: Net<D>, const D: usize>(
             )?;
         }
         if root && checkpoint_now {
+            let extra = match &learned {
+                Some(l) => vec![(SCHEDULE_FILE, l.to_bytes()?)],
+                None => Vec::new(),
+            };
             last_ckpt = Some(save_checkpoint(
                 &run,
                 &model,
                 &ema,
                 &opt,
                 &state,
+                extra,
                 cfg.keep_checkpoints,
             )?);
             if let Some(t) = pending_config.take() {
@@ -667,6 +796,13 @@ pub fn train<M: Net<D>, const D: usize>(
             }
         }
         if root && (cfg.sample_every > 0 && step.is_multiple_of(cfg.sample_every) || at_end) {
+            if let (Some(l), Some(time)) = (&learned, vdm_time) {
+                diffusion = GaussianDiffusion::new(
+                    crate::vdm::time::chain(&l.averaged(), vdm_chain_steps(cfg, time))?,
+                    cfg.parameterization,
+                    cfg.variance,
+                );
+            }
             let ema_model = ema_model(&model, &ema, &device);
             grid = Some(write_samples::<M, D>(
                 &run,
@@ -828,6 +964,7 @@ fn save_checkpoint<M: Module>(
     ema: &Ema,
     opt: &AdamW,
     state: &TrainState,
+    extra: Vec<(&str, Vec<u8>)>,
     keep: usize,
 ) -> Result<PathBuf> {
     let weights = host_params(model);
@@ -864,17 +1001,14 @@ fn save_checkpoint<M: Module>(
     }
     let opt_b = to_safetensors(&o)?;
     let st = serde_json::to_vec_pretty(state)?;
-    write_checkpoint(
-        run,
-        state.step,
-        &[
-            ("model.safetensors", model_b),
-            ("ema.safetensors", ema_b),
-            ("optimizer.safetensors", opt_b),
-            ("state.json", st),
-        ],
-        keep,
-    )
+    let mut files = vec![
+        ("model.safetensors", model_b),
+        ("ema.safetensors", ema_b),
+        ("optimizer.safetensors", opt_b),
+    ];
+    files.extend(extra);
+    files.push(("state.json", st));
+    write_checkpoint(run, state.step, &files, keep)
 }
 
 fn write_samples<M: Net<D>, const D: usize>(

@@ -6,7 +6,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::loss::diffusion_losses;
 use super::time::{GammaSource, LossTimes, Time};
-use super::vlb::{decoder_nll_and_dgamma, gaussian_decoder_nll, prior_kl};
+use super::vlb::{decoder_nll_and_dgamma, gaussian_decoder_nll, prior_kl, prior_kl_dgamma};
 use crate::rng::Rng;
 
 /// How x is read back from z₀.
@@ -36,6 +36,20 @@ impl BoundTerms {
     }
 }
 
+/// The prior and decoder terms of a batch, per example (nats), with the derivatives of their
+/// sum over the batch with respect to γ₀ and γ₁ (what a learned schedule's endpoints follow).
+#[derive(Debug, Clone, Default)]
+pub struct EndTerms {
+    /// D_KL(q(z₁|x) ‖ N(0, I)) of each example.
+    pub prior: Vec<f64>,
+    /// −log p(x | z₀) of each example.
+    pub decoder: Vec<f64>,
+    /// ∂/∂γ₀ of Σ decoder.
+    pub d_gamma0: f64,
+    /// ∂/∂γ₁ of Σ prior.
+    pub d_gamma1: f64,
+}
+
 /// Prior and decoder terms of each example of `x` (rows of `item` values) at the schedule's ends
 /// (γ₀, γ₁), the decoder at z₀ = α₀x + σ₀ε for `eps`.
 pub fn end_terms(
@@ -44,31 +58,27 @@ pub fn end_terms(
     item: usize,
     ends: (f64, f64),
     decoder: Decoder,
-) -> (Vec<f64>, Vec<f64>) {
+) -> EndTerms {
     let (g0, g1) = ends;
     let rows = x.len() / item;
-    let prior = (0..rows)
-        .map(|i| {
-            x[i * item..(i + 1) * item]
-                .iter()
-                .map(|&v| prior_kl(g1, v))
-                .sum()
-        })
-        .collect();
-    let dec = (0..rows)
-        .map(|i| {
-            let r = i * item..(i + 1) * item;
-            x[r.clone()]
-                .iter()
-                .zip(&eps[r])
-                .map(|(&v, &e)| match decoder {
-                    Decoder::Discretized => decoder_nll_and_dgamma(g0, v, e).0,
-                    Decoder::Gaussian => gaussian_decoder_nll(g0, e),
-                })
-                .sum()
-        })
-        .collect();
-    (prior, dec)
+    let mut out = EndTerms::default();
+    for i in 0..rows {
+        let r = i * item..(i + 1) * item;
+        let (mut p, mut d) = (0.0, 0.0);
+        for (&v, &e) in x[r.clone()].iter().zip(&eps[r]) {
+            p += prior_kl(g1, v);
+            out.d_gamma1 += prior_kl_dgamma(g1, v);
+            let (nll, dn) = match decoder {
+                Decoder::Discretized => decoder_nll_and_dgamma(g0, v, e),
+                Decoder::Gaussian => (gaussian_decoder_nll(g0, e), 0.5),
+            };
+            d += nll;
+            out.d_gamma0 += dn;
+        }
+        out.prior.push(p);
+        out.decoder.push(d);
+    }
+    out
 }
 
 /// One sample of each example's bound: t drawn antithetically over the batch (each example's
@@ -113,10 +123,10 @@ pub fn bound_terms<const D: usize>(
     .expect("a float tensor");
     let mut eps0 = vec![0.0f64; b * item];
     rng.fill_normal(&mut eps0);
-    let (prior, decoder) = end_terms(&x, &eps0, item, gamma.ends(), decoder);
+    let ends = end_terms(&x, &eps0, item, gamma.ends(), decoder);
     BoundTerms {
-        prior,
-        decoder,
+        prior: ends.prior,
+        decoder: ends.decoder,
         diffusion,
     }
 }
