@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use super::{CliError, CliResult};
 use crate::data::Split;
 use crate::model::UNet;
-use crate::train::trainer::{diffusion_from, load_for_inference};
+use crate::train::trainer::load_for_inference;
 
 #[derive(Subcommand)]
 pub enum EvalCommand {
@@ -165,6 +165,10 @@ pub struct NllArgs {
     /// Seed of the noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Estimate each image's bound from K draws of t (unbiased, K + 1 network evaluations per
+    /// image) instead of all T terms; VDM runs are always estimated so [default for VDM: 1].
+    #[arg(long, value_parser = super::at_least_one)]
+    t_samples: Option<usize>,
     /// Use the raw weights instead of the EMA weights.
     #[arg(long)]
     no_ema: bool,
@@ -368,29 +372,52 @@ fn nll(a: NllArgs) -> CliResult {
             want
         )));
     }
-    let diffusion = diffusion_from(&loaded.config)?;
+    let diffusion = &loaded.diffusion;
     let n = a.limit.unwrap_or(data.len()).min(data.len());
     let world = crate::dist::world();
     let batches = n.div_ceil(a.batch_size.max(1));
     let mine = world.batches(batches).count();
-    let total = (mine * diffusion.num_timesteps()) as u64;
+    let t_samples = match (&loaded.vdm, a.t_samples) {
+        (Some(_), k) => Some(k.unwrap_or(1)),
+        (None, k) => k,
+    };
+    let per_batch = match (&loaded.vdm, t_samples) {
+        (Some(_), Some(k)) => k,
+        (None, Some(k)) => k + 1,
+        (_, None) => diffusion.num_timesteps(),
+    };
+    let total = (mine * per_batch) as u64;
     let bar = (!a.quiet && world.is_root()).then(|| super::progress(total, "evaluations", false));
-    let r = crate::eval::nll::evaluate(
-        &diffusion,
-        &loaded.model,
-        data.as_ref(),
-        crate::eval::nll::NllOptions {
-            limit: a.limit,
-            batch: a.batch_size,
-            seed: a.seed,
-        },
-        &device,
-        || {
-            if let Some(b) = &bar {
-                b.inc(1);
-            }
-        },
-    )?;
+    let opts = crate::eval::nll::NllOptions {
+        limit: a.limit,
+        batch: a.batch_size,
+        seed: a.seed,
+    };
+    let tick = || {
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
+    };
+    let r = match t_samples {
+        Some(k) => crate::eval::nll::evaluate_sampled(
+            diffusion,
+            loaded.vdm.as_ref(),
+            &loaded.model,
+            data.as_ref(),
+            opts,
+            k,
+            &device,
+            tick,
+        )?,
+        None => crate::eval::nll::evaluate(
+            diffusion,
+            &loaded.model,
+            data.as_ref(),
+            opts,
+            &device,
+            tick,
+        )?,
+    };
     if let Some(b) = bar {
         b.finish();
     }
@@ -403,15 +430,28 @@ fn nll(a: NllArgs) -> CliResult {
             serde_json::to_string(&r).map_err(anyhow::Error::from)?
         );
     } else {
+        let how = match t_samples {
+            Some(k) => format!("; {k} t-sample(s) per image"),
+            None => String::new(),
+        };
+        let (decoder, rest) = if loaded.vdm.is_some() {
+            ("decoder", "diffusion loss")
+        } else {
+            ("decoder L_0", "Σ L_t")
+        };
+        let mse = if r.mse.is_nan() {
+            String::new()
+        } else {
+            format!("; ε MSE {:.4}", r.mse)
+        };
         println!(
-            "{:.4} ± {:.4} bits/dim over {} images (prior {:.2e}, decoder L_0 {:.4}, Σ L_t {:.4}; ε MSE {:.4})",
+            "{:.4} ± {:.4} bits/dim over {} images (prior {:.2e}, {decoder} {:.4}, {rest} {:.4}{mse}{how})",
             r.bpd,
             r.bpd_stderr,
             r.n,
             r.prior_bpd,
             r.decoder_bpd,
             r.bpd - r.prior_bpd - r.decoder_bpd,
-            r.mse
         );
     }
     Ok(())
@@ -423,12 +463,12 @@ fn guidance(a: GuidanceArgs) -> CliResult {
     let device = super::device(&a.device)?;
     let loaded = load_for_inference::<UNet, 4>(&a.checkpoint, a.no_ema, &device)
         .map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
-    let diffusion = diffusion_from(&loaded.config)?;
+    let diffusion = loaded.diffusion.clone();
     let guide = match &a.guide_classifier {
         Some(p) => Some(super::sample::load_guide(
             p,
             &loaded.config,
-            &diffusion,
+            &super::sample::guided_chain(&loaded.config)?,
             &device,
         )?),
         None => None,

@@ -63,6 +63,9 @@ pub struct SchedulesArgs {
     /// T.
     #[arg(long, default_value_t = 1000, value_parser = super::at_least_one)]
     timesteps: usize,
+    /// Also draw the schedule of these trained runs (a learned VDM schedule's EMA; repeatable).
+    #[arg(long)]
+    run: Vec<PathBuf>,
     /// Output PNG.
     #[arg(long)]
     out: PathBuf,
@@ -141,7 +144,17 @@ pub fn run(cmd: PlotCommand) -> CliResult {
                     "--timesteps: at least 21 (the default β ranges scale by 1000/T)".into(),
                 ));
             }
-            plot::schedules(&a.out, a.timesteps)?;
+            let mut runs = Vec::new();
+            for r in &a.run {
+                let (s, _) = crate::train::trainer::run_schedule(r, Some(a.timesteps))
+                    .map_err(|e| CliError::Usage(format!("--run {}: {e:#}", r.display())))?;
+                let name = r
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| r.display().to_string());
+                runs.push((name, s));
+            }
+            plot::schedules(&a.out, a.timesteps, runs)?;
         }
         PlotCommand::Diffusion(a) => {
             check_ts(&a.t)?;

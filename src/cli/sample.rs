@@ -21,6 +21,18 @@ use crate::train::TrainConfig;
 use crate::train::checkpoint::{HostTensor, resolve, to_safetensors};
 use crate::train::classifier::{LoadedClassifier, check_guides, load_classifier};
 use crate::train::trainer::{Net, diffusion_from, item_shape_of, load_for_inference, run_config};
+
+/// The DDPM chain of a run that a noise-aware classifier must share; VDM runs have none.
+pub fn guided_chain(
+    cfg: &crate::train::TrainConfig,
+) -> Result<crate::diffusion::GaussianDiffusion, CliError> {
+    if cfg.vdm_time().ok().flatten().is_some() {
+        return Err(CliError::Usage(
+            "--classifier: the model trains in VDM time (--time); a noise-aware classifier follows a DDPM chain of --timesteps steps, whose steps and network times differ — use classifier-free guidance (a --class-cond run) instead".into(),
+        ));
+    }
+    Ok(diffusion_from(cfg)?)
+}
 use crate::viz::grid::{encode_png, image_pixels, save_grid, save_scatter, square_cols};
 
 #[derive(Args)]
@@ -208,7 +220,7 @@ where
     let cfg = &loaded.config;
     let item_shape = item_shape_of(cfg)?;
     let model = loaded.model;
-    let diffusion = diffusion_from(cfg)?;
+    let diffusion = loaded.diffusion;
     let clip = parse_clip(&a.clip)?;
     let analytic = if a.analytic_variance {
         Some(analytic_table::<D, M>(
@@ -493,7 +505,7 @@ fn generate(a: &SampleArgs) -> Result<f64, CliError> {
         run_with::<2, Mlp>(a, &device, None)?
     } else {
         let loaded = match &a.classifier {
-            Some(p) => Some(load_guide(p, &cfg, &diffusion_from(&cfg)?, &device)?),
+            Some(p) => Some(load_guide(p, &cfg, &guided_chain(&cfg)?, &device)?),
             None => None,
         };
         if class_names.is_none() {

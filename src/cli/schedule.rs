@@ -53,6 +53,10 @@ pub struct ScheduleArgs {
     /// Respace to a shorter chain: section counts ("250", "10,10,20") or "ddimN".
     #[arg(long)]
     respace: Option<String>,
+    /// Print the schedule of a trained run (or checkpoint) instead: a learned VDM schedule
+    /// (its EMA) discretized over --timesteps steps (default: the run's sampling chain).
+    #[arg(long, conflicts_with_all = ["schedule", "beta_start", "beta_end", "zero_terminal_snr", "gamma_min", "gamma_max"])]
+    checkpoint: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
@@ -64,6 +68,7 @@ pub fn build_schedule(
     timesteps: Option<usize>,
     beta_start: Option<f64>,
     beta_end: Option<f64>,
+    gamma_range: (Option<f64>, Option<f64>),
     zero_terminal_snr: bool,
 ) -> Result<NoiseSchedule, CliError> {
     let (kind, t) = if let Some(path) = name.strip_prefix("file:") {
@@ -80,7 +85,17 @@ pub fn build_schedule(
         (BetaSchedule::Custom(betas), n)
     } else {
         let t = timesteps.unwrap_or(1000);
-        (BetaSchedule::named(name, t, beta_start, beta_end)?, t)
+        if name == "learned" {
+            return Err(CliError::Usage(
+                "--schedule learned: a learned schedule belongs to a run; print it with \
+                 --checkpoint RUN"
+                    .into(),
+            ));
+        }
+        (
+            BetaSchedule::named(name, t, beta_start, beta_end)?.with_gamma_range(gamma_range),
+            t,
+        )
     };
     Ok(NoiseSchedule::new(&kind, t, zero_terminal_snr)?)
 }
@@ -127,13 +142,30 @@ fn json_number(v: f64) -> serde_json::Value {
 
 pub fn run(args: ScheduleArgs) -> CliResult {
     let f = &args.schedule;
-    let mut s = build_schedule(
-        f.schedule.as_deref().unwrap_or("linear"),
-        f.timesteps,
-        f.beta_start,
-        f.beta_end,
-        f.zero_terminal_snr,
-    )?;
+    let mut s = match &args.checkpoint {
+        Some(run) => {
+            let (s, ends) = crate::train::trainer::run_schedule(run, f.timesteps)
+                .map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
+            if let Some((g0, g1)) = ends {
+                eprintln!(
+                    "{}: γ(0) = {g0:.4}, γ(1) = {g1:.4} (log SNR {:.4} … {:.4}); step i is t = (i + 1)/{}",
+                    run.display(),
+                    -g0,
+                    -g1,
+                    s.num_timesteps()
+                );
+            }
+            s
+        }
+        None => build_schedule(
+            f.schedule.as_deref().unwrap_or("linear"),
+            f.timesteps,
+            f.beta_start,
+            f.beta_end,
+            (f.gamma_min, f.gamma_max),
+            f.zero_terminal_snr,
+        )?,
+    };
     if let Some(spec) = &args.respace {
         let kept = space_timesteps(s.num_timesteps(), spec)?;
         s = s.respace(&kept)?;

@@ -1148,6 +1148,70 @@ pub struct Loaded<M> {
     pub checkpoint: PathBuf,
     /// The network.
     pub model: M,
+    /// The chain samplers walk: the run's DDPM chain, or its VDM schedule discretized.
+    pub diffusion: GaussianDiffusion,
+    /// A VDM run's time and schedule.
+    pub vdm: Option<crate::vdm::VdmProcess>,
+}
+
+/// The VDM process of a run (its learned schedule read from `ckpt`: the EMA unless `raw`), or
+/// `None` for a DDPM run.
+pub fn run_vdm(
+    cfg: &TrainConfig,
+    ckpt: &Path,
+    raw: bool,
+    device: &Device,
+) -> Result<Option<crate::vdm::VdmProcess>> {
+    let Some(time) = cfg.vdm_time()? else {
+        return Ok(None);
+    };
+    let gamma: Box<dyn GammaSource> = match cfg.fixed_gamma()? {
+        Some(g) => Box::new(g),
+        None => Box::new(super::learned_schedule::load_for_inference(
+            ckpt,
+            raw,
+            cfg.gamma_range(),
+            device,
+        )?),
+    };
+    Ok(Some(crate::vdm::VdmProcess { time, gamma }))
+}
+
+/// The noise schedule of a run or checkpoint directory without its network: a VDM run's γ
+/// discretized over `steps` steps (its sampling chain's length when `None`), a DDPM run's own
+/// chain. Also returns γ(0), γ(1) for VDM runs.
+pub fn run_schedule(
+    path: &Path,
+    steps: Option<usize>,
+) -> Result<(NoiseSchedule, Option<(f64, f64)>)> {
+    let ckpt = resolve(path)?;
+    let cfg = run_config(&ckpt)?;
+    let device = crate::device::by_name("cpu")?;
+    match run_vdm(&cfg, &ckpt, false, &device)? {
+        Some(v) => {
+            let n = steps.unwrap_or_else(|| vdm_chain_steps(&cfg, v.time));
+            Ok((
+                crate::vdm::time::chain(v.gamma.as_ref(), n)?,
+                Some(v.gamma.ends()),
+            ))
+        }
+        None => Ok((diffusion_from(&cfg)?.schedule, None)),
+    }
+}
+
+/// The chain a run samples on (see [`Loaded::diffusion`]).
+pub fn run_diffusion(
+    cfg: &TrainConfig,
+    vdm: Option<&crate::vdm::VdmProcess>,
+) -> Result<GaussianDiffusion> {
+    match vdm {
+        Some(v) => Ok(GaussianDiffusion::new(
+            crate::vdm::time::chain(v.gamma.as_ref(), vdm_chain_steps(cfg, v.time))?,
+            cfg.parameterization,
+            cfg.variance,
+        )),
+        None => diffusion_from(cfg),
+    }
 }
 
 /// The configuration of the run a checkpoint directory (`RUN/checkpoints/step-N`) belongs to:
@@ -1189,10 +1253,14 @@ pub fn load_for_inference<M: Net<D>, const D: usize>(
         &file.display().to_string(),
         device,
     )?;
+    let vdm = run_vdm(&config, &ckpt, no_ema, device)?;
+    let diffusion = run_diffusion(&config, vdm.as_ref())?;
     Ok(Loaded {
         config,
         checkpoint: ckpt,
         model,
+        diffusion,
+        vdm,
     })
 }
 

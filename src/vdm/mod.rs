@@ -12,4 +12,4 @@ pub mod vlb;
 
 pub use gamma::{FixedGamma, alpha_sq, discrete_weight, sample_times, sigma_sq};
 pub use learned::LearnedGamma;
-pub use time::{GammaSource, LossTimes, Time};
+pub use time::{GammaSource, LossTimes, Time, VdmProcess};

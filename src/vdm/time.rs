@@ -96,6 +96,15 @@ impl GammaSource for LearnedGamma {
     }
 }
 
+/// A trained VDM model's process: how it treats time and its γ (fixed, or loaded from the
+/// checkpoint).
+pub struct VdmProcess {
+    /// Continuous or discrete time.
+    pub time: Time,
+    /// The schedule.
+    pub gamma: Box<dyn GammaSource>,
+}
+
 /// The times, γ's and weights of one batch of a VDM loss.
 #[derive(Debug, Clone)]
 pub struct LossTimes {

@@ -120,20 +120,21 @@ fn line_chart(
 
 /// β_t, ᾱ_t and log-SNR of the linear, quadratic, sigmoid, cosine and VDM linear-γ schedules
 /// over T steps.
-pub fn schedules(path: &Path, timesteps: usize) -> Result<()> {
+pub fn schedules(path: &Path, timesteps: usize, runs: Vec<(String, NoiseSchedule)>) -> Result<()> {
     let mut tables = Vec::new();
     for name in ["linear", "quadratic", "sigmoid", "cosine", "vdm-linear"] {
         let k = BetaSchedule::named(name, timesteps, None, None)?;
         tables.push((name.to_string(), NoiseSchedule::new(&k, timesteps, false)?));
     }
+    tables.extend(runs);
+    // A chain of another length is drawn over the same axis (its step i at (i + 1)·T/len).
     let series = |f: &dyn Fn(&NoiseSchedule, usize) -> f64| -> Vec<Series> {
         tables
             .iter()
             .map(|(n, s)| {
-                (
-                    n.clone(),
-                    (0..timesteps).map(|i| ((i + 1) as f64, f(s, i))).collect(),
-                )
+                let len = s.num_timesteps();
+                let x = |i: usize| (i + 1) as f64 * timesteps as f64 / len as f64;
+                (n.clone(), (0..len).map(|i| (x(i), f(s, i))).collect())
             })
             .collect()
     };
