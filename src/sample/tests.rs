@@ -51,7 +51,7 @@ impl crate::diffusion::Denoiser<2> for ExactMixture {
                 let j = rs
                     .timestep_map
                     .iter()
-                    .position(|&k| k == t)
+                    .position(|&k| rs.network_time(k) as usize == t)
                     .expect("a step of the chain");
                 let var_x0 = (m2 / den - (m1 / den).powi(2)).max(0.0);
                 let v = rs.posterior_variance[j] + rs.posterior_mean_coef1[j].powi(2) * var_x0;
