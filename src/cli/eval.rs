@@ -392,6 +392,7 @@ fn nll(a: NllArgs) -> CliResult {
         limit: a.limit,
         batch: a.batch_size,
         seed: a.seed,
+        t_samples: t_samples.unwrap_or(1),
     };
     let tick = || {
         if let Some(b) = &bar {
@@ -399,13 +400,12 @@ fn nll(a: NllArgs) -> CliResult {
         }
     };
     let r = match t_samples {
-        Some(k) => crate::eval::nll::evaluate_sampled(
+        Some(_) => crate::eval::nll::evaluate_sampled(
             diffusion,
             loaded.vdm.as_ref(),
             &loaded.model,
             data.as_ref(),
             opts,
-            k,
             &device,
             tick,
         )?,

@@ -129,6 +129,7 @@ pub fn run(a: TrainClassifierArgs) -> CliResult {
     net.num_classes = None;
     net.learn_sigma = false;
     net.dropout = 0.0;
+    net.fourier_features.clear();
     if let Some(c) = a.base_channels {
         net.base_channels = c;
     }

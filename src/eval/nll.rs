@@ -41,6 +41,8 @@ pub struct NllOptions {
     pub batch: usize,
     /// Seed of the noise.
     pub seed: u64,
+    /// Draws of t per image for [`evaluate_sampled`].
+    pub t_samples: usize,
 }
 
 /// Per-image values of one batch: total, prior and decoder bits/dim, ε MSE, and the terms by t
@@ -63,7 +65,9 @@ fn aggregate(
     device: &Device,
     mut batch_terms: impl FnMut(Tensor<4>, &mut Rng) -> BatchTerms,
 ) -> anyhow::Result<NllReport> {
-    let NllOptions { limit, batch, seed } = opts;
+    let NllOptions {
+        limit, batch, seed, ..
+    } = opts;
     let n = limit.unwrap_or(data.len()).min(data.len());
     let shape = data.item_shape();
     let item: usize = shape.iter().product();
@@ -150,7 +154,7 @@ pub fn evaluate<M: Denoiser<4>>(
 }
 
 /// An unbiased Monte-Carlo estimate of each image's bound from `t_samples` draws of t, much
-/// cheaper than [`evaluate`]'s T evaluations per image. A DDPM chain: L_T and L_0 exactly, and
+/// cheaper than [`evaluate`]'s T evaluations per image (`opts.t_samples` draws). A DDPM chain: L_T and L_0 exactly, and
 /// Σ_{t=1}^{T−1} L_t as (T − 1)·(the mean of L_t at `t_samples` uniform t); its ε MSE is over
 /// those t. A VDM model (`vdm`): prior, decoder and diffusion loss (Kingma et al. eq. 11) each
 /// averaged over `t_samples` draws of t and of the noises; its ε MSE is not computed (NaN). The
@@ -161,11 +165,10 @@ pub fn evaluate_sampled<M: Denoiser<4>>(
     model: &M,
     data: &dyn Dataset,
     opts: NllOptions,
-    t_samples: usize,
     device: &Device,
     mut on_eval: impl FnMut(),
 ) -> anyhow::Result<NllReport> {
-    let k = t_samples.max(1);
+    let k = opts.t_samples.max(1);
     let n_t = diffusion.num_timesteps();
     aggregate(data, opts, 0, device, |x0, rng| {
         let m = x0.dims()[0];

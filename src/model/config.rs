@@ -70,6 +70,11 @@ pub struct UNetConfig {
     /// (index `num_classes`: no condition), added to the time embedding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_classes: Option<usize>,
+    /// Fourier features of the input (Kingma et al. 2021, Appendix C): for each n listed,
+    /// sin(2ⁿ·2π·x) and cos(2ⁿ·2π·x) of every channel join the input (n = 7, 8 resolve the
+    /// 8-bit grid of [−1, 1]); empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fourier_features: Vec<u32>,
 }
 
 impl UNetConfig {
@@ -129,6 +134,7 @@ impl UNetConfig {
             learn_sigma: false,
             time_scale: 1.0,
             num_classes: None,
+            fourier_features: Vec::new(),
         }
     }
 
@@ -154,6 +160,7 @@ impl UNetConfig {
             learn_sigma: false,
             time_scale: 1.0,
             num_classes: None,
+            fourier_features: Vec::new(),
         }
     }
 
@@ -178,6 +185,7 @@ impl UNetConfig {
             learn_sigma: false,
             time_scale: 1.0,
             num_classes: None,
+            fourier_features: Vec::new(),
         }
     }
 
@@ -225,6 +233,12 @@ impl UNetConfig {
             && !(1..=100_000).contains(&k)
         {
             return err(format!("num_classes must be in 1..=100000, got {k}"));
+        }
+        if let Some(n) = self.fourier_features.iter().find(|&&n| n > 20) {
+            return err(format!(
+                "fourier_features: exponent {n} is above 20 (a frequency beyond any float image's \
+                 resolution); VDM uses 7 and 8"
+            ));
         }
         if !(self.time_scale > 0.0 && self.time_scale.is_finite()) {
             return err(format!(

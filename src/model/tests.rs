@@ -177,3 +177,47 @@ fn noisy_classifier_gradient_matches_finite_differences() {
         "a gradient that is all zero"
     );
 }
+
+#[test]
+fn fourier_features_join_the_input_and_resolve_the_pixel_grid() {
+    use burn::tensor::TensorData;
+    let d = dev();
+    let vals = [-1.0f32, -0.5, 0.0, 2.0 / 255.0, 1.0, 0.3];
+    let x = Tensor::<4>::from_data(TensorData::new(vals.to_vec(), [1, 1, 2, 3]), &d);
+    let f = super::unet::with_fourier_features(x, &[7, 8]);
+    assert_eq!(f.dims(), [1, 5, 2, 3]);
+    let got: Vec<f32> = f.into_data().convert::<f32>().try_into_vec().unwrap();
+    for (i, &v) in vals.iter().enumerate() {
+        for (k, n) in [7, 8].iter().enumerate() {
+            let h = v as f64 * 2f64.powi(*n) * std::f64::consts::TAU;
+            let (s, c) = (got[(1 + 2 * k) * 6 + i], got[(2 + 2 * k) * 6 + i]);
+            assert!(
+                (s as f64 - h.sin()).abs() < 2e-3,
+                "sin 2^{n}: {s} vs {}",
+                h.sin()
+            );
+            assert!(
+                (c as f64 - h.cos()).abs() < 2e-3,
+                "cos 2^{n}: {c} vs {}",
+                h.cos()
+            );
+        }
+        assert_eq!(got[i], v);
+    }
+    // A network with them takes 1 + 2·2 input channels and still maps images to images.
+    let mut c = UNetConfig::tiny();
+    c.fourier_features = vec![7, 8];
+    let plain = UNet::new(&UNetConfig::tiny(), &d).unwrap().num_params();
+    let net = UNet::new(&c, &d).unwrap();
+    assert_eq!(net.num_params() - plain, 4 * 9 * c.base_channels);
+    let x = Tensor::<4>::random([2, 1, 8, 8], burn::tensor::Distribution::Default, &d);
+    let t = Tensor::<1>::from_floats([3.0, 700.0], &d);
+    assert_eq!(net.forward(x, t).dims(), [2, 1, 8, 8]);
+    c.fourier_features = vec![21];
+    assert!(
+        c.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("fourier_features")
+    );
+}

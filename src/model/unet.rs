@@ -56,6 +56,23 @@ pub struct UNet {
     #[module(skip)]
     time_features: super::config::TimeFeatures,
     time_scale: f64,
+    #[module(skip)]
+    fourier: Vec<u32>,
+}
+
+/// The input with its Fourier features appended along the channels: sin and cos of 2ⁿ·2π·x for
+/// each exponent n (the identity for none).
+pub fn with_fourier_features(x: Tensor<4>, exponents: &[u32]) -> Tensor<4> {
+    if exponents.is_empty() {
+        return x;
+    }
+    let mut parts = vec![x.clone()];
+    for &n in exponents {
+        let h = x.clone() * (2f64.powi(n as i32) * std::f64::consts::TAU);
+        parts.push(h.clone().sin());
+        parts.push(h.cos());
+    }
+    Tensor::cat(parts, 1)
 }
 
 /// The residual-block shape of `config` from `cin` to `cout` channels.
@@ -236,7 +253,13 @@ impl UNet {
             class_emb: config
                 .num_classes
                 .map(|k| ClassEmbedding::new(k, emb_dim, device)),
-            conv_in: conv3x3(config.in_channels, ch, 1, false, device),
+            conv_in: conv3x3(
+                config.in_channels * (1 + 2 * config.fourier_features.len()),
+                ch,
+                1,
+                false,
+                device,
+            ),
             down,
             mid1,
             mid_attn,
@@ -247,6 +270,7 @@ impl UNet {
             base_channels: ch,
             time_features: config.time_features,
             time_scale: config.time_scale,
+            fourier: config.fourier_features.clone(),
         })
     }
 
@@ -282,7 +306,7 @@ impl UNet {
             }
             None => emb,
         };
-        let h = kernels::conv2d(&self.conv_in, x);
+        let h = kernels::conv2d(&self.conv_in, with_fourier_features(x, &self.fourier));
         let mut hs = vec![h.clone()];
         let mut h = run_down(&self.down, h, &emb, Some(&mut hs));
         h = self.mid1.forward(h, emb.clone());
