@@ -414,3 +414,52 @@ fn likelihood_and_fid_on_two_ranks_equal_one() {
         "FID {x} on one rank, {y} on two"
     );
 }
+
+/// A learned VDM schedule sums its gradients over the ranks like the network: 2 ranks train the
+/// network and the schedule as one process does (within the f32 reordering tolerance).
+#[test]
+fn a_learned_schedule_trains_on_two_ranks_as_in_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("d");
+    common::write_idx(&d, 48, 8, 9);
+    let data = format!("idx:{}", d.display());
+    let s = |p: &Path| p.display().to_string();
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    let args = |r: &Path| {
+        let mut a = tiny(&data, &s(r), "10", "6");
+        a.extend(["--schedule", "learned"].map(String::from));
+        a
+    };
+    let o = Command::new(bin()).args(args(&one)).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    on(
+        2,
+        &args(&two).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let diff = max_difference(&ckpt(&one, 10), &ckpt(&two, 10));
+    assert!(diff < TOLERANCE, "weights differ by {diff}");
+    // The schedules as functions: γ(t) is invariant to a shift and a scale of the γ network's
+    // raw output (it is renormalized between the learned endpoints), so those directions get
+    // zero gradient and the weights along them carry only rounding noise; compare what they
+    // compute, the ᾱ of the sampling chain.
+    let chain = |r: &Path| -> Vec<f64> {
+        let o = Command::new(bin())
+            .args(["schedule", "--checkpoint", &s(r), "--format", "json"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["alphas_cumprod"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let (a, b) = (chain(&one), chain(&two));
+    assert_eq!(a.len(), 50);
+    for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+        let (lp, lq) = ((p / (1.0 - p)).ln(), (q / (1.0 - q)).ln());
+        assert!((lp - lq).abs() < 1e-4, "log SNR at step {i}: {lp} vs {lq}");
+    }
+}
