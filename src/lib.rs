@@ -15,6 +15,7 @@ pub mod files;
 pub mod heap;
 pub mod kernels;
 pub mod model;
+pub mod pretrained;
 pub mod rng;
 pub mod sample;
 pub mod schedule;

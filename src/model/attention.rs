@@ -17,8 +17,21 @@ pub struct AttentionBlock {
 impl AttentionBlock {
     /// A block over `channels` with `heads` heads (`channels % heads == 0`).
     pub fn new(channels: usize, heads: usize, groups: usize, device: &Device) -> Self {
+        Self::with_eps(channels, heads, groups, 1e-5, device)
+    }
+
+    /// [`Self::new`] with GroupNorm ε `eps`.
+    pub fn with_eps(
+        channels: usize,
+        heads: usize,
+        groups: usize,
+        eps: f64,
+        device: &Device,
+    ) -> Self {
         Self {
-            norm: GroupNormConfig::new(groups, channels).init(device),
+            norm: GroupNormConfig::new(groups, channels)
+                .with_epsilon(eps)
+                .init(device),
             qkv: LinearConfig::new(channels, 3 * channels).init(device),
             proj: LinearConfig::new(channels, channels)
                 .with_initializer(Initializer::Zeros)

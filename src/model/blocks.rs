@@ -80,6 +80,8 @@ pub struct ResBlockSpec {
     pub scale_shift: bool,
     /// Resolution change.
     pub resample: Resample,
+    /// GroupNorm ε.
+    pub eps: f64,
 }
 
 impl ResBlock {
@@ -88,10 +90,14 @@ impl ResBlock {
     pub fn new(s: &ResBlockSpec, device: &Device) -> Self {
         let emb_out = if s.scale_shift { 2 * s.cout } else { s.cout };
         Self {
-            norm1: GroupNormConfig::new(s.groups, s.cin).init(device),
+            norm1: GroupNormConfig::new(s.groups, s.cin)
+                .with_epsilon(s.eps)
+                .init(device),
             conv1: conv3x3(s.cin, s.cout, 1, false, device),
             emb_proj: LinearConfig::new(s.emb_dim, emb_out).init(device),
-            norm2: GroupNormConfig::new(s.groups, s.cout).init(device),
+            norm2: GroupNormConfig::new(s.groups, s.cout)
+                .with_epsilon(s.eps)
+                .init(device),
             dropout: DropoutConfig::new(s.dropout).init(),
             conv2: conv3x3(s.cout, s.cout, 1, true, device),
             skip: (s.cin != s.cout)
@@ -149,10 +155,19 @@ pub struct Downsample {
 }
 
 impl Downsample {
-    /// A stride-2 convolution (Ho et al.).
-    pub fn conv(ch: usize, device: &Device) -> Self {
+    /// A stride-2 convolution (Ho et al.), padded by one on every side, or with `padding` 0 by
+    /// one row and column at the bottom and right only (diffusers' `downsample_padding = 0`).
+    pub fn conv(ch: usize, padding: usize, device: &Device) -> Self {
+        let conv = if padding == 0 {
+            Conv2dConfig::new([ch, ch], [3, 3])
+                .with_stride([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(0, 0, 1, 1))
+                .init(device)
+        } else {
+            conv3x3(ch, ch, 2, false, device)
+        };
         Self {
-            conv: Some(conv3x3(ch, ch, 2, false, device)),
+            conv: Some(conv),
             res: None,
         }
     }

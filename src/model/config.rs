@@ -75,6 +75,35 @@ pub struct UNetConfig {
     /// 8-bit grid of [−1, 1]); empty: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fourier_features: Vec<u32>,
+    /// GroupNorm ε (PyTorch's 1e-5; diffusers' DDPM checkpoints use 1e-6).
+    #[serde(default = "default_norm_eps")]
+    pub norm_eps: f64,
+    /// Padding of the stride-2 downsampling convolution: 1 on every side (Ho et al.'s
+    /// convolution as in improved-diffusion), or 0: one row and column of zeros at the bottom
+    /// and right only (diffusers' `downsample_padding = 0`, the TF original's "SAME").
+    #[serde(default = "default_downsample_padding")]
+    pub downsample_padding: usize,
+    /// Sinusoidal time features as [cos, sin] instead of [sin, cos] (diffusers' flip_sin_to_cos).
+    #[serde(default)]
+    pub flip_sin_to_cos: bool,
+    /// The sinusoidal frequencies are 10000^(−i/(d/2 − freq_shift)) (Ho et al.: 1).
+    #[serde(default = "default_freq_shift")]
+    pub freq_shift: f64,
+    /// Map the input x to 2x − 1 first (diffusers' center_input_sample).
+    #[serde(default)]
+    pub center_input: bool,
+}
+
+fn default_norm_eps() -> f64 {
+    1e-5
+}
+
+fn default_downsample_padding() -> usize {
+    1
+}
+
+fn default_freq_shift() -> f64 {
+    1.0
 }
 
 impl UNetConfig {
@@ -135,6 +164,11 @@ impl UNetConfig {
             time_scale: 1.0,
             num_classes: None,
             fourier_features: Vec::new(),
+            norm_eps: default_norm_eps(),
+            downsample_padding: 1,
+            flip_sin_to_cos: false,
+            freq_shift: 1.0,
+            center_input: false,
         }
     }
 
@@ -161,6 +195,11 @@ impl UNetConfig {
             time_scale: 1.0,
             num_classes: None,
             fourier_features: Vec::new(),
+            norm_eps: default_norm_eps(),
+            downsample_padding: 1,
+            flip_sin_to_cos: false,
+            freq_shift: 1.0,
+            center_input: false,
         }
     }
 
@@ -186,6 +225,11 @@ impl UNetConfig {
             time_scale: 1.0,
             num_classes: None,
             fourier_features: Vec::new(),
+            norm_eps: default_norm_eps(),
+            downsample_padding: 1,
+            flip_sin_to_cos: false,
+            freq_shift: 1.0,
+            center_input: false,
         }
     }
 
@@ -204,6 +248,16 @@ impl UNetConfig {
     /// Channels the network outputs.
     pub fn output_channels(&self) -> usize {
         self.out_channels * if self.learn_sigma { 2 } else { 1 }
+    }
+
+    /// How this network turns timesteps into features.
+    pub fn time_embedding(&self) -> super::embedding::TimeEmbedding {
+        super::embedding::TimeEmbedding {
+            features: self.time_features,
+            scale: self.time_scale,
+            flip_sin_to_cos: self.flip_sin_to_cos,
+            freq_shift: self.freq_shift,
+        }
     }
 
     /// Heads for an attention block of `channels`.
@@ -233,6 +287,25 @@ impl UNetConfig {
             && !(1..=100_000).contains(&k)
         {
             return err(format!("num_classes must be in 1..=100000, got {k}"));
+        }
+        if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
+            return err(format!(
+                "norm_eps must be a positive finite number, got {}",
+                self.norm_eps
+            ));
+        }
+        if self.downsample_padding > 1 {
+            return err(format!(
+                "downsample_padding must be 0 (bottom/right only) or 1, got {}",
+                self.downsample_padding
+            ));
+        }
+        if !self.freq_shift.is_finite() || self.freq_shift >= (self.base_channels / 2) as f64 {
+            return err(format!(
+                "freq_shift {} must be below half the base channels ({})",
+                self.freq_shift,
+                self.base_channels / 2
+            ));
         }
         if let Some(n) = self.fourier_features.iter().find(|&&n| n > 20) {
             return err(format!(

@@ -10,7 +10,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::attention::AttentionBlock;
 use super::blocks::{ResBlock, Resample, conv3x3};
-use super::config::{ConfigError, TimeFeatures, UNetConfig};
+use super::config::{ConfigError, UNetConfig};
 use super::unet::{DownPath, Level, embed_time, res_spec, run_down};
 use crate::kernels;
 
@@ -28,8 +28,8 @@ pub struct NoisyClassifier {
     head: Linear,
     base_channels: usize,
     #[module(skip)]
-    time_features: TimeFeatures,
-    time_scale: f64,
+    #[module(skip)]
+    time: super::embedding::TimeEmbedding,
     classes: usize,
 }
 
@@ -49,7 +49,13 @@ impl NoisyClassifier {
         let cur = down.channels;
         let mid = |device| ResBlock::new(&res_spec(config, cur, cur, Resample::None), device);
         let mid1 = mid(device);
-        let mid_attn = AttentionBlock::new(cur, config.heads_for(cur), config.groups, device);
+        let mid_attn = AttentionBlock::with_eps(
+            cur,
+            config.heads_for(cur),
+            config.groups,
+            config.norm_eps,
+            device,
+        );
         let mid2 = mid(device);
         Ok(Self {
             emb1: LinearConfig::new(ch, emb_dim).init(device),
@@ -59,11 +65,12 @@ impl NoisyClassifier {
             mid1,
             mid_attn,
             mid2,
-            norm_out: GroupNormConfig::new(config.groups, cur).init(device),
+            norm_out: GroupNormConfig::new(config.groups, cur)
+                .with_epsilon(config.norm_eps)
+                .init(device),
             head: LinearConfig::new(cur, classes).init(device),
             base_channels: ch,
-            time_features: config.time_features,
-            time_scale: config.time_scale,
+            time: config.time_embedding(),
             classes,
         })
     }
@@ -80,8 +87,7 @@ impl NoisyClassifier {
             &self.emb2,
             t,
             self.base_channels,
-            self.time_features,
-            self.time_scale,
+            &self.time,
             x.dtype(),
         );
         let h = kernels::conv2d(&self.conv_in, x);

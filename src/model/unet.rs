@@ -10,7 +10,6 @@ use super::attention::AttentionBlock;
 use super::blocks::{Downsample, ResBlock, ResBlockSpec, Resample, Upsample, conv3x3};
 use super::class_embedding::ClassEmbedding;
 use super::config::{ConfigError, TimeInjection, UNetConfig};
-use super::embedding::time_features;
 use crate::kernels;
 
 /// A residual block, optionally followed by self-attention.
@@ -54,10 +53,10 @@ pub struct UNet {
     conv_out: Conv2d,
     base_channels: usize,
     #[module(skip)]
-    time_features: super::config::TimeFeatures,
-    time_scale: f64,
+    time: super::embedding::TimeEmbedding,
     #[module(skip)]
     fourier: Vec<u32>,
+    center_input: bool,
 }
 
 /// The input with its Fourier features appended along the channels: sin and cos of 2ⁿ·2π·x for
@@ -90,6 +89,7 @@ pub(crate) fn res_spec(
         dropout: config.dropout,
         scale_shift: config.time_injection == TimeInjection::ScaleShift,
         resample,
+        eps: config.norm_eps,
     }
 }
 
@@ -100,10 +100,15 @@ pub(crate) fn attention_at(
     res: usize,
     device: &Device,
 ) -> Option<AttentionBlock> {
-    config
-        .attention_resolutions
-        .contains(&res)
-        .then(|| AttentionBlock::new(c, config.heads_for(c), config.groups, device))
+    config.attention_resolutions.contains(&res).then(|| {
+        AttentionBlock::with_eps(
+            c,
+            config.heads_for(c),
+            config.groups,
+            config.norm_eps,
+            device,
+        )
+    })
 }
 
 /// The way down, shared by the U-Net and the noise-aware classifier (its encoder half).
@@ -142,7 +147,7 @@ impl DownPath {
                 if config.resblock_updown {
                     Downsample::res(&res_spec(config, cur, cur, Resample::Down), device)
                 } else {
-                    Downsample::conv(cur, device)
+                    Downsample::conv(cur, config.downsample_padding, device)
                 }
             });
             if ds.is_some() {
@@ -194,11 +199,17 @@ pub(crate) fn embed_time(
     emb2: &Linear,
     t: Tensor<1>,
     base_channels: usize,
-    features: super::config::TimeFeatures,
-    scale: f64,
+    time: &super::embedding::TimeEmbedding,
     dtype: burn::tensor::DType,
 ) -> Tensor<2> {
-    let f = time_features(t * scale, base_channels, features).cast(dtype);
+    let f = super::embedding::time_features_with(
+        t * time.scale,
+        base_channels,
+        time.features,
+        time.flip_sin_to_cos,
+        time.freq_shift,
+    )
+    .cast(dtype);
     emb2.forward(silu(emb1.forward(f)))
 }
 
@@ -218,7 +229,13 @@ impl UNet {
             resolution: mut res,
         } = DownPath::new(config, device);
         let mid1 = ResBlock::new(&spec(cur, cur, Resample::None), device);
-        let mid_attn = AttentionBlock::new(cur, config.heads_for(cur), config.groups, device);
+        let mid_attn = AttentionBlock::with_eps(
+            cur,
+            config.heads_for(cur),
+            config.groups,
+            config.norm_eps,
+            device,
+        );
         let mid2 = ResBlock::new(&spec(cur, cur, Resample::None), device);
         let mut up = Vec::new();
         for (i, m) in config.channel_mult.iter().enumerate().rev() {
@@ -265,12 +282,14 @@ impl UNet {
             mid_attn,
             mid2,
             up,
-            norm_out: GroupNormConfig::new(config.groups, cur).init(device),
+            norm_out: GroupNormConfig::new(config.groups, cur)
+                .with_epsilon(config.norm_eps)
+                .init(device),
             conv_out: conv3x3(cur, config.output_channels(), 1, true, device),
             base_channels: ch,
-            time_features: config.time_features,
-            time_scale: config.time_scale,
+            time: config.time_embedding(),
             fourier: config.fourier_features.clone(),
+            center_input: config.center_input,
         })
     }
 
@@ -295,8 +314,7 @@ impl UNet {
             &self.emb2,
             t,
             self.base_channels,
-            self.time_features,
-            self.time_scale,
+            &self.time,
             x.dtype(),
         );
         let emb = match &self.class_emb {
@@ -306,6 +324,7 @@ impl UNet {
             }
             None => emb,
         };
+        let x = if self.center_input { x * 2.0 - 1.0 } else { x };
         let h = kernels::conv2d(&self.conv_in, with_fourier_features(x, &self.fourier));
         let mut hs = vec![h.clone()];
         let mut h = run_down(&self.down, h, &emb, Some(&mut hs));

@@ -10,6 +10,22 @@ use crate::model::{MlpConfig, UNetConfig};
 /// The most images a training sample grid may hold.
 pub const MAX_SAMPLE_COUNT: usize = 1024;
 
+/// The sampling settings a model comes with (diffusers' scheduler settings for an imported
+/// model), used where `ddpm sample` flags are absent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerDefaults {
+    /// Step spacing of a shortened chain, for every sampler: linspace, leading or trailing.
+    pub spacing: String,
+    /// Added to every spaced step (diffusers' `steps_offset`).
+    pub steps_offset: usize,
+    /// x̂0 post-processing: clip, none or dynamic:P.
+    pub clip: String,
+    /// DDIM moves along the network's own ε (diffusers) instead of the ε implied by the clipped
+    /// x̂0 (improved-diffusion).
+    pub model_eps: bool,
+}
+
 /// Everything a training run needs; `config.toml` of a run holds it resolved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -115,6 +131,12 @@ pub struct TrainConfig {
     /// The class names, in label order (filled from the dataset when a class-conditional run
     /// starts, then kept: a folder dataset's sub-directory names, digits for MNIST).
     pub classes: Option<Vec<String>>,
+    /// β_1..β_T given as numbers (an imported diffusers scheduler's `trained_betas`; `schedule`
+    /// is then `custom`).
+    pub trained_betas: Option<Vec<f64>>,
+    /// How `ddpm sample` samples this model when its flags do not say (an imported diffusers
+    /// scheduler's spacing, offset and clipping).
+    pub sampler_defaults: Option<SamplerDefaults>,
     /// The U-Net (filled from `preset` unless given).
     pub model: Option<UNetConfig>,
     /// The MLP (for `preset = "mlp"`).
@@ -172,6 +194,8 @@ impl Default for TrainConfig {
             class_cond: false,
             cond_drop: 0.1,
             classes: None,
+            trained_betas: None,
+            sampler_defaults: None,
             model: None,
             mlp: None,
         }

@@ -111,6 +111,17 @@ pub struct TrainState {
 
 /// Builds the diffusion a configuration describes.
 pub fn diffusion_from(cfg: &TrainConfig) -> Result<GaussianDiffusion> {
+    if let Some(b) = &cfg.trained_betas {
+        return Ok(GaussianDiffusion::new(
+            NoiseSchedule::new(
+                &BetaSchedule::Custom(b.clone()),
+                b.len(),
+                cfg.zero_terminal_snr,
+            )?,
+            cfg.parameterization,
+            cfg.variance,
+        ));
+    }
     let s = match (cfg.vdm_time()?, cfg.fixed_gamma_if_vdm()?) {
         (Some(time), Some(g)) => crate::vdm::time::chain(&g, vdm_chain_steps(cfg, time))?,
         (Some(_), None) => bail!(

@@ -1,0 +1,218 @@
+//! Published models in Hugging Face diffusers' format: a `UNet2DModel` (`config.json` +
+//! `diffusion_pytorch_model.safetensors`) and its `DDPMScheduler` / `DDIMScheduler`
+//! (`scheduler_config.json`), in the flat Hub layout or a pipeline's (`model_index.json`,
+//! `unet/`, `scheduler/`), read into this crate's U-Net and run configuration.
+
+pub mod scheduler;
+pub mod unet_config;
+pub mod unet_weights;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use safetensors::Dtype;
+
+use crate::model::UNetConfig;
+use crate::train::TrainConfig;
+use crate::train::checkpoint::HostTensor;
+
+/// The weights file diffusers writes.
+pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
+
+/// Where a diffusers model's files are.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// The U-Net's folder (`config.json` and the weights).
+    pub unet: PathBuf,
+    /// The scheduler's configuration, when there is one.
+    pub scheduler: Option<PathBuf>,
+}
+
+/// The diffusers layout of `dir`, or `None` when it is not a diffusers folder (a `config.json`
+/// naming a `UNet2DModel`, or a pipeline's `model_index.json`).
+pub fn layout(dir: &Path) -> Option<Layout> {
+    let existing = |p: PathBuf| p.is_file().then_some(p);
+    if dir.join("model_index.json").is_file() {
+        return Some(Layout {
+            unet: dir.join("unet"),
+            scheduler: existing(dir.join("scheduler").join("scheduler_config.json")),
+        });
+    }
+    let config = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    if !config.contains("UNet2DModel") {
+        return None;
+    }
+    Some(Layout {
+        unet: dir.to_path_buf(),
+        scheduler: existing(dir.join("scheduler_config.json")),
+    })
+}
+
+/// A diffusers model read into this crate's terms.
+pub struct Imported {
+    /// The run configuration: the U-Net in `model`, the scheduler's noise schedule,
+    /// parameterization and variance, and its sampling defaults.
+    pub config: TrainConfig,
+    /// The weights under this crate's parameter names.
+    pub weights: BTreeMap<String, HostTensor>,
+}
+
+/// Reads the diffusers model in `dir` (either layout).
+pub fn import(dir: &Path) -> Result<Imported> {
+    let Some(l) = layout(dir) else {
+        bail!(
+            "{}: not a diffusers model folder (expected config.json of a UNet2DModel with {WEIGHTS_FILE}, \
+             or a pipeline's model_index.json with unet/ and scheduler/)",
+            dir.display()
+        );
+    };
+    let config_path = l.unet.join("config.json");
+    let text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("cannot read {}", config_path.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", config_path.display()))?;
+    let unet = unet_config::unet_config(&value, &config_path.display().to_string())?;
+    let weights_path = l.unet.join(WEIGHTS_FILE);
+    if !weights_path.is_file() {
+        let bin = l.unet.join("diffusion_pytorch_model.bin");
+        if bin.is_file() {
+            bail!(
+                "{}: only PyTorch pickle weights; this importer reads {WEIGHTS_FILE} (convert \
+                 with diffusers: UNet2DModel.from_pretrained(dir).save_pretrained(dir, \
+                 safe_serialization=True))",
+                l.unet.display()
+            );
+        }
+        if l.unet.join(format!("{WEIGHTS_FILE}.index.json")).is_file() {
+            bail!(
+                "{}: the weights are sharded; a DDPM U-Net fits one file (re-save it unsharded)",
+                l.unet.display()
+            );
+        }
+        bail!("{}: missing", weights_path.display());
+    }
+    let source = weights_path.display().to_string();
+    let weights = unet_weights::from_diffusers(read_float_tensors(&weights_path)?, &source)?;
+    let mut config = TrainConfig {
+        preset: "custom".into(),
+        data: "none".into(),
+        model: Some(unet),
+        ..TrainConfig::default()
+    };
+    match &l.scheduler {
+        Some(p) => scheduler::apply(p, &mut config)?,
+        None => scheduler::apply_defaults(&mut config),
+    }
+    config.variance_check()?;
+    Ok(Imported { config, weights })
+}
+
+impl TrainConfig {
+    /// A variance that needs an output channel the U-Net lacks (or the reverse) is an error.
+    fn variance_check(&self) -> Result<()> {
+        let learned = self.model.as_ref().is_some_and(|m| m.learn_sigma);
+        if learned != self.variance.is_learned() {
+            bail!(
+                "the scheduler's variance_type ({:?}) does not match the U-Net's outputs \
+                 ({} channels of variance)",
+                self.variance,
+                if learned { "with" } else { "without" }
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Named tensors of a safetensors file as f32 (from F32, F16 or BF16), finite.
+pub fn read_float_tensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let raw = view.data();
+        let data: Vec<f32> = match view.dtype() {
+            Dtype::F32 => raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => raw
+                .chunks_exact(2)
+                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                .collect(),
+            Dtype::BF16 => raw
+                .chunks_exact(2)
+                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                .collect(),
+            other => bail!(
+                "{}: tensor {name} is {other:?}; expected F32, F16 or BF16",
+                path.display()
+            ),
+        };
+        if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+            bail!(
+                "{}: tensor {name} holds a non-finite value ({} at index {i})",
+                path.display(),
+                data[i]
+            );
+        }
+        out.insert(
+            name,
+            HostTensor {
+                shape: view.shape().to_vec(),
+                data,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// IEEE half precision to single (exact).
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let frac = (h & 0x3ff) as u32;
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        (0, f) => {
+            // Subnormal: f·2^−24.
+            let v = f as f32 * 2f32.powi(-24);
+            return if sign != 0 { -v } else { v };
+        }
+        (0x1f, f) => sign | 0x7f80_0000 | (f << 13),
+        (e, f) => sign | ((e + 112) << 23) | (f << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// The U-Net configuration of a diffusers folder (for sizing before loading).
+pub fn unet_of(dir: &Path) -> Result<UNetConfig> {
+    let l = layout(dir).with_context(|| format!("{}: not a diffusers folder", dir.display()))?;
+    let p = l.unet.join("config.json");
+    let text =
+        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", p.display()))?;
+    unet_config::unet_config(&v, &p.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_floats_convert_exactly() {
+        for (h, f) in [
+            (0x3c00u16, 1.0f32),
+            (0xc000, -2.0),
+            (0x3555, 0.333_251_95),
+            (0x7bff, 65504.0),
+            (0x0001, 5.960_464_5e-8),
+            (0x0000, 0.0),
+        ] {
+            assert_eq!(f16_to_f32(h), f, "{h:#x}");
+        }
+        assert!(f16_to_f32(0x7c00).is_infinite());
+    }
+}
