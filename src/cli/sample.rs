@@ -12,15 +12,17 @@ use crate::files::write_atomic;
 use crate::model::{Mlp, UNet};
 use crate::rng::{ItemRngs, NoiseSource, Rng};
 use crate::sample::guidance::labels_for;
+use crate::sample::noise_file::NoiseFile;
 use crate::sample::{
     Ancestral, ClassGuided, ClassifierGradient, ClassifierGuide, Ddim, DpmSolverPp2M, Sampler,
     Spacing, ddim::spaced_steps, sample_loop_guided,
 };
 use crate::schedule::space_timesteps;
 use crate::train::TrainConfig;
-use crate::train::checkpoint::{HostTensor, resolve, to_safetensors};
+use crate::train::checkpoint::{HostTensor, to_safetensors};
 use crate::train::classifier::{LoadedClassifier, check_guides, load_classifier};
-use crate::train::trainer::{Net, diffusion_from, item_shape_of, load_for_inference, run_config};
+use crate::train::config::SamplerDefaults;
+use crate::train::trainer::{Net, diffusion_from, item_shape_of, load_for_inference};
 
 /// The DDPM chain of a run that a noise-aware classifier must share; VDM runs have none.
 pub fn guided_chain(
@@ -59,9 +61,11 @@ pub struct SampleArgs {
     /// DDIM η (0: deterministic).
     #[arg(long, default_value_t = 0.0, value_parser = super::unit_closed)]
     eta: f64,
-    /// Step spacing for ddim/dpmpp2m: linspace, leading, trailing.
-    #[arg(long, default_value = "leading")]
-    spacing: String,
+    /// Step spacing: linspace, leading, trailing [default: the model's (an imported diffusers
+    /// scheduler's), else leading for ddim/dpmpp2m and improved-diffusion's even sections for
+    /// ddpm].
+    #[arg(long)]
+    spacing: Option<String>,
     /// For --sampler ddpm: the Analytic-DPM reverse variance (Bao et al. 2022), with
     /// Γ_n = E‖ε̂‖²/d estimated on --analytic-images images of the run's training data.
     #[arg(long)]
@@ -72,9 +76,15 @@ pub struct SampleArgs {
     /// Respacing for ddpm as section counts or ddimN (overrides --steps).
     #[arg(long)]
     respace: Option<String>,
-    /// x̂0 post-processing: clip (default), none, or dynamic:P (percentile P in (0, 1]).
-    #[arg(long, default_value = "clip")]
-    clip: String,
+    /// x̂0 post-processing: clip, none, or dynamic:P (percentile P in (0, 1]) [default: the
+    /// model's (an imported diffusers scheduler's), else clip].
+    #[arg(long)]
+    clip: Option<String>,
+    /// Take x_T and every step's noise from this safetensors file instead of the generator:
+    /// `init` [N, C, H, W] and `steps` [S, N, C, H, W] (S ≥ the stochastic steps), e.g. to compare
+    /// with another implementation on the same noise.
+    #[arg(long)]
+    noise: Option<PathBuf>,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -170,6 +180,7 @@ fn build_sampler(
     a: &SampleArgs,
     d: &GaussianDiffusion,
     clip: X0Clip,
+    defaults: Option<&SamplerDefaults>,
 ) -> Result<AnySampler, CliError> {
     let t = d.num_timesteps();
     if a.steps == 0 || a.steps > t {
@@ -178,27 +189,38 @@ fn build_sampler(
             a.steps
         )));
     }
-    let spacing: Spacing = a
+    let named = a
         .spacing
+        .as_deref()
+        .or(defaults.map(|d| d.spacing.as_str()));
+    let spacing: Spacing = named
+        .unwrap_or("leading")
         .parse()
         .map_err(|e: String| CliError::Usage(format!("--spacing: {e}")))?;
+    // diffusers adds steps_offset to every spaced step (kept below T).
+    let offset = defaults.map_or(0, |d| d.steps_offset);
+    let spaced = || -> Vec<usize> {
+        let mut v: Vec<usize> = spaced_steps(t, a.steps, spacing)
+            .into_iter()
+            .map(|s| (s + offset).min(t - 1))
+            .collect();
+        v.dedup();
+        v
+    };
     Ok(match a.sampler.as_str() {
         "ddpm" => {
-            let spec = a.respace.clone().unwrap_or_else(|| a.steps.to_string());
-            let kept = space_timesteps(t, &spec)?;
+            let kept = match (&a.respace, named) {
+                (Some(spec), _) => space_timesteps(t, spec)?,
+                (None, Some(_)) => spaced(),
+                (None, None) => space_timesteps(t, &a.steps.to_string())?,
+            };
             AnySampler::Ancestral(Box::new(Ancestral::new(d, &kept, clip)))
         }
-        "ddim" => AnySampler::Ddim(Box::new(Ddim::new(
-            d,
-            spaced_steps(t, a.steps, spacing),
-            a.eta,
-            clip,
-        ))),
-        "dpmpp2m" => AnySampler::Dpm(Box::new(DpmSolverPp2M::new(
-            d,
-            spaced_steps(t, a.steps, spacing),
-            clip,
-        ))),
+        "ddim" => AnySampler::Ddim(Box::new(
+            Ddim::new(d, spaced(), a.eta, clip)
+                .with_model_eps(defaults.is_some_and(|d| d.model_eps)),
+        )),
+        "dpmpp2m" => AnySampler::Dpm(Box::new(DpmSolverPp2M::new(d, spaced(), clip))),
         o => {
             return Err(CliError::Usage(format!(
                 "--sampler: unknown sampler `{o}`; expected ddpm, ddim or dpmpp2m"
@@ -221,7 +243,20 @@ where
     let item_shape = item_shape_of(cfg)?;
     let model = loaded.model;
     let diffusion = loaded.diffusion;
-    let clip = parse_clip(&a.clip)?;
+    let defaults = cfg.sampler_defaults.clone();
+    let clip = parse_clip(
+        a.clip
+            .as_deref()
+            .or(defaults.as_ref().map(|d| d.clip.as_str()))
+            .unwrap_or("clip"),
+    )?;
+    let defaults = defaults.as_ref();
+    let noise_file = match &a.noise {
+        Some(p) => Some(
+            NoiseFile::read(p, a.n, &item_shape).map_err(|e| CliError::Usage(format!("{e:#}")))?,
+        ),
+        None => None,
+    };
     let analytic = if a.analytic_variance {
         Some(analytic_table::<D, M>(
             a,
@@ -279,7 +314,7 @@ where
     let n_batches = a.n.div_ceil(bs);
     let mine: Vec<usize> = world.batches(n_batches).collect();
     let total_steps = {
-        let s = build_sampler(a, &diffusion, clip)?;
+        let s = build_sampler(a, &diffusion, clip, defaults)?;
         s.steps_len() * mine.len()
     };
     let bar =
@@ -287,8 +322,13 @@ where
     for &b in &mine {
         let done = b * bs;
         let n = bs.min(a.n - done);
-        let mut rng = ItemRngs::for_items(a.seed, done, n);
-        let mut sampler = build_sampler(a, &diffusion, clip)?;
+        let mut items = ItemRngs::for_items(a.seed, done, n);
+        let mut from_file = noise_file.as_ref().map(|f| f.for_items(done, n));
+        let rng: &mut dyn NoiseSource = match from_file.as_mut() {
+            Some(f) => f,
+            None => &mut items,
+        };
+        let mut sampler = build_sampler(a, &diffusion, clip, defaults)?;
         if let (AnySampler::Ancestral(s), Some(v)) = (&mut sampler, &analytic) {
             s.set_variance(v.clone());
         }
@@ -329,13 +369,16 @@ where
                         device,
                     )
                     .map_err(|e| CliError::Usage(format!("{e:#}")))?;
-                    sampler.run(&guided, shape, g, device, &mut rng, &mut on_step)
+                    sampler.run(&guided, shape, g, device, rng, &mut on_step)
                 } else {
-                    sampler.run(&model, shape, g, device, &mut rng, &mut on_step)
+                    sampler.run(&model, shape, g, device, rng, &mut on_step)
                 }
             }
-            None => sampler.run(&model, shape, None, device, &mut rng, &mut on_step),
+            None => sampler.run(&model, shape, None, device, rng, &mut on_step),
         };
+        if let Some(f) = &from_file {
+            f.check().map_err(|e| CliError::Usage(format!("{e:#}")))?;
+        }
         let x: Vec<f32> = x
             .into_data()
             .convert::<f32>()
@@ -362,7 +405,9 @@ fn analytic_table<const D: usize, M: Net<D>>(
     item_shape: &[usize],
     device: &Device,
 ) -> Result<Vec<f64>, CliError> {
-    let AnySampler::Ancestral(s) = build_sampler(a, diffusion, clip)? else {
+    let AnySampler::Ancestral(s) =
+        build_sampler(a, diffusion, clip, cfg.sampler_defaults.as_ref())?
+    else {
         return Err(CliError::Usage(
             "--analytic-variance applies to --sampler ddpm".into(),
         ));
@@ -458,9 +503,8 @@ fn generate(a: &SampleArgs) -> Result<f64, CliError> {
     if a.n == 0 {
         return Err(CliError::Usage("--n must be at least 1".into()));
     }
-    let ckpt =
-        resolve(&a.checkpoint).map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
-    let cfg = run_config(&ckpt)?;
+    let cfg = crate::train::trainer::config_of(&a.checkpoint)
+        .map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
     // Every image is held until the grid is drawn: refuse what cannot fit before sampling.
     let item_shape = item_shape_of(&cfg)?;
     let item: usize = item_shape.iter().product();
@@ -674,8 +718,10 @@ pub(super) fn chain(r: ChainRequest, out: &Path) -> CliResult {
         classifier,
         classifier_scale,
     } = r;
-    let ckpt = resolve(&checkpoint).map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
-    let is_mlp = run_config(&ckpt).is_ok_and(|c| c.preset == "mlp");
+    let is_mlp = crate::train::trainer::config_of(&checkpoint)
+        .map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?
+        .preset
+        == "mlp";
     if is_mlp {
         return Err(CliError::Usage(
             "--checkpoint: the chain is drawn for image models; a 2-D model's samples come from \
@@ -692,11 +738,12 @@ pub(super) fn chain(r: ChainRequest, out: &Path) -> CliResult {
         sampler,
         steps,
         eta: 0.0,
-        spacing: "leading".into(),
+        spacing: None,
         respace: None,
         analytic_variance: false,
         analytic_images: 64,
-        clip: "clip".into(),
+        clip: None,
+        noise: None,
         seed,
         batch_size: n,
         out: tmp.clone(),

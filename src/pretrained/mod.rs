@@ -67,12 +67,7 @@ pub fn import(dir: &Path) -> Result<Imported> {
             dir.display()
         );
     };
-    let config_path = l.unet.join("config.json");
-    let text = std::fs::read_to_string(&config_path)
-        .with_context(|| format!("cannot read {}", config_path.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not valid JSON", config_path.display()))?;
-    let unet = unet_config::unet_config(&value, &config_path.display().to_string())?;
+    let unet = unet_of(dir)?;
     let weights_path = l.unet.join(WEIGHTS_FILE);
     if !weights_path.is_file() {
         let bin = l.unet.join("diffusion_pytorch_model.bin");
@@ -94,6 +89,19 @@ pub fn import(dir: &Path) -> Result<Imported> {
     }
     let source = weights_path.display().to_string();
     let weights = unet_weights::from_diffusers(read_float_tensors(&weights_path)?, &source)?;
+    Ok(Imported {
+        config: run_config_of(unet, &l)?,
+        weights,
+    })
+}
+
+/// The run configuration of a diffusers folder (its U-Net and scheduler), without the weights.
+pub fn config_of(dir: &Path) -> Result<TrainConfig> {
+    let l = layout(dir).with_context(|| format!("{}: not a diffusers folder", dir.display()))?;
+    run_config_of(unet_of(dir)?, &l)
+}
+
+fn run_config_of(unet: UNetConfig, l: &Layout) -> Result<TrainConfig> {
     let mut config = TrainConfig {
         preset: "custom".into(),
         data: "none".into(),
@@ -105,7 +113,7 @@ pub fn import(dir: &Path) -> Result<Imported> {
         None => scheduler::apply_defaults(&mut config),
     }
     config.variance_check()?;
-    Ok(Imported { config, weights })
+    Ok(config)
 }
 
 impl TrainConfig {

@@ -60,17 +60,27 @@ pub struct Ddim {
     steps: Vec<usize>,
     eta: f64,
     clip: X0Clip,
+    model_eps: bool,
 }
 
 impl Ddim {
-    /// DDIM over `steps` (ascending indices of `base`'s chain) with noise scale `eta`.
+    /// DDIM over `steps` (ascending indices of `base`'s chain) with noise scale `eta`; each step
+    /// moves along the ε implied by the (clipped) x̂0, as improved-diffusion does.
     pub fn new(base: &GaussianDiffusion, steps: Vec<usize>, eta: f64, clip: X0Clip) -> Self {
         Self {
             diffusion: base.clone(),
             steps,
             eta,
             clip,
+            model_eps: false,
         }
+    }
+
+    /// With `model_eps`, each step moves along the network's own ε instead (diffusers'
+    /// DDIMScheduler; the two differ only where x̂0 is clipped).
+    pub fn with_model_eps(mut self, model_eps: bool) -> Self {
+        self.model_eps = model_eps;
+        self
     }
 }
 
@@ -100,8 +110,20 @@ impl<const D: usize> Sampler<D> for Ddim {
             1.0
         };
         let tv = vec![t; x_t.dims()[0]];
-        let x0 = predict_x0(&self.diffusion, x_t.clone(), t, model_output, self.clip);
-        let eps = eps_from_x0(s, x_t.clone(), &tv, x0.clone());
+        let x0 = predict_x0(
+            &self.diffusion,
+            x_t.clone(),
+            t,
+            model_output.clone(),
+            self.clip,
+        );
+        let eps = if self.model_eps {
+            // diffusers: along the network's own ε even where x̂0 was clipped.
+            let raw = predict_x0(&self.diffusion, x_t.clone(), t, model_output, X0Clip::None);
+            eps_from_x0(s, x_t.clone(), &tv, raw)
+        } else {
+            eps_from_x0(s, x_t.clone(), &tv, x0.clone())
+        };
         let sigma = self.eta
             * ((1.0 - ab_prev) / (1.0 - ab_t)).sqrt()
             * (1.0 - ab_t / ab_prev).max(0.0).sqrt();

@@ -7,6 +7,7 @@ pub mod ddim;
 pub mod dpm_solver;
 pub mod draw;
 pub mod guidance;
+pub mod noise_file;
 
 use burn::tensor::{Device, Tensor, TensorData};
 

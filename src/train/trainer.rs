@@ -1243,12 +1243,39 @@ pub fn run_config(ckpt: &Path) -> Result<TrainConfig> {
     TrainConfig::from_toml(&text, &cfg_path.display().to_string())
 }
 
-/// Loads the network of a run or checkpoint directory (`no_ema`: the raw weights).
+/// The configuration of a run, a checkpoint directory or a diffusers model folder.
+pub fn config_of(path: &Path) -> Result<TrainConfig> {
+    if crate::pretrained::layout(path).is_some() {
+        return crate::pretrained::config_of(path);
+    }
+    run_config(&resolve(path)?)
+}
+
+/// Loads the network of a run or checkpoint directory (`no_ema`: the raw weights), or of a
+/// diffusers model folder (its only weights).
 pub fn load_for_inference<M: Net<D>, const D: usize>(
     path: &Path,
     no_ema: bool,
     device: &Device,
 ) -> Result<Loaded<M>> {
+    if crate::pretrained::layout(path).is_some() {
+        let imported = crate::pretrained::import(path)?;
+        let config = imported.config;
+        let model = M::build(&config, &item_shape_of(&config)?, device)?;
+        let model = load_params(
+            model,
+            &imported.weights,
+            &path.display().to_string(),
+            device,
+        )?;
+        return Ok(Loaded {
+            diffusion: diffusion_from(&config)?,
+            config,
+            checkpoint: path.to_path_buf(),
+            model,
+            vdm: None,
+        });
+    }
     let ckpt = resolve(path)?;
     let config = run_config(&ckpt)?;
     let item_shape = item_shape_of(&config)?;
