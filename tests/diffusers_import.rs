@@ -194,6 +194,31 @@ fn ten_step_sampling_matches_diffusers_pipelines_on_the_same_noise() {
     let got = sample(&pipeline, "ddim", &init, &tmp.path().join("c"));
     let d = max_diff(&got, &f["ddim_out"].1);
     assert!(d < 1e-3, "DDIM: |ddpm − diffusers| = {d}");
+    // `ddpm import diffusers` makes a run directory that samples the same.
+    let run = tmp.path().join("run");
+    let o = common::ddpm(&[
+        "import",
+        "diffusers",
+        &pipeline.display().to_string(),
+        "--out",
+        &run.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("143267 parameters"));
+    let again = sample(&run, "ddpm", &large, &tmp.path().join("e"));
+    assert_eq!(
+        again,
+        sample(&pipeline, "ddpm", &large, &tmp.path().join("f"))
+    );
+    let o = common::ddpm(&[
+        "import",
+        "diffusers",
+        &pipeline.display().to_string(),
+        "--out",
+        &run.display().to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("never overwrites"));
     // Too little noise for the stochastic sampler is an error, not a silent substitute.
     let o = common::ddpm(&[
         "sample",

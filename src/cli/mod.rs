@@ -5,6 +5,7 @@ mod bench;
 mod data;
 mod eval;
 mod fid;
+mod import;
 mod plot;
 mod sample;
 mod schedule;
@@ -130,6 +131,9 @@ enum Command {
     /// The lecture's pictures: schedules, diffused distributions, the forward process, losses.
     #[command(subcommand)]
     Plot(plot::PlotCommand),
+    /// Make a run directory from a published model (Hugging Face diffusers).
+    #[command(subcommand)]
+    Import(import::ImportCommand),
 }
 
 /// Parses the command line and runs the subcommand. Under an MPI launcher every rank runs
@@ -191,6 +195,7 @@ pub fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Data(cmd) => data::run(cmd),
         Command::Plot(cmd) => plot::run(cmd),
+        Command::Import(cmd) => import::run(cmd),
     };
     let who = if world.is_distributed() {
         format!(" (rank {} of {})", world.rank, world.size)
@@ -237,6 +242,7 @@ fn single_process_only(cmd: &Command) -> Option<&'static str> {
         Command::TrainClassifier(_) => Some("train-classifier"),
         Command::Schedule(_) => Some("schedule"),
         Command::Data(_) => Some("data"),
+        Command::Import(_) => Some("import"),
     }
 }
 

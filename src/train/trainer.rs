@@ -109,6 +109,71 @@ pub struct TrainState {
     pub ema_updates: u64,
 }
 
+impl TrainState {
+    /// The state of a new run of `cfg` over a chain of `n_t` steps.
+    fn start(cfg: &TrainConfig, n_t: usize) -> Self {
+        let mut seeder = Rng::new(cfg.seed);
+        Self {
+            step: 0,
+            rng_t: seeder.fork(1),
+            rng_noise: seeder.fork(2),
+            data: Position::default(),
+            t_sampler: match cfg.t_sampler.as_str() {
+                "loss-second-moment" => TimestepSampler::loss_second_moment(n_t),
+                _ => TimestepSampler::uniform(n_t),
+            },
+            adam_step: 0,
+            ema_updates: 0,
+        }
+    }
+}
+
+/// Writes a new run directory `run` holding `model` as its step-0 checkpoint (weights and EMA
+/// alike, zero optimizer moments) and `cfg` as its configuration: an imported model every
+/// command can use. Refuses a directory that exists.
+pub fn write_initial_run<M: Module>(run: &Path, cfg: &TrainConfig, model: &M) -> Result<PathBuf> {
+    if run.exists() {
+        bail!(
+            "--out {}: exists; choose a new directory (an import never overwrites)",
+            run.display()
+        );
+    }
+    std::fs::create_dir_all(run)
+        .with_context(|| format!("cannot create the run directory {}", run.display()))?;
+    let mut cfg = cfg.clone();
+    cfg.out = run.display().to_string();
+    write_atomic(&run.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+    let params = named_params(model);
+    let mut ema = Ema::new(EmaConfig {
+        decay: cfg.ema_decay,
+        warmup_power: None,
+    });
+    ema.params = params
+        .iter()
+        .map(|(k, v)| (k.clone(), v.value.clone()))
+        .collect();
+    let mut opt = AdamW::new(AdamWConfig {
+        beta1: cfg.adam_beta1,
+        beta2: cfg.adam_beta2,
+        eps: cfg.adam_eps,
+        weight_decay: cfg.weight_decay,
+    });
+    for (k, v) in &params {
+        opt.m.insert(k.clone(), v.value.zeros_like());
+        opt.v.insert(k.clone(), v.value.zeros_like());
+    }
+    let n_t = diffusion_from(&cfg)?.num_timesteps();
+    save_checkpoint(
+        run,
+        model,
+        &ema,
+        &opt,
+        &TrainState::start(&cfg, n_t),
+        Vec::new(),
+        1,
+    )
+}
+
 /// Builds the diffusion a configuration describes.
 pub fn diffusion_from(cfg: &TrainConfig) -> Result<GaussianDiffusion> {
     if let Some(b) = &cfg.trained_betas {
@@ -399,19 +464,7 @@ pub fn train<M: Net<D>, const D: usize>(
     } else {
         Decoder::Discretized
     };
-    let mut seeder = Rng::new(cfg.seed);
-    let mut state = TrainState {
-        step: 0,
-        rng_t: seeder.fork(1),
-        rng_noise: seeder.fork(2),
-        data: Position::default(),
-        t_sampler: match cfg.t_sampler.as_str() {
-            "loss-second-moment" => TimestepSampler::loss_second_moment(n_t),
-            _ => TimestepSampler::uniform(n_t),
-        },
-        adam_step: 0,
-        ema_updates: 0,
-    };
+    let mut state = TrainState::start(cfg, n_t);
 
     // Leftovers of interrupted writes (temporary checkpoint directories, half-written files,
     // checkpoints moved aside for deletion) by processes that are gone.
