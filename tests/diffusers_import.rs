@@ -15,11 +15,11 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusers")
 }
 
+/// Named float tensors: shape and values.
+type Floats = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// The float tensors of `reference.safetensors` (as f32) and its integer ones (as i64).
-fn reference() -> (
-    BTreeMap<String, (Vec<usize>, Vec<f32>)>,
-    BTreeMap<String, Vec<i64>>,
-) {
+fn reference() -> (Floats, BTreeMap<String, Vec<i64>>) {
     let bytes = std::fs::read(fixtures().join("reference.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let (mut f, mut i) = (BTreeMap::new(), BTreeMap::new());
