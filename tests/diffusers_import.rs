@@ -428,3 +428,102 @@ fn what_cannot_be_represented_is_refused_by_name() {
     // Absent keys take diffusers' defaults: a 2022 config without most keys imports.
     ddpm::pretrained::import(&fixtures().join("tiny-legacy")).unwrap();
 }
+
+/// The export direction: `native-export/` is what `ddpm export diffusers` writes for the run in
+/// `native-run/` (two attention heads, scale-shift time injection, learned-range variance,
+/// v-prediction, cosine schedule over T = 100); diffusers loaded it with
+/// `DDPMPipeline.from_pretrained` and recorded its U-Net output and a 10-step sampling run.
+#[test]
+fn an_exported_run_runs_in_diffusers_as_in_ddpm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = fixtures().join("native-run/checkpoints/step-00000060");
+    let out = tmp.path().join("export");
+    let o = common::ddpm(&[
+        "export",
+        "diffusers",
+        "--checkpoint",
+        &ckpt.display().to_string(),
+        "--out",
+        &out.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // What diffusers ran is exactly what ddpm exports.
+    for f in [
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+    ] {
+        assert!(
+            std::fs::read(out.join(f)).unwrap()
+                == std::fs::read(fixtures().join("native-export").join(f)).unwrap(),
+            "{f} differs from the exported fixture"
+        );
+    }
+    let bytes = std::fs::read(fixtures().join("native-reference.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let get = |n: &str| -> (Vec<usize>, Vec<f32>) {
+        let v = st.tensor(n).unwrap();
+        (
+            v.shape().to_vec(),
+            v.data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        )
+    };
+    // The run's own network (EMA weights) gives diffusers' output on the exported folder.
+    let device = Device::flex();
+    let loaded =
+        ddpm::train::trainer::load_for_inference::<UNet, 4>(&ckpt, false, &device).unwrap();
+    let ((xs, x), (_, t)) = (get("x"), get("t"));
+    let xt = Tensor::<4>::from_data(TensorData::new(x, [xs[0], xs[1], xs[2], xs[3]]), &device);
+    let tt = Tensor::<1>::from_data(TensorData::new(t.clone(), [t.len()]), &device);
+    let got: Vec<f32> = loaded
+        .model
+        .forward(xt, tt)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .unwrap();
+    let d = max_diff(&got, &get("unet_out").1);
+    assert!(d < 1e-4, "U-Net: |ddpm − diffusers| = {d}");
+    // DDPMPipeline's 10 leading-spaced steps with learned-range variance and v-prediction.
+    let noise = tmp.path().join("noise.safetensors");
+    noise_file(&noise, &get("ddpm_init"), Some(&get("ddpm_noise")));
+    let s = tmp.path().join("s");
+    let o = common::ddpm(&[
+        "sample",
+        "--checkpoint",
+        &ckpt.display().to_string(),
+        "--sampler",
+        "ddpm",
+        "--steps",
+        "10",
+        "--spacing",
+        "leading",
+        "--n",
+        "2",
+        "--noise",
+        &noise.display().to_string(),
+        "--safetensors",
+        "--quiet",
+        "--out",
+        &s.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = ddpm::train::checkpoint::read_safetensors(&s.join("samples.safetensors")).unwrap();
+    let d = max_diff(&got["samples"].data, &get("ddpm_out").1);
+    assert!(d < 1e-3, "sampling: |ddpm − diffusers| = {d}");
+    // An existing folder is never overwritten; what diffusers cannot express is refused.
+    let o = common::ddpm(&[
+        "export",
+        "diffusers",
+        "--checkpoint",
+        &ckpt.display().to_string(),
+        "--out",
+        &out.display().to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("never overwrites"));
+}

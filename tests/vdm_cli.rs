@@ -173,6 +173,18 @@ fn a_learned_schedule_trains_resumes_samples_and_evaluates() {
     assert!(png.is_file());
 
     // What a learned schedule cannot be used with.
+    usage_error(
+        ddpm(&[
+            "export",
+            "diffusers",
+            "--checkpoint",
+            &straight,
+            "--out",
+            &tmp.path().join("hf").display().to_string(),
+        ]),
+        "VDM run",
+    );
+    assert!(!tmp.path().join("hf").exists());
     let clf = tmp.path().join("clf").display().to_string();
     usage_error(
         ddpm(&["train-classifier", "--like", &straight, "--out", &clf]),

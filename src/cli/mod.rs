@@ -4,6 +4,7 @@
 mod bench;
 mod data;
 mod eval;
+mod export;
 mod fid;
 mod import;
 mod plot;
@@ -134,6 +135,9 @@ enum Command {
     /// Make a run directory from a published model (Hugging Face diffusers).
     #[command(subcommand)]
     Import(import::ImportCommand),
+    /// Write a run in another library's format (Hugging Face diffusers).
+    #[command(subcommand)]
+    Export(export::ExportCommand),
 }
 
 /// Parses the command line and runs the subcommand. Under an MPI launcher every rank runs
@@ -196,6 +200,7 @@ pub fn main() -> ExitCode {
         Command::Data(cmd) => data::run(cmd),
         Command::Plot(cmd) => plot::run(cmd),
         Command::Import(cmd) => import::run(cmd),
+        Command::Export(cmd) => export::run(cmd),
     };
     let who = if world.is_distributed() {
         format!(" (rank {} of {})", world.rank, world.size)
@@ -243,6 +248,7 @@ fn single_process_only(cmd: &Command) -> Option<&'static str> {
         Command::Schedule(_) => Some("schedule"),
         Command::Data(_) => Some("data"),
         Command::Import(_) => Some("import"),
+        Command::Export(_) => Some("export"),
     }
 }
 

@@ -3,6 +3,7 @@
 //! (`scheduler_config.json`), in the flat Hub layout or a pipeline's (`model_index.json`,
 //! `unet/`, `scheduler/`), read into this crate's U-Net and run configuration.
 
+pub mod export;
 pub mod scheduler;
 pub mod unet_config;
 pub mod unet_weights;

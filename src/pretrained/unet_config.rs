@@ -250,13 +250,22 @@ pub fn unet_config(config: &Value, source: &str) -> Result<UNetConfig> {
         ));
     }
     let groups = k.usize_or("norm_num_groups", 32)?;
-    if let Some(g) = k.raw("attn_norm_num_groups").filter(|v| !v.is_null())
-        && g.as_u64() != Some(groups as u64)
-    {
-        return Err(k.refuse(
-            "attn_norm_num_groups",
-            "attention normalizes with the same groups as the residual blocks here",
-        ));
+    match k.raw("attn_norm_num_groups").filter(|v| !v.is_null()) {
+        Some(g) if g.as_u64() != Some(groups as u64) => {
+            return Err(k.refuse(
+                "attn_norm_num_groups",
+                "attention normalizes with the same groups as the residual blocks here",
+            ));
+        }
+        // diffusers' middle attention then has no normalization at all.
+        None if time_injection == TimeInjection::ScaleShift => {
+            return Err(k.refuse(
+                "attn_norm_num_groups",
+                "with resnet_time_scale_shift = scale_shift and no attn_norm_num_groups, \
+                 diffusers' middle attention has no GroupNorm, which this U-Net always has",
+            ));
+        }
+        _ => {}
     }
     for key in ["class_embed_type", "num_class_embeds"] {
         if k.raw(key).is_some_and(|v| !v.is_null()) {
