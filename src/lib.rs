@@ -13,6 +13,7 @@ pub mod dist;
 pub mod eval;
 pub mod files;
 pub mod heap;
+pub mod hub;
 pub mod kernels;
 pub mod model;
 pub mod pretrained;

@@ -150,3 +150,84 @@ fn bad_fid_inputs_are_clear_errors() {
     );
     assert!(stderr(&o).contains("no such file"), "{}", stderr(&o));
 }
+
+/// Serves `body` at any path, `times` times, from 127.0.0.1; returns the base URL.
+fn serve_file(body: Vec<u8>, times: usize) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for s in listener.incoming().take(times) {
+            let Ok(mut s) = s else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&body);
+        }
+    });
+    url
+}
+
+#[test]
+fn without_inception_the_weights_are_downloaded_once_and_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = tmp.path().join("w.safetensors");
+    ddpm::eval::inception::write_synthetic_weights(&weights).unwrap();
+    let bytes = std::fs::read(&weights).unwrap();
+    let sha = ddpm::hub::sha256_file(&weights).unwrap();
+    let a = tmp.path().join("a");
+    write_pngs(&a, 3, 28, 1);
+    let cache = tmp.path().join("cache");
+    let stats = |url: &str, out: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ddpm"))
+            .args([
+                "eval",
+                "fid-stats",
+                "--data",
+                a.to_str().unwrap(),
+                "--quiet",
+                "--out",
+            ])
+            .arg(tmp.path().join(out))
+            .env("DDPM_CACHE", &cache)
+            .env("DDPM_FID_WEIGHTS_URL", url)
+            .output()
+            .unwrap()
+    };
+    let base = serve_file(bytes.clone(), 1);
+    let url = format!("{base}/inception-{}.safetensors", &sha[..8]);
+    let o = stats(&url, "s1.safetensors");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        cache
+            .join("files")
+            .join(format!("inception-{}.safetensors", &sha[..8]))
+            .is_file()
+    );
+    // Cached: the same URL works with nothing serving it.
+    let o = stats(&url.replace(&base, "http://127.0.0.1:9"), "s2.safetensors");
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A file whose hash does not match its name is refused and not kept.
+    let base = serve_file(bytes, 1);
+    let o = stats(
+        &format!("{base}/inception-00000000.safetensors"),
+        "s3.safetensors",
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("SHA-256"), "{}", stderr(&o));
+    assert!(!cache.join("files/inception-00000000.safetensors").exists());
+    // Offline with nothing cached: what to do instead.
+    let o = stats(
+        "http://127.0.0.1:9/pt_inception-2015-12-05-6726825d.pth",
+        "s4.safetensors",
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--inception PATH"), "{}", stderr(&o));
+}

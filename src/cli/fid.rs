@@ -10,7 +10,11 @@ use crate::eval::fid;
 use crate::eval::frechet::{FeatureStats, frechet_distance};
 use crate::eval::inception::{InceptionV3, open_weights};
 
-const WEIGHTS_HELP: &str = "pytorch-fid's Inception weights: pt_inception-2015-12-05-6726825d.pth (https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth) or its safetensors conversion (scripts/inception_to_safetensors.py)";
+const WEIGHTS_HELP: &str = "pytorch-fid's Inception weights: pt_inception-2015-12-05-6726825d.pth or its safetensors conversion (scripts/inception_to_safetensors.py) [default: downloaded once from pytorch-fid's release into the cache, checked by the hash in its name]";
+
+/// Where pytorch-fid publishes its Inception weights (`DDPM_FID_WEIGHTS_URL` overrides, e.g. a
+/// mirror).
+const FID_WEIGHTS_URL: &str = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth";
 
 #[derive(Args)]
 #[command(
@@ -24,7 +28,7 @@ pub struct FidStatsArgs {
     #[arg(long, default_value = "train")]
     split: String,
     #[arg(long, help = WEIGHTS_HELP)]
-    inception: PathBuf,
+    inception: Option<PathBuf>,
     /// Output statistics file (.safetensors with mu and sigma).
     #[arg(long)]
     out: PathBuf,
@@ -54,7 +58,7 @@ pub struct FidArgs {
     #[arg(long, default_value = "train")]
     reference_split: String,
     #[arg(long, help = WEIGHTS_HELP)]
-    inception: PathBuf,
+    inception: Option<PathBuf>,
     /// Use at most N images of each.
     #[arg(long, value_parser = super::at_least_one)]
     limit: Option<usize>,
@@ -107,7 +111,28 @@ fn open_images(spec: &str, split: &str, flag: &str) -> Result<Box<dyn Dataset>, 
     crate::data::open(spec, split, 0, None).map_err(usage)
 }
 
-fn load_network(path: &Path) -> Result<InceptionV3, CliError> {
+fn load_network(path: Option<&Path>) -> Result<InceptionV3, CliError> {
+    let fetched;
+    let path = match path {
+        Some(p) => p,
+        None => {
+            let url = std::env::var("DDPM_FID_WEIGHTS_URL")
+                .ok()
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| FID_WEIGHTS_URL.to_string());
+            fetched = crate::hub::fetch_file(&url, |_, _| {}).map_err(|e| {
+                CliError::Usage(format!(
+                    "--inception not given and pytorch-fid's weights cannot be downloaded ({e:#}); \
+                     download {url} by hand (or on a machine with network access) and pass \
+                     --inception PATH, or copy it into the cache as {}",
+                    crate::hub::cache_dir()
+                        .map(|d| d.join("files").display().to_string())
+                        .unwrap_or_default()
+                ))
+            })?;
+            &fetched
+        }
+    };
     let device = super::device("cpu")?;
     let weights = open_weights(path).map_err(|e| CliError::Usage(format!("--inception: {e:#}")))?;
     InceptionV3::load(weights.as_ref(), &device)
@@ -162,7 +187,7 @@ fn features_and_statistics(
 
 pub fn fid_stats(a: FidStatsArgs) -> CliResult {
     let data = open_images(&a.data, &a.split, "--data")?;
-    let net = load_network(&a.inception)?;
+    let net = load_network(a.inception.as_deref())?;
     let stats = statistics(
         &net,
         data.as_ref(),
@@ -200,7 +225,7 @@ pub fn fid(a: FidArgs) -> CliResult {
             "--reference",
         )?)
     };
-    let net = load_network(&a.inception)?;
+    let net = load_network(a.inception.as_deref())?;
     let (fs, s) = features_and_statistics(
         &net,
         samples.as_ref(),

@@ -5,6 +5,7 @@ mod bench;
 mod data;
 mod eval;
 mod export;
+mod fetch;
 mod fid;
 mod import;
 mod plot;
@@ -132,6 +133,8 @@ enum Command {
     /// The lecture's pictures: schedules, diffused distributions, the forward process, losses.
     #[command(subcommand)]
     Plot(plot::PlotCommand),
+    /// Download a Hugging Face Hub model (e.g. google/ddpm-cifar10-32) into the local cache.
+    Fetch(fetch::FetchArgs),
     /// Make a run directory from a published model (Hugging Face diffusers).
     #[command(subcommand)]
     Import(import::ImportCommand),
@@ -200,6 +203,7 @@ pub fn main() -> ExitCode {
         Command::Data(cmd) => data::run(cmd),
         Command::Plot(cmd) => plot::run(cmd),
         Command::Import(cmd) => import::run(cmd),
+        Command::Fetch(args) => fetch::run(args),
         Command::Export(cmd) => export::run(cmd),
     };
     let who = if world.is_distributed() {
@@ -248,6 +252,7 @@ fn single_process_only(cmd: &Command) -> Option<&'static str> {
         Command::Schedule(_) => Some("schedule"),
         Command::Data(_) => Some("data"),
         Command::Import(_) => Some("import"),
+        Command::Fetch(_) => Some("fetch"),
         Command::Export(_) => Some("export"),
     }
 }

@@ -115,9 +115,10 @@ pub fn scheduler_json(cfg: &TrainConfig) -> Result<Value> {
     }
     let schedule = crate::train::trainer::diffusion_from(cfg)?.schedule;
     let t = schedule.num_timesteps();
-    let named = if cfg.trained_betas.is_some() || cfg.zero_terminal_snr {
-        None
-    } else if cfg.schedule.starts_with("file:") {
+    let named = if cfg.trained_betas.is_some()
+        || cfg.zero_terminal_snr
+        || cfg.schedule.starts_with("file:")
+    {
         None
     } else {
         match BetaSchedule::named(&cfg.schedule, t, cfg.beta_start, cfg.beta_end)? {

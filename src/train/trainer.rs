@@ -1296,8 +1296,31 @@ pub fn run_config(ckpt: &Path) -> Result<TrainConfig> {
     TrainConfig::from_toml(&text, &cfg_path.display().to_string())
 }
 
-/// The configuration of a run, a checkpoint directory or a diffusers model folder.
+/// A `--checkpoint` as a local path: itself, or for a Hub repo id (`owner/name`, optionally
+/// `@revision`) that is not a local path, its snapshot in the cache (`ddpm fetch` puts it there).
+pub fn local_model(path: &Path) -> Result<PathBuf> {
+    if path.exists() {
+        return Ok(path.to_path_buf());
+    }
+    let s = path.to_string_lossy();
+    let (repo, revision) = s.split_once('@').unwrap_or((&s, "main"));
+    if crate::hub::is_repo_id(repo) {
+        return match crate::hub::cached_snapshot(repo, revision)? {
+            Some(p) => Ok(p),
+            None => bail!(
+                "{s}: no such path, and the Hub repo {repo} (revision {revision}) is not in the \
+                 cache {}; download it once with `ddpm fetch {repo} --revision {revision}`",
+                crate::hub::cache_dir()?.display()
+            ),
+        };
+    }
+    Ok(path.to_path_buf())
+}
+
+/// The configuration of a run, a checkpoint directory, a diffusers model folder or a fetched
+/// Hub repo.
 pub fn config_of(path: &Path) -> Result<TrainConfig> {
+    let path = &local_model(path)?;
     if crate::pretrained::layout(path).is_some() {
         return crate::pretrained::config_of(path);
     }
@@ -1311,6 +1334,7 @@ pub fn load_for_inference<M: Net<D>, const D: usize>(
     no_ema: bool,
     device: &Device,
 ) -> Result<Loaded<M>> {
+    let path = &local_model(path)?;
     if crate::pretrained::layout(path).is_some() {
         let imported = crate::pretrained::import(path)?;
         let config = imported.config;

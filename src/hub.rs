@@ -1,0 +1,372 @@
+//! Downloading published weights once into a local cache: Hugging Face Hub repositories (any
+//! repo id and revision, `HF_ENDPOINT`, `HF_TOKEN` for gated repos) and single files such as
+//! pytorch-fid's Inception weights. Sizes and SHA-256 hashes the server publishes are checked;
+//! interrupted downloads resume; a complete snapshot is used offline.
+//!
+//! Cache layout (`$DDPM_CACHE`, else `$XDG_CACHE_HOME/ddpm`, else `~/.cache/ddpm`):
+//! `hub/OWNER--NAME/snapshots/COMMIT/…` (the repo's files), `hub/OWNER--NAME/refs/REVISION`
+//! (the commit a revision resolved to), `files/NAME` (single files).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+/// The cache root.
+pub fn cache_dir() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("DDPM_CACHE").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join("ddpm"));
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(h) => Ok(PathBuf::from(h).join(".cache").join("ddpm")),
+        None => bail!("no cache directory: set DDPM_CACHE (or HOME)"),
+    }
+}
+
+/// The Hub endpoint: `HF_ENDPOINT` or huggingface.co.
+pub fn endpoint() -> String {
+    std::env::var("HF_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty())
+        .unwrap_or_else(|| "https://huggingface.co".into())
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// Whether `s` looks like a Hub repo id (`owner/name`, no other slashes, no path that exists).
+pub fn is_repo_id(s: &str) -> bool {
+    let ok = |p: &str| {
+        !p.is_empty()
+            && p != "."
+            && p != ".."
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    matches!(s.split_once('/'), Some((a, b)) if ok(a) && ok(b))
+}
+
+fn repo_dir(repo: &str) -> Result<PathBuf> {
+    Ok(cache_dir()?.join("hub").join(repo.replace('/', "--")))
+}
+
+/// The cached snapshot of `repo` at `revision`, when a complete one is there.
+pub fn cached_snapshot(repo: &str, revision: &str) -> Result<Option<PathBuf>> {
+    let dir = repo_dir(repo)?;
+    let Ok(commit) = std::fs::read_to_string(dir.join("refs").join(revision)) else {
+        return Ok(None);
+    };
+    let snap = dir.join("snapshots").join(commit.trim());
+    Ok(snap.join(".complete").is_file().then_some(snap))
+}
+
+/// A file of a repo as the Hub lists it.
+#[derive(Debug, Clone)]
+struct RepoFile {
+    path: String,
+    size: Option<u64>,
+    sha256: Option<String>,
+}
+
+/// Files worth fetching for running a model: configurations, safetensors weights and the
+/// model card; not the PyTorch pickles, Flax or ONNX copies of the same weights.
+fn wanted(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.ends_with(".json") || name.ends_with(".safetensors") || name == "README.md"
+}
+
+fn agent(token: Option<&str>) -> impl Fn(&str) -> ureq::Request + '_ {
+    move |url: &str| {
+        let r = ureq::get(url).set("User-Agent", concat!("ddpm/", env!("CARGO_PKG_VERSION")));
+        match token {
+            Some(t) => r.set("Authorization", &format!("Bearer {t}")),
+            None => r,
+        }
+    }
+}
+
+fn hub_error(repo: &str, e: ureq::Error) -> anyhow::Error {
+    match e {
+        ureq::Error::Status(401 | 403, _) => anyhow::anyhow!(
+            "{repo}: access denied — a gated or private repo needs a token: set HF_TOKEN to a \
+             Hugging Face access token with read access (and accept the repo's terms on its page)"
+        ),
+        ureq::Error::Status(404, _) => anyhow::anyhow!(
+            "{repo}: not found on {} (check the repo id and --revision)",
+            endpoint()
+        ),
+        ureq::Error::Status(code, r) => {
+            anyhow::anyhow!("{repo}: the Hub answered {code} {}", r.status_text())
+        }
+        ureq::Error::Transport(t) => anyhow::anyhow!("{repo}: cannot reach {}: {t}", endpoint()),
+    }
+}
+
+/// Downloads `repo` at `revision` into the cache (what is there already is kept) and returns
+/// the snapshot folder; without network, a complete cached snapshot is returned instead.
+/// `progress(file, done, total)` reports bytes.
+pub fn fetch_repo(
+    repo: &str,
+    revision: &str,
+    mut progress: impl FnMut(&str, u64, Option<u64>),
+) -> Result<PathBuf> {
+    if !is_repo_id(repo) {
+        bail!("`{repo}` is not a Hub repo id (owner/name)");
+    }
+    let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty());
+    let get = agent(token.as_deref());
+    let api = format!(
+        "{}/api/models/{repo}/revision/{}?blobs=true",
+        endpoint(),
+        url_escape(revision)
+    );
+    let info: serde_json::Value = match get(&api).call() {
+        Ok(r) => {
+            let text = r
+                .into_string()
+                .with_context(|| format!("{repo}: the Hub's answer broke off"))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{repo}: the Hub's answer is not JSON"))?
+        }
+        Err(ureq::Error::Transport(t)) => {
+            if let Some(s) = cached_snapshot(repo, revision)? {
+                eprintln!(
+                    "note: {} unreachable ({t}); using the cached {}",
+                    endpoint(),
+                    s.display()
+                );
+                return Ok(s);
+            }
+            bail!(
+                "{repo}: cannot reach {} ({t}) and no complete copy is cached in {}",
+                endpoint(),
+                repo_dir(repo)?.display()
+            );
+        }
+        Err(e) => return Err(hub_error(repo, e)),
+    };
+    let commit = info["sha"]
+        .as_str()
+        .filter(|s| s.len() >= 7 && s.chars().all(|c| c.is_ascii_hexdigit()))
+        .with_context(|| format!("{repo}: the Hub gave no commit for revision {revision}"))?
+        .to_string();
+    let files: Vec<RepoFile> = info["siblings"]
+        .as_array()
+        .with_context(|| format!("{repo}: the Hub listed no files"))?
+        .iter()
+        .filter_map(|s| {
+            Some(RepoFile {
+                path: s["rfilename"].as_str()?.to_string(),
+                size: s["lfs"]["size"].as_u64().or(s["size"].as_u64()),
+                sha256: s["lfs"]["sha256"].as_str().map(str::to_lowercase),
+            })
+        })
+        .filter(|f| wanted(&f.path))
+        .collect();
+    if files.is_empty() {
+        bail!("{repo}: no configuration or safetensors files at revision {revision}");
+    }
+    let dir = repo_dir(repo)?;
+    let snap = dir.join("snapshots").join(&commit);
+    for f in &files {
+        if f.path
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
+        {
+            bail!("{repo}: refusing the file name {:?}", f.path);
+        }
+        let dest = snap.join(&f.path);
+        if dest.is_file()
+            && f.size
+                .is_none_or(|s| dest.metadata().map(|m| m.len()).ok() == Some(s))
+        {
+            continue;
+        }
+        let url = format!(
+            "{}/{repo}/resolve/{commit}/{}",
+            endpoint(),
+            f.path
+                .split('/')
+                .map(url_escape)
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        download(
+            &get,
+            &url,
+            &dest,
+            f.size,
+            f.sha256.as_deref(),
+            &mut |d, t| progress(&f.path, d, t),
+        )
+        .with_context(|| format!("{repo}: {}", f.path))?;
+    }
+    crate::files::write_atomic(&snap.join(".complete"), commit.as_bytes())?;
+    crate::files::write_atomic(&dir.join("refs").join(revision), commit.as_bytes())?;
+    Ok(snap)
+}
+
+/// Downloads `url` to `dest` through `dest.part` (resumed from its length with an HTTP range
+/// when it exists), then checks the size and SHA-256 when known and renames it into place.
+fn download(
+    get: &dyn Fn(&str) -> ureq::Request,
+    url: &str,
+    dest: &Path,
+    size: Option<u64>,
+    sha256: Option<&str>,
+    progress: &mut dyn FnMut(u64, Option<u64>),
+) -> Result<()> {
+    let part = dest.with_file_name(format!(
+        "{}.part",
+        dest.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    if let Some(p) = part.parent() {
+        std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
+    }
+    let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    let mut req = get(url);
+    if have > 0 {
+        req = req.set("Range", &format!("bytes={have}-"));
+    }
+    let resp = match req.call() {
+        Ok(r) => r,
+        // A range past the end: the part is complete (or wrong; the checks below tell).
+        Err(ureq::Error::Status(416, _)) if have > 0 => {
+            return finish(&part, dest, size, sha256);
+        }
+        Err(e) => return Err(hub_error(url, e)),
+    };
+    let resumed = resp.status() == 206;
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(resumed)
+        .truncate(!resumed)
+        .open(&part)
+        .with_context(|| format!("cannot write {}", part.display()))?;
+    let mut done = if resumed { have } else { 0 };
+    let mut reader = resp.into_reader();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = reader.read(&mut buf).context("the download broke off")?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n])
+            .with_context(|| format!("cannot write {}", part.display()))?;
+        done += n as u64;
+        if size.is_some_and(|s| done > s) {
+            bail!(
+                "the server sent more than the {} bytes it listed",
+                size.unwrap_or(0)
+            );
+        }
+        progress(done, size);
+    }
+    out.sync_all().ok();
+    drop(out);
+    finish(&part, dest, size, sha256)
+}
+
+/// Checks a downloaded part and moves it into place; a part that fails is removed.
+fn finish(part: &Path, dest: &Path, size: Option<u64>, sha256: Option<&str>) -> Result<()> {
+    let len = std::fs::metadata(part)?.len();
+    if let Some(s) = size
+        && len != s
+    {
+        bail!("incomplete download: {len} of {s} bytes (run the command again to resume)");
+    }
+    if let Some(want) = sha256 {
+        let got = sha256_file(part)?;
+        if got != want {
+            std::fs::remove_file(part).ok();
+            bail!("SHA-256 {got} does not match the published {want}; the download was removed");
+        }
+    }
+    std::fs::rename(part, dest)
+        .with_context(|| format!("cannot move {} into place", part.display()))?;
+    Ok(())
+}
+
+/// The SHA-256 of a file, in lowercase hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A single file at `url` cached as `files/NAME` (NAME: the URL's last segment). When the name
+/// ends in `-HEX.ext` (torch hub's convention, e.g. pt_inception-2015-12-05-6726825d.pth), the
+/// file's SHA-256 must start with HEX.
+pub fn fetch_file(url: &str, mut progress: impl FnMut(u64, Option<u64>)) -> Result<PathBuf> {
+    let name = url
+        .rsplit('/')
+        .next()
+        .filter(|n| !n.is_empty() && !n.contains(".."))
+        .with_context(|| format!("{url}: no file name"))?;
+    let dest = cache_dir()?.join("files").join(name);
+    if dest.is_file() {
+        return Ok(dest);
+    }
+    let get = agent(None);
+    download(&get, url, &dest, None, None, &mut progress)?;
+    if let Some(prefix) = hash_prefix(name) {
+        let got = sha256_file(&dest)?;
+        if !got.starts_with(&prefix) {
+            std::fs::remove_file(&dest).ok();
+            bail!("{name}: SHA-256 {got} does not start with {prefix}; the download was removed");
+        }
+    }
+    Ok(dest)
+}
+
+/// The hex hash prefix in a torch-hub style file name (`name-HEX.ext`).
+fn hash_prefix(name: &str) -> Option<String> {
+    let stem = name.rsplit_once('.').map_or(name, |(s, _)| s);
+    let (_, h) = stem.rsplit_once('-')?;
+    (h.len() >= 6 && h.chars().all(|c| c.is_ascii_hexdigit())).then(|| h.to_lowercase())
+}
+
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_ids_and_hash_prefixes() {
+        for ok in ["google/ddpm-cifar10-32", "a/b", "Org_1/model.v2"] {
+            assert!(is_repo_id(ok), "{ok}");
+        }
+        for bad in ["google", "a/b/c", "../x", "a/..", "a b/c", "/x", "x/"] {
+            assert!(!is_repo_id(bad), "{bad}");
+        }
+        assert_eq!(
+            hash_prefix("pt_inception-2015-12-05-6726825d.pth").as_deref(),
+            Some("6726825d")
+        );
+        assert_eq!(hash_prefix("weights.pth"), None);
+        assert_eq!(url_escape("refs/pr/1"), "refs%2Fpr%2F1");
+    }
+}
