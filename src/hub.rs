@@ -72,10 +72,16 @@ struct RepoFile {
 }
 
 /// Files worth fetching for running a model: configurations, safetensors weights and the
-/// model card; not the PyTorch pickles, Flax or ONNX copies of the same weights.
+/// model card; not the Flax or ONNX copies of the same weights, nor a PyTorch pickle where
+/// safetensors exist.
 fn wanted(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
     name.ends_with(".json") || name.ends_with(".safetensors") || name == "README.md"
+}
+
+/// The folder part of a repo path (`""` at the top).
+fn folder_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(d, _)| d)
 }
 
 fn agent(token: Option<&str>) -> impl Fn(&str) -> ureq::Request + '_ {
@@ -164,7 +170,20 @@ pub fn fetch_repo(
                 sha256: s["lfs"]["sha256"].as_str().map(str::to_lowercase),
             })
         })
-        .filter(|f| wanted(&f.path))
+        .collect();
+    // The pickle copy of the weights only where a folder has no safetensors (older repos).
+    let with_safetensors: Vec<String> = files
+        .iter()
+        .filter(|f| f.path.ends_with(".safetensors"))
+        .map(|f| folder_of(&f.path).to_string())
+        .collect();
+    let files: Vec<RepoFile> = files
+        .into_iter()
+        .filter(|f| {
+            wanted(&f.path)
+                || (f.path.ends_with("diffusion_pytorch_model.bin")
+                    && !with_safetensors.iter().any(|d| d == folder_of(&f.path)))
+        })
         .collect();
     if files.is_empty() {
         bail!("{repo}: no configuration or safetensors files at revision {revision}");

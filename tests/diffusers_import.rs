@@ -161,6 +161,32 @@ fn sample(dir: &Path, sampler: &str, noise: &Path, out: &Path) -> Vec<f32> {
     t["samples"].data.clone()
 }
 
+/// Older Hub repos ship only a PyTorch pickle (here float16): read without Python.
+#[test]
+fn a_pickled_half_precision_unet_imports_and_matches_diffusers() {
+    let (f, _) = reference();
+    let device = Device::flex();
+    let net = load(&fixtures().join("tiny-bin"), &device);
+    let (xs, x) = &f["x"];
+    let (_, t) = &f["t"];
+    let xt = Tensor::<4>::from_data(
+        TensorData::new(x.clone(), [xs[0], xs[1], xs[2], xs[3]]),
+        &device,
+    );
+    let tt = Tensor::<1>::from_data(TensorData::new(t.clone(), [t.len()]), &device);
+    let got: Vec<f32> = net
+        .forward(xt, tt)
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec()
+        .unwrap();
+    let want =
+        ddpm::train::checkpoint::read_safetensors(&fixtures().join("bin-reference.safetensors"))
+            .unwrap();
+    let d = max_diff(&got, &want["unet_out_f16"].data);
+    assert!(d < 1e-4, "|ddpm − diffusers| = {d}");
+}
+
 #[test]
 fn ten_step_sampling_matches_diffusers_pipelines_on_the_same_noise() {
     let (f, steps) = reference();

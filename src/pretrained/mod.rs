@@ -21,6 +21,9 @@ use crate::train::checkpoint::HostTensor;
 /// The weights file diffusers writes.
 pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
 
+/// The PyTorch pickle of the same weights (older Hub repos have only this).
+pub const PICKLE_FILE: &str = "diffusion_pytorch_model.bin";
+
 /// Where a diffusers model's files are.
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -70,16 +73,16 @@ pub fn import(dir: &Path) -> Result<Imported> {
     };
     let unet = unet_of(dir)?;
     let weights_path = l.unet.join(WEIGHTS_FILE);
+    let bin = l.unet.join(PICKLE_FILE);
+    if !weights_path.is_file() && bin.is_file() {
+        let source = bin.display().to_string();
+        let weights = unet_weights::from_diffusers(read_pickle_tensors(&bin)?, &source)?;
+        return Ok(Imported {
+            config: run_config_of(unet, &l)?,
+            weights,
+        });
+    }
     if !weights_path.is_file() {
-        let bin = l.unet.join("diffusion_pytorch_model.bin");
-        if bin.is_file() {
-            bail!(
-                "{}: only PyTorch pickle weights; this importer reads {WEIGHTS_FILE} (convert \
-                 with diffusers: UNet2DModel.from_pretrained(dir).save_pretrained(dir, \
-                 safe_serialization=True))",
-                l.unet.display()
-            );
-        }
         if l.unet.join(format!("{WEIGHTS_FILE}.index.json")).is_file() {
             bail!(
                 "{}: the weights are sharded; a DDPM U-Net fits one file (re-save it unsharded)",
@@ -170,6 +173,64 @@ pub fn read_float_tensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
             name,
             HostTensor {
                 shape: view.shape().to_vec(),
+                data,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Named tensors of a PyTorch pickle (`torch.save` of a state dict; zip or legacy format) as
+/// f32, read without Python and without executing the pickle.
+pub fn read_pickle_tensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
+    use pytorch_reader::DType as P;
+    let reader = pytorch_reader::PytorchReader::new(path)
+        .with_context(|| format!("{}: not a readable PyTorch checkpoint", path.display()))?;
+    let mut out = BTreeMap::new();
+    for (name, t) in reader.tensors() {
+        let raw = t
+            .read()
+            .with_context(|| format!("{}: cannot read tensor {name}", path.display()))?;
+        let data: Vec<f32> = match t.dtype() {
+            P::F32 => raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            P::F64 => raw
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+                .collect(),
+            P::F16 => raw
+                .chunks_exact(2)
+                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                .collect(),
+            P::BF16 => raw
+                .chunks_exact(2)
+                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                .collect(),
+            other => bail!(
+                "{}: tensor {name} is {other:?}; expected a float type",
+                path.display()
+            ),
+        };
+        if data.len() != t.num_elements() {
+            bail!(
+                "{}: tensor {name} holds {} values for shape {:?}",
+                path.display(),
+                data.len(),
+                t.shape()
+            );
+        }
+        if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+            bail!(
+                "{}: tensor {name} holds a non-finite value at index {i}",
+                path.display()
+            );
+        }
+        out.insert(
+            name.clone(),
+            HostTensor {
+                shape: t.shape().to_vec(),
                 data,
             },
         );
