@@ -37,19 +37,27 @@ pub struct Layout {
 /// naming a `UNet2DModel`, or a pipeline's `model_index.json`).
 pub fn layout(dir: &Path) -> Option<Layout> {
     let existing = |p: PathBuf| p.is_file().then_some(p);
-    if dir.join("model_index.json").is_file() {
+    let scheduler = || {
+        existing(dir.join("scheduler").join("scheduler_config.json"))
+            .or_else(|| existing(dir.join("scheduler_config.json")))
+    };
+    // A pipeline folder; some Hub repos also keep a model_index.json beside a flat U-Net.
+    if dir.join("model_index.json").is_file() && dir.join("unet").join("config.json").is_file() {
         return Some(Layout {
             unet: dir.join("unet"),
-            scheduler: existing(dir.join("scheduler").join("scheduler_config.json")),
+            scheduler: scheduler(),
         });
     }
     let config = std::fs::read_to_string(dir.join("config.json")).ok()?;
     if !config.contains("UNet2DModel") {
-        return None;
+        return dir.join("model_index.json").is_file().then(|| Layout {
+            unet: dir.join("unet"),
+            scheduler: scheduler(),
+        });
     }
     Some(Layout {
         unet: dir.to_path_buf(),
-        scheduler: existing(dir.join("scheduler_config.json")),
+        scheduler: scheduler(),
     })
 }
 
