@@ -53,8 +53,22 @@ fn repo_dir(repo: &str) -> Result<PathBuf> {
     Ok(cache_dir()?.join("hub").join(repo.replace('/', "--")))
 }
 
+/// A revision (branch, tag or commit) as a file name in the cache: no empty or `.`/`..`
+/// components (a branch name may hold `/`).
+fn check_revision(revision: &str) -> Result<()> {
+    if revision.is_empty()
+        || revision
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == ".." || p.contains('\\'))
+    {
+        bail!("--revision `{revision}`: not a branch, tag or commit name");
+    }
+    Ok(())
+}
+
 /// The cached snapshot of `repo` at `revision`, when a complete one is there.
 pub fn cached_snapshot(repo: &str, revision: &str) -> Result<Option<PathBuf>> {
+    check_revision(revision)?;
     let dir = repo_dir(repo)?;
     let Ok(commit) = std::fs::read_to_string(dir.join("refs").join(revision)) else {
         return Ok(None);
@@ -122,6 +136,7 @@ pub fn fetch_repo(
     if !is_repo_id(repo) {
         bail!("`{repo}` is not a Hub repo id (owner/name)");
     }
+    check_revision(revision)?;
     let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty());
     let get = agent(token.as_deref());
     let api = format!(
@@ -174,7 +189,7 @@ pub fn fetch_repo(
     // The pickle copy of the weights only where a folder has no safetensors (older repos).
     let with_safetensors: Vec<String> = files
         .iter()
-        .filter(|f| f.path.ends_with(".safetensors"))
+        .filter(|f| f.path.rsplit('/').next() == Some(crate::pretrained::WEIGHTS_FILE))
         .map(|f| folder_of(&f.path).to_string())
         .collect();
     let files: Vec<RepoFile> = files
@@ -258,7 +273,12 @@ fn download(
         }
         Err(e) => return Err(hub_error(url, e)),
     };
-    let resumed = resp.status() == 206;
+    // A 206 must continue where the part ends; anything else starts over.
+    let resumed = resp.status() == 206
+        && resp.header("Content-Range").is_some_and(|r| {
+            r.trim_start_matches("bytes ")
+                .starts_with(&format!("{have}-"))
+        });
     let mut out = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -278,8 +298,10 @@ fn download(
             .with_context(|| format!("cannot write {}", part.display()))?;
         done += n as u64;
         if size.is_some_and(|s| done > s) {
+            drop(out);
+            std::fs::remove_file(&part).ok();
             bail!(
-                "the server sent more than the {} bytes it listed",
+                "the server sent more than the {} bytes it listed; the download was removed",
                 size.unwrap_or(0)
             );
         }
@@ -293,6 +315,12 @@ fn download(
 /// Checks a downloaded part and moves it into place; a part that fails is removed.
 fn finish(part: &Path, dest: &Path, size: Option<u64>, sha256: Option<&str>) -> Result<()> {
     let len = std::fs::metadata(part)?.len();
+    if let Some(s) = size
+        && len > s
+    {
+        std::fs::remove_file(part).ok();
+        bail!("the download is longer than the {s} bytes listed ({len}); it was removed");
+    }
     if let Some(s) = size
         && len != s
     {

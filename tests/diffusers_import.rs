@@ -451,6 +451,27 @@ fn what_cannot_be_represented_is_refused_by_name() {
         assert_eq!(o.status.code(), Some(2), "{key}");
         assert!(String::from_utf8_lossy(&o.stderr).contains(needle), "{key}");
     }
+    // Thresholding capped below 1 is not clipping: refused.
+    let dir = variant(tmp.path(), sched, "thresholding", serde_json::json!(true));
+    let p = dir.join(sched);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    v["sample_max_value"] = serde_json::json!(0.5);
+    std::fs::write(&p, v.to_string()).unwrap();
+    let e = format!("{:#}", ddpm::pretrained::import(&dir).err().unwrap());
+    assert!(e.contains("sample_max_value"), "{e}");
+    // A schedule that cannot be built fails the import before its run directory exists.
+    let dir = variant(tmp.path(), sched, "beta_end", serde_json::json!(1.5));
+    let out = tmp.path().join("never");
+    let o = common::ddpm(&[
+        "import",
+        "diffusers",
+        &dir.display().to_string(),
+        "--out",
+        &out.display().to_string(),
+    ]);
+    assert!(!o.status.success());
+    assert!(!out.exists(), "a failed import left {}", out.display());
     // Absent keys take diffusers' defaults: a 2022 config without most keys imports.
     ddpm::pretrained::import(&fixtures().join("tiny-legacy")).unwrap();
 }

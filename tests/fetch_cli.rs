@@ -267,6 +267,15 @@ fn fetch_caches_checks_resumes_and_works_offline() {
     // A gated repo without a token says what to do.
     let o = run(&["fetch", "test/gated", "--quiet"], &cache, &hub.url, None);
     assert!(String::from_utf8_lossy(&o.stderr).contains("HF_TOKEN"));
+    // A revision is a name, not a path out of the cache.
+    let o = run(
+        &["fetch", "test/tiny", "--revision", "../../x", "--quiet"],
+        &cache,
+        &hub.url,
+        None,
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--revision"));
     // A repo id that was never fetched.
     let o = run(
         &[

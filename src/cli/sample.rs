@@ -197,12 +197,15 @@ fn build_sampler(
         .unwrap_or("leading")
         .parse()
         .map_err(|e: String| CliError::Usage(format!("--spacing: {e}")))?;
-    // diffusers adds steps_offset to every spaced step (kept below T).
-    let offset = defaults.map_or(0, |d| d.steps_offset);
+    // diffusers adds steps_offset to the steps of leading spacing only (kept below T).
+    let offset = match spacing {
+        Spacing::Leading => defaults.map_or(0, |d| d.steps_offset),
+        _ => 0,
+    };
     let spaced = || -> Vec<usize> {
         let mut v: Vec<usize> = spaced_steps(t, a.steps, spacing)
             .into_iter()
-            .map(|s| (s + offset).min(t - 1))
+            .map(|s| s.saturating_add(offset).min(t - 1))
             .collect();
         v.dedup();
         v

@@ -300,11 +300,14 @@ impl UNetConfig {
                 self.downsample_padding
             ));
         }
-        if !self.freq_shift.is_finite() || self.freq_shift >= (self.base_channels / 2) as f64 {
+        // f_i = 10000^(−i/(d/2 − freq_shift)) needs d/2 − freq_shift ≥ 1 (the default 1 keeps Ho
+        // et al.'s form, which clamps it, for any width).
+        let half = (self.base_channels / 2) as f64;
+        if !self.freq_shift.is_finite() || (self.freq_shift != 1.0 && half - self.freq_shift < 1.0)
+        {
             return err(format!(
-                "freq_shift {} must be below half the base channels ({})",
-                self.freq_shift,
-                self.base_channels / 2
+                "freq_shift {} must leave base_channels/2 − freq_shift ≥ 1 (base_channels/2 = {half})",
+                self.freq_shift
             ));
         }
         if let Some(n) = self.fourier_features.iter().find(|&&n| n > 20) {

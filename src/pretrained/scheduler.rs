@@ -114,11 +114,10 @@ fn apply_value(value: &serde_json::Value, source: &str, c: &mut TrainConfig) -> 
     let clip = if k.bool_or("thresholding", false)? {
         // s = clamp(quantile(|x̂0|, ratio), 1, sample_max_value): with the default maximum 1 that
         // is plain clipping to [−1, 1].
-        if k.f64_or("sample_max_value", 1.0)? > 1.0 {
+        if k.f64_or("sample_max_value", 1.0)? != 1.0 {
             return Err(k.refuse(
                 "sample_max_value",
-                "dynamic thresholding capped above 1 is not supported (ddpm's dynamic:P is \
-                 uncapped)",
+                "only 1 (thresholding is then clipping to [−1, 1]); ddpm's dynamic:P is uncapped",
             ));
         }
         "clip"

@@ -39,13 +39,15 @@ pub fn spaced_steps(t: usize, k: usize, spacing: Spacing) -> Vec<usize> {
     let mut v: Vec<usize> = match spacing {
         Spacing::Linspace => crate::schedule::linspace(0.0, (t - 1) as f64, k)
             .iter()
-            .map(|x| x.round() as usize)
+            .map(|x| x.round_ties_even() as usize)
             .collect(),
         Spacing::Leading => (0..k).map(|i| i * (t / k)).collect(),
         Spacing::Trailing => {
             let step = t as f64 / k as f64;
             (0..k)
-                .map(|i| ((t as f64 - i as f64 * step).round() as usize).saturating_sub(1))
+                .map(|i| {
+                    ((t as f64 - i as f64 * step).round_ties_even() as usize).saturating_sub(1)
+                })
                 .collect()
         }
     };

@@ -92,17 +92,27 @@ impl LearnedSchedule {
         self.net = load_params(self.net, &with_prefix(&all, "w."), &name, &inner)?;
         let ema = with_prefix(&all, "ema.");
         self.ema.params = from_host_map(&ema, "", &inner);
-        if self.ema.params.len() != named_params(&self.net).len() {
-            bail!("{name}: the EMA of the schedule is incomplete; the file is damaged");
-        }
         self.opt.m = from_host_map(&all, "m.", &inner);
         self.opt.v = from_host_map(&all, "v.", &inner);
-        if self.opt.v.is_empty() != self.opt.m.is_empty()
+        // Every parameter has an average and (after a first step) both moments, of its size.
+        let sizes: BTreeMap<String, usize> = named_params(&self.net)
+            .into_iter()
+            .map(|(k, v)| (k, v.value.dims()[0]))
+            .collect();
+        let fits = |m: &BTreeMap<String, burn::tensor::Tensor<1>>, may_be_empty: bool| {
+            (may_be_empty && m.is_empty())
+                || (m.len() == sizes.len()
+                    && m.iter().all(|(k, t)| sizes.get(k) == Some(&t.dims()[0])))
+        };
+        if !fits(&self.ema.params, false)
+            || !fits(&self.opt.m, true)
+            || !fits(&self.opt.v, true)
+            || self.opt.v.is_empty() != self.opt.m.is_empty()
             || all
                 .iter()
                 .any(|(k, t)| k.starts_with("v.") && t.data.iter().any(|x| *x < 0.0))
         {
-            bail!("{name}: the schedule's optimizer moments are damaged");
+            bail!("{name}: the schedule's average or optimizer moments are damaged");
         }
         self.opt.step = step;
         self.ema.updates = ema_updates;

@@ -138,11 +138,14 @@ pub fn write_initial_run<M: Module>(run: &Path, cfg: &TrainConfig, model: &M) ->
             run.display()
         );
     }
-    std::fs::create_dir_all(run)
-        .with_context(|| format!("cannot create the run directory {}", run.display()))?;
     let mut cfg = cfg.clone();
     cfg.out = run.display().to_string();
-    write_atomic(&run.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+    // Everything that can fail on the configuration fails before the directory exists.
+    let n_t = diffusion_from(&cfg)?.num_timesteps();
+    let toml = cfg.to_toml()?;
+    std::fs::create_dir_all(run)
+        .with_context(|| format!("cannot create the run directory {}", run.display()))?;
+    write_atomic(&run.join("config.toml"), toml.as_bytes())?;
     let params = named_params(model);
     let mut ema = Ema::new(EmaConfig {
         decay: cfg.ema_decay,
@@ -162,7 +165,6 @@ pub fn write_initial_run<M: Module>(run: &Path, cfg: &TrainConfig, model: &M) ->
         opt.m.insert(k.clone(), v.value.zeros_like());
         opt.v.insert(k.clone(), v.value.zeros_like());
     }
-    let n_t = diffusion_from(&cfg)?.num_timesteps();
     save_checkpoint(
         run,
         model,
@@ -456,8 +458,13 @@ pub fn train<M: Net<D>, const D: usize>(
     };
     let mut opt = AdamW::new(adam);
     let mut ema = Ema::new(ema_cfg);
+    // The schedule's own AdamW: no weight decay (it would pull γ(0) and γ(1) toward 0).
+    let schedule_adam = AdamWConfig {
+        weight_decay: 0.0,
+        ..adam
+    };
     let mut learned = (vdm_time.is_some() && fixed_gamma.is_none())
-        .then(|| LearnedSchedule::new(cfg.gamma_range(), adam, ema_cfg, &device));
+        .then(|| LearnedSchedule::new(cfg.gamma_range(), schedule_adam, ema_cfg, &device));
     // The bound's decoder: 8-bit images, or continuous 2-D points.
     let decoder = if cfg.preset == "mlp" {
         Decoder::Gaussian

@@ -69,6 +69,8 @@ pub struct ScheduleSignal {
     pub ends: (f64, f64),
     /// What the sums are divided by: the examples of the whole batch, on every process.
     pub total: f64,
+    /// From the discrete-time loss L_T, whose mean depends on the whole schedule.
+    pub discrete: bool,
 }
 
 impl ScheduleSignal {
@@ -102,6 +104,7 @@ impl ScheduleSignal {
             terms,
             ends,
             total,
+            discrete: times.prev.is_some(),
         }
     }
 
@@ -117,9 +120,13 @@ impl ScheduleSignal {
         self.weighted_grads(schedule, &vec![1.0; self.loss.len()], ends)
     }
 
-    /// The schedule's update direction: the bound's gradient for the endpoint parameters, the
-    /// second moment's for the rest.
+    /// The schedule's update direction. Continuous time: the bound's gradient for the endpoint
+    /// parameters, the second moment's for the rest (L_∞'s mean does not depend on them). Discrete
+    /// time: the bound's gradient for all (L_T's mean depends on the whole schedule).
     pub fn grads(&self, schedule: &LearnedGamma) -> BTreeMap<String, Tensor<1>> {
+        if self.discrete {
+            return self.mean_grads(schedule);
+        }
         let mut out = self.variance_grads(schedule);
         for (name, g) in self.mean_grads(schedule) {
             if super::learned::ENDPOINT_PARAMS.contains(&name.as_str()) {
@@ -293,8 +300,11 @@ mod tests {
                     "{time:?}, {what}, {name}: trick {an} vs finite difference {fd}"
                 );
             }
-            // The update takes the bound's gradient at the endpoints, the variance's inside.
-            let want = if crate::vdm::learned::ENDPOINT_PARAMS.contains(&name.as_str()) {
+            // The update takes the bound's gradient at the endpoints (everywhere in discrete
+            // time), the variance's inside.
+            let want = if time != Time::Continuous
+                || crate::vdm::learned::ENDPOINT_PARAMS.contains(&name.as_str())
+            {
                 &mean_grads
             } else {
                 &var_grads
