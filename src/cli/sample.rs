@@ -221,7 +221,7 @@ fn build_sampler(
         }
         "ddim" => AnySampler::Ddim(Box::new(
             Ddim::new(d, spaced(), a.eta, clip)
-                .with_model_eps(defaults.is_some_and(|d| d.model_eps)),
+                .diffusers_steps(defaults.is_some_and(|d| d.diffusers_ddim)),
         )),
         "dpmpp2m" => AnySampler::Dpm(Box::new(DpmSolverPp2M::new(d, spaced(), clip))),
         o => {

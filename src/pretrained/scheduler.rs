@@ -145,7 +145,7 @@ fn apply_value(value: &serde_json::Value, source: &str, c: &mut TrainConfig) -> 
         spacing: spacing.into(),
         steps_offset: k.usize_or("steps_offset", 0)?,
         clip: clip.into(),
-        model_eps: true,
+        diffusers_ddim: true,
     });
     Ok(())
 }

@@ -62,7 +62,7 @@ pub struct Ddim {
     steps: Vec<usize>,
     eta: f64,
     clip: X0Clip,
-    model_eps: bool,
+    diffusers: bool,
 }
 
 impl Ddim {
@@ -74,14 +74,15 @@ impl Ddim {
             steps,
             eta,
             clip,
-            model_eps: false,
+            diffusers: false,
         }
     }
 
-    /// With `model_eps`, each step moves along the network's own ε instead (diffusers'
-    /// DDIMScheduler; the two differ only where x̂0 is clipped).
-    pub fn with_model_eps(mut self, model_eps: bool) -> Self {
-        self.model_eps = model_eps;
+    /// With `diffusers`, steps as diffusers' DDIMScheduler takes them: along the network's own ε
+    /// (the two differ only where x̂0 is clipped), from t to t − T/N with ᾱ = 1 below 0 (the
+    /// next listed step for leading spacing, not always for linspace or trailing).
+    pub fn diffusers_steps(mut self, diffusers: bool) -> Self {
+        self.diffusers = diffusers;
         self
     }
 }
@@ -106,7 +107,13 @@ impl<const D: usize> Sampler<D> for Ddim {
         let n = self.steps.len();
         let t = self.steps[n - 1 - i];
         let ab_t = s.alphas_cumprod[t];
-        let ab_prev = if i + 1 < n {
+        let ab_prev = if self.diffusers {
+            let stride = s.num_timesteps() / n;
+            match t.checked_sub(stride) {
+                Some(p) if stride > 0 => s.alphas_cumprod[p],
+                _ => 1.0,
+            }
+        } else if i + 1 < n {
             s.alphas_cumprod[self.steps[n - 2 - i]]
         } else {
             1.0
@@ -119,7 +126,7 @@ impl<const D: usize> Sampler<D> for Ddim {
             model_output.clone(),
             self.clip,
         );
-        let eps = if self.model_eps {
+        let eps = if self.diffusers {
             // diffusers: along the network's own ε even where x̂0 was clipped.
             let raw = predict_x0(&self.diffusion, x_t.clone(), t, model_output, X0Clip::None);
             eps_from_x0(s, x_t.clone(), &tv, raw)

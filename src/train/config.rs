@@ -21,9 +21,10 @@ pub struct SamplerDefaults {
     pub steps_offset: usize,
     /// x̂0 post-processing: clip, none or dynamic:P.
     pub clip: String,
-    /// DDIM moves along the network's own ε (diffusers) instead of the ε implied by the clipped
-    /// x̂0 (improved-diffusion).
-    pub model_eps: bool,
+    /// DDIM steps as diffusers' DDIMScheduler takes them: along the network's own ε (not the ε
+    /// implied by the clipped x̂0, as improved-diffusion), from t to t − T/N (not to the next
+    /// listed step; the same for leading spacing).
+    pub diffusers_ddim: bool,
 }
 
 /// Everything a training run needs; `config.toml` of a run holds it resolved.
