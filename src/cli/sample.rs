@@ -15,7 +15,7 @@ use crate::sample::guidance::labels_for;
 use crate::sample::noise_file::NoiseFile;
 use crate::sample::{
     Ancestral, ClassGuided, ClassifierGradient, ClassifierGuide, Ddim, DpmSolverPp2M, Sampler,
-    Spacing, ddim::spaced_steps, sample_loop_guided,
+    Spacing, ddim::spaced_steps_on, sample_loop_guided,
 };
 use crate::schedule::space_timesteps;
 use crate::train::TrainConfig;
@@ -61,7 +61,7 @@ pub struct SampleArgs {
     /// DDIM η (0: deterministic).
     #[arg(long, default_value_t = 0.0, value_parser = super::unit_closed)]
     eta: f64,
-    /// Step spacing: linspace, leading, trailing [default: the model's (an imported diffusers
+    /// Step spacing: linspace, leading, trailing, or snr (uniform in log SNR) [default: the model's (an imported diffusers
     /// scheduler's), else leading for ddim/dpmpp2m and improved-diffusion's even sections for
     /// ddpm].
     #[arg(long)]
@@ -203,7 +203,7 @@ fn build_sampler(
         _ => 0,
     };
     let spaced = || -> Vec<usize> {
-        let mut v: Vec<usize> = spaced_steps(t, a.steps, spacing)
+        let mut v: Vec<usize> = spaced_steps_on(&d.schedule.snr, a.steps, spacing)
             .into_iter()
             .map(|s| s.saturating_add(offset).min(t - 1))
             .collect();

@@ -17,6 +17,9 @@ pub enum Spacing {
     Leading,
     /// T−1, T−1−T/K, … (always includes the last step).
     Trailing,
+    /// Uniform in log SNR between the chain's ends (the chain's own table: for schedules, such
+    /// as learned ones, whose SNR changes unevenly in t); see [`spaced_steps_on`].
+    LogSnr,
 }
 
 impl std::str::FromStr for Spacing {
@@ -26,18 +29,50 @@ impl std::str::FromStr for Spacing {
             "linspace" => Ok(Self::Linspace),
             "leading" => Ok(Self::Leading),
             "trailing" => Ok(Self::Trailing),
+            "snr" => Ok(Self::LogSnr),
             o => Err(format!(
-                "unknown spacing `{o}`; expected linspace, leading or trailing"
+                "unknown spacing `{o}`; expected linspace, leading, trailing or snr"
             )),
         }
     }
 }
 
-/// `k` steps out of `t` (sorted ascending, distinct).
+/// `k` steps of a chain whose SNR table is `snr` (decreasing), sorted ascending and distinct:
+/// [`spaced_steps`], or for [`Spacing::LogSnr`] the steps nearest to k log-SNR values evenly
+/// spaced between the first and the last (pushed apart where the chain is coarser).
+pub fn spaced_steps_on(snr: &[f64], k: usize, spacing: Spacing) -> Vec<usize> {
+    let t = snr.len();
+    if spacing != Spacing::LogSnr {
+        return spaced_steps(t, k, spacing);
+    }
+    let k = k.clamp(1, t);
+    let lam: Vec<f64> = snr.iter().map(|s| s.max(f64::MIN_POSITIVE).ln()).collect();
+    if k == 1 {
+        return vec![t - 1];
+    }
+    let (hi, lo) = (lam[0], lam[t - 1]);
+    let mut out: Vec<usize> = Vec::with_capacity(k);
+    for j in 0..k {
+        let target = hi + (lo - hi) * j as f64 / (k - 1) as f64;
+        // λ decreases with the step: the first step at or past the target, or the one before.
+        let p = lam.partition_point(|&l| l > target).min(t - 1);
+        let near = if p > 0 && (lam[p - 1] - target).abs() < (lam[p] - target).abs() {
+            p - 1
+        } else {
+            p
+        };
+        let floor = out.last().map_or(0, |&l| l + 1);
+        out.push(near.max(floor).min(t - k + j));
+    }
+    out
+}
+
+/// `k` steps out of `t` (sorted ascending, distinct); [`Spacing::LogSnr`] needs the chain
+/// ([`spaced_steps_on`]) and is taken as linspace here.
 pub fn spaced_steps(t: usize, k: usize, spacing: Spacing) -> Vec<usize> {
     let k = k.clamp(1, t);
     let mut v: Vec<usize> = match spacing {
-        Spacing::Linspace => crate::schedule::linspace(0.0, (t - 1) as f64, k)
+        Spacing::Linspace | Spacing::LogSnr => crate::schedule::linspace(0.0, (t - 1) as f64, k)
             .iter()
             .map(|x| x.round_ties_even() as usize)
             .collect(),

@@ -901,3 +901,38 @@ fn stronger_classifier_guidance_raises_the_class_posterior() {
         last = post;
     }
 }
+
+#[test]
+fn log_snr_spacing_is_even_in_log_snr_and_keeps_distinct_steps() {
+    use crate::sample::ddim::spaced_steps_on;
+    // A chain whose log SNR falls slowly then steeply (as a learned VDM schedule's): even steps
+    // in log SNR crowd where it falls.
+    let t = 1000;
+    let snr: Vec<f64> = (0..t)
+        .map(|i| {
+            let u = (i + 1) as f64 / t as f64;
+            (12.0 - 4.0 * u - 14.0 * u.powi(6)).exp()
+        })
+        .collect();
+    let steps = spaced_steps_on(&snr, 20, Spacing::LogSnr);
+    assert_eq!(steps.len(), 20);
+    assert_eq!((steps[0], steps[19]), (0, t - 1));
+    assert!(steps.windows(2).all(|w| w[1] > w[0]));
+    let lam: Vec<f64> = steps.iter().map(|&i| snr[i].ln()).collect();
+    let want = (lam[0] - lam[19]) / 19.0;
+    for w in lam.windows(2) {
+        // Each gap is the even one up to the chain's own resolution near there.
+        assert!((w[0] - w[1] - want).abs() < 0.05 * want + 0.2, "{lam:?}");
+    }
+    // More of the steps lie in the steep last third of the chain than uniform spacing puts there.
+    assert!(steps.iter().filter(|&&s| s > 666).count() > 10, "{steps:?}");
+    // Asking for every step gives every step; other spacings are unchanged.
+    assert_eq!(
+        spaced_steps_on(&snr, t, Spacing::LogSnr),
+        (0..t).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        spaced_steps_on(&snr, 10, Spacing::Leading),
+        ddim::spaced_steps(t, 10, Spacing::Leading)
+    );
+}
