@@ -155,8 +155,8 @@ pub fn evaluate<M: Denoiser<4>>(
 
 /// An unbiased Monte-Carlo estimate of each image's bound from `t_samples` draws of t, much
 /// cheaper than [`evaluate`]'s T evaluations per image (`opts.t_samples` draws). A DDPM chain: L_T and L_0 exactly, and
-/// Σ_{t=1}^{T−1} L_t as (T − 1)·(the mean of L_t at `t_samples` uniform t); its ε MSE is over
-/// those t. A VDM model (`vdm`): prior, decoder and diffusion loss (Kingma et al. eq. 11) each
+/// Σ_{t=1}^{T−1} L_t stratified: draw j takes t uniformly in the j-th of `t_samples` equal ranges
+/// of 1..T−1 and counts L_t times the range's length; its ε MSE is over those t. A VDM model (`vdm`): prior, decoder and diffusion loss (Kingma et al. eq. 11) each
 /// averaged over `t_samples` draws of t and of the noises; its ε MSE is not computed (NaN). The
 /// standard error includes the sampling of t.
 pub fn evaluate_sampled<M: Denoiser<4>>(
@@ -223,14 +223,20 @@ pub fn evaluate_sampled<M: Denoiser<4>>(
             out.decoder[i] = l0[i];
             out.total[i] = prior[i] + l0[i];
         }
-        if n_t > 1 {
-            for _ in 0..k {
-                let t: Vec<usize> = (0..m).map(|_| 1 + rng.below(n_t - 1)).collect();
-                let (terms, mse) = term_at(&t, rng);
-                for i in 0..m {
-                    out.total[i] += terms[i] * (n_t - 1) as f64 / k as f64;
-                    out.mse[i] += mse[i] / k as f64;
-                }
+        // Stratified: draw j takes its t uniformly in the j-th of k equal ranges of 1..T−1 and
+        // stands for that range's sum (still unbiased; the large early L_t are always sampled).
+        let span = n_t.saturating_sub(1);
+        let strata: Vec<(usize, usize)> = (0..k)
+            .map(|j| (1 + j * span / k, 1 + (j + 1) * span / k))
+            .filter(|(lo, hi)| hi > lo)
+            .collect();
+        let used = strata.len().max(1);
+        for &(lo, hi) in &strata {
+            let t: Vec<usize> = (0..m).map(|_| lo + rng.below(hi - lo)).collect();
+            let (terms, mse) = term_at(&t, rng);
+            for i in 0..m {
+                out.total[i] += terms[i] * (hi - lo) as f64;
+                out.mse[i] += mse[i] / used as f64;
             }
         }
         out
