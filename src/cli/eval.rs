@@ -165,7 +165,7 @@ pub struct NllArgs {
     /// Seed of the noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Estimate each image's bound from K draws of t, one in each of K equal ranges (unbiased,
+    /// Estimate each image's bound from K draws of t, one in each of K geometric ranges (unbiased,
     /// K + 1 network evaluations per image) instead of all T terms; VDM runs are always
     /// estimated so [default for VDM: 1].
     #[arg(long, value_parser = super::at_least_one)]

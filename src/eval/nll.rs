@@ -45,6 +45,24 @@ pub struct NllOptions {
     pub t_samples: usize,
 }
 
+/// `k` ranges [lo, hi) covering 1..T−1 whose bounds grow geometrically (T^{j/k}, rounded and
+/// kept strictly increasing where possible; fewer ranges when T − 1 < k).
+pub fn geometric_strata(n_t: usize, k: usize) -> Vec<(usize, usize)> {
+    if n_t < 2 {
+        return Vec::new();
+    }
+    let k = k.clamp(1, n_t - 1);
+    let mut bounds = vec![1usize];
+    for j in 1..k {
+        let b = (n_t as f64).powf(j as f64 / k as f64).round() as usize;
+        // Leave room for the ranges still to come.
+        let b = b.max(bounds[j - 1] + 1).min(n_t - (k - j));
+        bounds.push(b);
+    }
+    bounds.push(n_t);
+    bounds.windows(2).map(|w| (w[0], w[1])).collect()
+}
+
 /// Per-image values of one batch: total, prior and decoder bits/dim, ε MSE, and the terms by t
 /// (empty when t was sampled).
 struct BatchTerms {
@@ -155,8 +173,9 @@ pub fn evaluate<M: Denoiser<4>>(
 
 /// An unbiased Monte-Carlo estimate of each image's bound from `t_samples` draws of t, much
 /// cheaper than [`evaluate`]'s T evaluations per image (`opts.t_samples` draws). A DDPM chain: L_T and L_0 exactly, and
-/// Σ_{t=1}^{T−1} L_t stratified: draw j takes t uniformly in the j-th of `t_samples` equal ranges
-/// of 1..T−1 and counts L_t times the range's length; its ε MSE is over those t. A VDM model (`vdm`): prior, decoder and diffusion loss (Kingma et al. eq. 11) each
+/// Σ_{t=1}^{T−1} L_t stratified: draw j takes t uniformly in the j-th of `t_samples`
+/// geometrically growing ranges of 1..T−1 ([`geometric_strata`]) and counts L_t times the
+/// range's length; its ε MSE is over those t. A VDM model (`vdm`): prior, decoder and diffusion loss (Kingma et al. eq. 11) each
 /// averaged over `t_samples` draws of t and of the noises; its ε MSE is not computed (NaN). The
 /// standard error includes the sampling of t.
 pub fn evaluate_sampled<M: Denoiser<4>>(
@@ -223,13 +242,11 @@ pub fn evaluate_sampled<M: Denoiser<4>>(
             out.decoder[i] = l0[i];
             out.total[i] = prior[i] + l0[i];
         }
-        // Stratified: draw j takes its t uniformly in the j-th of k equal ranges of 1..T−1 and
-        // stands for that range's sum (still unbiased; the large early L_t are always sampled).
-        let span = n_t.saturating_sub(1);
-        let strata: Vec<(usize, usize)> = (0..k)
-            .map(|j| (1 + j * span / k, 1 + (j + 1) * span / k))
-            .filter(|(lo, hi)| hi > lo)
-            .collect();
+        // Stratified: draw j takes its t uniformly in the j-th of k ranges of 1..T−1 and stands
+        // for that range's sum (unbiased). The ranges grow geometrically — [1, T^{1/k}),
+        // [T^{1/k}, T^{2/k}), … — because L_t falls by orders of magnitude over the first steps:
+        // equal ranges would leave that fall inside one range, whose one draw then varies most.
+        let strata = geometric_strata(n_t, k);
         let used = strata.len().max(1);
         for &(lo, hi) in &strata {
             let t: Vec<usize> = (0..m).map(|_| lo + rng.below(hi - lo)).collect();
@@ -241,4 +258,28 @@ pub fn evaluate_sampled<M: Denoiser<4>>(
         }
         out
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::geometric_strata;
+
+    #[test]
+    fn geometric_strata_cover_every_step_once() {
+        for (n_t, k) in [(1000, 4), (1000, 1), (40, 20), (5, 10), (2, 3), (1000, 999)] {
+            let s = geometric_strata(n_t, k);
+            assert_eq!(s.len(), k.min(n_t - 1), "{n_t} {k}");
+            assert_eq!(s[0].0, 1);
+            assert_eq!(s.last().unwrap().1, n_t);
+            for w in s.windows(2) {
+                assert_eq!(w[0].1, w[1].0);
+            }
+            assert!(s.iter().all(|(lo, hi)| hi > lo), "{s:?}");
+        }
+        assert_eq!(
+            geometric_strata(1000, 4),
+            vec![(1, 6), (6, 32), (32, 178), (178, 1000)]
+        );
+        assert!(geometric_strata(1, 4).is_empty());
+    }
 }
