@@ -5,20 +5,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Output;
 
-use common::{ddpm, write_idx_labels};
-
-fn ok(o: Output) -> Output {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    o
-}
-
-fn usage_error(o: Output, needle: &str) {
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{needle}: {e}");
-    assert!(e.contains(needle), "expected `{needle}` in: {e}");
-}
+use common::{ddpm, ok, usage_error, write_idx_labels};
 
 /// `n` 8×8 images of `classes` classes (class k: row k bright) and their labels, in `dir`.
 fn rows_dataset(dir: &Path, n: u32, classes: u32) -> String {

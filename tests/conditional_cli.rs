@@ -5,16 +5,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::Output;
 
-use common::{ddpm, write_idx_labels};
+use common::{ddpm, ok, write_idx_labels};
 
 use ddpm::data::toy2d::{EIGHT_GAUSSIANS_SD, eight_gaussians_mean};
-
-fn ok(o: Output) -> Output {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    o
-}
 
 fn points(dir: &Path) -> Vec<[f64; 2]> {
     std::fs::read_to_string(dir.join("samples.csv"))

@@ -7,18 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::{ddpm, write_idx};
-
-fn ok(o: Output) -> Output {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    o
-}
-
-fn usage_error(o: Output, needle: &str) {
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{needle}: {e}");
-    assert!(e.contains(needle), "expected `{needle}` in: {e}");
-}
+use common::{ddpm, ok, usage_error, write_idx};
 
 fn train_args<'a>(spec: &'a str, run: &'a str, steps: &'a str) -> Vec<&'a str> {
     vec![

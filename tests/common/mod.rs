@@ -12,6 +12,19 @@ pub fn ddpm(args: &[&str]) -> Output {
         .expect("run ddpm")
 }
 
+/// `o`, after asserting that the command succeeded (its stderr otherwise).
+pub fn ok(o: Output) -> Output {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+/// Asserts a usage error (exit code 2) whose message contains `needle`.
+pub fn usage_error(o: Output, needle: &str) {
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{needle}: {e}");
+    assert!(e.contains(needle), "expected `{needle}` in: {e}");
+}
+
 /// Writes `n` pseudo-random `size`×`size` images (a linear congruential stream from `seed`) as
 /// a raw IDX3 `train-images-idx3-ubyte` in `dir`.
 pub fn write_idx(dir: &Path, n: u32, size: u32, seed: u32) {
