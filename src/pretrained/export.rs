@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
+use super::unet_weights::transposed;
 use crate::diffusion::{Parameterization, VarianceType};
 use crate::model::{TimeFeatures, TimeInjection, UNetConfig};
 use crate::schedule::BetaSchedule;
@@ -189,19 +190,6 @@ pub fn to_diffusers(
     u: &UNetConfig,
 ) -> Result<BTreeMap<String, HostTensor>> {
     let mut out = BTreeMap::new();
-    let transposed = |t: &HostTensor| {
-        let (r, c) = (t.shape[0], t.shape[1]);
-        let mut data = vec![0.0f32; r * c];
-        for i in 0..r {
-            for j in 0..c {
-                data[j * r + i] = t.data[i * c + j];
-            }
-        }
-        HostTensor {
-            shape: vec![c, r],
-            data,
-        }
-    };
     let res = |ours_prefix: &str, theirs: &str, out: &mut BTreeMap<String, HostTensor>| {
         for (a, b) in [
             ("norm1.gamma", "norm1.weight"),

@@ -139,7 +139,8 @@ fn target(name: &str) -> Option<Target> {
     }
 }
 
-fn transposed(t: &HostTensor) -> HostTensor {
+/// A matrix transposed (PyTorch's [out, in] linear weights ↔ burn's [in, out]).
+pub(crate) fn transposed(t: &HostTensor) -> HostTensor {
     let (r, c) = (t.shape[0], t.shape[1]);
     let mut data = vec![0.0f32; r * c];
     for i in 0..r {
