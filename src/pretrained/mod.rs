@@ -16,7 +16,7 @@ use safetensors::Dtype;
 
 use crate::model::UNetConfig;
 use crate::train::TrainConfig;
-use crate::train::checkpoint::HostTensor;
+use crate::train::checkpoint::{HostTensor, le_f32, read_safetensors_as};
 
 /// The weights file diffusers writes.
 pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
@@ -146,46 +146,20 @@ impl TrainConfig {
 
 /// Named tensors of a safetensors file as f32 (from F32, F16 or BF16), finite.
 pub fn read_float_tensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
-    let mut out = BTreeMap::new();
-    for (name, view) in st.tensors() {
-        let raw = view.data();
-        let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => raw
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => raw
-                .chunks_exact(2)
+    read_safetensors_as(path, "F32, F16 or BF16", |dtype, raw| match dtype {
+        Dtype::F32 => Some(le_f32(raw)),
+        Dtype::F16 => Some(
+            raw.chunks_exact(2)
                 .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
                 .collect(),
-            Dtype::BF16 => raw
-                .chunks_exact(2)
+        ),
+        Dtype::BF16 => Some(
+            raw.chunks_exact(2)
                 .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
                 .collect(),
-            other => bail!(
-                "{}: tensor {name} is {other:?}; expected F32, F16 or BF16",
-                path.display()
-            ),
-        };
-        if let Some(i) = data.iter().position(|x| !x.is_finite()) {
-            bail!(
-                "{}: tensor {name} holds a non-finite value ({} at index {i})",
-                path.display(),
-                data[i]
-            );
-        }
-        out.insert(
-            name,
-            HostTensor {
-                shape: view.shape().to_vec(),
-                data,
-            },
-        );
-    }
-    Ok(out)
+        ),
+        _ => None,
+    })
 }
 
 /// Named tensors of a PyTorch pickle (`torch.save` of a state dict; zip or legacy format) as
@@ -200,10 +174,7 @@ pub fn read_pickle_tensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> 
             .read()
             .with_context(|| format!("{}: cannot read tensor {name}", path.display()))?;
         let data: Vec<f32> = match t.dtype() {
-            P::F32 => raw
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
+            P::F32 => le_f32(&raw),
             P::F64 => raw
                 .chunks_exact(8)
                 .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)

@@ -37,11 +37,7 @@ impl NoiseFile {
                     v.dtype()
                 );
             }
-            let d: Vec<f32> = v
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            let d = crate::train::checkpoint::le_f32(v.data());
             if d.iter().any(|x| !x.is_finite()) {
                 bail!("--noise {source}: `{name}` holds non-finite values");
             }

@@ -67,23 +67,38 @@ pub fn to_safetensors(tensors: &BTreeMap<String, HostTensor>) -> Result<Vec<u8>>
 /// Reads named f32 tensors from a safetensors file; a non-finite value is an error naming the
 /// tensor.
 pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
+    read_safetensors_as(path, "F32", |dtype, raw| {
+        (dtype == Dtype::F32).then(|| le_f32(raw))
+    })
+}
+
+/// Little-endian f32 values.
+pub fn le_f32(raw: &[u8]) -> Vec<f32> {
+    raw.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Named tensors of a safetensors file, each turned into f32 by `decode` (`None` for a dtype it
+/// does not read, reported against `expected`); a non-finite value is an error naming the
+/// tensor.
+pub fn read_safetensors_as(
+    path: &Path,
+    expected: &str,
+    decode: impl Fn(Dtype, &[u8]) -> Option<Vec<f32>>,
+) -> Result<BTreeMap<String, HostTensor>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
-        if view.dtype() != Dtype::F32 {
+        let Some(data) = decode(view.dtype(), view.data()) else {
             bail!(
-                "{}: tensor {name} is {:?}, expected F32",
+                "{}: tensor {name} is {:?}, expected {expected}",
                 path.display(),
                 view.dtype()
             );
-        }
-        let data: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
+        };
         if let Some(i) = data.iter().position(|x| !x.is_finite()) {
             bail!(
                 "{}: tensor {name} holds a non-finite value ({} at index {i}); the weights are \
