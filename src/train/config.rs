@@ -264,6 +264,16 @@ impl TrainConfig {
         Ok(c)
     }
 
+    /// The network's AdamW settings.
+    pub fn adamw(&self) -> super::optim::AdamWConfig {
+        super::optim::AdamWConfig {
+            beta1: self.adam_beta1,
+            beta2: self.adam_beta2,
+            eps: self.adam_eps,
+            weight_decay: self.weight_decay,
+        }
+    }
+
     /// The VDM time of the run, or `None` for a DDPM chain.
     pub fn vdm_time(&self) -> anyhow::Result<Option<crate::vdm::Time>> {
         match &self.time {

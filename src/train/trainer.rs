@@ -155,12 +155,7 @@ pub fn write_initial_run<M: Module>(run: &Path, cfg: &TrainConfig, model: &M) ->
         .iter()
         .map(|(k, v)| (k.clone(), v.value.clone()))
         .collect();
-    let mut opt = AdamW::new(AdamWConfig {
-        beta1: cfg.adam_beta1,
-        beta2: cfg.adam_beta2,
-        eps: cfg.adam_eps,
-        weight_decay: cfg.weight_decay,
-    });
+    let mut opt = AdamW::new(cfg.adamw());
     for (k, v) in &params {
         opt.m.insert(k.clone(), v.value.zeros_like());
         opt.v.insert(k.clone(), v.value.zeros_like());
@@ -446,12 +441,7 @@ pub fn train<M: Net<D>, const D: usize>(
 
     device.seed(cfg.seed);
     let mut model = M::build(cfg, &item_shape, &device)?;
-    let adam = AdamWConfig {
-        beta1: cfg.adam_beta1,
-        beta2: cfg.adam_beta2,
-        eps: cfg.adam_eps,
-        weight_decay: cfg.weight_decay,
-    };
+    let adam = cfg.adamw();
     let ema_cfg = EmaConfig {
         decay: cfg.ema_decay,
         warmup_power: (cfg.ema_warmup_power > 0.0).then_some(cfg.ema_warmup_power),
