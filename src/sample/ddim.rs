@@ -5,7 +5,7 @@
 use burn::tensor::Tensor;
 
 use super::{Sampler, StepOutput, host_normal, predict_x0};
-use crate::diffusion::{GaussianDiffusion, X0Clip, parameterization::eps_from_x0};
+use crate::diffusion::{GaussianDiffusion, X0Clip, apply_clip, parameterization::eps_from_x0};
 use crate::rng::NoiseSource;
 
 /// How the visited steps are spread over the chain (Lin et al. 2024, Table 2).
@@ -154,20 +154,16 @@ impl<const D: usize> Sampler<D> for Ddim {
             1.0
         };
         let tv = vec![t; x_t.dims()[0]];
-        let x0 = predict_x0(
-            &self.diffusion,
+        // x̂0 as predicted, then post-processed (the prediction is read once).
+        let raw = predict_x0(&self.diffusion, x_t.clone(), t, model_output, X0Clip::None);
+        let x0 = apply_clip(raw.clone(), self.clip);
+        // diffusers moves along the network's own ε even where x̂0 was clipped.
+        let eps = eps_from_x0(
+            s,
             x_t.clone(),
-            t,
-            model_output.clone(),
-            self.clip,
+            &tv,
+            if self.diffusers { raw } else { x0.clone() },
         );
-        let eps = if self.diffusers {
-            // diffusers: along the network's own ε even where x̂0 was clipped.
-            let raw = predict_x0(&self.diffusion, x_t.clone(), t, model_output, X0Clip::None);
-            eps_from_x0(s, x_t.clone(), &tv, raw)
-        } else {
-            eps_from_x0(s, x_t.clone(), &tv, x0.clone())
-        };
         let sigma = self.eta
             * ((1.0 - ab_prev) / (1.0 - ab_t)).sqrt()
             * (1.0 - ab_t / ab_prev).max(0.0).sqrt();
