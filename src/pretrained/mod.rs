@@ -79,7 +79,7 @@ pub fn import(dir: &Path) -> Result<Imported> {
             dir.display()
         );
     };
-    let unet = unet_of(dir)?;
+    let unet = unet_in(&l)?;
     let weights_path = l.unet.join(WEIGHTS_FILE);
     let bin = l.unet.join(PICKLE_FILE);
     if !weights_path.is_file() && bin.is_file() {
@@ -110,7 +110,7 @@ pub fn import(dir: &Path) -> Result<Imported> {
 /// The run configuration of a diffusers folder (its U-Net and scheduler), without the weights.
 pub fn config_of(dir: &Path) -> Result<TrainConfig> {
     let l = layout(dir).with_context(|| format!("{}: not a diffusers folder", dir.display()))?;
-    run_config_of(unet_of(dir)?, &l)
+    run_config_of(unet_in(&l)?, &l)
 }
 
 fn run_config_of(unet: UNetConfig, l: &Layout) -> Result<TrainConfig> {
@@ -235,9 +235,8 @@ fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
-/// The U-Net configuration of a diffusers folder (for sizing before loading).
-pub fn unet_of(dir: &Path) -> Result<UNetConfig> {
-    let l = layout(dir).with_context(|| format!("{}: not a diffusers folder", dir.display()))?;
+/// The U-Net configuration of a diffusers folder laid out as `l`.
+fn unet_in(l: &Layout) -> Result<UNetConfig> {
     let p = l.unet.join("config.json");
     let text =
         std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
