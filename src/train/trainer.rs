@@ -185,7 +185,7 @@ pub fn diffusion_from(cfg: &TrainConfig) -> Result<GaussianDiffusion> {
         ));
     }
     let s = match (cfg.vdm_time()?, cfg.fixed_gamma_if_vdm()?) {
-        (Some(time), Some(g)) => crate::vdm::time::chain(&g, vdm_chain_steps(cfg, time))?,
+        (Some(time), Some(g)) => return vdm_diffusion(cfg, time, &g),
         (Some(_), None) => bail!(
             "--schedule learned: the chain depends on the learned schedule's weights; load it \
              with the checkpoint"
@@ -201,6 +201,20 @@ pub fn diffusion_from(cfg: &TrainConfig) -> Result<GaussianDiffusion> {
     };
     Ok(GaussianDiffusion::new(
         s,
+        cfg.parameterization,
+        cfg.variance,
+    ))
+}
+
+/// The diffusion a VDM run of `cfg` samples on with schedule `gamma`: its chain of
+/// [`vdm_chain_steps`] steps (see [`crate::vdm::time::chain`]).
+pub fn vdm_diffusion(
+    cfg: &TrainConfig,
+    time: crate::vdm::Time,
+    gamma: &dyn GammaSource,
+) -> Result<GaussianDiffusion> {
+    Ok(GaussianDiffusion::new(
+        crate::vdm::time::chain(gamma, vdm_chain_steps(cfg, time))?,
         cfg.parameterization,
         cfg.variance,
     ))
@@ -410,11 +424,7 @@ pub fn train<M: Net<D>, const D: usize>(
                 gamma_min,
                 gamma_max,
             };
-            GaussianDiffusion::new(
-                crate::vdm::time::chain(&start, vdm_chain_steps(cfg, time))?,
-                cfg.parameterization,
-                cfg.variance,
-            )
+            vdm_diffusion(cfg, time, &start)?
         }
         _ => diffusion_from(cfg)?,
     };
@@ -858,11 +868,7 @@ pub fn train<M: Net<D>, const D: usize>(
         }
         if root && (cfg.sample_every > 0 && step.is_multiple_of(cfg.sample_every) || at_end) {
             if let (Some(l), Some(time)) = (&learned, vdm_time) {
-                diffusion = GaussianDiffusion::new(
-                    crate::vdm::time::chain(&l.averaged(), vdm_chain_steps(cfg, time))?,
-                    cfg.parameterization,
-                    cfg.variance,
-                );
+                diffusion = vdm_diffusion(cfg, time, &l.averaged())?;
             }
             let ema_model = ema_model(&model, &ema, &device);
             grid = Some(write_samples::<M, D>(
@@ -1266,11 +1272,7 @@ pub fn run_diffusion(
     vdm: Option<&crate::vdm::VdmProcess>,
 ) -> Result<GaussianDiffusion> {
     match vdm {
-        Some(v) => Ok(GaussianDiffusion::new(
-            crate::vdm::time::chain(v.gamma.as_ref(), vdm_chain_steps(cfg, v.time))?,
-            cfg.parameterization,
-            cfg.variance,
-        )),
+        Some(v) => vdm_diffusion(cfg, v.time, v.gamma.as_ref()),
         None => diffusion_from(cfg),
     }
 }
