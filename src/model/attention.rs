@@ -1,7 +1,7 @@
 //! Multi-head self-attention over the pixels of a feature map (Ho et al.'s AttnBlock).
 
 use burn::module::Module;
-use burn::nn::{GroupNorm, GroupNormConfig, Initializer, Linear, LinearConfig};
+use burn::nn::{GroupNorm, Initializer, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
 /// x + proj(softmax(q·kᵀ/√d)·v) with q, k, v from GroupNorm(x); the output projection starts at
@@ -29,9 +29,7 @@ impl AttentionBlock {
         device: &Device,
     ) -> Self {
         Self {
-            norm: GroupNormConfig::new(groups, channels)
-                .with_epsilon(eps)
-                .init(device),
+            norm: super::blocks::group_norm(groups, channels, eps, device),
             qkv: LinearConfig::new(channels, 3 * channels).init(device),
             proj: LinearConfig::new(channels, channels)
                 .with_initializer(Initializer::Zeros)

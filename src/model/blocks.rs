@@ -23,6 +23,13 @@ pub fn conv3x3(cin: usize, cout: usize, stride: usize, zero: bool, device: &Devi
     c.init(device)
 }
 
+/// GroupNorm over `channels` in `groups` with ε `eps`.
+pub fn group_norm(groups: usize, channels: usize, eps: f64, device: &Device) -> GroupNorm {
+    GroupNormConfig::new(groups, channels)
+        .with_epsilon(eps)
+        .init(device)
+}
+
 /// 2× nearest-neighbour upsampling, `[B, C, H, W] → [B, C, 2H, 2W]`.
 pub fn upsample_nearest(x: Tensor<4>) -> Tensor<4> {
     kernels::upsample2(x)
@@ -90,14 +97,10 @@ impl ResBlock {
     pub fn new(s: &ResBlockSpec, device: &Device) -> Self {
         let emb_out = if s.scale_shift { 2 * s.cout } else { s.cout };
         Self {
-            norm1: GroupNormConfig::new(s.groups, s.cin)
-                .with_epsilon(s.eps)
-                .init(device),
+            norm1: group_norm(s.groups, s.cin, s.eps, device),
             conv1: conv3x3(s.cin, s.cout, 1, false, device),
             emb_proj: LinearConfig::new(s.emb_dim, emb_out).init(device),
-            norm2: GroupNormConfig::new(s.groups, s.cout)
-                .with_epsilon(s.eps)
-                .init(device),
+            norm2: group_norm(s.groups, s.cout, s.eps, device),
             dropout: DropoutConfig::new(s.dropout).init(),
             conv2: conv3x3(s.cout, s.cout, 1, true, device),
             skip: (s.cin != s.cout)

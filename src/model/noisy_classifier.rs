@@ -5,7 +5,7 @@
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig};
+use burn::nn::{GroupNorm, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
 use super::attention::AttentionBlock;
@@ -49,13 +49,7 @@ impl NoisyClassifier {
         let cur = down.channels;
         let mid = |device| ResBlock::new(&res_spec(config, cur, cur, Resample::None), device);
         let mid1 = mid(device);
-        let mid_attn = AttentionBlock::with_eps(
-            cur,
-            config.heads_for(cur),
-            config.groups,
-            config.norm_eps,
-            device,
-        );
+        let mid_attn = super::unet::attention_block(config, cur, device);
         let mid2 = mid(device);
         Ok(Self {
             emb1: LinearConfig::new(ch, emb_dim).init(device),
@@ -65,9 +59,7 @@ impl NoisyClassifier {
             mid1,
             mid_attn,
             mid2,
-            norm_out: GroupNormConfig::new(config.groups, cur)
-                .with_epsilon(config.norm_eps)
-                .init(device),
+            norm_out: super::blocks::group_norm(config.groups, cur, config.norm_eps, device),
             head: LinearConfig::new(cur, classes).init(device),
             base_channels: ch,
             time: config.time_embedding(),

@@ -2,7 +2,7 @@
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig};
+use burn::nn::{GroupNorm, Linear, LinearConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
@@ -100,15 +100,21 @@ pub(crate) fn attention_at(
     res: usize,
     device: &Device,
 ) -> Option<AttentionBlock> {
-    config.attention_resolutions.contains(&res).then(|| {
-        AttentionBlock::with_eps(
-            c,
-            config.heads_for(c),
-            config.groups,
-            config.norm_eps,
-            device,
-        )
-    })
+    config
+        .attention_resolutions
+        .contains(&res)
+        .then(|| attention_block(config, c, device))
+}
+
+/// Self-attention over `c` channels with `config`'s heads, groups and ε (also the middle's).
+pub(crate) fn attention_block(config: &UNetConfig, c: usize, device: &Device) -> AttentionBlock {
+    AttentionBlock::with_eps(
+        c,
+        config.heads_for(c),
+        config.groups,
+        config.norm_eps,
+        device,
+    )
 }
 
 /// The way down, shared by the U-Net and the noise-aware classifier (its encoder half).
@@ -229,13 +235,7 @@ impl UNet {
             resolution: mut res,
         } = DownPath::new(config, device);
         let mid1 = ResBlock::new(&spec(cur, cur, Resample::None), device);
-        let mid_attn = AttentionBlock::with_eps(
-            cur,
-            config.heads_for(cur),
-            config.groups,
-            config.norm_eps,
-            device,
-        );
+        let mid_attn = attention_block(config, cur, device);
         let mid2 = ResBlock::new(&spec(cur, cur, Resample::None), device);
         let mut up = Vec::new();
         for (i, m) in config.channel_mult.iter().enumerate().rev() {
@@ -282,9 +282,7 @@ impl UNet {
             mid_attn,
             mid2,
             up,
-            norm_out: GroupNormConfig::new(config.groups, cur)
-                .with_epsilon(config.norm_eps)
-                .init(device),
+            norm_out: super::blocks::group_norm(config.groups, cur, config.norm_eps, device),
             conv_out: conv3x3(cur, config.output_channels(), 1, true, device),
             base_channels: ch,
             time: config.time_embedding(),
