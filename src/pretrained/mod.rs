@@ -124,24 +124,23 @@ fn run_config_of(unet: UNetConfig, l: &Layout) -> Result<TrainConfig> {
         Some(p) => scheduler::apply(p, &mut config)?,
         None => scheduler::apply_defaults(&mut config),
     }
-    config.variance_check()?;
+    check_variance(&config)?;
     Ok(config)
 }
 
-impl TrainConfig {
-    /// A variance that needs an output channel the U-Net lacks (or the reverse) is an error.
-    fn variance_check(&self) -> Result<()> {
-        let learned = self.model.as_ref().is_some_and(|m| m.learn_sigma);
-        if learned != self.variance.is_learned() {
-            bail!(
-                "the scheduler's variance_type ({:?}) does not match the U-Net's outputs \
-                 ({} channels of variance)",
-                self.variance,
-                if learned { "with" } else { "without" }
-            );
-        }
-        Ok(())
+/// A scheduler variance that needs an output channel the U-Net lacks (or the reverse) is an
+/// error.
+fn check_variance(config: &TrainConfig) -> Result<()> {
+    let learned = config.model.as_ref().is_some_and(|m| m.learn_sigma);
+    if learned != config.variance.is_learned() {
+        bail!(
+            "the scheduler's variance_type ({:?}) does not match the U-Net's outputs \
+             ({} channels of variance)",
+            config.variance,
+            if learned { "with" } else { "without" }
+        );
     }
+    Ok(())
 }
 
 /// Named tensors of a safetensors file as f32 (from F32, F16 or BF16), finite.
