@@ -9,6 +9,81 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+/// The most bytes a text file this project reads may hold (configurations, `state.json`, β
+/// files, diffusers configs): far above any real one, far below what would strain memory.
+pub const TEXT_MAX: u64 = 16 << 20;
+
+/// The most bytes of a training log (`log.jsonl`) read for plotting.
+pub const LOG_MAX: u64 = 4 << 30;
+
+/// The most bytes of a weights or statistics file read whole: above any real model's.
+pub const BINARY_MAX: u64 = 64 << 30;
+
+/// The contents of `path`, which must be a regular file (a link to one is followed) of at most
+/// `max` bytes: a device (`/dev/zero`), pipe or directory, or a larger file, is an error instead
+/// of a read without end. The caller names the file in its error.
+pub fn read_capped(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    // Checked before opening: opening a pipe would wait for a writer.
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file (a directory, device or pipe)",
+        ));
+    }
+    let too_big = |len: u64| {
+        Error::new(
+            ErrorKind::InvalidData,
+            format!("{len} bytes or more, above the {max} such a file may hold"),
+        )
+    };
+    if meta.len() > max {
+        return Err(too_big(meta.len()));
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        return Err(too_big(buf.len() as u64));
+    }
+    Ok(buf)
+}
+
+/// [`read_capped`] of a UTF-8 text file.
+pub fn read_text_capped(path: &Path, max: u64) -> std::io::Result<String> {
+    String::from_utf8(read_capped(path, max)?)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+/// Bytes free to an unprivileged writer on the file system holding `path` (or, when `path` does
+/// not exist yet, its nearest existing ancestor); `None` where it cannot be told.
+pub fn free_space(path: &Path) -> Option<u64> {
+    let mut p = path;
+    while !p.exists() {
+        p = p.parent().filter(|q| !q.as_os_str().is_empty())?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
+        // SAFETY: an all-zero statvfs is valid; statvfs writes into memory this function owns
+        // and reads a NUL-terminated path.
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+            return None;
+        }
+        #[allow(clippy::unnecessary_cast)] // u64 on some targets, u32 on others
+        Some((s.f_bavail as u64).saturating_mul(s.f_frsize as u64))
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
 /// Removes a file or directory tree, ignoring one that is already gone.
 fn remove_any(path: &Path) -> std::io::Result<()> {
     let r = match std::fs::symlink_metadata(path) {
@@ -43,6 +118,76 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+/// A file written piece by piece and put in place atomically by [`AtomicWriter::finish`]: until
+/// then the pieces go to a temporary `.NAME.tmpPID` beside it, which is removed when the writer
+/// is dropped unfinished (an error, a panic); a killed writer's leftover is what
+/// [`remove_stale`] deletes. For outputs too large to hold in memory (samples streamed to disk).
+pub struct AtomicWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl AtomicWriter {
+    /// Starts writing `path` (its directory is created).
+    pub fn create(path: &Path) -> Result<Self> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the directory {}", dir.display()))?;
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+        let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+        let file = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            tmp,
+            file: Some(std::io::BufWriter::with_capacity(1 << 20, file)),
+        })
+    }
+
+    /// Appends `bytes`.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        use std::io::Write;
+        let f = self.file.as_mut().expect("an unfinished writer");
+        f.write_all(bytes)
+            .with_context(|| format!("cannot write {}", self.tmp.display()))
+    }
+
+    /// Flushes everything to disk and renames the file into place.
+    pub fn finish(mut self) -> Result<()> {
+        let f = self.file.take().expect("an unfinished writer");
+        let synced = f
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("cannot write {}", self.tmp.display()));
+        let done = synced.and_then(|()| {
+            std::fs::rename(&self.tmp, &self.path).with_context(|| {
+                format!(
+                    "cannot rename {} to {}",
+                    self.tmp.display(),
+                    self.path.display()
+                )
+            })
+        });
+        if done.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        done
+    }
+}
+
+impl Drop for AtomicWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -202,6 +347,49 @@ mod tests {
         }
         drop(held);
         lock_dir(d.path()).unwrap();
+    }
+
+    #[test]
+    fn a_streamed_file_appears_whole_or_not_at_all() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("out.csv");
+        let mut w = AtomicWriter::create(&path).unwrap();
+        w.write(b"1,2\n").unwrap();
+        w.write(b"3,4\n").unwrap();
+        assert!(!path.exists(), "visible before finish");
+        w.finish().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"1,2\n3,4\n");
+        // Dropped unfinished: the old file stays, no temporary is left.
+        let mut w = AtomicWriter::create(&path).unwrap();
+        w.write(b"partial").unwrap();
+        drop(w);
+        assert_eq!(std::fs::read(&path).unwrap(), b"1,2\n3,4\n");
+        let names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("out.csv")]);
+    }
+
+    #[test]
+    fn capped_reads_refuse_devices_directories_and_large_files() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("c.toml");
+        std::fs::write(&f, b"a = 1\n").unwrap();
+        assert_eq!(read_text_capped(&f, 6).unwrap(), "a = 1\n");
+        let e = read_capped(&f, 5).unwrap_err().to_string();
+        assert!(e.contains("6 bytes") && e.contains("above the 5"), "{e}");
+        let e = read_capped(d.path(), TEXT_MAX).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        #[cfg(unix)]
+        {
+            let link = d.path().join("zero");
+            std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+            let e = read_capped(&link, TEXT_MAX).unwrap_err().to_string();
+            assert!(e.contains("not a regular file"), "{e}");
+        }
+        std::fs::write(&f, [0xff, 0xfe]).unwrap();
+        assert!(read_text_capped(&f, TEXT_MAX).is_err());
     }
 
     #[test]

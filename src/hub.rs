@@ -70,7 +70,9 @@ fn check_revision(revision: &str) -> Result<()> {
 pub fn cached_snapshot(repo: &str, revision: &str) -> Result<Option<PathBuf>> {
     check_revision(revision)?;
     let dir = repo_dir(repo)?;
-    let Ok(commit) = std::fs::read_to_string(dir.join("refs").join(revision)) else {
+    let Ok(commit) =
+        crate::files::read_text_capped(&dir.join("refs").join(revision), crate::files::TEXT_MAX)
+    else {
         return Ok(None);
     };
     let snap = dir.join("snapshots").join(commit.trim());

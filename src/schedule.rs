@@ -283,7 +283,7 @@ pub fn betas_from_alphas_cumprod(alphas_cumprod: impl IntoIterator<Item = f64>) 
 /// Reads a β list from a text file: numbers separated by whitespace, commas or newlines, or a
 /// JSON array; `#` starts a comment. Each β must lie in (0, 1).
 pub fn read_betas_file(path: &Path) -> Result<Vec<f64>, ScheduleError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = crate::files::read_text_capped(path, crate::files::TEXT_MAX).map_err(|e| {
         ScheduleError::new(
             "--schedule",
             format!("cannot read β file {}: {e}", path.display()),
@@ -328,11 +328,21 @@ pub fn read_betas_file(path: &Path) -> Result<Vec<f64>, ScheduleError> {
     Ok(betas)
 }
 
+/// The most diffusion steps a chain may have: 100× the usual 1000, and every table of a chain
+/// (f64 per step, a dozen of them) stays below a few hundred MB.
+pub const MAX_TIMESTEPS: usize = 100_000;
+
 fn check_timesteps(t: usize) -> Result<(), ScheduleError> {
     if t == 0 {
         return Err(ScheduleError::new(
             "--timesteps",
             "T must be at least 1, got 0",
+        ));
+    }
+    if t > MAX_TIMESTEPS {
+        return Err(ScheduleError::new(
+            "--timesteps",
+            format!("T must be at most {MAX_TIMESTEPS}, got {t}"),
         ));
     }
     Ok(())

@@ -563,3 +563,7 @@ fn a_full_disk_stops_cleanly_and_resumes_after() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     drop(fs);
 }
+
+/// Round 2 of the reliability findings, by topic.
+#[path = "reliability/memory.rs"]
+mod memory;

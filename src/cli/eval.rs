@@ -422,6 +422,13 @@ fn nll(a: NllArgs) -> CliResult {
     if let Some(b) = bar {
         b.finish();
     }
+    if let Some((term, v)) = r.first_non_finite() {
+        return Err(CliError::Failure(anyhow::anyhow!(
+            "eval nll: the {term} of the bound is {v}, not a number of bits: the network of {} \
+             gives non-finite outputs on these images (diverged or damaged weights?)",
+            a.checkpoint.display()
+        )));
+    }
     if !crate::dist::world().is_root() {
         return Ok(());
     }
@@ -475,8 +482,8 @@ fn guidance(a: GuidanceArgs) -> CliResult {
         None => None,
     };
     let default_w = if guide.is_some() { "0" } else { "0,0.5,1,2,4" };
-    let weights = super::number_list("--guidance", a.guidance.as_deref().unwrap_or(default_w))?;
-    let scales = super::number_list("--classifier-scale", &a.classifier_scale)?;
+    let weights = super::guidance_list("--guidance", a.guidance.as_deref().unwrap_or(default_w))?;
+    let scales = super::guidance_list("--classifier-scale", &a.classifier_scale)?;
     let classes = match (loaded.model.num_classes(), &guide) {
         (Some(k), _) => k,
         (None, Some(g)) if weights.iter().all(|&w| w == 0.0) => g.config.classes.len(),
@@ -554,6 +561,26 @@ fn guidance(a: GuidanceArgs) -> CliResult {
     )?;
     if let Some(b) = bar {
         b.finish();
+    }
+    let bad = rows.iter().find(|r| {
+        ![r.accuracy, r.fd, r.inception_score]
+            .iter()
+            .all(|v| v.is_finite())
+    });
+    if let Some(r) = bad {
+        let scale = r
+            .classifier_scale
+            .map_or(String::new(), |s| format!(", classifier scale {s}"));
+        return Err(CliError::Failure(anyhow::anyhow!(
+            "eval guidance: at w = {}{scale} the samples' statistics are not finite (accuracy {}, \
+             classifier FD {}, IS {}): the samples were NaN — the guidance is too strong or the \
+             weights of {} are diverged",
+            r.w,
+            r.accuracy,
+            r.fd,
+            r.inception_score,
+            a.checkpoint.display()
+        )));
     }
     if a.json {
         for r in &rows {

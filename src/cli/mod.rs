@@ -10,6 +10,7 @@ mod fid;
 mod import;
 mod plot;
 mod sample;
+mod sample_files;
 mod schedule;
 mod train;
 mod train_classifier;
@@ -78,13 +79,28 @@ fn non_negative(s: &str) -> Result<f64, String> {
     }
 }
 
-/// A comma-separated list of finite numbers ≥ 0 given to `flag`.
-fn number_list(flag: &str, s: &str) -> Result<Vec<f64>, CliError> {
+/// The largest guidance weight or scale accepted: beyond it the guided network outputs
+/// overflow f32 (every sample NaN), and no useful trade-off lies there (papers use up to ~10).
+const GUIDANCE_MAX: f64 = 1e4;
+
+/// Clap parser of a guidance weight or scale: a number in [0, [`GUIDANCE_MAX`]].
+fn guidance_scale(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=GUIDANCE_MAX).contains(&v) => Ok(v),
+        Ok(v) => Err(format!(
+            "must be in [0, {GUIDANCE_MAX}] (larger guidance overflows f32 arithmetic), got {v}"
+        )),
+        Err(e) => Err(format!("expected a number: {e}")),
+    }
+}
+
+/// A comma-separated list of guidance weights or scales given to `flag`.
+fn guidance_list(flag: &str, s: &str) -> Result<Vec<f64>, CliError> {
     s.split(',')
         .map(|w| {
-            non_negative(w.trim()).map_err(|_| {
+            guidance_scale(w.trim()).map_err(|e| {
                 CliError::Usage(format!(
-                    "{flag}: `{w}` is not a number ≥ 0 (a comma-separated list, e.g. 0,0.5,1,2,4)"
+                    "{flag}: `{w}` {e} (a comma-separated list, e.g. 0,0.5,1,2,4)"
                 ))
             })
         })

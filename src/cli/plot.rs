@@ -48,13 +48,13 @@ pub struct ChainArgs {
     #[arg(long)]
     class: Option<String>,
     /// Classifier-free guidance weight, as `ddpm sample --guidance`.
-    #[arg(long, default_value_t = 0.0, value_parser = super::non_negative)]
+    #[arg(long, default_value_t = 0.0, value_parser = super::guidance_scale)]
     guidance: f64,
     /// A noise-aware classifier to guide with, as `ddpm sample --classifier`.
     #[arg(long)]
     classifier: Option<PathBuf>,
     /// Classifier-guidance scale, as `ddpm sample --classifier-scale`.
-    #[arg(long, default_value_t = 1.0, value_parser = super::non_negative)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::guidance_scale)]
     classifier_scale: f64,
 }
 

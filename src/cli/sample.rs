@@ -6,9 +6,9 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Tensor};
 use clap::Args;
 
+use super::sample_files::{GRID_MAX, SampleFiles};
 use super::{CliError, CliResult};
-use crate::diffusion::{Denoiser, GaussianDiffusion, X0Clip};
-use crate::files::write_atomic;
+use crate::diffusion::{Denoiser, GaussianDiffusion, Parameterization, X0Clip};
 use crate::model::{Mlp, UNet};
 use crate::rng::{ItemRngs, NoiseSource, Rng};
 use crate::sample::guidance::labels_for;
@@ -19,7 +19,6 @@ use crate::sample::{
 };
 use crate::schedule::space_timesteps;
 use crate::train::TrainConfig;
-use crate::train::checkpoint::{HostTensor, to_safetensors};
 use crate::train::classifier::{LoadedClassifier, check_guides, load_classifier};
 use crate::train::config::SamplerDefaults;
 use crate::train::trainer::{Net, diffusion_from, item_shape_of, load_for_inference};
@@ -35,7 +34,6 @@ pub fn guided_chain(
     }
     Ok(diffusion_from(cfg)?)
 }
-use crate::viz::grid::{encode_png, image_pixels, save_grid, save_scatter, square_cols};
 
 #[derive(Args)]
 #[command(
@@ -111,7 +109,7 @@ pub struct SampleArgs {
     #[arg(long)]
     class: Option<String>,
     /// Classifier-free guidance weight w: (1 + w)·ε(x, c) − w·ε(x, ∅); 0 is plain conditional.
-    #[arg(long, default_value_t = 0.0, value_parser = super::non_negative)]
+    #[arg(long, default_value_t = 0.0, value_parser = super::guidance_scale)]
     guidance: f64,
     /// Rescale the guided output toward the conditional one's standard deviation (Lin et al.):
     /// φ in [0, 1], 0 off.
@@ -122,7 +120,7 @@ pub struct SampleArgs {
     #[arg(long)]
     classifier: Option<PathBuf>,
     /// Classifier-guidance scale s: the step follows s·∇ log p(y | x_t).
-    #[arg(long, default_value_t = 1.0, value_parser = super::non_negative)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::guidance_scale)]
     classifier_scale: f64,
 }
 
@@ -167,14 +165,8 @@ enum AnySampler {
     Dpm(Box<DpmSolverPp2M>),
 }
 
-/// Samples (flat), their shape, the saved chain (step, x_t, x̂0) of the first images, and each
-/// image's class when classes were requested.
-type Sampled = (
-    Vec<f32>,
-    Vec<usize>,
-    Vec<(usize, Vec<f32>, Vec<f32>)>,
-    Option<Vec<usize>>,
-);
+/// The saved chain (step, x_t, x̂0) of the first images.
+type Chain = Vec<(usize, Vec<f32>, Vec<f32>)>;
 
 fn build_sampler(
     a: &SampleArgs,
@@ -210,6 +202,22 @@ fn build_sampler(
         v.dedup();
         v
     };
+    // x̂0 = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t has no value where ᾱ_t = 0 (a zero-terminal-SNR chain's
+    // last step): an ε-prediction model cannot be sampled from there.
+    let defined = |steps: Vec<usize>| -> Result<Vec<usize>, CliError> {
+        let zero = steps.iter().find(|&&s| d.schedule.alphas_cumprod[s] <= 0.0);
+        match (d.parameterization, zero) {
+            (Parameterization::Eps, Some(s)) => Err(CliError::Usage(format!(
+                "--sampler {}: this model predicts ε on a zero-terminal-SNR chain (ᾱ = 0 at step \
+                 {}), where x̂0 = (x_t − √(1−ᾱ)·ε̂)/√ᾱ is undefined; sample with --spacing leading and \
+                 --steps below T (which never visit that step), or train with --parameterization v as Lin et \
+                 al. (2024) prescribe for zero terminal SNR",
+                a.sampler,
+                s + 1
+            ))),
+            _ => Ok(steps),
+        }
+    };
     Ok(match a.sampler.as_str() {
         "ddpm" => {
             let kept = match (&a.respace, named) {
@@ -217,13 +225,13 @@ fn build_sampler(
                 (None, Some(_)) => spaced(),
                 (None, None) => space_timesteps(t, &a.steps.to_string())?,
             };
-            AnySampler::Ancestral(Box::new(Ancestral::new(d, &kept, clip)))
+            AnySampler::Ancestral(Box::new(Ancestral::new(d, &defined(kept)?, clip)))
         }
         "ddim" => AnySampler::Ddim(Box::new(
-            Ddim::new(d, spaced(), a.eta, clip)
+            Ddim::new(d, defined(spaced())?, a.eta, clip)
                 .diffusers_steps(defaults.is_some_and(|d| d.diffusers_ddim)),
         )),
-        "dpmpp2m" => AnySampler::Dpm(Box::new(DpmSolverPp2M::new(d, spaced(), clip))),
+        "dpmpp2m" => AnySampler::Dpm(Box::new(DpmSolverPp2M::new(d, defined(spaced())?, clip))),
         o => {
             return Err(CliError::Usage(format!(
                 "--sampler: unknown sampler `{o}`; expected ddpm, ddim or dpmpp2m"
@@ -236,7 +244,8 @@ fn run_with<const D: usize, M: Net<D>>(
     a: &SampleArgs,
     device: &Device,
     guide: Option<&dyn ClassifierGradient<D>>,
-) -> Result<Sampled, CliError>
+    mut files: Option<&mut SampleFiles>,
+) -> Result<Chain, CliError>
 where
     AnySampler: SamplerFor<D>,
 {
@@ -256,7 +265,8 @@ where
     let defaults = defaults.as_ref();
     let noise_file = match &a.noise {
         Some(p) => Some(
-            NoiseFile::read(p, a.n, &item_shape).map_err(|e| CliError::Usage(format!("{e:#}")))?,
+            NoiseFile::read(p, a.n, &item_shape, diffusion.num_timesteps())
+                .map_err(|e| CliError::Usage(format!("{e:#}")))?,
         ),
         None => None,
     };
@@ -307,95 +317,155 @@ where
         (None, _, _) => None,
     };
     // Image i's noise comes from its own stream (seed, i): the same images whatever the batch
-    // size or the number of processes. With several, rank r draws batches r, r + N, … and the
-    // images are then summed into every rank's copy (each image is non-zero on one rank only).
+    // size or the number of processes. With several, the batches go in rounds of one per rank
+    // (rank r draws batches r, r + N, …); each round's images are summed into every rank's copy
+    // (each image is non-zero on one rank only) and written before the next round starts.
     let world = crate::dist::world();
     let item: usize = item_shape.iter().product();
-    let mut all = vec![0.0f32; a.n * item];
     let mut chain = Vec::new();
     let bs = a.batch_size.max(1);
     let n_batches = a.n.div_ceil(bs);
-    let mine: Vec<usize> = world.batches(n_batches).collect();
     let total_steps = {
         let s = build_sampler(a, &diffusion, clip, defaults)?;
-        s.steps_len() * mine.len()
+        s.steps_len() * world.batches(n_batches).count()
     };
     let bar =
         (!a.quiet && world.is_root()).then(|| super::progress(total_steps as u64, "steps", false));
-    for &b in &mine {
-        let done = b * bs;
-        let n = bs.min(a.n - done);
-        let mut items = ItemRngs::for_items(a.seed, done, n);
-        let mut from_file = noise_file.as_ref().map(|f| f.for_items(done, n));
-        let rng: &mut dyn NoiseSource = match from_file.as_mut() {
-            Some(f) => f,
-            None => &mut items,
-        };
-        let mut sampler = build_sampler(a, &diffusion, clip, defaults)?;
-        if let (AnySampler::Ancestral(s), Some(v)) = (&mut sampler, &analytic) {
-            s.set_variance(v.clone());
-        }
-        let mut shape = [0usize; D];
-        shape[0] = n;
-        shape[1..].copy_from_slice(&item_shape);
-        let k = sampler.steps_len();
-        let keep: Vec<usize> = (0..10).map(|j| (j * (k - 1)) / 9).collect();
-        let mut on_step = |i: usize, t: usize, xt: &Tensor<D>, x0: &Tensor<D>| {
-            if let Some(b) = &bar {
-                b.inc(1);
+    for round in (0..n_batches).step_by(world.size.max(1)) {
+        let round_first = round * bs;
+        let round_n = (bs * world.size.max(1)).min(a.n - round_first);
+        let mut values = vec![0.0f32; round_n * item];
+        let b = round + world.rank;
+        if b < n_batches {
+            let done = b * bs;
+            let n = bs.min(a.n - done);
+            let mut items = ItemRngs::for_items(a.seed, done, n);
+            let mut from_file = noise_file.as_ref().map(|f| f.for_items(done, n));
+            let rng: &mut dyn NoiseSource = match from_file.as_mut() {
+                Some(f) => f,
+                None => &mut items,
+            };
+            let mut sampler = build_sampler(a, &diffusion, clip, defaults)?;
+            if let (AnySampler::Ancestral(s), Some(v)) = (&mut sampler, &analytic) {
+                s.set_variance(v.clone());
             }
-            if a.save_chain && done == 0 && keep.contains(&i) {
-                let m = n.min(8);
-                let take = |x: &Tensor<D>| -> Vec<f32> {
-                    x.clone()
-                        .narrow(0, 0, m)
-                        .into_data()
-                        .convert::<f32>()
-                        .try_into_vec::<f32>()
-                        .unwrap_or_default()
-                };
-                chain.push((t, take(xt), take(x0)));
-            }
-        };
-        let x = match &labels {
-            Some((l, k)) => {
-                let batch_labels = &l[done..done + n];
-                let g = guide.map(|g| (g, batch_labels));
-                if model.num_classes().is_some() {
-                    let guided = ClassGuided::new(
-                        &model,
-                        *k,
-                        batch_labels,
-                        a.guidance,
-                        a.guidance_rescale,
-                        diffusion.variance.is_learned(),
-                        device,
-                    )
-                    .map_err(|e| CliError::Usage(format!("{e:#}")))?;
-                    sampler.run(&guided, shape, g, device, rng, &mut on_step)
-                } else {
-                    sampler.run(&model, shape, g, device, rng, &mut on_step)
+            let mut shape = [0usize; D];
+            shape[0] = n;
+            shape[1..].copy_from_slice(&item_shape);
+            let k = sampler.steps_len();
+            let keep: Vec<usize> = (0..10).map(|j| (j * (k - 1)) / 9).collect();
+            let mut on_step = |i: usize, t: usize, xt: &Tensor<D>, x0: &Tensor<D>| {
+                if let Some(b) = &bar {
+                    b.inc(1);
                 }
+                if a.save_chain && done == 0 && keep.contains(&i) {
+                    let m = n.min(8);
+                    let take = |x: &Tensor<D>| -> Vec<f32> {
+                        x.clone()
+                            .narrow(0, 0, m)
+                            .into_data()
+                            .convert::<f32>()
+                            .try_into_vec::<f32>()
+                            .unwrap_or_default()
+                    };
+                    chain.push((t, take(xt), take(x0)));
+                }
+            };
+            let x = match &labels {
+                Some((l, k)) => {
+                    let batch_labels = &l[done..done + n];
+                    let g = guide.map(|g| (g, batch_labels));
+                    if model.num_classes().is_some() {
+                        let guided = ClassGuided::new(
+                            &model,
+                            *k,
+                            batch_labels,
+                            a.guidance,
+                            a.guidance_rescale,
+                            diffusion.variance.is_learned(),
+                            device,
+                        )
+                        .map_err(|e| CliError::Usage(format!("{e:#}")))?;
+                        sampler.run(&guided, shape, g, device, rng, &mut on_step)
+                    } else {
+                        sampler.run(&model, shape, g, device, rng, &mut on_step)
+                    }
+                }
+                None => sampler.run(&model, shape, None, device, rng, &mut on_step),
+            };
+            if let Some(f) = &from_file {
+                f.check().map_err(|e| CliError::Usage(format!("{e:#}")))?;
             }
-            None => sampler.run(&model, shape, None, device, rng, &mut on_step),
-        };
-        if let Some(f) = &from_file {
-            f.check().map_err(|e| CliError::Usage(format!("{e:#}")))?;
+            let x: Vec<f32> = x
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            if x.iter().any(|v| !v.is_finite()) {
+                return Err(non_finite(a, &model, done, n));
+            }
+            let at = (done - round_first) * item;
+            values[at..at + n * item].copy_from_slice(&x);
         }
-        let x: Vec<f32> = x
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        all[done * item..(done + n) * item].copy_from_slice(&x);
+        world.sum_f32(&mut values)?;
+        if let Some(f) = files.as_deref_mut() {
+            let l = labels
+                .as_ref()
+                .map(|(l, _)| &l[round_first..round_first + round_n]);
+            f.write(round_first, &values, l)?;
+        }
     }
     if let Some(b) = bar {
         b.finish();
     }
-    world.sum_f32(&mut all)?;
-    let mut shape = vec![a.n];
-    shape.extend(item_shape);
-    Ok((all, shape, chain, labels.map(|(l, _)| l)))
+    Ok(chain)
+}
+
+/// The error for a batch (images `first`..`first + n`) that came out NaN or infinite, naming
+/// what most likely caused it: diverged weights, a guidance scale or a noise file.
+fn non_finite<const D: usize, M: Net<D>>(
+    a: &SampleArgs,
+    model: &M,
+    first: usize,
+    n: usize,
+) -> CliError {
+    let mut largest = 0.0f32;
+    crate::train::params::visit_params(model, |_, t, _, _| {
+        let m: f32 = t.clone().abs().max().into_scalar();
+        largest = largest.max(m);
+    });
+    let mut causes = Vec::new();
+    if largest.is_nan() || largest >= 1e4 {
+        causes.push(format!(
+            "the weights of {} reach |w| = {largest:.3e} (a diverged or damaged checkpoint; an \
+             earlier checkpoint, or --no-ema / the EMA weights, may be sound)",
+            a.checkpoint.display()
+        ));
+    }
+    if a.guidance != 0.0 {
+        causes.push(format!("--guidance {} (try a smaller weight)", a.guidance));
+    }
+    if a.classifier.is_some() {
+        causes.push(format!(
+            "--classifier-scale {} (try a smaller scale)",
+            a.classifier_scale
+        ));
+    }
+    if let Some(p) = &a.noise {
+        causes.push(format!("the values of --noise {}", p.display()));
+    }
+    if causes.is_empty() {
+        causes.push(format!(
+            "the network of {} (its output overflows on these inputs)",
+            a.checkpoint.display()
+        ));
+    }
+    CliError::Failure(anyhow::anyhow!(
+        "sampling gave non-finite values (NaN or ±∞) for images {first}..{}; nothing of them is \
+         written. Likely cause: {}",
+        first + n,
+        causes.join("; or ")
+    ))
 }
 
 /// The Analytic-DPM variance of the ddpm sampler's chain, with Γ estimated on the run's data.
@@ -508,7 +578,9 @@ fn generate(a: &SampleArgs) -> Result<f64, CliError> {
     }
     let cfg = crate::train::trainer::config_of(&a.checkpoint)
         .map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
-    // Every image is held until the grid is drawn: refuse what cannot fit before sampling.
+    // Images are written batch by batch: a round of batches (one per rank) and the grid's
+    // images are held, whatever --n. Refuse what cannot fit before sampling.
+    let world = crate::dist::world();
     let item_shape = item_shape_of(&cfg)?;
     let item: usize = item_shape.iter().product();
     let per_image = if cfg.preset == "mlp" {
@@ -516,151 +588,118 @@ fn generate(a: &SampleArgs) -> Result<f64, CliError> {
     } else {
         <UNet as Net<4>>::activation_bytes_per_item(&cfg, &item_shape)
     };
-    // Every rank holds all the images (and each rank on this machine needs as much).
-    let need = (a.n as f64 * item as f64 * 4.0 * 3.0 + a.batch_size.min(a.n) as f64 * per_image)
-        * crate::dist::world().local_size.max(1) as f64;
+    let batch = a.batch_size.min(a.n) as f64;
+    let held = (a.n.min(GRID_MAX) as f64 + 2.0 * batch * world.size.max(1) as f64) * item as f64;
+    let need = (held * 4.0 + batch * per_image) * world.local_size.max(1) as f64;
     if let Some((need_gib, avail_gib)) = crate::heap::shortfall_gib(need) {
         return Err(CliError::Usage(format!(
-            "--n {} at --batch-size {}: sampling needs about {need_gib:.1} GiB, this machine has \
-             {avail_gib:.1} GiB available; sample fewer images per call (with other --seed values) \
-             or a smaller batch",
-            a.n, a.batch_size
+            "--batch-size {}: sampling needs about {need_gib:.1} GiB, this machine has \
+             {avail_gib:.1} GiB available; choose a smaller batch",
+            a.batch_size
         )));
     }
-    // Images of an earlier call would mix with these in images/ (and `eval fd` would count
-    // them): a new --out, or an emptied one.
-    let images = a.out.join("images");
-    if std::fs::read_dir(&images).is_ok_and(|mut d| d.next().is_some()) {
+    // Every image is a file of its own (a file system block at least) or a CSV line, plus its
+    // values in samples.safetensors: refuse a call whose files cannot fit on the disk.
+    let per_file = if item_shape.len() == 3 {
+        (item as u64 + 200).next_multiple_of(4096)
+    } else {
+        16 * item as u64
+    };
+    let disk =
+        (a.n as u64).saturating_mul(per_file + if a.safetensors { 4 * item as u64 } else { 0 });
+    if let Some(free) = crate::files::free_space(&a.out)
+        && disk > free
+    {
+        let gib = (1u64 << 30) as f64;
         return Err(CliError::Usage(format!(
-            "--out {}: {} already holds images from an earlier call; choose a new --out or \
-             remove it",
+            "--n {}: the samples need about {:.1} GiB on disk, the file system of --out {} has \
+             {:.1} GiB free; sample fewer images per call (with other --seed values)",
+            a.n,
+            disk as f64 / gib,
             a.out.display(),
-            images.display()
+            free as f64 / gib
         )));
     }
+    // Rank 0 writes every image (the others' --out may be elsewhere), holding the folder's lock
+    // so that two calls cannot write into one --out; images of an earlier call would mix with
+    // these in images/ (and `eval fd` would count them): a new --out, or an emptied one.
+    let _lock = if world.is_root() {
+        std::fs::create_dir_all(&a.out)
+            .with_context(|| format!("cannot create {}", a.out.display()))?;
+        let lock = crate::files::lock_dir(&a.out).map_err(|e| {
+            CliError::Usage(format!("--out: {e:#}").replace("this run", "this folder"))
+        })?;
+        crate::files::remove_stale(&a.out, &["grid.png", "samples.", "chain.png"])?;
+        let images = a.out.join("images");
+        if std::fs::read_dir(&images).is_ok_and(|mut d| d.next().is_some()) {
+            return Err(CliError::Usage(format!(
+                "--out {}: {} already holds images from an earlier call; choose a new --out or \
+                 remove it",
+                a.out.display(),
+                images.display()
+            )));
+        }
+        Some(lock)
+    } else {
+        None
+    };
     let device = super::device(&a.device)?;
     let start = std::time::Instant::now();
     let mut class_names = cfg.classes.clone().filter(|_| cfg.num_classes().is_some());
-    let (data, shape, chain, labels) = if cfg.preset == "mlp" {
-        if a.classifier.is_some() {
-            return Err(CliError::Usage(
-                "--classifier: classifier guidance is for image models (a noise-aware classifier \
-                 of images)"
-                    .into(),
-            ));
-        }
-        run_with::<2, Mlp>(a, &device, None)?
-    } else {
-        let loaded = match &a.classifier {
+    let guide = if cfg.preset != "mlp" {
+        match &a.classifier {
             Some(p) => Some(load_guide(p, &cfg, &guided_chain(&cfg)?, &device)?),
             None => None,
-        };
-        if class_names.is_none() {
-            class_names = loaded.as_ref().map(|c| c.config.classes.clone());
         }
-        let guide = loaded
+    } else if a.classifier.is_some() {
+        return Err(CliError::Usage(
+            "--classifier: classifier guidance is for image models (a noise-aware classifier \
+             of images)"
+                .into(),
+        ));
+    } else {
+        None
+    };
+    if class_names.is_none() {
+        class_names = guide.as_ref().map(|c| c.config.classes.clone());
+    }
+    // One grid row per requested class.
+    let class_rows = match a.class.as_deref() {
+        Some("all") => class_names.as_ref().map_or(1, Vec::len),
+        Some(list) => list.split(',').count(),
+        None => 0,
+    };
+    let mut files = if world.is_root() {
+        Some(SampleFiles::create(
+            &a.out,
+            a.n,
+            &item_shape,
+            class_rows,
+            class_names,
+            a.safetensors,
+        )?)
+    } else {
+        None
+    };
+    let chain = if cfg.preset == "mlp" {
+        run_with::<2, Mlp>(a, &device, None, files.as_mut())?
+    } else {
+        let g = guide
             .as_ref()
             .map(|c| ClassifierGuide::new(&c.model, a.classifier_scale));
-        run_with::<4, UNet>(
-            a,
-            &device,
-            guide.as_ref().map(|g| g as &dyn ClassifierGradient<4>),
-        )?
+        let g = g.as_ref().map(|g| g as &dyn ClassifierGradient<4>);
+        run_with::<4, UNet>(a, &device, g, files.as_mut())?
     };
     let secs = start.elapsed().as_secs_f64();
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create {}", a.out.display()))?;
-    if shape.len() == 4 {
-        let s4 = [shape[0], shape[1], shape[2], shape[3]];
-        // One PNG per image in images/ (a clean folder for `eval fd --samples folder:…`), in
-        // one sub-directory per class when classes were requested (for `--per-class`).
-        let dirs = image_dirs(
-            &a.out.join("images"),
-            shape[0],
-            labels.as_deref(),
-            class_names.as_deref(),
-        );
-        // Rank 0 holds every image and writes them all (the others' --out may be elsewhere).
-        if !crate::dist::world().is_root() {
-            return Ok(secs);
-        }
-        for (i, dir) in dirs.iter().enumerate() {
-            let px = image_pixels(&data, s4, i);
-            write_atomic(
-                &dir.join(format!("{i:05}.png")),
-                &encode_png(s4[3], s4[2], s4[1], &px)?,
-            )?;
-        }
-        // One row per requested class when the images divide evenly among them.
-        let rows = match a.class.as_deref() {
-            Some("all") => class_names.as_ref().map_or(1, Vec::len),
-            Some(list) => list.split(',').count(),
-            None => 0,
-        };
-        let cols = if rows > 0 && shape[0] % rows == 0 {
-            shape[0] / rows
-        } else {
-            square_cols(shape[0])
-        };
-        save_grid(&a.out.join("grid.png"), &data, s4, cols)?;
-        if a.save_chain && !chain.is_empty() {
-            save_chain(&a.out.join("chain.png"), &chain, s4)?;
-        }
-    } else {
-        if !crate::dist::world().is_root() {
-            return Ok(secs);
-        }
-        save_scatter(&a.out.join("grid.png"), &data, 512, 1.5)?;
-        let csv: String = data
-            .chunks(shape[1])
-            .map(|p| {
-                p.iter()
-                    .map(|v| v.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-                    + "\n"
-            })
-            .collect();
-        write_atomic(&a.out.join("samples.csv"), csv.as_bytes())?;
-    }
-    if a.safetensors {
-        let mut m = std::collections::BTreeMap::new();
-        m.insert(
-            "samples".to_string(),
-            HostTensor {
-                shape: shape.clone(),
-                data: data.clone(),
-            },
-        );
-        write_atomic(&a.out.join("samples.safetensors"), &to_safetensors(&m)?)?;
+    let Some(files) = files else {
+        return Ok(secs);
+    };
+    files.finish()?;
+    if a.save_chain && !chain.is_empty() && item_shape.len() == 3 {
+        let s4 = [a.n, item_shape[0], item_shape[1], item_shape[2]];
+        save_chain(&a.out.join("chain.png"), &chain, s4)?;
     }
     Ok(secs)
-}
-
-/// The directory of each image: `images` itself, or `images/CLASS` when classes were requested.
-/// A name that is not a plain file name (a path separator, `.`, `..`) is used by its number.
-fn image_dirs(
-    images: &Path,
-    n: usize,
-    labels: Option<&[usize]>,
-    names: Option<&[String]>,
-) -> Vec<PathBuf> {
-    let Some(labels) = labels else {
-        return vec![images.to_path_buf(); n];
-    };
-    labels
-        .iter()
-        .map(|&l| {
-            let name = names
-                .and_then(|n| n.get(l))
-                .filter(|n| {
-                    !n.is_empty() && *n != "." && *n != ".." && !n.contains(['/', '\\', '\0'])
-                })
-                .cloned()
-                .unwrap_or_else(|| l.to_string());
-            images.join(name)
-        })
-        .collect()
 }
 
 /// Rows: for each of the first images, x_t then x̂0; columns: the saved steps, noisiest first.

@@ -164,7 +164,7 @@ fn parse_kebab<T: serde::de::DeserializeOwned>(
 /// `config.toml` says.
 fn resolve(args: &TrainArgs) -> Result<TrainConfig, CliError> {
     let read = |p: &std::path::Path, what: &str| -> Result<TrainConfig, CliError> {
-        let text = std::fs::read_to_string(p)
+        let text = crate::files::read_text_capped(p, crate::files::TEXT_MAX)
             .map_err(|e| CliError::Usage(format!("{what} {}: cannot read it: {e}", p.display())))?;
         TrainConfig::from_toml(&text, &format!("{what} {}", p.display()))
             .map_err(|e| CliError::Usage(e.to_string()))

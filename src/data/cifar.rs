@@ -35,7 +35,7 @@ impl Cifar10 {
         let mut count = 0;
         for n in &names {
             let p = base.join(n);
-            let bytes = std::fs::read(&p).with_context(|| {
+            let bytes = crate::files::read_capped(&p, 64 << 20).with_context(|| {
                 format!("cannot read {} (expected the CIFAR-10 binary batches; `ddpm data fetch cifar10 --dir {}` downloads them)", p.display(), dir.display())
             })?;
             if bytes.is_empty() || bytes.len() % RECORD != 0 {

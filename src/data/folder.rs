@@ -20,11 +20,22 @@ pub struct ImageFolder {
     source: String,
 }
 
+/// Whether a folder entry is hidden (`.name`): skipped, like the temporary files of an
+/// interrupted write (`.00001.png.tmpPID`) and lock files.
+fn is_hidden(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.'))
+}
+
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     let entries = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read the folder {}", dir.display()))?;
     for e in entries {
         let p = e?.path();
+        if is_hidden(&p) {
+            continue;
+        }
         if p.is_dir() {
             collect(&p, out)?;
         } else if matches!(
@@ -160,6 +171,9 @@ fn check_images(dir: &Path, size: usize, top: bool) -> Result<usize> {
     let mut n = 0;
     for e in entries {
         let p = e?.path();
+        if is_hidden(&p) {
+            continue;
+        }
         if p.is_dir() {
             if top {
                 n += check_images(&p, size, false)?;

@@ -124,7 +124,8 @@ pub fn save_stats(stats: &FeatureStats, path: &Path) -> Result<()> {
 /// Reads statistics written by [`save_stats`] (or any safetensors file with f64/f32 `mu`,
 /// `sigma`).
 pub fn load_stats(path: &Path) -> Result<FeatureStats> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = crate::files::read_capped(path, crate::files::BINARY_MAX)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .with_context(|| format!("{}: not a safetensors file", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)?;

@@ -96,8 +96,8 @@ pub struct SafetensorsWeights {
 impl SafetensorsWeights {
     /// Reads `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bytes = crate::files::read_capped(path, crate::files::BINARY_MAX)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let st = safetensors::SafeTensors::deserialize(&bytes)
             .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
         let tensors = st

@@ -32,6 +32,29 @@ pub struct NllReport {
     pub n: usize,
 }
 
+impl NllReport {
+    /// The first term that is NaN or infinite, by name, with its value (`None` when the bound is
+    /// finite). The ε MSE is not a term of the bound (and is NaN where it does not apply).
+    pub fn first_non_finite(&self) -> Option<(String, f64)> {
+        let named = [
+            ("bound", self.bpd),
+            ("standard error", self.bpd_stderr),
+            ("prior term L_T", self.prior_bpd),
+            ("decoder term L_0", self.decoder_bpd),
+        ];
+        named
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v))
+            .chain(
+                self.vb_bpd_by_t
+                    .iter()
+                    .enumerate()
+                    .map(|(t, &v)| (format!("term at t = {t}"), v)),
+            )
+            .find(|(_, v)| !v.is_finite())
+    }
+}
+
 /// Which images to evaluate and how.
 #[derive(Debug, Clone, Copy)]
 pub struct NllOptions {

@@ -48,7 +48,8 @@ pub fn layout(dir: &Path) -> Option<Layout> {
             scheduler: scheduler(),
         });
     }
-    let config = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    let config =
+        crate::files::read_text_capped(&dir.join("config.json"), crate::files::TEXT_MAX).ok()?;
     if !config.contains("UNet2DModel") {
         return dir.join("model_index.json").is_file().then(|| Layout {
             unet: dir.join("unet"),
@@ -237,8 +238,8 @@ fn f16_to_f32(h: u16) -> f32 {
 /// The U-Net configuration of a diffusers folder laid out as `l`.
 fn unet_in(l: &Layout) -> Result<UNetConfig> {
     let p = l.unet.join("config.json");
-    let text =
-        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    let text = crate::files::read_text_capped(&p, crate::files::TEXT_MAX)
+        .with_context(|| format!("cannot read {}", p.display()))?;
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", p.display()))?;
     unet_config::unet_config(&v, &p.display().to_string())

@@ -15,8 +15,8 @@ use crate::train::config::SamplerDefaults;
 
 /// Applies the scheduler configuration in `path` to `config`.
 pub fn apply(path: &Path, config: &mut TrainConfig) -> Result<()> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = crate::files::read_text_capped(path, crate::files::TEXT_MAX)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let value: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("{}: not valid JSON", path.display()))?;
     let source = path.display().to_string();

@@ -20,11 +20,16 @@ pub struct NoiseFile {
 
 impl NoiseFile {
     /// Reads `path` for `n` images of `item_shape`: `init` must be `[n, …item_shape]`; `steps`,
-    /// when present, `[S, n, …item_shape]`.
-    pub fn read(path: &Path, n: usize, item_shape: &[usize]) -> Result<Self> {
+    /// when present, `[S, n, …item_shape]` with S at most `max_steps` (a file larger than that
+    /// could be is refused unread).
+    pub fn read(path: &Path, n: usize, item_shape: &[usize], max_steps: usize) -> Result<Self> {
         let source = path.display().to_string();
-        let bytes =
-            std::fs::read(path).with_context(|| format!("--noise: cannot read {source}"))?;
+        let values = (n as u64)
+            .saturating_mul(item_shape.iter().product::<usize>() as u64)
+            .saturating_mul(max_steps as u64 + 1);
+        let max = values.saturating_mul(4).saturating_add(1 << 20);
+        let bytes = crate::files::read_capped(path, max)
+            .with_context(|| format!("--noise: cannot read {source}"))?;
         let st = safetensors::SafeTensors::deserialize(&bytes)
             .with_context(|| format!("--noise {source}: not a valid safetensors file"))?;
         let floats = |name: &str| -> Result<Option<(Vec<usize>, Vec<f32>)>> {
@@ -176,7 +181,7 @@ mod tests {
             &p,
             &[("init", vec![3, 2], init), ("steps", vec![2, 3, 2], steps)],
         );
-        let f = NoiseFile::read(&p, 3, &[2]).unwrap();
+        let f = NoiseFile::read(&p, 3, &[2], 10).unwrap();
         let mut b = f.for_items(1, 2);
         assert_eq!(b.normal_f32(4), vec![2.0, 3.0, 4.0, 5.0]);
         assert_eq!(b.normal_f32(4), vec![102.0, 103.0, 104.0, 105.0]);
@@ -185,11 +190,11 @@ mod tests {
         b.normal_f32(4);
         let e = b.check().unwrap_err().to_string();
         assert!(e.contains("2 step(s)") && e.contains("drew 4"), "{e}");
-        let e = NoiseFile::read(&p, 4, &[2]).unwrap_err().to_string();
+        let e = NoiseFile::read(&p, 4, &[2], 10).unwrap_err().to_string();
         assert!(e.contains("--n 4") && e.contains("[4, 2]"), "{e}");
         write(&p, &[("x", vec![1], vec![0.0])]);
         assert!(
-            NoiseFile::read(&p, 1, &[1])
+            NoiseFile::read(&p, 1, &[1], 10)
                 .unwrap_err()
                 .to_string()
                 .contains("`init`")

@@ -64,6 +64,25 @@ pub fn to_safetensors(tensors: &BTreeMap<String, HostTensor>) -> Result<Vec<u8>>
     Ok(safetensors::tensor::serialize(views, None)?)
 }
 
+/// The bytes that start a safetensors file holding one f32 tensor `name` of `shape`: its
+/// length-prefixed header, after which the tensor's values follow as little-endian f32, so a
+/// tensor too large to hold in memory can be written as it is produced.
+pub fn safetensors_f32_header(name: &str, shape: &[usize]) -> Vec<u8> {
+    let bytes = shape.iter().product::<usize>() * 4;
+    // The keys in the order the safetensors crate writes them.
+    let json = format!(
+        "{{{}:{{\"dtype\":\"F32\",\"shape\":{},\"data_offsets\":[0,{bytes}]}}}}",
+        serde_json::Value::from(name),
+        serde_json::Value::from(shape.to_vec()),
+    );
+    // The data starts 8-byte aligned: the header is padded with spaces (as safetensors does).
+    let mut header = json.into_bytes();
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend(header);
+    out
+}
+
 /// Reads named f32 tensors from a safetensors file; a non-finite value is an error naming the
 /// tensor.
 pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
@@ -87,7 +106,8 @@ pub fn read_safetensors_as(
     expected: &str,
     decode: impl Fn(Dtype, &[u8]) -> Option<Vec<f32>>,
 ) -> Result<BTreeMap<String, HostTensor>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = crate::files::read_capped(path, crate::files::BINARY_MAX)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
     let mut out = BTreeMap::new();
@@ -232,6 +252,22 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_streamed_tensor_reads_back_as_the_library_writes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        for shape in [vec![3usize, 1, 2, 2], vec![5, 2], vec![1]] {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = (0..n).map(|i| i as f32 * 0.25 - 1.0).collect();
+            let mut bytes = safetensors_f32_header("samples", &shape);
+            bytes.extend(data.iter().flat_map(|x| x.to_le_bytes()));
+            let p = dir.path().join("s.safetensors");
+            std::fs::write(&p, &bytes).unwrap();
+            let m = BTreeMap::from([("samples".to_string(), HostTensor { shape, data })]);
+            assert_eq!(read_safetensors(&p).unwrap(), m);
+            assert_eq!(bytes, to_safetensors(&m).unwrap());
+        }
+    }
 
     #[test]
     fn safetensors_round_trip_and_atomic_checkpoints() {

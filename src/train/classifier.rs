@@ -158,12 +158,13 @@ fn classifier_dir(path: &Path) -> PathBuf {
 pub fn load_classifier(path: &Path, device: &Device) -> Result<LoadedClassifier> {
     let dir = classifier_dir(path);
     let cfg_path = dir.join(CONFIG);
-    let text = std::fs::read_to_string(&cfg_path).with_context(|| {
-        format!(
-            "cannot read {} (a classifier directory from `ddpm train-classifier` holds it)",
-            cfg_path.display()
-        )
-    })?;
+    let text =
+        crate::files::read_text_capped(&cfg_path, crate::files::TEXT_MAX).with_context(|| {
+            format!(
+                "cannot read {} (a classifier directory from `ddpm train-classifier` holds it)",
+                cfg_path.display()
+            )
+        })?;
     let config: ClassifierConfig = toml::from_str(&text)
         .with_context(|| format!("{}: not a classifier configuration", cfg_path.display()))?;
     config

@@ -85,9 +85,16 @@ impl<F: FnMut(&str, Tensor<1>) -> Tensor<1>> ModuleMapper for Replacer<'_, F> {
         let (id, tensor, mapper) = param.consume();
         let shape = tensor.dims();
         let require_grad = tensor.is_require_grad();
+        // `Tensor::from_inner` would put every value under autodiff: a model loaded for
+        // inference would then record a graph step per operation that no backward ever frees
+        // (memory growing with every network call).
+        let autodiff = tensor.is_autodiff();
         let device = tensor.device();
         let new = (self.f)(&name, tensor.inner().reshape([-1]));
-        let mut new: Tensor<D> = Tensor::from_inner(new.reshape(shape));
+        let mut new: Tensor<D> = new.reshape(shape);
+        if autodiff {
+            new = new.autodiff();
+        }
         if new.device() != device {
             new = new.to_device(&device);
         }
@@ -139,4 +146,42 @@ pub fn named_grads<M: Module>(
     };
     module.visit(&mut c);
     c.out
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::nn::{Linear, LinearConfig};
+    use burn::tensor::Device;
+
+    use super::*;
+
+    /// Replacing values keeps each parameter as it was: plain on an inference model (an
+    /// autodiff value there would record a graph step per operation that no backward frees),
+    /// tracked on a training model.
+    #[test]
+    fn replaced_values_keep_autodiff_and_require_grad_as_they_were() {
+        for device in [Device::flex(), Device::flex().autodiff()] {
+            let model: Linear = LinearConfig::new(3, 2).init(&device);
+            let before = visit_flags(&model);
+            let model = map_params(model, |_, t| t.add_scalar(1.0));
+            assert_eq!(visit_flags(&model), before, "on {device:?}");
+            let autodiff = device.gradient_checkpointing_strategy().is_some();
+            assert!(before.iter().all(|&(a, r)| a == autodiff && r == autodiff));
+        }
+    }
+
+    /// (autodiff, require_grad) of every float parameter, in module order.
+    fn visit_flags<M: Module>(m: &M) -> Vec<(bool, bool)> {
+        struct Flags(Vec<(bool, bool)>);
+        impl ModuleVisitor for Flags {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                let t = param.val();
+                self.0.push((t.is_autodiff(), t.is_require_grad()));
+            }
+        }
+        let mut flags = Flags(Vec::new());
+        m.visit(&mut flags);
+        assert_eq!(flags.0.len(), 2, "weight and bias");
+        flags.0
+    }
 }

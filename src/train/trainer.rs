@@ -403,7 +403,7 @@ pub fn train<M: Net<D>, const D: usize>(
         None
     };
     if resume && config_path.is_file() {
-        let text = std::fs::read_to_string(&config_path)
+        let text = crate::files::read_text_capped(&config_path, crate::files::TEXT_MAX)
             .with_context(|| format!("cannot read {}", config_path.display()))?;
         let saved = TrainConfig::from_toml(&text, &config_path.display().to_string())?;
         for change in compare_configs(&saved, cfg)? {
@@ -523,7 +523,7 @@ pub fn train<M: Net<D>, const D: usize>(
         opt.m = from_host_map(&m, "", &inner);
         opt.v = from_host_map(&v, "", &inner);
         let st_path = ckpt.join("state.json");
-        let text = std::fs::read_to_string(&st_path)
+        let text = crate::files::read_text_capped(&st_path, crate::files::TEXT_MAX)
             .with_context(|| format!("cannot read {}", st_path.display()))?;
         state = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a valid training state", st_path.display()))?;
@@ -771,6 +771,15 @@ pub fn train<M: Net<D>, const D: usize>(
         // Summed over the ranks before clipping, so the clip sees the global gradient norm.
         allreduce_secs += crate::dist::sum_gradients(&world, &mut grads)?;
         let (factor, grad_norm) = clip_factor(&grads, cfg.grad_clip.filter(|c| *c > 0.0));
+        if !grad_norm.is_finite() {
+            // Clipping by an infinite norm would zero the update: every step would "train".
+            bail!(
+                "non-finite gradient norm ({grad_norm}) at step {step}: the gradients overflow \
+                 (a loss weight such as --hybrid-lambda, or the loss itself, is too large); \
+                 stopping without saving. The last checkpoint is {}",
+                last_finite(&last_ckpt)
+            );
+        }
         let lr = learning_rate(cfg.lr, cfg.warmup_steps, step);
         model = opt.step(model, &grads, lr, factor);
         drop(grads);
@@ -906,10 +915,18 @@ pub fn ema_model<M: Module>(model: &M, ema: &Ema, device: &Device) -> M {
     })
 }
 
-/// How a run that stops on non-finite values names its last finite checkpoint.
+/// How a run that stops on non-finite values names its last checkpoint: its weights are finite
+/// (every update is checked), but a run on its way to diverging may already give non-finite
+/// samples there, which `ddpm sample` reports.
 fn last_finite(last: &Option<PathBuf>) -> String {
     last.as_ref()
-        .map(|p| p.display().to_string())
+        .map(|p| {
+            format!(
+                "{} (its weights are finite, but a diverging run may already have been unstable \
+                 there: check its samples, or take an earlier checkpoint)",
+                p.display()
+            )
+        })
         .unwrap_or_else(|| "none (no checkpoint was written yet)".into())
 }
 
@@ -1286,12 +1303,13 @@ pub fn run_config(ckpt: &Path) -> Result<TrainConfig> {
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let cfg_path = run.join("config.toml");
-    let text = std::fs::read_to_string(&cfg_path).with_context(|| {
-        format!(
-            "cannot read {} (the run's configuration)",
-            cfg_path.display()
-        )
-    })?;
+    let text =
+        crate::files::read_text_capped(&cfg_path, crate::files::TEXT_MAX).with_context(|| {
+            format!(
+                "cannot read {} (the run's configuration)",
+                cfg_path.display()
+            )
+        })?;
     TrainConfig::from_toml(&text, &cfg_path.display().to_string())
 }
 

@@ -73,16 +73,46 @@ pub fn square_cols(n: usize) -> usize {
 
 /// Rasterizes 2-D points in [−lim, lim]² as black dots on a white `size`×`size` PNG.
 pub fn save_scatter(path: &Path, points: &[f32], size: usize, lim: f32) -> Result<()> {
-    let mut px = vec![255u8; size * size];
-    for p in points.chunks_exact(2) {
-        let x = ((p[0] + lim) / (2.0 * lim) * size as f32) as isize;
-        let y = ((lim - p[1]) / (2.0 * lim) * size as f32) as isize;
-        for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
-            let (xx, yy) = (x + dx, y + dy);
-            if xx >= 0 && yy >= 0 && (xx as usize) < size && (yy as usize) < size {
-                px[yy as usize * size + xx as usize] = 0;
+    let mut s = Scatter::new(size, lim);
+    s.add(points);
+    s.save(path)
+}
+
+/// A scatter plot drawn as points arrive (any number of them in `size`² bytes): black dots
+/// on white for points in [−lim, lim]².
+pub struct Scatter {
+    px: Vec<u8>,
+    size: usize,
+    lim: f32,
+}
+
+impl Scatter {
+    /// An empty `size`×`size` plot of [−lim, lim]².
+    pub fn new(size: usize, lim: f32) -> Self {
+        Self {
+            px: vec![255u8; size * size],
+            size,
+            lim,
+        }
+    }
+
+    /// Draws interleaved (x, y) points.
+    pub fn add(&mut self, points: &[f32]) {
+        let (size, lim) = (self.size, self.lim);
+        for p in points.chunks_exact(2) {
+            let x = ((p[0] + lim) / (2.0 * lim) * size as f32) as isize;
+            let y = ((lim - p[1]) / (2.0 * lim) * size as f32) as isize;
+            for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+                let (xx, yy) = (x + dx, y + dy);
+                if xx >= 0 && yy >= 0 && (xx as usize) < size && (yy as usize) < size {
+                    self.px[yy as usize * size + xx as usize] = 0;
+                }
             }
         }
     }
-    write_atomic(path, &encode_png(size, size, 1, &px)?)
+
+    /// Writes the plot atomically as PNG.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        write_atomic(path, &encode_png(self.size, self.size, 1, &self.px)?)
+    }
 }

@@ -315,8 +315,8 @@ pub fn diffusion(
 
 /// Training loss over steps, overall and by t-quartile, from a run's `log.jsonl`.
 pub fn loss(path: &Path, log: &Path) -> Result<()> {
-    let text =
-        std::fs::read_to_string(log).map_err(|e| anyhow!("cannot read {}: {e}", log.display()))?;
+    let text = crate::files::read_text_capped(log, crate::files::LOG_MAX)
+        .map_err(|e| anyhow!("cannot read {}: {e}", log.display()))?;
     let mut total = Vec::new();
     let mut quart: [Vec<(f64, f64)>; 4] = Default::default();
     for (i, line) in text.lines().enumerate() {
