@@ -100,17 +100,99 @@ fn folder_of(path: &str) -> &str {
     path.rsplit_once('/').map_or("", |(d, _)| d)
 }
 
-fn agent(token: Option<&str>) -> impl Fn(&str) -> ureq::Request + '_ {
-    move |url: &str| {
-        let r = ureq::get(url).set("User-Agent", concat!("ddpm/", env!("CARGO_PKG_VERSION")));
-        match token {
-            Some(t) => r.set("Authorization", &format!("Bearer {t}")),
-            None => r,
-        }
+/// Seconds to wait for a connection, and for each read of an answer (a stalled server or one
+/// trickling bytes is an error, not a hang).
+const CONNECT_TIMEOUT_S: u64 = 30;
+const READ_TIMEOUT_S: u64 = 60;
+/// Redirects followed per request (the Hub sends large files to its CDN).
+const MAX_REDIRECTS: usize = 10;
+
+/// How long to wait for each read: `HF_HUB_DOWNLOAD_TIMEOUT` seconds where set (as
+/// huggingface_hub reads it), else [`READ_TIMEOUT_S`].
+fn read_timeout() -> std::time::Duration {
+    let secs = std::env::var("HF_HUB_DOWNLOAD_TIMEOUT")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+        .unwrap_or(READ_TIMEOUT_S as f64);
+    std::time::Duration::from_secs_f64(secs)
+}
+
+/// An HTTP client for the Hub and release downloads: timeouts on every connection and read,
+/// redirects followed only to http(s) addresses, the token sent only to the host it was given
+/// for.
+struct Client {
+    agent: ureq::Agent,
+    token: Option<String>,
+}
+
+/// Why a request failed: the server's or the connection's answer, or a redirect that is not
+/// followed.
+enum HttpError {
+    Http(Box<ureq::Error>),
+    Redirect(String),
+}
+
+impl From<ureq::Error> for HttpError {
+    fn from(e: ureq::Error) -> Self {
+        Self::Http(Box::new(e))
     }
 }
 
-fn hub_error(repo: &str, e: ureq::Error) -> anyhow::Error {
+impl Client {
+    fn new(token: Option<&str>) -> Self {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(std::time::Duration::from_secs(CONNECT_TIMEOUT_S))
+            .timeout_read(read_timeout())
+            .redirects(0)
+            .user_agent(concat!("ddpm/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Self {
+            agent,
+            token: token.map(str::to_string),
+        }
+    }
+
+    /// GET `url` (from byte `from` on when given), following redirects.
+    fn get(&self, url: &str, from: Option<u64>) -> Result<ureq::Response, HttpError> {
+        let first = url::Url::parse(url).map_err(|e| HttpError::Redirect(format!("{url}: {e}")))?;
+        let mut at = first.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            let mut req = self.agent.request_url("GET", &at);
+            if let Some(t) = &self.token
+                && at.host_str() == first.host_str()
+            {
+                req = req.set("Authorization", &format!("Bearer {t}"));
+            }
+            if let Some(b) = from {
+                req = req.set("Range", &format!("bytes={b}-"));
+            }
+            let resp = req.call()?;
+            if !(300..400).contains(&resp.status()) {
+                return Ok(resp);
+            }
+            let location = resp.header("Location").unwrap_or_default().to_string();
+            at = at
+                .join(&location)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+                .ok_or_else(|| {
+                    HttpError::Redirect(format!(
+                        "{at} redirects to `{location}`, which is not an http(s) address"
+                    ))
+                })?;
+        }
+        Err(HttpError::Redirect(format!(
+            "{url}: more than {MAX_REDIRECTS} redirects"
+        )))
+    }
+}
+
+fn hub_error(repo: &str, e: HttpError) -> anyhow::Error {
+    let e = match e {
+        HttpError::Http(e) => *e,
+        HttpError::Redirect(m) => return anyhow::anyhow!("{repo}: {m}"),
+    };
     match e {
         ureq::Error::Status(401 | 403, _) => anyhow::anyhow!(
             "{repo}: access denied — a gated or private repo needs a token: set HF_TOKEN to a \
@@ -140,21 +222,23 @@ pub fn fetch_repo(
     }
     check_revision(revision)?;
     let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty());
-    let get = agent(token.as_deref());
+    let client = Client::new(token.as_deref());
     let api = format!(
         "{}/api/models/{repo}/revision/{}?blobs=true",
         endpoint(),
         url_escape(revision)
     );
-    let info: serde_json::Value = match get(&api).call() {
+    let info: serde_json::Value = match client.get(&api, None) {
         Ok(r) => {
-            let text = r
-                .into_string()
+            let mut text = String::new();
+            r.into_reader()
+                .take(crate::files::TEXT_MAX)
+                .read_to_string(&mut text)
                 .with_context(|| format!("{repo}: the Hub's answer broke off"))?;
             serde_json::from_str(&text)
                 .with_context(|| format!("{repo}: the Hub's answer is not JSON"))?
         }
-        Err(ureq::Error::Transport(t)) => {
+        Err(HttpError::Http(t)) if matches!(*t, ureq::Error::Transport(_)) => {
             if let Some(s) = cached_snapshot(repo, revision)? {
                 eprintln!(
                     "note: {} unreachable ({t}); using the cached {}",
@@ -231,10 +315,10 @@ pub fn fetch_repo(
                 .join("/")
         );
         download(
-            &get,
+            &client,
             &url,
             &dest,
-            f.size,
+            f.size.ok_or(UNSIZED_MAX),
             f.sha256.as_deref(),
             &mut |d, t| progress(&f.path, d, t),
         )
@@ -245,16 +329,25 @@ pub fn fetch_repo(
     Ok(snap)
 }
 
+/// The most bytes stored of a Hub file listed without a size (every large file is listed with
+/// one; configurations are a few KB).
+const UNSIZED_MAX: u64 = 64 << 20;
+
 /// Downloads `url` to `dest` through `dest.part` (resumed from its length with an HTTP range
 /// when it exists), then checks the size and SHA-256 when known and renames it into place.
+/// `size`: the listed size, or (unknown) the most bytes to accept.
 fn download(
-    get: &dyn Fn(&str) -> ureq::Request,
+    client: &Client,
     url: &str,
     dest: &Path,
-    size: Option<u64>,
+    size: Result<u64, u64>,
     sha256: Option<&str>,
     progress: &mut dyn FnMut(u64, Option<u64>),
 ) -> Result<()> {
+    let (max, size) = match size {
+        Ok(s) => (s, Some(s)),
+        Err(max) => (max, None),
+    };
     let part = dest.with_file_name(format!(
         "{}.part",
         dest.file_name().unwrap_or_default().to_string_lossy()
@@ -263,14 +356,10 @@ fn download(
         std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
     }
     let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
-    let mut req = get(url);
-    if have > 0 {
-        req = req.set("Range", &format!("bytes={have}-"));
-    }
-    let resp = match req.call() {
+    let resp = match client.get(url, (have > 0).then_some(have)) {
         Ok(r) => r,
         // A range past the end: the part is complete (or wrong; the checks below tell).
-        Err(ureq::Error::Status(416, _)) if have > 0 => {
+        Err(HttpError::Http(e)) if have > 0 && matches!(*e, ureq::Error::Status(416, _)) => {
             return finish(&part, dest, size, sha256);
         }
         Err(e) => return Err(hub_error(url, e)),
@@ -299,13 +388,18 @@ fn download(
         out.write_all(&buf[..n])
             .with_context(|| format!("cannot write {}", part.display()))?;
         done += n as u64;
-        if size.is_some_and(|s| done > s) {
+        if done > max {
             drop(out);
             std::fs::remove_file(&part).ok();
-            bail!(
-                "the server sent more than the {} bytes it listed; the download was removed",
-                size.unwrap_or(0)
-            );
+            match size {
+                Some(s) => bail!(
+                    "the server sent more than the {s} bytes it listed; the download was removed"
+                ),
+                None => bail!(
+                    "the server listed no size and sent more than {max} bytes, the most taken \
+                     for such a file; the download was removed"
+                ),
+            }
         }
         progress(done, size);
     }
@@ -356,6 +450,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// The most bytes [`fetch_file`] stores (the Inception weights are 96 MB).
+const FILE_MAX: u64 = 1 << 30;
+
 /// A single file at `url` cached as `files/NAME` (NAME: the URL's last segment). When the name
 /// ends in `-HEX.ext` (torch hub's convention, e.g. pt_inception-2015-12-05-6726825d.pth), the
 /// file's SHA-256 must start with HEX.
@@ -369,8 +466,14 @@ pub fn fetch_file(url: &str, mut progress: impl FnMut(u64, Option<u64>)) -> Resu
     if dest.is_file() {
         return Ok(dest);
     }
-    let get = agent(None);
-    download(&get, url, &dest, None, None, &mut progress)?;
+    download(
+        &Client::new(None),
+        url,
+        &dest,
+        Err(FILE_MAX),
+        None,
+        &mut progress,
+    )?;
     if let Some(prefix) = hash_prefix(name) {
         let got = sha256_file(&dest)?;
         if !got.starts_with(&prefix) {

@@ -82,8 +82,48 @@ fn serve() -> Hub {
                 let _ = s.write_all(body);
             };
             let repo = |name: &str| format!("/api/models/test/{name}/revision/main?blobs=true");
+            let host = headers.get("host").cloned().unwrap_or_default();
             if path == repo("gated") {
                 respond(&mut s, "401 Unauthorized", b"{}", "");
+            } else if path == repo("redirect") {
+                respond(&mut s, "302 Found", b"", "Location: file:///etc/passwd\r\n");
+            } else if path == repo("stall") {
+                // Accepts, then says nothing for longer than the client waits.
+                std::thread::sleep(std::time::Duration::from_secs(4));
+            } else if path == repo("unsized") || path == repo("cdn") {
+                let sized = path == repo("cdn");
+                let siblings: Vec<serde_json::Value> = files
+                    .iter()
+                    .map(|(f, b)| {
+                        if sized {
+                            serde_json::json!({"rfilename": f, "size": b.len()})
+                        } else {
+                            serde_json::json!({"rfilename": f})
+                        }
+                    })
+                    .collect();
+                let body = serde_json::json!({"sha": COMMIT, "siblings": siblings}).to_string();
+                respond(&mut s, "200 OK", body.as_bytes(), "");
+            } else if path.starts_with(&format!("/test/unsized/resolve/{COMMIT}/")) {
+                // More than any configuration, and no size listed to check it against.
+                let head = "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n";
+                let _ = s.write_all(head.as_bytes());
+                let chunk = vec![b' '; 1 << 20];
+                for _ in 0..80 {
+                    if s.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+            } else if let Some(f) = path.strip_prefix(&format!("/test/cdn/resolve/{COMMIT}/")) {
+                // Large files live on another host: a redirect there, by its other name.
+                let port = host.rsplit(':').next().unwrap_or("");
+                let to = format!("Location: http://localhost:{port}/cdn/{f}\r\n");
+                respond(&mut s, "302 Found", b"", &to);
+            } else if let Some(f) = path.strip_prefix("/cdn/") {
+                match files.iter().find(|(name, _)| name == f) {
+                    Some((_, b)) => respond(&mut s, "200 OK", b, ""),
+                    None => respond(&mut s, "404 Not Found", b"", ""),
+                }
             } else if path == repo("tiny") || path == repo("bad") || path == repo("resume") {
                 let bad = path == repo("bad");
                 let siblings: Vec<serde_json::Value> = files
@@ -293,4 +333,97 @@ fn fetch_caches_checks_resumes_and_works_offline() {
     );
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("ddpm fetch test/never"));
+}
+
+/// Redirects are followed to other hosts without the token, and never to other schemes; a
+/// server that stalls is given up after HF_HUB_DOWNLOAD_TIMEOUT seconds; a file listed without
+/// a size is not stored past a bound.
+#[test]
+fn redirects_stalls_and_unsized_files_are_bounded() {
+    let hub = serve();
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let o = run(
+        &["fetch", "test/cdn", "--quiet"],
+        &cache,
+        &hub.url,
+        Some("hf_secret"),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let snap = cache.join("hub/test--cdn/snapshots").join(COMMIT);
+    assert_eq!(
+        std::fs::read(snap.join("unet/config.json")).unwrap(),
+        std::fs::read(fixtures().join("unet/config.json")).unwrap()
+    );
+    {
+        let log = hub.log.lock().unwrap();
+        let (cdn, hub_side): (Vec<&Request>, Vec<&Request>) =
+            log.iter().partition(|(p, _)| p.starts_with("/cdn/"));
+        assert_eq!(cdn.len(), 4, "{log:?}");
+        assert!(cdn.iter().all(|(_, h)| !h.contains_key("authorization")));
+        assert!(
+            hub_side
+                .iter()
+                .all(|(_, h)| h.contains_key("authorization"))
+        );
+    }
+    let o = run(
+        &["fetch", "test/redirect", "--quiet"],
+        &cache,
+        &hub.url,
+        None,
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("file:///etc/passwd") && e.contains("not an http(s) address"),
+        "{e}"
+    );
+    assert!(!e.contains("panicked"), "{e}");
+
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ddpm"));
+    c.args(["fetch", "test/stall", "--quiet"])
+        .env("DDPM_CACHE", &cache)
+        .env("HF_ENDPOINT", &hub.url)
+        .env("HF_HUB_DOWNLOAD_TIMEOUT", "1")
+        .env_remove("HF_TOKEN");
+    let o = c.output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("timed out") || e.contains("timeout"), "{e}");
+
+    let o = run(
+        &["fetch", "test/unsized", "--quiet"],
+        &cache,
+        &hub.url,
+        None,
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("listed no size") && e.contains("67108864"),
+        "{e}"
+    );
+    let parts = cache.join("hub/test--unsized/snapshots").join(COMMIT);
+    let leftover = walk(&parts);
+    assert!(
+        leftover.iter().all(|(_, len)| *len <= 64 << 20),
+        "{leftover:?}"
+    );
+}
+
+/// Every file under `dir` with its length.
+fn walk(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push((p.clone(), p.metadata().unwrap().len()));
+            }
+        }
+    }
+    out
 }

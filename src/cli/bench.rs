@@ -50,11 +50,21 @@ impl BenchArgs {
     }
 }
 
+/// The most timed or warm-up steps of one benchmark (a day of the `cifar10` preset on a CPU).
+const BENCH_MAX_STEPS: usize = 100_000;
+
 pub fn run(a: BenchArgs) -> CliResult {
     if a.steps == 0 || a.batch_size == 0 {
         return Err(CliError::Usage(
             "--steps and --batch-size must be at least 1".into(),
         ));
+    }
+    for (flag, v) in [("--steps", a.steps), ("--warmup", a.warmup)] {
+        if v > BENCH_MAX_STEPS {
+            return Err(CliError::Usage(format!(
+                "{flag}: at most {BENCH_MAX_STEPS} steps, got {v}"
+            )));
+        }
     }
     let device = super::device(&a.device)?;
     let precision = crate::train::precision::Precision::parse(&a.precision, "--precision")
@@ -77,6 +87,23 @@ pub fn run(a: BenchArgs) -> CliResult {
             }
         }
         return Ok(());
+    }
+    // On the CPU the activations live in this machine's memory: refuse a batch that cannot fit
+    // before allocating it (the estimate `ddpm train` applies).
+    if matches!(
+        crate::device::resolve_name(&a.device),
+        Ok("cpu" | "cubecl-cpu")
+    ) {
+        let cfg = crate::model::UNetConfig::preset(&a.preset)
+            .map_err(|e| CliError::Usage(format!("--preset: {e}")))?;
+        let need = a.batch_size as f64 * cfg.activation_values() as f64 * 4.0;
+        if let Some((need_gib, avail_gib)) = crate::heap::shortfall_gib(need) {
+            return Err(CliError::Usage(format!(
+                "--batch-size {}: a step of the {} preset needs about {need_gib:.1} GiB, this \
+                 machine has {avail_gib:.1} GiB available; use a smaller batch",
+                a.batch_size, a.preset
+            )));
+        }
     }
     crate::kernels::profile::set_enabled(a.profile);
     let r = crate::bench::run(

@@ -274,6 +274,14 @@ impl UNetConfig {
         if self.in_channels == 0 || self.out_channels == 0 || self.base_channels == 0 {
             return err("in_channels, out_channels and base_channels must be positive".into());
         }
+        if self.out_channels != self.in_channels {
+            return err(format!(
+                "out_channels ({}) must equal in_channels ({}): the network predicts ε, x0 or v, \
+                 shaped like its input (a learned variance adds its channels through the \
+                 variance setting)",
+                self.out_channels, self.in_channels
+            ));
+        }
         if self.channel_mult.is_empty() || self.channel_mult.contains(&0) {
             return err("channel_mult must be a non-empty list of positive integers".into());
         }

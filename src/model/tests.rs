@@ -221,3 +221,19 @@ fn fourier_features_join_the_input_and_resolve_the_pixel_grid() {
             .contains("fourier_features")
     );
 }
+
+/// The output is ε, x0 or v of the input's shape: other output channels are refused before a
+/// network is built (they used to train and then fail inside a convolution of the sample grid).
+#[test]
+fn output_channels_must_match_the_input() {
+    let mut c = UNetConfig::tiny();
+    c.out_channels = 5;
+    let e = c.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("out_channels (5)") && e.contains("in_channels (1)"),
+        "{e}"
+    );
+    assert!(UNet::new(&c, &Device::flex()).is_err());
+    c.out_channels = 1;
+    c.validate().unwrap();
+}

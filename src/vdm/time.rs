@@ -4,7 +4,7 @@
 use super::gamma::{FixedGamma, alpha_sq};
 use super::learned::LearnedGamma;
 use crate::rng::Rng;
-use crate::schedule::{NoiseSchedule, ScheduleError, betas_from_alphas_cumprod};
+use crate::schedule::{MAX_TIMESTEPS, NoiseSchedule, ScheduleError, betas_from_alphas_cumprod};
 use burn::tensor::{Tensor, TensorData};
 
 /// The network sees 1000·t, the range of a DDPM network's step input.
@@ -27,10 +27,11 @@ impl Time {
             "continuous" => Ok(Some(Self::Continuous)),
             "discrete" => Ok(None),
             v => match v.strip_prefix("discrete:").map(str::parse::<usize>) {
-                Some(Ok(t)) if t > 0 => Ok(Some(Self::Discrete(t))),
+                Some(Ok(t)) if (1..=MAX_TIMESTEPS).contains(&t) => Ok(Some(Self::Discrete(t))),
                 _ => anyhow::bail!(
                     "--time: `{v}` is not a time; expected continuous, discrete (the DDPM chain of \
-                     --timesteps steps) or discrete:T with T ≥ 1 (VDM's discrete loss)"
+                     --timesteps steps) or discrete:T with 1 ≤ T ≤ {MAX_TIMESTEPS} (VDM's discrete \
+                     loss)"
                 ),
             },
         }
@@ -190,7 +191,14 @@ mod tests {
             Time::parse("discrete:250").unwrap(),
             Some(Time::Discrete(250))
         );
-        for bad in ["discrete:0", "discrete:", "discrete:x", "cont", ""] {
+        for bad in [
+            "discrete:0",
+            "discrete:",
+            "discrete:x",
+            "cont",
+            "",
+            "discrete:100001",
+        ] {
             let e = Time::parse(bad).unwrap_err().to_string();
             assert!(e.contains("--time") && e.contains(bad), "{e}");
         }
