@@ -567,3 +567,5 @@ fn a_full_disk_stops_cleanly_and_resumes_after() {
 /// Round 2 of the reliability findings, by topic.
 #[path = "reliability/memory.rs"]
 mod memory;
+#[path = "reliability/non_finite.rs"]
+mod non_finite;

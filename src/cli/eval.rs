@@ -424,7 +424,7 @@ fn nll(a: NllArgs) -> CliResult {
     }
     if let Some((term, v)) = r.first_non_finite() {
         return Err(CliError::Failure(anyhow::anyhow!(
-            "eval nll: the {term} of the bound is {v}, not a number of bits: the network of {} \
+            "eval nll: the {term} is {v}, not a number of bits: the network of {} \
              gives non-finite outputs on these images (diverged or damaged weights?)",
             a.checkpoint.display()
         )));

@@ -87,8 +87,8 @@ const GUIDANCE_MAX: f64 = 1e4;
 fn guidance_scale(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.0..=GUIDANCE_MAX).contains(&v) => Ok(v),
-        Ok(v) => Err(format!(
-            "must be in [0, {GUIDANCE_MAX}] (larger guidance overflows f32 arithmetic), got {v}"
+        Ok(_) => Err(format!(
+            "must be in [0, {GUIDANCE_MAX}] (larger guidance overflows f32 arithmetic), got {s}"
         )),
         Err(e) => Err(format!("expected a number: {e}")),
     }

@@ -438,7 +438,7 @@ fn non_finite<const D: usize, M: Net<D>>(
     if largest.is_nan() || largest >= 1e4 {
         causes.push(format!(
             "the weights of {} reach |w| = {largest:.3e} (a diverged or damaged checkpoint; an \
-             earlier checkpoint, or --no-ema / the EMA weights, may be sound)",
+             earlier checkpoint may be sound)",
             a.checkpoint.display()
         ));
     }
@@ -461,7 +461,7 @@ fn non_finite<const D: usize, M: Net<D>>(
         ));
     }
     CliError::Failure(anyhow::anyhow!(
-        "sampling gave non-finite values (NaN or ±∞) for images {first}..{}; nothing of them is \
+        "sampling gave non-finite values (NaN or ±∞) for images {first}..{}; none of them was \
          written. Likely cause: {}",
         first + n,
         causes.join("; or ")

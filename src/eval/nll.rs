@@ -37,8 +37,8 @@ impl NllReport {
     /// finite). The ε MSE is not a term of the bound (and is NaN where it does not apply).
     pub fn first_non_finite(&self) -> Option<(String, f64)> {
         let named = [
-            ("bound", self.bpd),
-            ("standard error", self.bpd_stderr),
+            ("total bound", self.bpd),
+            ("standard error of the bound", self.bpd_stderr),
             ("prior term L_T", self.prior_bpd),
             ("decoder term L_0", self.decoder_bpd),
         ];
