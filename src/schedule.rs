@@ -20,7 +20,7 @@ pub struct ScheduleError {
 }
 
 impl ScheduleError {
-    fn new(flag: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(flag: &str, message: impl Into<String>) -> Self {
         Self {
             flag: flag.to_string(),
             message: message.into(),

@@ -564,6 +564,8 @@ fn a_full_disk_stops_cleanly_and_resumes_after() {
     drop(fs);
 }
 
+#[path = "reliability/bounds.rs"]
+mod bounds;
 /// Round 2 of the reliability findings, by topic.
 #[path = "reliability/memory.rs"]
 mod memory;

@@ -96,7 +96,10 @@ pub fn run(a: BenchArgs) -> CliResult {
     ) {
         let cfg = crate::model::UNetConfig::preset(&a.preset)
             .map_err(|e| CliError::Usage(format!("--preset: {e}")))?;
-        let need = a.batch_size as f64 * cfg.activation_values() as f64 * 4.0;
+        let need = a.batch_size as f64
+            * cfg.activation_values() as f64
+            * 4.0
+            * crate::train::trainer::ACTIVATION_MARGIN;
         if let Some((need_gib, avail_gib)) = crate::heap::shortfall_gib(need) {
             return Err(CliError::Usage(format!(
                 "--batch-size {}: a step of the {} preset needs about {need_gib:.1} GiB, this \

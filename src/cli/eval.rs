@@ -96,7 +96,7 @@ pub struct ClassifierTrainArgs {
     #[arg(long, default_value = "bundled")]
     data: String,
     /// Epochs.
-    #[arg(long, default_value_t = 1, value_parser = super::at_least_one)]
+    #[arg(long, default_value_t = 1, value_parser = super::count_up_to::<100_000>)]
     epochs: usize,
     /// Batch size.
     #[arg(long, default_value_t = 128, value_parser = super::at_least_one)]
@@ -167,8 +167,8 @@ pub struct NllArgs {
     seed: u64,
     /// Estimate each image's bound from K draws of t, one in each of K geometric ranges (unbiased,
     /// K + 1 network evaluations per image) instead of all T terms; VDM runs are always
-    /// estimated so [default for VDM: 1].
-    #[arg(long, value_parser = super::at_least_one)]
+    /// estimated so [default for VDM: 1]. At most 100000 (and, for a DDPM chain, T − 1).
+    #[arg(long, value_parser = t_samples)]
     t_samples: Option<usize>,
     /// Use the raw weights instead of the EMA weights.
     #[arg(long)]
@@ -208,7 +208,10 @@ fn classifier_train(a: ClassifierTrainArgs) -> CliResult {
             a.data
         )));
     }
-    let steps = data.len().div_ceil(a.batch_size.max(1)) * a.epochs;
+    let steps = data
+        .len()
+        .div_ceil(a.batch_size.max(1))
+        .saturating_mul(a.epochs);
     let bar = super::progress(steps as u64, "steps", true);
     let model = classifier::train(
         data.as_ref(),
@@ -353,6 +356,16 @@ fn fd(a: FdArgs) -> CliResult {
     Ok(())
 }
 
+/// Clap parser of `--t-samples`: 1 ≤ K ≤ the most steps a chain may have.
+fn t_samples(s: &str) -> Result<usize, String> {
+    let max = crate::schedule::MAX_TIMESTEPS;
+    match s.parse::<usize>() {
+        Ok(k) if (1..=max).contains(&k) => Ok(k),
+        Ok(k) => Err(format!("must be in 1..={max}, got {k}")),
+        Err(e) => Err(format!("expected a whole number: {e}")),
+    }
+}
+
 fn nll(a: NllArgs) -> CliResult {
     let split: Split = a
         .split
@@ -382,7 +395,14 @@ fn nll(a: NllArgs) -> CliResult {
         (Some(_), k) => Some(k.unwrap_or(1)),
         (None, k) => k,
     };
-    let per_batch = match (&loaded.vdm, t_samples) {
+    // The draws that run: a DDPM chain has at most T − 1 ranges to draw from.
+    let draws = t_samples.map(|k| match &loaded.vdm {
+        Some(_) => k,
+        None => crate::eval::nll::geometric_strata(diffusion.num_timesteps(), k)
+            .len()
+            .max(1),
+    });
+    let per_batch = match (&loaded.vdm, draws) {
         (Some(_), Some(k)) => k,
         (None, Some(k)) => k + 1,
         (_, None) => diffusion.num_timesteps(),
@@ -438,7 +458,7 @@ fn nll(a: NllArgs) -> CliResult {
             serde_json::to_string(&r).map_err(anyhow::Error::from)?
         );
     } else {
-        let how = match t_samples {
+        let how = match draws {
             Some(k) => format!("; {k} t-sample(s) per image"),
             None => String::new(),
         };

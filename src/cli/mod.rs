@@ -70,6 +70,16 @@ fn at_least_one(s: &str) -> Result<usize, String> {
     }
 }
 
+/// Clap parser of a count in 1..=MAX (training steps, epochs: bounded far above any real use,
+/// so a typing error is named instead of running for ever or overflowing a total).
+fn count_up_to<const MAX: usize>(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX).contains(&n) => Ok(n),
+        Ok(n) => Err(format!("must be in 1..={MAX}, got {n}")),
+        Err(e) => Err(format!("expected a whole number: {e}")),
+    }
+}
+
 /// Clap parser of a finite number ≥ 0.
 fn non_negative(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {

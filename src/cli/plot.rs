@@ -139,6 +139,13 @@ fn check_ts(ts: &[usize]) -> Result<(), CliError> {
 pub fn run(cmd: PlotCommand) -> CliResult {
     match cmd {
         PlotCommand::Schedules(a) => {
+            let t_max = crate::schedule::MAX_TIMESTEPS;
+            if a.timesteps > t_max {
+                return Err(CliError::Usage(format!(
+                    "--timesteps: T must be at most {t_max}, got {}",
+                    a.timesteps
+                )));
+            }
             if a.timesteps < 21 {
                 return Err(CliError::Usage(
                     "--timesteps: at least 21 (the default β ranges scale by 1000/T)".into(),

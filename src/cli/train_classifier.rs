@@ -39,7 +39,7 @@ pub struct TrainClassifierArgs {
     #[arg(long, value_parser = super::at_least_one)]
     timesteps: Option<usize>,
     /// Optimizer steps.
-    #[arg(long, default_value_t = 2000, value_parser = super::at_least_one)]
+    #[arg(long, default_value_t = 2000, value_parser = super::count_up_to::<100_000_000>)]
     steps: usize,
     /// Images per step.
     #[arg(long, default_value_t = 128, value_parser = super::at_least_one)]

@@ -10,7 +10,7 @@ const IMAGES: &[u8] = include_bytes!("../../data/mnist-10k/train-images-idx3-uby
 /// The bundled 10,000 MNIST digits, with their labels.
 pub fn mnist_10k() -> Result<IdxImages> {
     let bytes = gunzip_if_needed(IMAGES.to_vec(), "bundled MNIST")?;
-    IdxImages::parse(&bytes, "bundled MNIST (first 10,000 training digits)")?
+    IdxImages::parse(bytes, "bundled MNIST (first 10,000 training digits)")?
         .with_labels(mnist_10k_labels()?)
 }
 

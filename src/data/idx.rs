@@ -96,6 +96,9 @@ pub fn read_idx_file(path: &Path, magic: u32) -> Result<Vec<u8>> {
         );
     }
     let head = out.len();
+    // Room for exactly what the header announces (checked against the available memory
+    // above): a growing buffer would reach twice that at its last doubling.
+    out.reserve_exact(usize::try_from(announced.saturating_add(1)).unwrap_or(usize::MAX));
     r.take(announced.saturating_add(1))
         .read_to_end(&mut out)
         .with_context(broken)?;
@@ -122,8 +125,9 @@ pub fn gunzip_if_needed(raw: Vec<u8>, name: &str) -> Result<Vec<u8>> {
 }
 
 impl IdxImages {
-    /// Parses IDX3 bytes (magic 0x00000803, then count, rows, cols as big-endian u32).
-    pub fn parse(bytes: &[u8], source: &str) -> Result<Self> {
+    /// Parses IDX3 bytes (magic 0x00000803, then count, rows, cols as big-endian u32); the
+    /// pixels stay in `bytes` (no second copy of a large file).
+    pub fn parse(bytes: Vec<u8>, source: &str) -> Result<Self> {
         if bytes.len() < 16 {
             bail!(
                 "{source}: {} bytes is too short for an IDX image header (16 bytes)",
@@ -152,8 +156,10 @@ impl IdxImages {
         if count == 0 {
             bail!("{source}: holds no images");
         }
+        let mut pixels = bytes;
+        pixels.drain(..16);
         Ok(Self {
-            pixels: bytes[16..].to_vec(),
+            pixels,
             labels: None,
             count,
             rows,
@@ -182,7 +188,7 @@ impl IdxImages {
             );
         };
         let bytes = read_idx_file(path, 0x0803)?;
-        let images = Self::parse(&bytes, &path.display().to_string())?;
+        let images = Self::parse(bytes, &path.display().to_string())?;
         // Labels only where a readable file has one per image: unconditional uses of a
         // subset of images beside a full labels file keep working.
         match labels_path(dir, split).and_then(|_| open_labels_dir(dir, split).ok()) {
@@ -319,14 +325,14 @@ mod tests {
 
     #[test]
     fn parses_and_scales_to_minus_one_one() {
-        let d = IdxImages::parse(&idx(2, 2, 2, 8), "t").unwrap();
+        let d = IdxImages::parse(idx(2, 2, 2, 8), "t").unwrap();
         assert_eq!(d.len(), 2);
         assert_eq!(d.item_shape(), vec![1, 2, 2]);
         let mut out = [0.0f32; 4];
         d.get(0, &mut out);
         assert_eq!(out[0], -1.0);
         let full = IdxImages::parse(
-            &{
+            {
                 let mut v = idx(1, 1, 1, 0);
                 v.push(255);
                 v
@@ -341,16 +347,16 @@ mod tests {
 
     #[test]
     fn bad_files_get_clear_errors() {
-        let e = IdxImages::parse(&idx(2, 2, 2, 7), "f.idx")
+        let e = IdxImages::parse(idx(2, 2, 2, 7), "f.idx")
             .unwrap_err()
             .to_string();
         assert!(e.contains("f.idx") && e.contains("truncated"), "{e}");
         let mut bad = idx(2, 2, 2, 8);
         bad[3] = 0x01;
-        let e = IdxImages::parse(&bad, "g").unwrap_err().to_string();
+        let e = IdxImages::parse(bad, "g").unwrap_err().to_string();
         assert!(e.contains("wrong magic"), "{e}");
         assert!(
-            IdxImages::parse(&[0, 0], "h")
+            IdxImages::parse(vec![0, 0], "h")
                 .unwrap_err()
                 .to_string()
                 .contains("too short")

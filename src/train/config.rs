@@ -416,6 +416,13 @@ impl TrainConfig {
         if self.steps == 0 {
             bail!("--steps must be at least 1");
         }
+        let t_max = crate::schedule::MAX_TIMESTEPS;
+        if !(1..=t_max).contains(&self.timesteps) {
+            bail!(
+                "--timesteps: T must be at most {t_max}, got {}",
+                self.timesteps
+            );
+        }
         if self.batch_size == 0 {
             bail!("--batch-size must be at least 1");
         }
@@ -477,6 +484,16 @@ impl TrainConfig {
         non_negative("--hybrid-lambda", self.hybrid_lambda)?;
         positive("--p2-k", self.p2_k)?;
         non_negative("--p2-gamma", self.p2_gamma)?;
+        // 1/(k + SNR)^γ must stay a usable f32 weight over SNRs up to ~1e5: larger values make
+        // every weight underflow to 0 (a run that reports steps and learns nothing).
+        if self.p2_k > 1e6 || self.p2_gamma > 4.0 {
+            bail!(
+                "--p2-k must be at most 1e6 and --p2-gamma at most 4 (the weights 1/(k + SNR)^γ \
+                 underflow beyond), got --p2-k {} --p2-gamma {}",
+                self.p2_k,
+                self.p2_gamma
+            );
+        }
         positive("--min-snr-gamma", self.min_snr_gamma)?;
         if let Some(p) = self.dropout {
             unit("--dropout", p)?;

@@ -164,6 +164,12 @@ impl LossTimes {
 /// sigmoid(−γ((i + 1)/N)) and the network is called with 1000·(i + 1)/N, as in training; the
 /// chain's last sample is the data x (its ᾱ = 1), which z_0 (γ(0) ≈ −13) approximates.
 pub fn chain(gamma: &dyn GammaSource, steps: usize) -> Result<NoiseSchedule, ScheduleError> {
+    if !(1..=MAX_TIMESTEPS).contains(&steps) {
+        return Err(ScheduleError::new(
+            "--timesteps",
+            format!("T must be in 1..={MAX_TIMESTEPS}, got {steps}"),
+        ));
+    }
     let t: Vec<f64> = (1..=steps).map(|i| i as f64 / steps as f64).collect();
     let (g, _) = gamma.eval(&t);
     let mut s = NoiseSchedule::from_betas(betas_from_alphas_cumprod(g.into_iter().map(alpha_sq)))?;
