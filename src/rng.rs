@@ -31,6 +31,12 @@ impl Rng {
         Self { s }
     }
 
+    /// Whether this state can generate: xoshiro's all-zero state only ever yields zeros (a
+    /// damaged or edited `state.json`; no seed leads there).
+    pub fn is_valid(&self) -> bool {
+        self.s != [0; 4]
+    }
+
     /// An independent generator derived from this one's seed stream and a label, for
     /// sub-streams (data shuffling, noise, timesteps) that must not disturb each other.
     pub fn fork(&mut self, label: u64) -> Self {

@@ -247,6 +247,7 @@ fn state_json() -> String {
         t_sampler: ddpm::diffusion::timestep_sampler::TimestepSampler::loss_second_moment(4),
         adam_step: 3,
         ema_updates: 3,
+        checksums: Default::default(),
     };
     serde_json::to_string_pretty(&state).unwrap()
 }
@@ -425,6 +426,7 @@ fn run_all(cases: usize) {
                 &ckpt,
                 4,
                 10,
+                4,
                 &state_path,
             )),
         }

@@ -571,3 +571,5 @@ mod bounds;
 mod memory;
 #[path = "reliability/non_finite.rs"]
 mod non_finite;
+#[path = "reliability/silent.rs"]
+mod silent;

@@ -140,6 +140,22 @@ pub(super) fn load_guide(
         .num_classes()
         .map(|_| cfg.classes.clone().unwrap_or_default());
     check_guides(&c.config, diffusion, names.as_deref()).map_err(flag)?;
+    let net = &c.config.net;
+    let takes = [net.in_channels, net.image_size, net.image_size];
+    let makes = item_shape_of(cfg)?;
+    if makes != takes {
+        return Err(flag(anyhow::anyhow!(
+            "the classifier takes {}×{}×{} images, the model makes {}",
+            takes[0],
+            takes[1],
+            takes[2],
+            makes
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("×")
+        )));
+    }
     Ok(c)
 }
 
@@ -168,6 +184,12 @@ enum AnySampler {
 /// The saved chain (step, x_t, x̂0) of the first images.
 type Chain = Vec<(usize, Vec<f32>, Vec<f32>)>;
 
+/// What a sampling call did: the saved chain, and the network steps each image took.
+struct Sampled {
+    chain: Chain,
+    steps: usize,
+}
+
 fn build_sampler(
     a: &SampleArgs,
     d: &GaussianDiffusion,
@@ -194,6 +216,13 @@ fn build_sampler(
         Spacing::Leading => defaults.map_or(0, |d| d.steps_offset),
         _ => 0,
     };
+    if offset >= t {
+        return Err(CliError::Usage(format!(
+            "--checkpoint: the model's scheduler has steps_offset = {offset}, which is not below \
+             its {t} training steps (every step would fall on the last one); fix \
+             steps_offset in its scheduler configuration, or sample with --spacing trailing"
+        )));
+    }
     let spaced = || -> Vec<usize> {
         let mut v: Vec<usize> = spaced_steps_on(&d.schedule.snr, a.steps, spacing)
             .into_iter()
@@ -245,7 +274,7 @@ fn run_with<const D: usize, M: Net<D>>(
     device: &Device,
     guide: Option<&dyn ClassifierGradient<D>>,
     mut files: Option<&mut SampleFiles>,
-) -> Result<Chain, CliError>
+) -> Result<Sampled, CliError>
 where
     AnySampler: SamplerFor<D>,
 {
@@ -325,10 +354,8 @@ where
     let mut chain = Vec::new();
     let bs = a.batch_size.max(1);
     let n_batches = a.n.div_ceil(bs);
-    let total_steps = {
-        let s = build_sampler(a, &diffusion, clip, defaults)?;
-        s.steps_len() * world.batches(n_batches).count()
-    };
+    let steps = build_sampler(a, &diffusion, clip, defaults)?.steps_len();
+    let total_steps = steps * world.batches(n_batches).count();
     let bar =
         (!a.quiet && world.is_root()).then(|| super::progress(total_steps as u64, "steps", false));
     for round in (0..n_batches).step_by(world.size.max(1)) {
@@ -418,7 +445,7 @@ where
     if let Some(b) = bar {
         b.finish();
     }
-    Ok(chain)
+    Ok(Sampled { chain, steps })
 }
 
 /// The error for a batch (images `first`..`first + n`) that came out NaN or infinite, naming
@@ -557,22 +584,22 @@ impl_sampler_for!(2);
 impl_sampler_for!(4);
 
 pub fn run(a: SampleArgs) -> CliResult {
-    let secs = generate(&a)?;
+    let (secs, steps) = generate(&a)?;
     if !crate::dist::world().is_root() {
         return Ok(());
     }
     println!(
-        "sampled {} in {secs:.1} s with {} ({} steps); wrote {}",
+        "sampled {} in {secs:.1} s with {} ({steps} steps); wrote {}",
         a.n,
         a.sampler,
-        a.steps,
         a.out.join("grid.png").display()
     );
     Ok(())
 }
 
-/// Samples and writes everything `a` asks for; returns the sampling time in seconds.
-fn generate(a: &SampleArgs) -> Result<f64, CliError> {
+/// Samples and writes everything `a` asks for; returns the sampling time in seconds and the
+/// network steps each image took.
+fn generate(a: &SampleArgs) -> Result<(f64, usize), CliError> {
     if a.n == 0 {
         return Err(CliError::Usage("--n must be at least 1".into()));
     }
@@ -681,7 +708,7 @@ fn generate(a: &SampleArgs) -> Result<f64, CliError> {
     } else {
         None
     };
-    let chain = if cfg.preset == "mlp" {
+    let Sampled { chain, steps } = if cfg.preset == "mlp" {
         run_with::<2, Mlp>(a, &device, None, files.as_mut())?
     } else {
         let g = guide
@@ -692,14 +719,14 @@ fn generate(a: &SampleArgs) -> Result<f64, CliError> {
     };
     let secs = start.elapsed().as_secs_f64();
     let Some(files) = files else {
-        return Ok(secs);
+        return Ok((secs, steps));
     };
     files.finish()?;
     if a.save_chain && !chain.is_empty() && item_shape.len() == 3 {
         let s4 = [a.n, item_shape[0], item_shape[1], item_shape[2]];
         save_chain(&a.out.join("chain.png"), &chain, s4)?;
     }
-    Ok(secs)
+    Ok((secs, steps))
 }
 
 /// Rows: for each of the first images, x_t then x̂0; columns: the saved steps, noisiest first.
@@ -804,7 +831,7 @@ pub(super) fn chain(r: ChainRequest, out: &Path) -> CliResult {
         let _ = std::fs::remove_dir_all(&tmp);
         return secs.map(|_| ());
     }
-    let secs = secs?;
+    let (secs, _) = secs?;
     let res = std::fs::rename(tmp.join("chain.png"), out)
         .with_context(|| format!("cannot write {}", out.display()));
     let _ = std::fs::remove_dir_all(&tmp);

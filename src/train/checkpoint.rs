@@ -83,6 +83,40 @@ pub fn safetensors_f32_header(name: &str, shape: &[usize]) -> Vec<u8> {
     out
 }
 
+/// The CRC-32 of `bytes` as 8 hex digits: what `state.json` records of each checkpoint file.
+pub fn checksum(bytes: &[u8]) -> String {
+    format!("{:08x}", crc32fast::hash(bytes))
+}
+
+/// Checks `bytes`, read from a checkpoint file, against the checksum its checkpoint's
+/// `state.json` recorded when it was written. Files outside a checkpoint, and checkpoints
+/// without recorded checksums (older ones, imported runs), are not checked; an unreadable
+/// `state.json` is left to the reader of the state to report.
+fn verify_recorded_checksum(path: &Path, bytes: &[u8]) -> Result<()> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Ok(());
+    };
+    let Ok(text) = crate::files::read_text_capped(&dir.join("state.json"), crate::files::TEXT_MAX)
+    else {
+        return Ok(());
+    };
+    let Ok(state) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Ok(());
+    };
+    let Some(want) = state["checksums"][name].as_str() else {
+        return Ok(());
+    };
+    let got = checksum(bytes);
+    if got != want {
+        bail!(
+            "{}: its bytes changed after it was written (CRC-32 {got}, its checkpoint's \
+             state.json records {want}); the file is damaged — take another checkpoint",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// Reads named f32 tensors from a safetensors file; a non-finite value is an error naming the
 /// tensor.
 pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
@@ -108,6 +142,7 @@ pub fn read_safetensors_as(
 ) -> Result<BTreeMap<String, HostTensor>> {
     let bytes = crate::files::read_capped(path, crate::files::BINARY_MAX)
         .with_context(|| format!("cannot read {}", path.display()))?;
+    verify_recorded_checksum(path, &bytes)?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .with_context(|| format!("{}: not a valid safetensors file", path.display()))?;
     let mut out = BTreeMap::new();

@@ -165,12 +165,14 @@ pub fn split_moments(
     Ok((m, v))
 }
 
-/// Checks a loaded `state.json` against its checkpoint, the dataset and the diffusion.
+/// Checks a loaded `state.json` against its checkpoint, the dataset, the batch size and the
+/// diffusion: every count must be one that `step` steps can have reached.
 pub fn check_state(
     state: &TrainState,
     ckpt: &Path,
     num_timesteps: usize,
     dataset_len: usize,
+    batch_size: usize,
     path: &Path,
 ) -> Result<()> {
     let p = path.display();
@@ -203,11 +205,30 @@ pub fn check_state(
     if !state.t_sampler.is_valid() {
         bail!("{p}: the timestep sampler's loss history holds non-finite or negative values");
     }
-    if state.adam_step > state.step || state.ema_updates > state.step {
+    // Every step makes one optimizer update and one EMA update.
+    if state.adam_step != state.step || state.ema_updates != state.step {
         bail!(
-            "{p}: adam_step {} / ema_updates {} exceed the step {}",
+            "{p}: adam_step {} / ema_updates {} differ from the step {} (every step makes one of \
+             each); the file is damaged or was edited",
             state.adam_step,
             state.ema_updates,
+            state.step
+        );
+    }
+    for (name, rng) in [("rng_t", &state.rng_t), ("rng_noise", &state.rng_noise)] {
+        if !rng.is_valid() {
+            bail!(
+                "{p}: the generator {name} has the all-zero state, which draws only zeros; the \
+                 file is damaged or was edited"
+            );
+        }
+    }
+    // Each finished epoch took at least one item; `step` steps took `step × batch` items.
+    let served = state.step.saturating_mul(batch_size as u64);
+    if state.data.epoch > served {
+        bail!(
+            "{p}: data epoch {} cannot follow from {} steps of {batch_size} items",
+            state.data.epoch,
             state.step
         );
     }

@@ -113,6 +113,10 @@ pub struct TrainState {
     pub adam_step: u64,
     /// EMA updates done.
     pub ema_updates: u64,
+    /// CRC-32 of each other file of the checkpoint, as written (absent in checkpoints made
+    /// before they were recorded): a byte changed later is found when the file is read.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub checksums: BTreeMap<String, String>,
 }
 
 impl TrainState {
@@ -130,6 +134,7 @@ impl TrainState {
             },
             adam_step: 0,
             ema_updates: 0,
+            checksums: BTreeMap::new(),
         }
     }
 }
@@ -533,7 +538,7 @@ pub fn train<M: Net<D>, const D: usize>(
             .with_context(|| format!("cannot read {}", st_path.display()))?;
         state = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a valid training state", st_path.display()))?;
-        check_state(&state, &ckpt, n_t, dataset.len(), &st_path)?;
+        check_state(&state, &ckpt, n_t, dataset.len(), cfg.batch_size, &st_path)?;
         opt.step = state.adam_step;
         ema.updates = state.ema_updates;
         if let Some(l) = learned.take() {
@@ -1090,14 +1095,18 @@ fn save_checkpoint<M: Module>(
         }
     }
     let opt_b = to_safetensors(&o)?;
-    let st = serde_json::to_vec_pretty(state)?;
     let mut files = vec![
         ("model.safetensors", model_b),
         ("ema.safetensors", ema_b),
         ("optimizer.safetensors", opt_b),
     ];
     files.extend(extra);
-    files.push(("state.json", st));
+    let mut state = state.clone();
+    state.checksums = files
+        .iter()
+        .map(|(name, bytes)| (name.to_string(), crate::train::checkpoint::checksum(bytes)))
+        .collect();
+    files.push(("state.json", serde_json::to_vec_pretty(&state)?));
     write_checkpoint(run, state.step, &files, keep)
 }
 
@@ -1378,6 +1387,7 @@ pub fn load_for_inference<M: Net<D>, const D: usize>(
     }
     let ckpt = resolve(path)?;
     let config = run_config(&ckpt)?;
+    check_trained_chain(&config, &ckpt)?;
     let item_shape = item_shape_of(&config)?;
     let model = M::build(&config, &item_shape, device)?;
     let file = ckpt.join(if no_ema {
@@ -1400,6 +1410,34 @@ pub fn load_for_inference<M: Net<D>, const D: usize>(
         diffusion,
         vdm,
     })
+}
+
+/// Refuses a run whose `config.toml` describes another chain than the one its checkpoint was
+/// trained on (an edited `timesteps`): the timestep sampler saved in `state.json` covers the
+/// training chain's steps. A state that cannot be read is left to `--resume` to report.
+fn check_trained_chain(config: &TrainConfig, ckpt: &Path) -> Result<()> {
+    let path = ckpt.join("state.json");
+    let Ok(text) = crate::files::read_text_capped(&path, crate::files::TEXT_MAX) else {
+        return Ok(());
+    };
+    let Ok(state) = serde_json::from_str::<TrainState>(&text) else {
+        return Ok(());
+    };
+    let now = diffusion_from(config)?.num_timesteps();
+    let trained = state.t_sampler.num_timesteps();
+    if now != trained {
+        bail!(
+            "{}: the configuration's chain has {now} steps, but {} was trained on {trained} \
+             (an edited `timesteps`?); restore the value the run was trained with",
+            ckpt.parent()
+                .and_then(Path::parent)
+                .map(|r| r.join("config.toml"))
+                .unwrap_or_default()
+                .display(),
+            ckpt.display()
+        );
+    }
+    Ok(())
 }
 
 /// The item shape a configuration's network takes.
