@@ -566,6 +566,8 @@ fn a_full_disk_stops_cleanly_and_resumes_after() {
 
 #[path = "reliability/bounds.rs"]
 mod bounds;
+#[path = "reliability/flag_fuzz.rs"]
+mod flag_fuzz;
 /// Round 2 of the reliability findings, by topic.
 #[path = "reliability/memory.rs"]
 mod memory;
