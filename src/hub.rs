@@ -205,7 +205,8 @@ fn hub_error(repo: &str, e: HttpError) -> anyhow::Error {
         ureq::Error::Status(code, r) => {
             anyhow::anyhow!("{repo}: the Hub answered {code} {}", r.status_text())
         }
-        ureq::Error::Transport(t) => anyhow::anyhow!("{repo}: cannot reach {}: {t}", endpoint()),
+        // The transport error names the address it could not reach.
+        ureq::Error::Transport(t) => anyhow::anyhow!("{repo}: {t}"),
     }
 }
 

@@ -237,6 +237,21 @@ impl BetaSchedule {
                 gamma_min,
                 gamma_max,
             } => {
+                // γ is the log noise-to-signal ratio: finite, increasing from γ(0) to γ(1).
+                for (flag, g) in [("--gamma-min", gamma_min), ("--gamma-max", gamma_max)] {
+                    if !g.is_finite() {
+                        return Err(ScheduleError::new(flag, format!("γ = {g} is not finite")));
+                    }
+                }
+                if gamma_min >= gamma_max {
+                    return Err(ScheduleError::new(
+                        "--gamma-min",
+                        format!(
+                            "γ(0) = {gamma_min} must be below γ(1) = --gamma-max {gamma_max} \
+                             (the noise grows with t)"
+                        ),
+                    ));
+                }
                 let g = crate::vdm::FixedGamma::Linear {
                     gamma_min: *gamma_min,
                     gamma_max: *gamma_max,

@@ -571,6 +571,8 @@ mod flag_fuzz;
 /// Round 2 of the reliability findings, by topic.
 #[path = "reliability/memory.rs"]
 mod memory;
+#[path = "reliability/messages.rs"]
+mod messages;
 #[path = "reliability/non_finite.rs"]
 mod non_finite;
 #[path = "reliability/silent.rs"]

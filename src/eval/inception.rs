@@ -128,9 +128,16 @@ impl Weights for SafetensorsWeights {
 
 /// Opens a weights file by its content: a safetensors file or a PyTorch checkpoint.
 pub fn open_weights(path: &Path) -> Result<Box<dyn Weights>> {
-    if !path.is_file() {
+    if !path.exists() {
         bail!(
             "--inception {}: no such file (pytorch-fid's weights: https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth)",
+            path.display()
+        );
+    }
+    if !path.is_file() {
+        bail!(
+            "--inception {}: not a regular file (a directory, device or pipe); give the weights \
+             file itself",
             path.display()
         );
     }

@@ -34,7 +34,7 @@ pub struct Layout {
 }
 
 /// The diffusers layout of `dir`, or `None` when it is not a diffusers folder (a `config.json`
-/// naming a `UNet2DModel`, or a pipeline's `model_index.json`).
+/// beside diffusers weights or naming a `UNet2DModel`, or a pipeline's `model_index.json`).
 pub fn layout(dir: &Path) -> Option<Layout> {
     let existing = |p: PathBuf| p.is_file().then_some(p);
     let scheduler = || {
@@ -45,6 +45,15 @@ pub fn layout(dir: &Path) -> Option<Layout> {
     if dir.join("model_index.json").is_file() && dir.join("unet").join("config.json").is_file() {
         return Some(Layout {
             unet: dir.join("unet"),
+            scheduler: scheduler(),
+        });
+    }
+    // A flat model folder: config.json beside the weights. Its config is then read by the
+    // importer, which names what is wrong with it (invalid JSON, another model class).
+    let has_weights = dir.join(WEIGHTS_FILE).is_file() || dir.join(PICKLE_FILE).is_file();
+    if has_weights && dir.join("config.json").exists() {
+        return Some(Layout {
+            unet: dir.to_path_buf(),
             scheduler: scheduler(),
         });
     }

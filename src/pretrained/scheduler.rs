@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use super::unet_config::Keys;
 use crate::diffusion::{Parameterization, VarianceType};
@@ -20,7 +20,23 @@ pub fn apply(path: &Path, config: &mut TrainConfig) -> Result<()> {
     let value: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("{}: not valid JSON", path.display()))?;
     let source = path.display().to_string();
-    apply_value(&value, &source, config)
+    apply_value(&value, &source, config)?;
+    // The chain these values make, checked here so that a bad value is reported as the key of
+    // this file that holds it, not as the command-line flag a run would have used.
+    if let Err(e) = crate::train::trainer::diffusion_from(config) {
+        if let Some(s) = e.downcast_ref::<crate::schedule::ScheduleError>() {
+            let key = match s.flag.as_str() {
+                "--beta-start" => "beta_start",
+                "--beta-end" => "beta_end",
+                "--timesteps" => "num_train_timesteps",
+                "--schedule" => "beta_schedule / trained_betas",
+                other => other,
+            };
+            bail!("{source}: {key}: {}", s.message);
+        }
+        return Err(e.context(format!("{source}: the noise schedule it describes")));
+    }
+    Ok(())
 }
 
 /// diffusers' DDPMScheduler defaults (for a model saved without a scheduler).

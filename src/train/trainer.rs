@@ -1325,6 +1325,15 @@ pub fn run_config(ckpt: &Path) -> Result<TrainConfig> {
                 cfg_path.display()
             )
         })?;
+    // Every key has a default, so an emptied file would read as another run's configuration
+    // (and the weights would then be blamed for not fitting it).
+    if !text.lines().any(|l| l.trim_start().starts_with("preset")) {
+        bail!(
+            "{}: not a run configuration (no `preset`: emptied or truncated?); restore it from a \
+             copy of the run",
+            cfg_path.display()
+        );
+    }
     TrainConfig::from_toml(&text, &cfg_path.display().to_string())
 }
 
@@ -1412,10 +1421,14 @@ pub fn load_for_inference<M: Net<D>, const D: usize>(
     })
 }
 
-/// Refuses a run whose `config.toml` describes another chain than the one its checkpoint was
-/// trained on (an edited `timesteps`): the timestep sampler saved in `state.json` covers the
+/// Refuses a DDPM run whose `config.toml` describes another chain than the one its checkpoint
+/// was trained on (an edited `timesteps`): the timestep sampler saved in `state.json` covers the
 /// training chain's steps. A state that cannot be read is left to `--resume` to report.
 fn check_trained_chain(config: &TrainConfig, ckpt: &Path) -> Result<()> {
+    // VDM runs sample a chain of their own length from their γ (`--time`), not `timesteps`.
+    if config.vdm_time()?.is_some() {
+        return Ok(());
+    }
     let path = ckpt.join("state.json");
     let Ok(text) = crate::files::read_text_capped(&path, crate::files::TEXT_MAX) else {
         return Ok(());
