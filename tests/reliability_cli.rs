@@ -258,8 +258,21 @@ fn resume_applies_or_refuses_every_flag() {
     ]));
 }
 
+/// Writes `m` to `path`; in a checkpoint, also records the file's new checksum in its
+/// `state.json`, as a tool that rewrites checkpoints consistently would (so that what is tested
+/// is the refusal of the contents, not of the changed bytes).
 fn write_tensors(path: &Path, m: &BTreeMap<String, HostTensor>) {
-    std::fs::write(path, to_safetensors(m).unwrap()).unwrap();
+    let bytes = to_safetensors(m).unwrap();
+    std::fs::write(path, &bytes).unwrap();
+    let state = path.with_file_name("state.json");
+    if let Ok(text) = std::fs::read_to_string(&state) {
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        if v["checksums"].get(name).is_some() {
+            v["checksums"][name] = ddpm::train::checkpoint::checksum(&bytes).into();
+            std::fs::write(&state, v.to_string()).unwrap();
+        }
+    }
 }
 
 /// Findings 4, 5, 11: Empty, partial, mis-shaped or non-finite EMA / optimizer state is refused by file
@@ -278,6 +291,7 @@ fn damaged_saved_state_is_refused_by_name() {
     ] {
         let p = c.join(file);
         let good = std::fs::read(&p).unwrap();
+        let good_state = std::fs::read(c.join("state.json")).unwrap();
         let m = read_safetensors(&p).unwrap();
         std::fs::write(&p, b"").unwrap();
         fails_with(resume(), file);
@@ -302,6 +316,7 @@ fn damaged_saved_state_is_refused_by_name() {
         let e = fails_with(resume(), file);
         assert!(e.contains("non-finite"), "{e}");
         std::fs::write(&p, &good).unwrap();
+        std::fs::write(c.join("state.json"), &good_state).unwrap();
     }
     ok(resume());
     // 11: sampling and the likelihood refuse a NaN weight by name instead of printing NaN.
