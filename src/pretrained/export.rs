@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use super::unet_weights::transposed;
@@ -401,10 +401,13 @@ pub fn write_pipeline(
         ),
     ];
     for (path, bytes) in files {
-        if let Some(p) = path.parent() {
-            std::fs::create_dir_all(p)?;
+        let written = match path.parent() {
+            Some(p) => std::fs::create_dir_all(p)
+                .with_context(|| format!("cannot create the directory {}", p.display())),
+            None => Ok(()),
         }
-        crate::files::write_atomic(&path, &bytes)?;
+        .and_then(|()| crate::files::write_atomic(&path, &bytes));
+        written.with_context(|| format!("--out {}", dir.display()))?;
     }
     Ok(())
 }

@@ -141,4 +141,19 @@ fn errors_name_the_flag_key_or_file_at_fault() {
         "--inception",
     );
     assert!(e.contains("not a regular file"), "{e}");
+    // An --out that cannot be written is the output's fault, not the checkpoint's.
+    let file = f.path("a-file");
+    std::fs::write(&file, b"").unwrap();
+    let e = fails_with(
+        ddpm(&[
+            "export",
+            "diffusers",
+            "--checkpoint",
+            &r2,
+            "--out",
+            &format!("{file}/x"),
+        ]),
+        "--out",
+    );
+    assert!(!e.contains("cannot export"), "{e}");
 }

@@ -174,3 +174,43 @@ fn a_non_finite_gradient_norm_stops_training() {
     assert!(e.contains("--hybrid-lambda"), "{e}");
     assert!(!ckpt(&r, 1).exists());
 }
+
+/// `eval guidance` used to print `classifier FD NaN` and exit 0.
+#[test]
+fn guidance_statistics_of_nan_samples_are_an_error() {
+    let f = Fixture::new();
+    common::write_idx_labels(&f.root.join("data"), &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]);
+    let r = f.path("r");
+    ok(f.train(&r, "1", &["--class-cond"]));
+    scale_ema(&r, 1, 1e30);
+    let judge = f.path("judge.safetensors");
+    ok(ddpm(&[
+        "eval",
+        "classifier-train",
+        "--data",
+        &f.data,
+        "--out",
+        &judge,
+    ]));
+    let e = fails_with(
+        ddpm(&[
+            "eval",
+            "guidance",
+            "--checkpoint",
+            &r,
+            "--classifier",
+            &judge,
+            "--reference",
+            &f.data,
+            "--guidance",
+            "0,1",
+            "--per-class",
+            "1",
+            "--steps",
+            "2",
+            "--quiet",
+        ]),
+        "not finite",
+    );
+    assert!(e.contains("w = 0") && e.contains(&r), "{e}");
+}
