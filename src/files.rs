@@ -100,24 +100,9 @@ fn remove_any(path: &Path) -> std::io::Result<()> {
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, flushed, then
 /// renamed over `path`. On failure the temporary file is removed and `path` is untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the directory {}", dir.display()))?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let written = write_synced(&tmp, bytes)
-        .with_context(|| format!("cannot write {}", tmp.display()))
-        .and_then(|()| {
-            std::fs::rename(&tmp, path)
-                .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
-        });
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    let mut w = AtomicWriter::create(path)?;
+    w.write(bytes)?;
+    w.finish()
 }
 
 /// A file written piece by piece and put in place atomically by [`AtomicWriter::finish`]: until

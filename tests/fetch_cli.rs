@@ -175,11 +175,23 @@ fn serve() -> Hub {
 }
 
 fn run(args: &[&str], cache: &Path, endpoint: &str, token: Option<&str>) -> Output {
+    run_env(args, cache, endpoint, token, &[])
+}
+
+/// [`run`] with more environment variables.
+fn run_env(
+    args: &[&str],
+    cache: &Path,
+    endpoint: &str,
+    token: Option<&str>,
+    env: &[(&str, &str)],
+) -> Output {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ddpm"));
     c.args(args)
         .env("DDPM_CACHE", cache)
         .env("HF_ENDPOINT", endpoint)
-        .env_remove("HF_TOKEN");
+        .env_remove("HF_TOKEN")
+        .envs(env.iter().copied());
     if let Some(t) = token {
         c.env("HF_TOKEN", t);
     }
@@ -381,13 +393,13 @@ fn redirects_stalls_and_unsized_files_are_bounded() {
     );
     assert!(!e.contains("panicked"), "{e}");
 
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_ddpm"));
-    c.args(["fetch", "test/stall", "--quiet"])
-        .env("DDPM_CACHE", &cache)
-        .env("HF_ENDPOINT", &hub.url)
-        .env("HF_HUB_DOWNLOAD_TIMEOUT", "1")
-        .env_remove("HF_TOKEN");
-    let o = c.output().unwrap();
+    let o = run_env(
+        &["fetch", "test/stall", "--quiet"],
+        &cache,
+        &hub.url,
+        None,
+        &[("HF_HUB_DOWNLOAD_TIMEOUT", "1")],
+    );
     assert_eq!(o.status.code(), Some(2));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("timed out") || e.contains("timeout"), "{e}");

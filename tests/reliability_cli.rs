@@ -65,6 +65,14 @@ impl Fixture {
         }
     }
 
+    /// Labels for the 12 images (classes 0..=9), for class-conditional runs and classifiers.
+    fn add_labels(&self) {
+        common::write_idx_labels(
+            &self.root.join("data"),
+            &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1],
+        );
+    }
+
     fn path(&self, name: &str) -> String {
         self.root.join(name).display().to_string()
     }
@@ -92,6 +100,17 @@ impl Fixture {
         a.extend_from_slice(extra);
         ddpm(&a)
     }
+}
+
+/// Rewrites the text file `path` with `from` replaced by `to` (which must occur).
+fn replace_in(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(
+        text.contains(from),
+        "{}: no `{from}` in {text}",
+        path.display()
+    );
+    std::fs::write(path, text.replace(from, to)).unwrap();
 }
 
 fn ckpt(run: &str, step: u64) -> PathBuf {

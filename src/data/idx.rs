@@ -410,11 +410,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("train-images-idx3-ubyte");
         let (count, side) = (3000u32, 28u32);
-        std::fs::write(&path, idx(count, side, side, (count * side * side) as usize)).unwrap();
+        std::fs::write(
+            &path,
+            idx(count, side, side, (count * side * side) as usize),
+        )
+        .unwrap();
         let bytes = read_idx_file(&path, 0x0803).unwrap();
         let announced = (count * side * side) as usize;
         assert_eq!(bytes.len(), 16 + announced);
-        assert!(bytes.capacity() <= 16 + announced + 64, "{}", bytes.capacity());
+        assert!(
+            bytes.capacity() <= 16 + announced + 64,
+            "{}",
+            bytes.capacity()
+        );
         let ptr = bytes.as_ptr();
         let images = IdxImages::parse(bytes, "t").unwrap();
         assert_eq!(images.pixels.as_ptr(), ptr, "the pixels were copied");

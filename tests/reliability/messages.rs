@@ -79,12 +79,7 @@ fn errors_name_the_flag_key_or_file_at_fault() {
     let pipe = f.root.join("pipe");
     copy_dir(&src, &pipe);
     let sched = pipe.join("scheduler/scheduler_config.json");
-    let text = std::fs::read_to_string(&sched).unwrap();
-    std::fs::write(
-        &sched,
-        text.replace("\"beta_start\": 0.0001", "\"beta_start\": 5.0"),
-    )
-    .unwrap();
+    replace_in(&sched, "\"beta_start\": 0.0001", "\"beta_start\": 5.0");
     let e = fails_with(
         ddpm(&[
             "sample",
@@ -97,7 +92,7 @@ fn errors_name_the_flag_key_or_file_at_fault() {
     );
     assert!(!e.contains("--beta-start"), "{e}");
     // A classifier's seed that its classifier.toml could not store: refused before training.
-    common::write_idx_labels(&f.root.join("data"), &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]);
+    f.add_labels();
     let r2 = f.path("r2");
     ok(f.train(&r2, "1", &[]));
     let o = ddpm(&[

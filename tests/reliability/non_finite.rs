@@ -179,7 +179,7 @@ fn a_non_finite_gradient_norm_stops_training() {
 #[test]
 fn guidance_statistics_of_nan_samples_are_an_error() {
     let f = Fixture::new();
-    common::write_idx_labels(&f.root.join("data"), &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]);
+    f.add_labels();
     let r = f.path("r");
     ok(f.train(&r, "1", &["--class-cond"]));
     scale_ema(&r, 1, 1e30);

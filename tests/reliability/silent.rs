@@ -81,9 +81,7 @@ fn an_edited_chain_length_is_refused_by_sample_too() {
     let r = f.path("r");
     ok(f.train(&r, "1", &[]));
     let cfg = Path::new(&r).join("config.toml");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    assert!(text.contains("timesteps = 50"), "{text}");
-    std::fs::write(&cfg, text.replace("timesteps = 50", "timesteps = 60")).unwrap();
+    replace_in(&cfg, "timesteps = 50", "timesteps = 60");
     let e = fails_with(
         ddpm(&[
             "sample",
@@ -132,7 +130,7 @@ fn one_writer_per_sample_folder() {
     // A temporary left by a killed writer does not stop `eval fd` from reading the folder.
     std::fs::write(Path::new(&out).join("images/.00007.png.tmp99999"), b"half").unwrap();
     let clf = f.path("judge.safetensors");
-    common::write_idx_labels(&f.root.join("data"), &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]);
+    f.add_labels();
     ok(ddpm(&[
         "eval",
         "classifier-train",
@@ -163,12 +161,7 @@ fn scheduler_offsets_and_step_counts_are_what_runs() {
     let d = f.root.join("pipe");
     copy_dir(&src, &d);
     let sched = d.join("scheduler/scheduler_config.json");
-    let text = std::fs::read_to_string(&sched).unwrap();
-    std::fs::write(
-        &sched,
-        text.replace("\"steps_offset\": 0", "\"steps_offset\": 1000"),
-    )
-    .unwrap();
+    replace_in(&sched, "\"steps_offset\": 0", "\"steps_offset\": 1000");
     let dir = d.display().to_string();
     let e = fails_with(
         ddpm(&[
@@ -209,7 +202,7 @@ fn scheduler_offsets_and_step_counts_are_what_runs() {
 #[test]
 fn a_guiding_classifier_must_take_the_model_images() {
     let f = Fixture::new();
-    common::write_idx_labels(&f.root.join("data"), &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]);
+    f.add_labels();
     let r = f.path("r");
     ok(f.train(&r, "1", &[]));
     let c = f.path("c");
