@@ -238,9 +238,15 @@ impl BetaSchedule {
                 gamma_max,
             } => {
                 // γ is the log noise-to-signal ratio: finite, increasing from γ(0) to γ(1).
+                // Beyond ±30, ᾱ = sigmoid(−γ) rounds to 0 or 1 and the chain's β to 1 or 0.
                 for (flag, g) in [("--gamma-min", gamma_min), ("--gamma-max", gamma_max)] {
-                    if !g.is_finite() {
-                        return Err(ScheduleError::new(flag, format!("γ = {g} is not finite")));
+                    if !(-30.0..=30.0).contains(g) {
+                        return Err(ScheduleError::new(
+                            flag,
+                            format!(
+                                "γ = {g} is outside [−30, 30] (ᾱ = sigmoid(−γ) would round to 0 or 1)"
+                            ),
+                        ));
                     }
                 }
                 if gamma_min >= gamma_max {

@@ -1411,7 +1411,15 @@ pub fn load_for_inference<M: Net<D>, const D: usize>(
         device,
     )?;
     let vdm = run_vdm(&config, &ckpt, no_ema, device)?;
-    let diffusion = run_diffusion(&config, vdm.as_ref())?;
+    let diffusion = run_diffusion(&config, vdm.as_ref()).with_context(|| {
+        match config.fixed_gamma_if_vdm() {
+            Ok(None) if vdm.is_some() => format!(
+                "the learned schedule of {}",
+                ckpt.join(super::learned_schedule::SCHEDULE_FILE).display()
+            ),
+            _ => format!("the chain of {}", ckpt.display()),
+        }
+    })?;
     Ok(Loaded {
         config,
         checkpoint: ckpt,

@@ -172,7 +172,18 @@ pub fn chain(gamma: &dyn GammaSource, steps: usize) -> Result<NoiseSchedule, Sch
     }
     let t: Vec<f64> = (1..=steps).map(|i| i as f64 / steps as f64).collect();
     let (g, _) = gamma.eval(&t);
-    let mut s = NoiseSchedule::from_betas(betas_from_alphas_cumprod(g.into_iter().map(alpha_sq)))?;
+    let (g0, g1) = gamma.ends();
+    let mut s = NoiseSchedule::from_betas(betas_from_alphas_cumprod(g.into_iter().map(alpha_sq)))
+        .map_err(|e| {
+        ScheduleError::new(
+            "γ",
+            format!(
+                "the {steps}-step chain of γ from {g0} to {g1} is not a diffusion ({}); ᾱ = \
+                     sigmoid(−γ) rounds to 0 or 1 where |γ| exceeds about 35",
+                e.message
+            ),
+        )
+    })?;
     s.time_scale = NETWORK_TIME_SCALE / steps as f64;
     s.time_offset = 1.0;
     Ok(s)

@@ -24,10 +24,41 @@ fn errors_name_the_flag_key_or_file_at_fault() {
         ]),
         "--gamma-min",
     );
-    // A damaged schedule.safetensors of a learned run, by its path.
+    fails_with(
+        ddpm(&[
+            "schedule",
+            "--schedule",
+            "vdm-linear",
+            "--gamma-min",
+            "50",
+            "--gamma-max",
+            "60",
+        ]),
+        "--gamma-min",
+    );
+    // A learned schedule whose γ leaves the range a chain can have, by its file.
     let l = f.path("l");
     ok(f.train(&l, "1", &["--schedule", "learned"]));
     let sched = ckpt(&l, 1).join("schedule.safetensors");
+    let mut m = read_safetensors(&sched).unwrap();
+    for k in ["ema.gamma0", "w.gamma0"] {
+        m.get_mut(k).unwrap().data[0] = 60.0;
+    }
+    write_tensors(&sched, &m);
+    let e = fails_with(
+        ddpm(&[
+            "sample",
+            "--checkpoint",
+            &l,
+            "--n",
+            "1",
+            "--out",
+            &f.path("s0"),
+        ]),
+        "schedule.safetensors",
+    );
+    assert!(e.contains("γ") && !e.contains("--schedule"), "{e}");
+    // A damaged schedule.safetensors of a learned run, by its path.
     std::fs::write(&sched, b"garbage").unwrap();
     let e = fails_with(
         ddpm(&[
