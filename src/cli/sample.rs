@@ -284,14 +284,13 @@ where
     let item_shape = item_shape_of(cfg)?;
     let model = loaded.model;
     let diffusion = loaded.diffusion;
-    let defaults = cfg.sampler_defaults.clone();
+    let defaults = cfg.sampler_defaults.as_ref();
     let clip = parse_clip(
         a.clip
             .as_deref()
-            .or(defaults.as_ref().map(|d| d.clip.as_str()))
+            .or(defaults.map(|d| d.clip.as_str()))
             .unwrap_or("clip"),
     )?;
-    let defaults = defaults.as_ref();
     let noise_file = match &a.noise {
         Some(p) => Some(
             NoiseFile::read(p, a.n, &item_shape, diffusion.num_timesteps())
@@ -300,50 +299,24 @@ where
         None => None,
     };
     let analytic = if a.analytic_variance {
-        Some(analytic_table::<D, M>(
-            a,
-            cfg,
-            &model,
-            &diffusion,
-            clip,
-            &item_shape,
-            device,
-        )?)
+        let table = analytic_table::<D, M>(a, cfg, &model, &diffusion, clip, &item_shape, device);
+        Some(table?)
     } else {
         None
     };
-    let cfg_free = a.guidance != 0.0 || a.guidance_rescale != 0.0;
-    let labels = match (&a.class, model.num_classes(), guide.map(|g| g.classes())) {
-        (Some(spec), Some(k), _) => Some((
-            labels_for(spec, a.n, k).map_err(|e| CliError::Usage(format!("{e:#}")))?,
-            k,
-        )),
-        (Some(_), None, Some(_)) if cfg_free => {
-            return Err(CliError::Usage(
-                "--guidance and --guidance-rescale need a class-conditional model (train with \
-                 --class-cond); this one is guided by --classifier only"
-                    .into(),
-            ));
-        }
-        (Some(spec), None, Some(k)) => Some((
-            labels_for(spec, a.n, k).map_err(|e| CliError::Usage(format!("{e:#}")))?,
-            k,
-        )),
-        (Some(_), None, None) => {
-            return Err(CliError::Usage(
-                "--class: this model was trained without classes (train with --class-cond, or \
-                 guide it with --classifier)"
-                    .into(),
-            ));
-        }
-        (None, _, _) if cfg_free || guide.is_some() => {
-            return Err(CliError::Usage(
-                "--guidance, --guidance-rescale and --classifier need --class (the classes to \
-                 guide toward)"
-                    .into(),
-            ));
-        }
-        (None, _, _) => None,
+    let labels = labels_of(a, model.num_classes(), guide.map(|g| g.classes()))?;
+    let batches = Batches {
+        a,
+        model: &model,
+        diffusion: &diffusion,
+        clip,
+        defaults,
+        analytic,
+        labels: labels.as_ref(),
+        guide,
+        noise_file,
+        item_shape: &item_shape,
+        device,
     };
     // Image i's noise comes from its own stream (seed, i): the same images whatever the batch
     // size or the number of processes. With several, the batches go in rounds of one per rank
@@ -364,74 +337,9 @@ where
         let mut values = vec![0.0f32; round_n * item];
         let b = round + world.rank;
         if b < n_batches {
-            let done = b * bs;
-            let n = bs.min(a.n - done);
-            let mut items = ItemRngs::for_items(a.seed, done, n);
-            let mut from_file = noise_file.as_ref().map(|f| f.for_items(done, n));
-            let rng: &mut dyn NoiseSource = match from_file.as_mut() {
-                Some(f) => f,
-                None => &mut items,
-            };
-            let mut sampler = build_sampler(a, &diffusion, clip, defaults)?;
-            if let (AnySampler::Ancestral(s), Some(v)) = (&mut sampler, &analytic) {
-                s.set_variance(v.clone());
-            }
-            let mut shape = [0usize; D];
-            shape[0] = n;
-            shape[1..].copy_from_slice(&item_shape);
-            let k = sampler.steps_len();
-            let keep: Vec<usize> = (0..10).map(|j| (j * (k - 1)) / 9).collect();
-            let mut on_step = |i: usize, t: usize, xt: &Tensor<D>, x0: &Tensor<D>| {
-                if let Some(b) = &bar {
-                    b.inc(1);
-                }
-                if a.save_chain && done == 0 && keep.contains(&i) {
-                    let m = n.min(8);
-                    let take = |x: &Tensor<D>| -> Vec<f32> {
-                        x.clone()
-                            .narrow(0, 0, m)
-                            .into_data()
-                            .convert::<f32>()
-                            .try_into_vec::<f32>()
-                            .unwrap_or_default()
-                    };
-                    chain.push((t, take(xt), take(x0)));
-                }
-            };
-            let x = match &labels {
-                Some((l, k)) => {
-                    let batch_labels = &l[done..done + n];
-                    let g = guide.map(|g| (g, batch_labels));
-                    if model.num_classes().is_some() {
-                        let guided = ClassGuided::new(
-                            &model,
-                            *k,
-                            batch_labels,
-                            a.guidance,
-                            a.guidance_rescale,
-                            diffusion.variance.is_learned(),
-                            device,
-                        )
-                        .map_err(|e| CliError::Usage(format!("{e:#}")))?;
-                        sampler.run(&guided, shape, g, device, rng, &mut on_step)
-                    } else {
-                        sampler.run(&model, shape, g, device, rng, &mut on_step)
-                    }
-                }
-                None => sampler.run(&model, shape, None, device, rng, &mut on_step),
-            };
-            if let Some(f) = &from_file {
-                f.check().map_err(|e| CliError::Usage(format!("{e:#}")))?;
-            }
-            let x: Vec<f32> = x
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            if x.iter().any(|v| !v.is_finite()) {
-                return Err(non_finite(a, &model, done, n));
-            }
-            let at = (done - round_first) * item;
+            let (first, n) = (b * bs, bs.min(a.n - b * bs));
+            let x = batches.sample(first, n, bar.as_ref(), &mut chain)?;
+            let at = (first - round_first) * item;
             values[at..at + n * item].copy_from_slice(&x);
         }
         world.sum_f32(&mut values)?;
@@ -446,6 +354,146 @@ where
         b.finish();
     }
     Ok(Sampled { chain, steps })
+}
+
+/// Each image's class and the number of classes, when classes were requested (`--class`) of a
+/// class-conditional model or of a guiding classifier (`guide_classes`); the combinations that
+/// cannot guide are refused by name.
+fn labels_of(
+    a: &SampleArgs,
+    model_classes: Option<usize>,
+    guide_classes: Option<usize>,
+) -> Result<Option<(Vec<usize>, usize)>, CliError> {
+    let cfg_free = a.guidance != 0.0 || a.guidance_rescale != 0.0;
+    let k = match (&a.class, model_classes, guide_classes) {
+        (Some(_), Some(k), _) => k,
+        (Some(_), None, Some(_)) if cfg_free => {
+            return Err(CliError::Usage(
+                "--guidance and --guidance-rescale need a class-conditional model (train with \
+                 --class-cond); this one is guided by --classifier only"
+                    .into(),
+            ));
+        }
+        (Some(_), None, Some(k)) => k,
+        (Some(_), None, None) => {
+            return Err(CliError::Usage(
+                "--class: this model was trained without classes (train with --class-cond, or \
+                 guide it with --classifier)"
+                    .into(),
+            ));
+        }
+        (None, _, _) if cfg_free || guide_classes.is_some() => {
+            return Err(CliError::Usage(
+                "--guidance, --guidance-rescale and --classifier need --class (the classes to \
+                 guide toward)"
+                    .into(),
+            ));
+        }
+        (None, _, _) => return Ok(None),
+    };
+    let spec = a.class.as_deref().unwrap_or_default();
+    let labels = labels_for(spec, a.n, k).map_err(|e| CliError::Usage(format!("{e:#}")))?;
+    Ok(Some((labels, k)))
+}
+
+/// What every batch of one sampling call shares: the model, its chain, the sampler settings,
+/// the classes and guidance, the noise file.
+struct Batches<'a, const D: usize, M> {
+    a: &'a SampleArgs,
+    model: &'a M,
+    diffusion: &'a GaussianDiffusion,
+    clip: X0Clip,
+    defaults: Option<&'a SamplerDefaults>,
+    analytic: Option<Vec<f64>>,
+    labels: Option<&'a (Vec<usize>, usize)>,
+    guide: Option<&'a dyn ClassifierGradient<D>>,
+    noise_file: Option<NoiseFile>,
+    item_shape: &'a [usize],
+    device: &'a Device,
+}
+
+impl<const D: usize, M: Net<D>> Batches<'_, D, M>
+where
+    AnySampler: SamplerFor<D>,
+{
+    /// Images `first..first + n`, drawn with their own noise streams (or the noise file);
+    /// steps tick `bar`; the first batch's chain goes into `chain` when it is saved.
+    fn sample(
+        &self,
+        first: usize,
+        n: usize,
+        bar: Option<&indicatif::ProgressBar>,
+        chain: &mut Chain,
+    ) -> Result<Vec<f32>, CliError> {
+        let (a, device) = (self.a, self.device);
+        let mut items = ItemRngs::for_items(a.seed, first, n);
+        let mut from_file = self.noise_file.as_ref().map(|f| f.for_items(first, n));
+        let rng: &mut dyn NoiseSource = match from_file.as_mut() {
+            Some(f) => f,
+            None => &mut items,
+        };
+        let mut sampler = build_sampler(a, self.diffusion, self.clip, self.defaults)?;
+        if let (AnySampler::Ancestral(s), Some(v)) = (&mut sampler, &self.analytic) {
+            s.set_variance(v.clone());
+        }
+        let mut shape = [0usize; D];
+        shape[0] = n;
+        shape[1..].copy_from_slice(self.item_shape);
+        let k = sampler.steps_len();
+        let keep: Vec<usize> = (0..10).map(|j| (j * (k - 1)) / 9).collect();
+        let mut on_step = |i: usize, t: usize, xt: &Tensor<D>, x0: &Tensor<D>| {
+            if let Some(b) = bar {
+                b.inc(1);
+            }
+            if a.save_chain && first == 0 && keep.contains(&i) {
+                let m = n.min(8);
+                let take = |x: &Tensor<D>| -> Vec<f32> {
+                    x.clone()
+                        .narrow(0, 0, m)
+                        .into_data()
+                        .convert::<f32>()
+                        .try_into_vec::<f32>()
+                        .unwrap_or_default()
+                };
+                chain.push((t, take(xt), take(x0)));
+            }
+        };
+        let model = self.model;
+        let x = match self.labels {
+            Some((l, k)) => {
+                let batch_labels = &l[first..first + n];
+                let g = self.guide.map(|g| (g, batch_labels));
+                if model.num_classes().is_some() {
+                    let guided = ClassGuided::new(
+                        model,
+                        *k,
+                        batch_labels,
+                        a.guidance,
+                        a.guidance_rescale,
+                        self.diffusion.variance.is_learned(),
+                        device,
+                    )
+                    .map_err(|e| CliError::Usage(format!("{e:#}")))?;
+                    sampler.run(&guided, shape, g, device, rng, &mut on_step)
+                } else {
+                    sampler.run(model, shape, g, device, rng, &mut on_step)
+                }
+            }
+            None => sampler.run(model, shape, None, device, rng, &mut on_step),
+        };
+        if let Some(f) = &from_file {
+            f.check().map_err(|e| CliError::Usage(format!("{e:#}")))?;
+        }
+        let x: Vec<f32> = x
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        if x.iter().any(|v| !v.is_finite()) {
+            return Err(non_finite(a, model, first, n));
+        }
+        Ok(x)
+    }
 }
 
 /// The error for a batch (images `first`..`first + n`) that came out NaN or infinite, naming
