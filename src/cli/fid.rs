@@ -253,7 +253,7 @@ pub fn fid(a: FidArgs) -> CliResult {
     };
     let d = frechet_distance(&s, &r).map_err(|e| CliError::Usage(format!("{e:#}")))?;
     let classes = match (&reference_data, a.per_class) {
-        (Some(rd), true) => Some(super::eval::per_class(
+        (Some(rd), true) => Some(super::per_class::per_class(
             (&fs, samples.as_ref()),
             (&fr, rd.as_ref()),
             crate::eval::inception::FEATURES,
@@ -272,7 +272,7 @@ pub fn fid(a: FidArgs) -> CliResult {
     } else {
         println!("FID {d:.4} ({} samples vs {} reference images)", s.n, r.n);
         if let Some(c) = &classes {
-            super::eval::print_per_class("FID", c);
+            super::per_class::print_per_class("FID", c);
         }
     }
     Ok(())

@@ -8,6 +8,7 @@ mod export;
 mod fetch;
 mod fid;
 mod import;
+mod per_class;
 mod plot;
 mod sample;
 mod sample_files;

@@ -250,16 +250,6 @@ impl UNetConfig {
         self.out_channels * if self.learn_sigma { 2 } else { 1 }
     }
 
-    /// How this network turns timesteps into features.
-    pub fn time_embedding(&self) -> super::embedding::TimeEmbedding {
-        super::embedding::TimeEmbedding {
-            features: self.time_features,
-            scale: self.time_scale,
-            flip_sin_to_cos: self.flip_sin_to_cos,
-            freq_shift: self.freq_shift,
-        }
-    }
-
     /// Heads for an attention block of `channels`.
     pub fn heads_for(&self, channels: usize) -> usize {
         match self.num_head_channels {

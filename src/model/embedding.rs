@@ -2,7 +2,7 @@
 
 use burn::tensor::{Tensor, TensorData};
 
-use super::config::TimeFeatures;
+use super::config::{TimeFeatures, UNetConfig};
 use crate::rng::Rng;
 
 /// A network's time features: their kind, the factor applied to t first, and the sinusoidal
@@ -17,6 +17,18 @@ pub struct TimeEmbedding {
     pub flip_sin_to_cos: bool,
     /// Sinusoidal: f_i = 10000^(−i/(d/2 − freq_shift)).
     pub freq_shift: f64,
+}
+
+impl TimeEmbedding {
+    /// How the network of `config` turns timesteps into features.
+    pub fn of(config: &UNetConfig) -> Self {
+        Self {
+            features: config.time_features,
+            scale: config.time_scale,
+            flip_sin_to_cos: config.flip_sin_to_cos,
+            freq_shift: config.freq_shift,
+        }
+    }
 }
 
 /// Features of the timesteps `t` (`[B]`), `dim` wide (`[B, dim]`), in `t`'s dtype (Ho et al.'s

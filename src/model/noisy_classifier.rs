@@ -62,7 +62,7 @@ impl NoisyClassifier {
             norm_out: super::blocks::group_norm(config.groups, cur, config.norm_eps, device),
             head: LinearConfig::new(cur, classes).init(device),
             base_channels: ch,
-            time: config.time_embedding(),
+            time: super::embedding::TimeEmbedding::of(config),
             classes,
         })
     }

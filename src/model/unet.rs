@@ -285,7 +285,7 @@ impl UNet {
             norm_out: super::blocks::group_norm(config.groups, cur, config.norm_eps, device),
             conv_out: conv3x3(cur, config.output_channels(), 1, true, device),
             base_channels: ch,
-            time: config.time_embedding(),
+            time: super::embedding::TimeEmbedding::of(config),
             fourier: config.fourier_features.clone(),
             center_input: config.center_input,
         })

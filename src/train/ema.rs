@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use burn::tensor::Tensor;
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+
+use super::params::map_params;
 use serde::{Deserialize, Serialize};
 
 /// EMA hyper-parameters.
@@ -73,6 +76,15 @@ impl Ema {
             self.params.insert(name.clone(), new);
         }
     }
+}
+
+/// A copy of `model` without autodiff holding the EMA weights.
+pub fn ema_model<M: Module>(model: &M, ema: &Ema, device: &Device) -> M {
+    let inner = device.clone().inner();
+    map_params(model.valid(), |name, p| match ema.params.get(name) {
+        Some(e) => e.clone().to_device(&inner),
+        None => p,
+    })
 }
 
 #[cfg(test)]

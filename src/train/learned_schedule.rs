@@ -9,10 +9,10 @@ use anyhow::{Result, bail};
 use burn::tensor::{Device, Tensor};
 
 use super::checkpoint::{HostTensor, read_safetensors, to_safetensors};
+use super::ema::ema_model;
 use super::ema::{Ema, EmaConfig};
 use super::optim::{AdamW, AdamWConfig};
-use super::params::named_params;
-use super::trainer::{from_host_map, host_params, load_params, to_host_map};
+use super::params::{from_host_map, host_params, load_params, named_params, to_host_map};
 use crate::vdm::LearnedGamma;
 
 /// The file of a checkpoint that holds a learned schedule.
@@ -53,7 +53,7 @@ impl LearnedSchedule {
 
     /// The averaged schedule without autodiff, on the training device's backend.
     pub fn averaged(&self) -> LearnedGamma {
-        super::trainer::ema_model(&self.net, &self.ema, &self.net.device())
+        ema_model(&self.net, &self.ema, &self.net.device())
     }
 
     /// `schedule.safetensors`: weights, EMA, optimizer moments; refuses non-finite values.

@@ -9,6 +9,7 @@ pub mod optim;
 pub mod params;
 pub mod precision;
 pub mod resume;
+pub mod state;
 pub mod trainer;
 pub mod vdm_batch;
 

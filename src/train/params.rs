@@ -5,8 +5,11 @@
 
 use std::collections::BTreeMap;
 
+use anyhow::{Result, bail};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
+
+use super::checkpoint::HostTensor;
 
 /// A named tensor flattened to 1-D, with its original shape.
 #[derive(Debug, Clone)]
@@ -146,6 +149,78 @@ pub fn named_grads<M: Module>(
     };
     module.visit(&mut c);
     c.out
+}
+
+/// Model weights by name as host tensors.
+pub fn host_params<M: Module>(model: &M) -> BTreeMap<String, HostTensor> {
+    let mut out = BTreeMap::new();
+    visit_params(model, |name, t, shape, _| {
+        out.insert(name.to_string(), HostTensor::from_tensor(t, shape));
+    });
+    out
+}
+
+/// Loads named host tensors into a model; every parameter must be present with its shape.
+pub fn load_params<M: Module>(
+    model: M,
+    tensors: &BTreeMap<String, HostTensor>,
+    source: &str,
+    device: &Device,
+) -> Result<M> {
+    let mut problem: Option<String> = None;
+    let mut expected = BTreeMap::new();
+    visit_params(&model, |name, _, shape, _| {
+        expected.insert(name.to_string(), shape);
+    });
+    for (name, shape) in &expected {
+        match tensors.get(name) {
+            None => {
+                problem.get_or_insert(format!(
+                    "{source}: parameter {name} is missing (a checkpoint of another configuration?)"
+                ));
+            }
+            Some(t) if &t.shape != shape => {
+                problem.get_or_insert(format!(
+                    "{source}: parameter {name} has shape {:?}, the model expects {:?} (a checkpoint of another configuration?)",
+                    t.shape, shape
+                ));
+            }
+            _ => {}
+        }
+    }
+    if let Some(extra) = tensors.keys().find(|k| !expected.contains_key(*k)) {
+        problem.get_or_insert(format!("{source}: holds {extra}, which the model does not have (a checkpoint of another configuration?)"));
+    }
+    if let Some(p) = problem {
+        bail!(p);
+    }
+    Ok(map_params(model, |name, _| tensors[name].to_tensor(device)))
+}
+
+/// Flat tensors by name as host tensors, each name prefixed by `prefix`.
+pub fn to_host_map(m: &BTreeMap<String, Tensor<1>>, prefix: &str) -> BTreeMap<String, HostTensor> {
+    m.iter()
+        .map(|(k, t)| {
+            (
+                format!("{prefix}{k}"),
+                HostTensor::from_tensor(t, vec![t.dims()[0]]),
+            )
+        })
+        .collect()
+}
+
+/// The host tensors whose names start with `prefix`, without it, as flat tensors on `device`.
+pub fn from_host_map(
+    m: &BTreeMap<String, HostTensor>,
+    prefix: &str,
+    device: &Device,
+) -> BTreeMap<String, Tensor<1>> {
+    m.iter()
+        .filter_map(|(k, t)| {
+            k.strip_prefix(prefix)
+                .map(|n| (n.to_string(), t.to_tensor(device)))
+        })
+        .collect()
 }
 
 #[cfg(test)]

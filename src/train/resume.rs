@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 
 use super::checkpoint::HostTensor;
 use super::config::TrainConfig;
-use super::trainer::TrainState;
+use super::state::TrainState;
 
 /// Keys a resumed segment may change; each change is applied and reported. Every other key
 /// (except `out`, which only says where the run is) defines the model, the diffusion, the

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::checkpoint::{
     HostTensor, list_checkpoints, newest_complete, read_safetensors, resolve, to_safetensors,
@@ -19,14 +19,18 @@ use super::config::TrainConfig;
 use super::ema::{Ema, EmaConfig};
 use super::learned_schedule::{LearnedSchedule, SCHEDULE_FILE};
 use super::optim::{AdamW, AdamWConfig, clip_factor, learning_rate};
-use super::params::{map_params, named_grads, named_params, visit_params};
+use super::params::{named_grads, named_params, visit_params};
 use super::precision::Precision;
 use super::resume::{check_state, check_state_tensors, compare_configs, split_moments};
 use super::vdm_batch::VdmBatch;
-use crate::data::loader::{BatchStream, Loader, Position};
+
+// At their old paths while the crate's layers are rearranged.
+pub use super::ema::ema_model;
+pub use super::params::{from_host_map, host_params, load_params, to_host_map};
+pub use super::state::TrainState;
+use crate::data::loader::{BatchStream, Loader};
 use crate::data::{Dataset, Split};
 use crate::diffusion::losses::LossConfig;
-use crate::diffusion::timestep_sampler::TimestepSampler;
 use crate::diffusion::{Denoiser, GaussianDiffusion, X0Clip};
 use crate::files::{remove_stale, write_atomic};
 use crate::model::{Mlp, UNet};
@@ -95,49 +99,6 @@ impl Net<2> for Mlp {
 /// The factor on the counted activation values that the memory checks use (see
 /// `activation_bytes_per_item`).
 pub const ACTIVATION_MARGIN: f64 = 1.25;
-
-/// What `state.json` holds: everything besides tensors needed to continue bit-identically.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainState {
-    /// Optimizer steps done.
-    pub step: u64,
-    /// Draws timesteps.
-    pub rng_t: Rng,
-    /// Draws the noise ε.
-    pub rng_noise: Rng,
-    /// Next item of the data stream.
-    pub data: Position,
-    /// The timestep sampler (with its loss history).
-    pub t_sampler: TimestepSampler,
-    /// AdamW's step count.
-    pub adam_step: u64,
-    /// EMA updates done.
-    pub ema_updates: u64,
-    /// CRC-32 of each other file of the checkpoint, as written (absent in checkpoints made
-    /// before they were recorded): a byte changed later is found when the file is read.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub checksums: BTreeMap<String, String>,
-}
-
-impl TrainState {
-    /// The state of a new run of `cfg` over a chain of `n_t` steps.
-    fn start(cfg: &TrainConfig, n_t: usize) -> Self {
-        let mut seeder = Rng::new(cfg.seed);
-        Self {
-            step: 0,
-            rng_t: seeder.fork(1),
-            rng_noise: seeder.fork(2),
-            data: Position::default(),
-            t_sampler: match cfg.t_sampler.as_str() {
-                "loss-second-moment" => TimestepSampler::loss_second_moment(n_t),
-                _ => TimestepSampler::uniform(n_t),
-            },
-            adam_step: 0,
-            ema_updates: 0,
-            checksums: BTreeMap::new(),
-        }
-    }
-}
 
 /// Writes a new run directory `run` holding `model` as its step-0 checkpoint (weights and EMA
 /// alike, zero optimizer moments) and `cfg` as its configuration: an imported model every
@@ -261,79 +222,6 @@ pub fn noise_schedule(
         _ => timesteps,
     };
     Ok(NoiseSchedule::new(&kind, t, zero_terminal_snr)?)
-}
-
-/// Model weights by name as host tensors.
-pub fn host_params<M: Module>(model: &M) -> BTreeMap<String, HostTensor> {
-    let mut out = BTreeMap::new();
-    visit_params(model, |name, t, shape, _| {
-        out.insert(name.to_string(), HostTensor::from_tensor(t, shape));
-    });
-    out
-}
-
-/// Loads named host tensors into a model; every parameter must be present with its shape.
-pub fn load_params<M: Module>(
-    model: M,
-    tensors: &BTreeMap<String, HostTensor>,
-    source: &str,
-    device: &Device,
-) -> Result<M> {
-    let mut problem: Option<String> = None;
-    let mut expected = BTreeMap::new();
-    visit_params(&model, |name, _, shape, _| {
-        expected.insert(name.to_string(), shape);
-    });
-    for (name, shape) in &expected {
-        match tensors.get(name) {
-            None => {
-                problem.get_or_insert(format!(
-                    "{source}: parameter {name} is missing (a checkpoint of another configuration?)"
-                ));
-            }
-            Some(t) if &t.shape != shape => {
-                problem.get_or_insert(format!(
-                    "{source}: parameter {name} has shape {:?}, the model expects {:?} (a checkpoint of another configuration?)",
-                    t.shape, shape
-                ));
-            }
-            _ => {}
-        }
-    }
-    if let Some(extra) = tensors.keys().find(|k| !expected.contains_key(*k)) {
-        problem.get_or_insert(format!("{source}: holds {extra}, which the model does not have (a checkpoint of another configuration?)"));
-    }
-    if let Some(p) = problem {
-        bail!(p);
-    }
-    Ok(map_params(model, |name, _| tensors[name].to_tensor(device)))
-}
-
-pub(crate) fn to_host_map(
-    m: &BTreeMap<String, Tensor<1>>,
-    prefix: &str,
-) -> BTreeMap<String, HostTensor> {
-    m.iter()
-        .map(|(k, t)| {
-            (
-                format!("{prefix}{k}"),
-                HostTensor::from_tensor(t, vec![t.dims()[0]]),
-            )
-        })
-        .collect()
-}
-
-pub(crate) fn from_host_map(
-    m: &BTreeMap<String, HostTensor>,
-    prefix: &str,
-    device: &Device,
-) -> BTreeMap<String, Tensor<1>> {
-    m.iter()
-        .filter_map(|(k, t)| {
-            k.strip_prefix(prefix)
-                .map(|n| (n.to_string(), t.to_tensor(device)))
-        })
-        .collect()
 }
 
 /// One line of `log.jsonl`.
@@ -914,15 +802,6 @@ pub fn train<M: Net<D>, const D: usize>(
         img_per_s: (done as usize * cfg.batch_size) as f64 / wall.max(1e-9),
         wall_s: wall,
         grid,
-    })
-}
-
-/// A copy of `model` without autodiff holding the EMA weights.
-pub fn ema_model<M: Module>(model: &M, ema: &Ema, device: &Device) -> M {
-    let inner = device.clone().inner();
-    map_params(model.valid(), |name, p| match ema.params.get(name) {
-        Some(e) => e.clone().to_device(&inner),
-        None => p,
     })
 }
 
