@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use crate::model::{UNet, UNetConfig};
 use crate::rng::Rng;
+use crate::store::params::named_grads;
 use crate::train::optim::{AdamW, AdamWConfig};
-use crate::train::params::named_grads;
 use crate::train::precision::Precision;
 
 /// One benchmark result (the JSON line of `ddpm bench --json`).
@@ -180,7 +180,7 @@ pub fn allreduce(
 ) -> Result<AllreduceResult> {
     let cfg = UNetConfig::preset(preset).map_err(|e| anyhow::anyhow!("--preset: {e}"))?;
     let model = UNet::new(&cfg, device).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let named = crate::train::params::named_params(&model);
+    let named = crate::store::params::named_params(&model);
     let parameters: usize = named.values().map(|p| p.value.dims()[0]).sum();
     let world = crate::dist::world();
     let mut times = Vec::with_capacity(steps);

@@ -20,6 +20,7 @@ pub mod pretrained;
 pub mod rng;
 pub mod sample;
 pub mod schedule;
+pub mod store;
 pub mod train;
 pub mod vdm;
 pub mod viz;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Device, Tensor, TensorData};
 use ddpm::model::UNet;
 use ddpm::pretrained;
-use ddpm::train::trainer::load_params;
+use ddpm::store::params::load_params;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/diffusers")
@@ -124,7 +124,7 @@ fn noise_file(path: &Path, init: &(Vec<usize>, Vec<f32>), steps: Option<&(Vec<us
     let mut put = |name: &str, (shape, data): &(Vec<usize>, Vec<f32>)| {
         m.insert(
             name.to_string(),
-            ddpm::train::checkpoint::HostTensor {
+            ddpm::store::tensors::HostTensor {
                 shape: shape.clone(),
                 data: data.clone(),
             },
@@ -134,7 +134,7 @@ fn noise_file(path: &Path, init: &(Vec<usize>, Vec<f32>), steps: Option<&(Vec<us
     if let Some(s) = steps {
         put("steps", s);
     }
-    std::fs::write(path, ddpm::train::checkpoint::to_safetensors(&m).unwrap()).unwrap();
+    std::fs::write(path, ddpm::store::tensors::to_safetensors(&m).unwrap()).unwrap();
 }
 
 /// `ddpm sample` of the model in `dir` on the noise in `noise`; the raw samples.
@@ -157,7 +157,7 @@ fn sample(dir: &Path, sampler: &str, noise: &Path, out: &Path) -> Vec<f32> {
         &out.display().to_string(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let t = ddpm::train::checkpoint::read_safetensors(&out.join("samples.safetensors")).unwrap();
+    let t = ddpm::store::tensors::read_safetensors(&out.join("samples.safetensors")).unwrap();
     t["samples"].data.clone()
 }
 
@@ -181,7 +181,7 @@ fn a_pickled_half_precision_unet_imports_and_matches_diffusers() {
         .try_to_vec()
         .unwrap();
     let want =
-        ddpm::train::checkpoint::read_safetensors(&fixtures().join("bin-reference.safetensors"))
+        ddpm::store::tensors::read_safetensors(&fixtures().join("bin-reference.safetensors"))
             .unwrap();
     let d = max_diff(&got, &want["unet_out_f16"].data);
     assert!(d < 1e-4, "|ddpm − diffusers| = {d}");
@@ -297,7 +297,7 @@ fn the_full_cifar10_key_list_maps_onto_the_cifar10_preset() {
         params += n;
         tensors.insert(
             name,
-            ddpm::train::checkpoint::HostTensor {
+            ddpm::store::tensors::HostTensor {
                 shape,
                 data: vec![0.0; n],
             },
@@ -559,7 +559,7 @@ fn an_exported_run_runs_in_diffusers_as_in_ddpm() {
         &s.display().to_string(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let got = ddpm::train::checkpoint::read_safetensors(&s.join("samples.safetensors")).unwrap();
+    let got = ddpm::store::tensors::read_safetensors(&s.join("samples.safetensors")).unwrap();
     let d = max_diff(&got["samples"].data, &get("ddpm_out").1);
     assert!(d < 1e-3, "sampling: |ddpm − diffusers| = {d}");
     // An existing folder is never overwritten; what diffusers cannot express is refused.

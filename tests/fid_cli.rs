@@ -131,12 +131,12 @@ fn bad_fid_inputs_are_clear_errors() {
     let mut t = std::collections::BTreeMap::new();
     t.insert(
         "Conv2d_1a_3x3.conv.weight".to_string(),
-        ddpm::train::checkpoint::HostTensor {
+        ddpm::store::tensors::HostTensor {
             shape: vec![32, 3, 5, 5],
             data: vec![0.0; 32 * 75],
         },
     );
-    std::fs::write(&wrong, ddpm::train::checkpoint::to_safetensors(&t).unwrap()).unwrap();
+    std::fs::write(&wrong, ddpm::store::tensors::to_safetensors(&t).unwrap()).unwrap();
     let o = run(good.to_str().unwrap(), wrong.to_str().unwrap());
     assert_eq!(o.status.code(), Some(2));
     assert!(

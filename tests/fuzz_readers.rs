@@ -16,9 +16,9 @@ use ddpm::data::Split;
 use ddpm::data::cifar::Cifar10;
 use ddpm::data::folder::ImageFolder;
 use ddpm::data::idx::{IdxImages, open_labels_dir};
+use ddpm::store::tensors::{HostTensor, read_safetensors, to_safetensors};
 use ddpm::train::TrainConfig;
-use ddpm::train::checkpoint::{HostTensor, read_safetensors, to_safetensors};
-use ddpm::train::trainer::TrainState;
+use ddpm::train::state::TrainState;
 
 /// SplitMix64: the cases are reproducible from the seed.
 struct Gen(u64);

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use ddpm::train::checkpoint::read_safetensors;
+use ddpm::store::tensors::read_safetensors;
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_ddpm")

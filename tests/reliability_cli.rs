@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::write_idx;
-use ddpm::train::checkpoint::{HostTensor, read_safetensors, to_safetensors};
+use ddpm::store::tensors::{HostTensor, read_safetensors, to_safetensors};
 
 fn ddpm_in(dir: Option<&Path>, args: &[&str]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ddpm"));
@@ -288,7 +288,7 @@ fn write_tensors(path: &Path, m: &BTreeMap<String, HostTensor>) {
         let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
         let name = path.file_name().unwrap().to_str().unwrap();
         if v["checksums"].get(name).is_some() {
-            v["checksums"][name] = ddpm::train::checkpoint::checksum(&bytes).into();
+            v["checksums"][name] = ddpm::store::tensors::checksum(&bytes).into();
             std::fs::write(&state, v.to_string()).unwrap();
         }
     }

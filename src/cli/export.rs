@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::{CliError, CliResult};
-use crate::train::checkpoint::{read_safetensors, resolve};
+use crate::store::tensors::read_safetensors;
+use crate::train::checkpoint::resolve;
 use crate::train::trainer::run_config;
 
 /// Formats `ddpm export` writes.

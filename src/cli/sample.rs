@@ -505,7 +505,7 @@ fn non_finite<const D: usize, M: Net<D>>(
     n: usize,
 ) -> CliError {
     let mut largest = 0.0f32;
-    crate::train::params::visit_params(model, |_, t, _, _| {
+    crate::store::params::visit_params(model, |_, t, _, _| {
         let m: f32 = t.clone().abs().max().into_scalar();
         largest = largest.max(m);
     });

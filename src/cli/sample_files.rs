@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 
 use crate::files::{AtomicWriter, write_atomic};
-use crate::train::checkpoint::safetensors_f32_header;
+use crate::store::tensors::safetensors_f32_header;
 use crate::viz::grid::{Scatter, encode_png, image_pixels, save_grid, square_cols};
 
 /// The most images `grid.png` shows (a 32 × 32 grid); the PNG files hold every image.

@@ -15,10 +15,10 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::data::Dataset;
 use crate::files::write_atomic;
 use crate::rng::Rng;
-use crate::train::checkpoint::{read_safetensors, to_safetensors};
+use crate::store::params::named_grads;
+use crate::store::params::{host_params, load_params};
+use crate::store::tensors::{read_safetensors, to_safetensors};
 use crate::train::optim::{AdamW, AdamWConfig};
-use crate::train::params::named_grads;
-use crate::train::trainer::{host_params, load_params};
 
 /// Width of the feature layer.
 pub const FEATURES: usize = 128;
@@ -218,7 +218,7 @@ pub fn save(model: &Classifier, shape: &[usize], path: &Path) -> Result<()> {
     let mut t = host_params(model);
     t.insert(
         "meta.shape".into(),
-        crate::train::checkpoint::HostTensor {
+        crate::store::tensors::HostTensor {
             shape: vec![3],
             data: shape.iter().map(|&v| v as f32).collect(),
         },

@@ -8,7 +8,7 @@ use super::frechet::FeatureStats;
 use super::inception::{FEATURES, InceptionV3};
 use crate::data::Dataset;
 use crate::files::write_atomic;
-use crate::train::checkpoint::float_values;
+use crate::store::tensors::float_values;
 use anyhow::{Context, Result, bail};
 use nalgebra::{DMatrix, DVector};
 use safetensors::tensor::{Dtype, TensorView};

@@ -119,7 +119,7 @@ impl Weights for SafetensorsWeights {
             .get(name)
             .with_context(|| format!("{}: no parameter {name}", self.path))?;
         check_shape(&self.path, name, got, shape)?;
-        let values = crate::train::checkpoint::float_values(*dtype, data).with_context(|| {
+        let values = crate::store::tensors::float_values(*dtype, data).with_context(|| {
             format!("{}: parameter {name} is {dtype:?}, expected F32", self.path)
         })?;
         Ok(values.into_iter().map(|v| v as f32).collect())
@@ -224,9 +224,9 @@ pub fn write_synthetic_weights(path: &Path) -> Result<()> {
     let mut tensors = std::collections::BTreeMap::new();
     for (name, shape) in parameter_shapes()? {
         let data = SyntheticWeights.tensor(&name, &shape)?;
-        tensors.insert(name, crate::train::checkpoint::HostTensor { shape, data });
+        tensors.insert(name, crate::store::tensors::HostTensor { shape, data });
     }
-    crate::files::write_atomic(path, &crate::train::checkpoint::to_safetensors(&tensors)?)
+    crate::files::write_atomic(path, &crate::store::tensors::to_safetensors(&tensors)?)
 }
 
 /// Convolution (no bias) + batch norm (folded) + ReLU, pytorch-fid's `BasicConv2d`.

@@ -12,8 +12,8 @@ use super::unet_weights::transposed;
 use crate::diffusion::{Parameterization, VarianceType};
 use crate::model::{TimeFeatures, TimeInjection, UNetConfig};
 use crate::schedule::BetaSchedule;
+use crate::store::tensors::{HostTensor, to_safetensors};
 use crate::train::TrainConfig;
-use crate::train::checkpoint::{HostTensor, to_safetensors};
 
 /// The diffusers `UNet2DModel` configuration of `u`, or why there is none.
 pub fn unet_json(u: &UNetConfig) -> Result<Value> {

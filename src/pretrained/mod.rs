@@ -15,8 +15,8 @@ use anyhow::{Context, Result, bail};
 use safetensors::Dtype;
 
 use crate::model::UNetConfig;
+use crate::store::tensors::{HostTensor, le_f32, read_safetensors_as};
 use crate::train::TrainConfig;
-use crate::train::checkpoint::{HostTensor, le_f32, read_safetensors_as};
 
 /// The weights file diffusers writes.
 pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";

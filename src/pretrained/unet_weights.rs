@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Result, bail};
 
-use crate::train::checkpoint::HostTensor;
+use crate::store::tensors::HostTensor;
 
 /// Where a diffusers tensor goes.
 enum Target {

@@ -42,7 +42,7 @@ impl NoiseFile {
                     v.dtype()
                 );
             }
-            let d = crate::train::checkpoint::le_f32(v.data());
+            let d = crate::store::tensors::le_f32(v.data());
             if d.iter().any(|x| !x.is_finite()) {
                 bail!("--noise {source}: `{name}` holds non-finite values");
             }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{read_safetensors, to_safetensors};
 use super::optim::{AdamW, AdamWConfig, clip_factor, learning_rate};
 use super::params::named_grads;
-use super::trainer::{host_params, load_params, noise_schedule};
+use super::trainer::noise_schedule;
 use crate::data::loader::{BatchStream, Position};
 use crate::data::{Dataset, Split};
 use crate::diffusion::{GaussianDiffusion, Parameterization, VarianceType};
@@ -25,6 +25,7 @@ use crate::files::write_atomic;
 use crate::model::{NoisyClassifier, UNetConfig, one_hot};
 use crate::rng::Rng;
 use crate::schedule::NoiseSchedule;
+use crate::store::params::{host_params, load_params};
 
 /// The weights' file name inside a classifier directory.
 pub const WEIGHTS: &str = "classifier.safetensors";

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use burn::tensor::{Tensor, TensorData};
 
 use super::learned::LearnedGamma;
-use crate::train::params::named_grads;
+use crate::store::params::named_grads;
 
 /// Per-example losses L_i = ½ γ'(t_i)‖ε_i − ε̂(z_{t_i}; t_i)‖², z_t = α_t x + σ_t ε with
 /// α² = sigmoid(−γ), σ² = sigmoid(γ); `gamma` and `dgamma` are `[B]`, `eps_hat(z_t)` the
@@ -157,7 +157,7 @@ impl ScheduleSignal {
 mod tests {
     use super::*;
     use crate::rng::Rng;
-    use crate::train::params::map_params;
+    use crate::store::params::map_params;
     use crate::vdm::time::{LossTimes, Time};
     use burn::tensor::{DType, Device};
 
