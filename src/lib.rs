@@ -2,7 +2,9 @@
 //!
 //! Layers, each knowing only those below it: [`schedule`] (f64 noise-schedule tables) →
 //! [`diffusion`] (the forward process, posterior, reverse step, likelihood and losses of the
-//! lecture, generic over any [`diffusion::Denoiser`]) → the command line in [`cli`].
+//! lecture, generic over any [`diffusion::Denoiser`]) → the command line in [`cli`]. Beneath the
+//! layers that keep tensors on disk: [`store`] (named host tensors, safetensors files, a module's
+//! parameters by name) and [`files`] (atomic writes, bounded reads, locks).
 
 pub mod bench;
 pub mod cli;
