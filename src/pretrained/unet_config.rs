@@ -97,184 +97,13 @@ pub fn unet_config(config: &Value, source: &str) -> Result<UNetConfig> {
             "{source}: `_class_name` is {class}; only UNet2DModel (the DDPM U-Net) can be imported"
         );
     }
-    let in_channels = k.usize_or("in_channels", 3)?;
-    let out_channels = k.usize_or("out_channels", 3)?;
-    let learn_sigma = if out_channels == in_channels {
-        false
-    } else if out_channels == 2 * in_channels {
-        true
-    } else {
-        return Err(k.refuse(
-            "out_channels",
-            &format!("expected in_channels ({in_channels}) or twice it (a learned variance)"),
-        ));
-    };
-    let image_size = match k.raw("sample_size") {
-        None | Some(Value::Null) => {
-            bail!("{source}: `sample_size` is missing; the image size must be known")
-        }
-        Some(Value::Array(a)) => {
-            let s: Vec<u64> = a.iter().filter_map(Value::as_u64).collect();
-            if s.len() != 2 || s[0] != s[1] {
-                return Err(k.refuse("sample_size", "only square images are supported"));
-            }
-            s[0] as usize
-        }
-        Some(_) => k.usize_or("sample_size", 0)?,
-    };
-    let blocks = k.list("block_out_channels", vec![224, 448, 672, 896], |v| {
-        v.as_u64().map(|x| x as usize)
-    })?;
-    let base = *blocks
-        .first()
-        .ok_or_else(|| k.refuse("block_out_channels", "empty"))?;
-    if base == 0 || blocks.iter().any(|c| c % base != 0) {
-        return Err(k.refuse(
-            "block_out_channels",
-            "every level's width must be a multiple of the first (the U-Net's channel multipliers)",
-        ));
-    }
-    let default_down = [
-        "DownBlock2D",
-        "AttnDownBlock2D",
-        "AttnDownBlock2D",
-        "AttnDownBlock2D",
-    ];
-    let default_up = [
-        "AttnUpBlock2D",
-        "AttnUpBlock2D",
-        "AttnUpBlock2D",
-        "UpBlock2D",
-    ];
-    let names = |key: &str, d: &[&'static str]| {
-        k.list(key, d.iter().map(|s| s.to_string()).collect(), |v| {
-            v.as_str().map(str::to_string)
-        })
-    };
-    let down = names("down_block_types", &default_down)?;
-    let up = names("up_block_types", &default_up)?;
-    if down.len() != blocks.len() || up.len() != blocks.len() {
-        bail!(
-            "{source}: {} down blocks and {} up blocks for {} entries of `block_out_channels`",
-            down.len(),
-            up.len(),
-            blocks.len()
-        );
-    }
-    let mut attention_resolutions = Vec::new();
-    for (i, d) in down.iter().enumerate() {
-        let attn = match d.as_str() {
-            "DownBlock2D" => false,
-            "AttnDownBlock2D" => true,
-            _ => {
-                return Err(k.refuse(
-                    "down_block_types",
-                    &format!("block {i} is {d}; DownBlock2D and AttnDownBlock2D are supported"),
-                ));
-            }
-        };
-        let u = &up[blocks.len() - 1 - i];
-        let up_attn = match u.as_str() {
-            "UpBlock2D" => false,
-            "AttnUpBlock2D" => true,
-            _ => {
-                return Err(k.refuse(
-                    "up_block_types",
-                    &format!("{u}; UpBlock2D and AttnUpBlock2D are supported"),
-                ));
-            }
-        };
-        if attn != up_attn {
-            return Err(k.refuse(
-                "up_block_types",
-                &format!(
-                    "attention at resolution {} on the way down but not up (or the reverse); this \
-                     U-Net has attention at the same resolutions in both halves",
-                    image_size >> i
-                ),
-            ));
-        }
-        if attn {
-            attention_resolutions.push(image_size >> i);
-        }
-    }
-    for (key, want, what) in [
-        ("downsample_type", "conv", "a strided convolution"),
-        (
-            "upsample_type",
-            "conv",
-            "nearest upsampling and a convolution",
-        ),
-        ("act_fn", "silu", "SiLU"),
-        (
-            "time_embedding_type",
-            "positional",
-            "sinusoidal time features",
-        ),
-        (
-            "mid_block_type",
-            "UNetMidBlock2D",
-            "a resnet-attention-resnet middle",
-        ),
-    ] {
-        let v = k.str_or(key, want)?;
-        if v != want {
-            return Err(k.refuse(key, &format!("this U-Net has {what} (`{want}`)")));
-        }
-    }
-    let time_injection = match k.str_or("resnet_time_scale_shift", "default")? {
-        "default" => TimeInjection::Add,
-        "scale_shift" => TimeInjection::ScaleShift,
-        _ => {
-            return Err(k.refuse("resnet_time_scale_shift", "expected default or scale_shift"));
-        }
-    };
-    if !k.bool_or("add_attention", true)? {
-        return Err(k.refuse(
-            "add_attention",
-            "the middle block always has attention here",
-        ));
-    }
-    if k.f64_or("mid_block_scale_factor", 1.0)? != 1.0 {
-        return Err(k.refuse("mid_block_scale_factor", "only 1 (no output scaling)"));
-    }
-    if let Some(d) = k.raw("time_embedding_dim").filter(|v| !v.is_null())
-        && d.as_u64() != Some(4 * base as u64)
-    {
-        return Err(k.refuse(
-            "time_embedding_dim",
-            &format!(
-                "the time embedding is 4 × block_out_channels[0] = {}",
-                4 * base
-            ),
-        ));
-    }
-    let groups = k.usize_or("norm_num_groups", 32)?;
-    match k.raw("attn_norm_num_groups").filter(|v| !v.is_null()) {
-        Some(g) if g.as_u64() != Some(groups as u64) => {
-            return Err(k.refuse(
-                "attn_norm_num_groups",
-                "attention normalizes with the same groups as the residual blocks here",
-            ));
-        }
-        // diffusers' middle attention then has no normalization at all.
-        None if time_injection == TimeInjection::ScaleShift => {
-            return Err(k.refuse(
-                "attn_norm_num_groups",
-                "with resnet_time_scale_shift = scale_shift and no attn_norm_num_groups, \
-                 diffusers' middle attention has no GroupNorm, which this U-Net always has",
-            ));
-        }
-        _ => {}
-    }
-    for key in ["class_embed_type", "num_class_embeds"] {
-        if k.raw(key).is_some_and(|v| !v.is_null()) {
-            return Err(k.refuse(
-                key,
-                "class-conditional diffusers U-Nets are not supported yet",
-            ));
-        }
-    }
+    let (in_channels, learn_sigma) = channels(&k)?;
+    let image_size = image_size(&k)?;
+    let blocks = widths(&k)?;
+    let base = blocks[0];
+    let attention_resolutions = attention_resolutions(&k, blocks.len(), image_size)?;
+    refuse_other_designs(&k)?;
+    let (time_injection, groups) = time_injection_and_groups(&k, base)?;
     // null: one head per block; absent: diffusers' default of 8 channels per head.
     let num_head_channels =
         match k.raw("attention_head_dim") {
@@ -317,4 +146,214 @@ pub fn unet_config(config: &Value, source: &str) -> Result<UNetConfig> {
         .validate()
         .map_err(|e| anyhow::anyhow!("{source}: the network it describes is invalid here: {e}"))?;
     Ok(config)
+}
+
+/// The input channels, and whether the output holds a learned variance too (twice as many).
+fn channels(k: &Keys) -> Result<(usize, bool)> {
+    let in_channels = k.usize_or("in_channels", 3)?;
+    let out_channels = k.usize_or("out_channels", 3)?;
+    if out_channels == in_channels {
+        Ok((in_channels, false))
+    } else if out_channels == 2 * in_channels {
+        Ok((in_channels, true))
+    } else {
+        Err(k.refuse(
+            "out_channels",
+            &format!("expected in_channels ({in_channels}) or twice it (a learned variance)"),
+        ))
+    }
+}
+
+/// The side of the square images (`sample_size`, a number or a square pair).
+fn image_size(k: &Keys) -> Result<usize> {
+    match k.raw("sample_size") {
+        None | Some(Value::Null) => bail!(
+            "{}: `sample_size` is missing; the image size must be known",
+            k.source
+        ),
+        Some(Value::Array(a)) => {
+            let s: Vec<u64> = a.iter().filter_map(Value::as_u64).collect();
+            if s.len() != 2 || s[0] != s[1] {
+                return Err(k.refuse("sample_size", "only square images are supported"));
+            }
+            Ok(s[0] as usize)
+        }
+        Some(_) => k.usize_or("sample_size", 0),
+    }
+}
+
+/// Each level's width (`block_out_channels`), every one a multiple of the first.
+fn widths(k: &Keys) -> Result<Vec<usize>> {
+    let blocks = k.list("block_out_channels", vec![224, 448, 672, 896], |v| {
+        v.as_u64().map(|x| x as usize)
+    })?;
+    let base = *blocks
+        .first()
+        .ok_or_else(|| k.refuse("block_out_channels", "empty"))?;
+    if base == 0 || blocks.iter().any(|c| c % base != 0) {
+        return Err(k.refuse(
+            "block_out_channels",
+            "every level's width must be a multiple of the first (the U-Net's channel multipliers)",
+        ));
+    }
+    Ok(blocks)
+}
+
+/// The resolutions with attention, from the down and up block types (which must agree level
+/// by level) of `levels` levels on images of side `image_size`.
+fn attention_resolutions(k: &Keys, levels: usize, image_size: usize) -> Result<Vec<usize>> {
+    let default_down = [
+        "DownBlock2D",
+        "AttnDownBlock2D",
+        "AttnDownBlock2D",
+        "AttnDownBlock2D",
+    ];
+    let default_up = [
+        "AttnUpBlock2D",
+        "AttnUpBlock2D",
+        "AttnUpBlock2D",
+        "UpBlock2D",
+    ];
+    let names = |key: &str, d: &[&'static str]| {
+        k.list(key, d.iter().map(|s| s.to_string()).collect(), |v| {
+            v.as_str().map(str::to_string)
+        })
+    };
+    let down = names("down_block_types", &default_down)?;
+    let up = names("up_block_types", &default_up)?;
+    if down.len() != levels || up.len() != levels {
+        bail!(
+            "{}: {} down blocks and {} up blocks for {levels} entries of `block_out_channels`",
+            k.source,
+            down.len(),
+            up.len(),
+        );
+    }
+    let mut attention_resolutions = Vec::new();
+    for (i, d) in down.iter().enumerate() {
+        let attn = match d.as_str() {
+            "DownBlock2D" => false,
+            "AttnDownBlock2D" => true,
+            _ => {
+                return Err(k.refuse(
+                    "down_block_types",
+                    &format!("block {i} is {d}; DownBlock2D and AttnDownBlock2D are supported"),
+                ));
+            }
+        };
+        let u = &up[levels - 1 - i];
+        let up_attn = match u.as_str() {
+            "UpBlock2D" => false,
+            "AttnUpBlock2D" => true,
+            _ => {
+                return Err(k.refuse(
+                    "up_block_types",
+                    &format!("{u}; UpBlock2D and AttnUpBlock2D are supported"),
+                ));
+            }
+        };
+        if attn != up_attn {
+            return Err(k.refuse(
+                "up_block_types",
+                &format!(
+                    "attention at resolution {} on the way down but not up (or the reverse); this \
+                     U-Net has attention at the same resolutions in both halves",
+                    image_size >> i
+                ),
+            ));
+        }
+        if attn {
+            attention_resolutions.push(image_size >> i);
+        }
+    }
+    Ok(attention_resolutions)
+}
+
+/// Refuses the designs this U-Net does not have: other resampling, activation, time features,
+/// middle block, output scaling, class embeddings.
+fn refuse_other_designs(k: &Keys) -> Result<()> {
+    for (key, want, what) in [
+        ("downsample_type", "conv", "a strided convolution"),
+        (
+            "upsample_type",
+            "conv",
+            "nearest upsampling and a convolution",
+        ),
+        ("act_fn", "silu", "SiLU"),
+        (
+            "time_embedding_type",
+            "positional",
+            "sinusoidal time features",
+        ),
+        (
+            "mid_block_type",
+            "UNetMidBlock2D",
+            "a resnet-attention-resnet middle",
+        ),
+    ] {
+        let v = k.str_or(key, want)?;
+        if v != want {
+            return Err(k.refuse(key, &format!("this U-Net has {what} (`{want}`)")));
+        }
+    }
+    if !k.bool_or("add_attention", true)? {
+        return Err(k.refuse(
+            "add_attention",
+            "the middle block always has attention here",
+        ));
+    }
+    if k.f64_or("mid_block_scale_factor", 1.0)? != 1.0 {
+        return Err(k.refuse("mid_block_scale_factor", "only 1 (no output scaling)"));
+    }
+    for key in ["class_embed_type", "num_class_embeds"] {
+        if k.raw(key).is_some_and(|v| !v.is_null()) {
+            return Err(k.refuse(
+                key,
+                "class-conditional diffusers U-Nets are not supported yet",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// How the time embedding (4 × `base` wide) enters the residual blocks, and the GroupNorm
+/// groups of blocks and attention (which must be the same).
+fn time_injection_and_groups(k: &Keys, base: usize) -> Result<(TimeInjection, usize)> {
+    let time_injection = match k.str_or("resnet_time_scale_shift", "default")? {
+        "default" => TimeInjection::Add,
+        "scale_shift" => TimeInjection::ScaleShift,
+        _ => {
+            return Err(k.refuse("resnet_time_scale_shift", "expected default or scale_shift"));
+        }
+    };
+    if let Some(d) = k.raw("time_embedding_dim").filter(|v| !v.is_null())
+        && d.as_u64() != Some(4 * base as u64)
+    {
+        return Err(k.refuse(
+            "time_embedding_dim",
+            &format!(
+                "the time embedding is 4 × block_out_channels[0] = {}",
+                4 * base
+            ),
+        ));
+    }
+    let groups = k.usize_or("norm_num_groups", 32)?;
+    match k.raw("attn_norm_num_groups").filter(|v| !v.is_null()) {
+        Some(g) if g.as_u64() != Some(groups as u64) => {
+            return Err(k.refuse(
+                "attn_norm_num_groups",
+                "attention normalizes with the same groups as the residual blocks here",
+            ));
+        }
+        // diffusers' middle attention then has no normalization at all.
+        None if time_injection == TimeInjection::ScaleShift => {
+            return Err(k.refuse(
+                "attn_norm_num_groups",
+                "with resnet_time_scale_shift = scale_shift and no attn_norm_num_groups, \
+                 diffusers' middle attention has no GroupNorm, which this U-Net always has",
+            ));
+        }
+        _ => {}
+    }
+    Ok((time_injection, groups))
 }
