@@ -190,78 +190,6 @@ pub fn to_diffusers(
     u: &UNetConfig,
 ) -> Result<BTreeMap<String, HostTensor>> {
     let mut out = BTreeMap::new();
-    let res = |ours_prefix: &str, theirs: &str, out: &mut BTreeMap<String, HostTensor>| {
-        for (a, b) in [
-            ("norm1.gamma", "norm1.weight"),
-            ("norm1.beta", "norm1.bias"),
-            ("conv1.weight", "conv1.weight"),
-            ("conv1.bias", "conv1.bias"),
-            ("emb_proj.bias", "time_emb_proj.bias"),
-            ("norm2.gamma", "norm2.weight"),
-            ("norm2.beta", "norm2.bias"),
-            ("conv2.weight", "conv2.weight"),
-            ("conv2.bias", "conv2.bias"),
-            ("skip.weight", "conv_shortcut.weight"),
-            ("skip.bias", "conv_shortcut.bias"),
-        ] {
-            if let Some(t) = ours.get(&format!("{ours_prefix}.{a}")) {
-                out.insert(format!("{theirs}.{b}"), t.clone());
-            }
-        }
-        if let Some(t) = ours.get(&format!("{ours_prefix}.emb_proj.weight")) {
-            out.insert(format!("{theirs}.time_emb_proj.weight"), transposed(t));
-        }
-    };
-    let attn =
-        |ours_prefix: &str, theirs: &str, out: &mut BTreeMap<String, HostTensor>| -> Result<()> {
-            let get = |n: &str| {
-                ours.get(&format!("{ours_prefix}.{n}"))
-                    .ok_or_else(|| anyhow::anyhow!("{ours_prefix}.{n} is missing"))
-            };
-            out.insert(
-                format!("{theirs}.group_norm.weight"),
-                get("norm.gamma")?.clone(),
-            );
-            out.insert(
-                format!("{theirs}.group_norm.bias"),
-                get("norm.beta")?.clone(),
-            );
-            let w = get("qkv.weight")?;
-            let b = get("qkv.bias")?;
-            let (rows, c3) = (w.shape[0], w.shape[1]);
-            let c = c3 / 3;
-            for (k, name) in ["to_q", "to_k", "to_v"].iter().enumerate() {
-                let mut part = Vec::with_capacity(rows * c);
-                for r in 0..rows {
-                    part.extend_from_slice(&w.data[r * c3 + k * c..r * c3 + (k + 1) * c]);
-                }
-                let part = HostTensor {
-                    shape: vec![rows, c],
-                    data: part,
-                };
-                out.insert(format!("{theirs}.{name}.weight"), transposed(&part));
-                out.insert(
-                    format!("{theirs}.{name}.bias"),
-                    HostTensor {
-                        shape: vec![c],
-                        data: b.data[k * c..(k + 1) * c].to_vec(),
-                    },
-                );
-            }
-            out.insert(
-                format!("{theirs}.to_out.0.weight"),
-                transposed(get("proj.weight")?),
-            );
-            out.insert(format!("{theirs}.to_out.0.bias"), get("proj.bias")?.clone());
-            Ok(())
-        };
-    let copy = |a: &str, b: &str, t: bool, out: &mut BTreeMap<String, HostTensor>| -> Result<()> {
-        let v = ours
-            .get(a)
-            .ok_or_else(|| anyhow::anyhow!("{a} is missing"))?;
-        out.insert(b.to_string(), if t { transposed(v) } else { v.clone() });
-        Ok(())
-    };
     for (a, b, t) in [
         ("conv_in.weight", "conv_in.weight", false),
         ("conv_in.bias", "conv_in.bias", false),
@@ -274,11 +202,12 @@ pub fn to_diffusers(
         ("conv_out.weight", "conv_out.weight", false),
         ("conv_out.bias", "conv_out.bias", false),
     ] {
-        copy(a, b, t, &mut out)?;
+        copy_param(ours, a, b, t, &mut out)?;
     }
     if u.num_classes.is_some() {
         // Our one-hot table [classes + 1, dim] is diffusers' embedding [num_class_embeds, dim].
-        copy(
+        copy_param(
+            ours,
             "class_emb.table.weight",
             "class_embedding.weight",
             false,
@@ -287,66 +216,48 @@ pub fn to_diffusers(
     }
     let levels = u.channel_mult.len();
     for i in 0..levels {
-        for j in 0..u.num_res_blocks {
-            res(
-                &format!("down.{i}.stages.{j}.res"),
-                &format!("down_blocks.{i}.resnets.{j}"),
-                &mut out,
-            );
-            if ours.contains_key(&format!("down.{i}.stages.{j}.attn.qkv.weight")) {
-                attn(
-                    &format!("down.{i}.stages.{j}.attn"),
-                    &format!("down_blocks.{i}.attentions.{j}"),
+        for (half, theirs, stages) in [
+            ("down", "down_blocks", u.num_res_blocks),
+            ("up", "up_blocks", u.num_res_blocks + 1),
+        ] {
+            for j in 0..stages {
+                let ours_prefix = format!("{half}.{i}.stages.{j}");
+                res_block(
+                    ours,
+                    &format!("{ours_prefix}.res"),
+                    &format!("{theirs}.{i}.resnets.{j}"),
                     &mut out,
-                )?;
+                );
+                if ours.contains_key(&format!("{ours_prefix}.attn.qkv.weight")) {
+                    attention_block(
+                        ours,
+                        &format!("{ours_prefix}.attn"),
+                        &format!("{theirs}.{i}.attentions.{j}"),
+                        &mut out,
+                    )?;
+                }
             }
-        }
-        if i + 1 < levels {
-            copy(
-                &format!("down.{i}.down.conv.weight"),
-                &format!("down_blocks.{i}.downsamplers.0.conv.weight"),
-                false,
-                &mut out,
-            )?;
-            copy(
-                &format!("down.{i}.down.conv.bias"),
-                &format!("down_blocks.{i}.downsamplers.0.conv.bias"),
-                false,
-                &mut out,
-            )?;
-        }
-        for j in 0..=u.num_res_blocks {
-            res(
-                &format!("up.{i}.stages.{j}.res"),
-                &format!("up_blocks.{i}.resnets.{j}"),
-                &mut out,
-            );
-            if ours.contains_key(&format!("up.{i}.stages.{j}.attn.qkv.weight")) {
-                attn(
-                    &format!("up.{i}.stages.{j}.attn"),
-                    &format!("up_blocks.{i}.attentions.{j}"),
-                    &mut out,
-                )?;
+            if i + 1 < levels {
+                let sampler = if half == "down" {
+                    "downsamplers"
+                } else {
+                    "upsamplers"
+                };
+                for p in ["weight", "bias"] {
+                    copy_param(
+                        ours,
+                        &format!("{half}.{i}.{half}.conv.{p}"),
+                        &format!("{theirs}.{i}.{sampler}.0.conv.{p}"),
+                        false,
+                        &mut out,
+                    )?;
+                }
             }
-        }
-        if i + 1 < levels {
-            copy(
-                &format!("up.{i}.up.conv.weight"),
-                &format!("up_blocks.{i}.upsamplers.0.conv.weight"),
-                false,
-                &mut out,
-            )?;
-            copy(
-                &format!("up.{i}.up.conv.bias"),
-                &format!("up_blocks.{i}.upsamplers.0.conv.bias"),
-                false,
-                &mut out,
-            )?;
         }
     }
-    res("mid1", "mid_block.resnets.0", &mut out);
-    res("mid2", "mid_block.resnets.1", &mut out);
-    attn("mid_attn", "mid_block.attentions.0", &mut out)?;
+    res_block(ours, "mid1", "mid_block.resnets.0", &mut out);
+    res_block(ours, "mid2", "mid_block.resnets.1", &mut out);
+    attention_block(ours, "mid_attn", "mid_block.attentions.0", &mut out)?;
     let total: usize = ours.values().map(|t| t.data.len()).sum();
     let mapped: usize = out.values().map(|t| t.data.len()).sum();
     if total != mapped {
@@ -356,6 +267,104 @@ pub fn to_diffusers(
         );
     }
     Ok(out)
+}
+
+/// Parameter `a` of ours as diffusers' `b` (transposed when `transpose`: a linear weight).
+fn copy_param(
+    ours: &BTreeMap<String, HostTensor>,
+    a: &str,
+    b: &str,
+    transpose: bool,
+    out: &mut BTreeMap<String, HostTensor>,
+) -> Result<()> {
+    let v = ours
+        .get(a)
+        .ok_or_else(|| anyhow::anyhow!("{a} is missing"))?;
+    out.insert(
+        b.to_string(),
+        if transpose { transposed(v) } else { v.clone() },
+    );
+    Ok(())
+}
+
+/// The residual block `ours_prefix` as diffusers' ResnetBlock2D `theirs` (what it has of
+/// norms, convolutions, time projection and skip).
+fn res_block(
+    ours: &BTreeMap<String, HostTensor>,
+    ours_prefix: &str,
+    theirs: &str,
+    out: &mut BTreeMap<String, HostTensor>,
+) {
+    for (a, b) in [
+        ("norm1.gamma", "norm1.weight"),
+        ("norm1.beta", "norm1.bias"),
+        ("conv1.weight", "conv1.weight"),
+        ("conv1.bias", "conv1.bias"),
+        ("emb_proj.bias", "time_emb_proj.bias"),
+        ("norm2.gamma", "norm2.weight"),
+        ("norm2.beta", "norm2.bias"),
+        ("conv2.weight", "conv2.weight"),
+        ("conv2.bias", "conv2.bias"),
+        ("skip.weight", "conv_shortcut.weight"),
+        ("skip.bias", "conv_shortcut.bias"),
+    ] {
+        if let Some(t) = ours.get(&format!("{ours_prefix}.{a}")) {
+            out.insert(format!("{theirs}.{b}"), t.clone());
+        }
+    }
+    if let Some(t) = ours.get(&format!("{ours_prefix}.emb_proj.weight")) {
+        out.insert(format!("{theirs}.time_emb_proj.weight"), transposed(t));
+    }
+}
+
+/// The attention block `ours_prefix` as diffusers' Attention `theirs`: the fused `qkv`
+/// projection split into `to_q`, `to_k`, `to_v`.
+fn attention_block(
+    ours: &BTreeMap<String, HostTensor>,
+    ours_prefix: &str,
+    theirs: &str,
+    out: &mut BTreeMap<String, HostTensor>,
+) -> Result<()> {
+    let get = |n: &str| {
+        ours.get(&format!("{ours_prefix}.{n}"))
+            .ok_or_else(|| anyhow::anyhow!("{ours_prefix}.{n} is missing"))
+    };
+    out.insert(
+        format!("{theirs}.group_norm.weight"),
+        get("norm.gamma")?.clone(),
+    );
+    out.insert(
+        format!("{theirs}.group_norm.bias"),
+        get("norm.beta")?.clone(),
+    );
+    let w = get("qkv.weight")?;
+    let b = get("qkv.bias")?;
+    let (rows, c3) = (w.shape[0], w.shape[1]);
+    let c = c3 / 3;
+    for (k, name) in ["to_q", "to_k", "to_v"].iter().enumerate() {
+        let mut part = Vec::with_capacity(rows * c);
+        for r in 0..rows {
+            part.extend_from_slice(&w.data[r * c3 + k * c..r * c3 + (k + 1) * c]);
+        }
+        let part = HostTensor {
+            shape: vec![rows, c],
+            data: part,
+        };
+        out.insert(format!("{theirs}.{name}.weight"), transposed(&part));
+        out.insert(
+            format!("{theirs}.{name}.bias"),
+            HostTensor {
+                shape: vec![c],
+                data: b.data[k * c..(k + 1) * c].to_vec(),
+            },
+        );
+    }
+    out.insert(
+        format!("{theirs}.to_out.0.weight"),
+        transposed(get("proj.weight")?),
+    );
+    out.insert(format!("{theirs}.to_out.0.bias"), get("proj.bias")?.clone());
+    Ok(())
 }
 
 /// Writes the pipeline folder `dir` (refusing one that exists) for `cfg`'s U-Net with the
