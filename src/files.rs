@@ -62,9 +62,12 @@ pub fn read_text_capped(path: &Path, max: u64) -> std::io::Result<String> {
 pub fn free_space(path: &Path) -> Option<u64> {
     let mut p = path;
     while !p.exists() {
-        p = p.parent().filter(|q| !q.as_os_str().is_empty())?;
+        p = match p.parent() {
+            Some(q) if q.as_os_str().is_empty() => Path::new("."),
+            q => q?,
+        };
     }
-    #[cfg(unix)]
+    #[cfg(target_os = "linux")]
     {
         use std::os::unix::ffi::OsStrExt;
         let c = std::ffi::CString::new(p.as_os_str().as_bytes()).ok()?;
@@ -78,8 +81,9 @@ pub fn free_space(path: &Path) -> Option<u64> {
         #[allow(clippy::unnecessary_cast)] // u64 on some targets, u32 on others
         Some((s.f_bavail as u64).saturating_mul(s.f_frsize as u64))
     }
-    #[cfg(not(unix))]
+    #[cfg(not(target_os = "linux"))]
     {
+        let _ = p;
         None
     }
 }
@@ -375,6 +379,19 @@ mod tests {
         }
         std::fs::write(&f, [0xff, 0xfe]).unwrap();
         assert!(read_text_capped(&f, TEXT_MAX).is_err());
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn free_space_is_read_for_paths_yet_to_be_made() {
+        let d = tempfile::tempdir().unwrap();
+        let here = free_space(d.path()).unwrap();
+        assert!(here > 0);
+        assert!(free_space(&d.path().join("a/b/c")).is_some());
+        assert!(
+            free_space(Path::new("not-yet-made/out")).is_some(),
+            "relative"
+        );
     }
 
     #[test]
