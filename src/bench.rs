@@ -9,9 +9,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
 
 use crate::model::{UNet, UNetConfig};
+use crate::optim::adamw::{AdamW, AdamWConfig};
 use crate::rng::Rng;
 use crate::store::params::named_grads;
-use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::precision::Precision;
 
 /// One benchmark result (the JSON line of `ddpm bench --json`).

@@ -18,6 +18,7 @@ pub mod heap;
 pub mod hub;
 pub mod kernels;
 pub mod model;
+pub mod optim;
 pub mod pretrained;
 pub mod rng;
 pub mod sample;

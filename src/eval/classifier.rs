@@ -14,11 +14,11 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::data::Dataset;
 use crate::files::write_atomic;
+use crate::optim::adamw::{AdamW, AdamWConfig};
 use crate::rng::Rng;
 use crate::store::params::named_grads;
 use crate::store::params::{host_params, load_params};
 use crate::store::tensors::{read_safetensors, to_safetensors};
-use crate::train::optim::{AdamW, AdamWConfig};
 
 /// Width of the feature layer.
 pub const FEATURES: usize = 128;
