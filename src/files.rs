@@ -312,7 +312,7 @@ pub fn lock_dir(dir: &Path) -> Result<std::fs::File> {
         let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if r != 0 {
             anyhow::bail!(
-                "{}: another ddpm process is using this run (its lock {} is held); wait for it \
+                "{}: another ddpm process is using it (its lock {} is held); wait for it \
                  or stop it first",
                 dir.display(),
                 path.display()

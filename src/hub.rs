@@ -126,11 +126,11 @@ struct Client {
     token: Option<String>,
 }
 
-/// Why a request failed: the server's or the connection's answer, or a redirect that is not
-/// followed.
+/// Why a request failed: the server's or the connection's answer, or an address that is not
+/// followed (not a URL, a redirect to another scheme, too many redirects).
 enum HttpError {
     Http(Box<ureq::Error>),
-    Redirect(String),
+    Unfollowed(String),
 }
 
 impl From<ureq::Error> for HttpError {
@@ -155,7 +155,8 @@ impl Client {
 
     /// GET `url` (from byte `from` on when given), following redirects.
     fn get(&self, url: &str, from: Option<u64>) -> Result<ureq::Response, HttpError> {
-        let first = url::Url::parse(url).map_err(|e| HttpError::Redirect(format!("{url}: {e}")))?;
+        let first =
+            url::Url::parse(url).map_err(|e| HttpError::Unfollowed(format!("{url}: {e}")))?;
         let mut at = first.clone();
         for _ in 0..=MAX_REDIRECTS {
             let mut req = self.agent.request_url("GET", &at);
@@ -177,12 +178,12 @@ impl Client {
                 .ok()
                 .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
                 .ok_or_else(|| {
-                    HttpError::Redirect(format!(
+                    HttpError::Unfollowed(format!(
                         "{at} redirects to `{location}`, which is not an http(s) address"
                     ))
                 })?;
         }
-        Err(HttpError::Redirect(format!(
+        Err(HttpError::Unfollowed(format!(
             "{url}: more than {MAX_REDIRECTS} redirects"
         )))
     }
@@ -191,7 +192,7 @@ impl Client {
 fn hub_error(repo: &str, e: HttpError) -> anyhow::Error {
     let e = match e {
         HttpError::Http(e) => *e,
-        HttpError::Redirect(m) => return anyhow::anyhow!("{repo}: {m}"),
+        HttpError::Unfollowed(m) => return anyhow::anyhow!("{repo}: {m}"),
     };
     match e {
         ureq::Error::Status(401 | 403, _) => anyhow::anyhow!(

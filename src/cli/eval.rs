@@ -168,7 +168,7 @@ pub struct NllArgs {
     /// Estimate each image's bound from K draws of t, one in each of K geometric ranges (unbiased,
     /// K + 1 network evaluations per image) instead of all T terms; VDM runs are always
     /// estimated so [default for VDM: 1]. At most 100000 (and, for a DDPM chain, T − 1).
-    #[arg(long, value_parser = t_samples)]
+    #[arg(long, value_parser = super::count_up_to::<{ crate::schedule::MAX_TIMESTEPS }>)]
     t_samples: Option<usize>,
     /// Use the raw weights instead of the EMA weights.
     #[arg(long)]
@@ -324,16 +324,6 @@ fn fd(a: FdArgs) -> CliResult {
         }
     }
     Ok(())
-}
-
-/// Clap parser of `--t-samples`: 1 ≤ K ≤ the most steps a chain may have.
-fn t_samples(s: &str) -> Result<usize, String> {
-    let max = crate::schedule::MAX_TIMESTEPS;
-    match s.parse::<usize>() {
-        Ok(k) if (1..=max).contains(&k) => Ok(k),
-        Ok(k) => Err(format!("must be in 1..={max}, got {k}")),
-        Err(e) => Err(format!("expected a whole number: {e}")),
-    }
 }
 
 fn nll(a: NllArgs) -> CliResult {

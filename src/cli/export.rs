@@ -55,14 +55,10 @@ fn diffusers(a: DiffusersArgs) -> CliResult {
         "ema.safetensors"
     });
     let weights = read_safetensors(&file).map_err(usage)?;
-    // What the output folder refused is its fault; what cannot be represented, the checkpoint's.
-    crate::pretrained::export::write_pipeline(&a.out, &cfg, &weights).map_err(|e| {
-        if e.to_string().starts_with("--out") {
-            CliError::Usage(format!("{e:#}"))
-        } else {
-            CliError::Usage(format!("cannot export {}: {e:#}", ckpt.display()))
-        }
-    })?;
+    let files = crate::pretrained::export::pipeline_files(&cfg, &weights)
+        .map_err(|e| CliError::Usage(format!("cannot export {}: {e:#}", ckpt.display())))?;
+    crate::pretrained::export::write_pipeline(&a.out, &files)
+        .map_err(|e| CliError::Usage(format!("--out {}: {e:#}", a.out.display())))?;
     println!(
         "exported {} ({} weights) to {} (DDPMPipeline.from_pretrained loads it)",
         ckpt.display(),

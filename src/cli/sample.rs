@@ -701,9 +701,8 @@ fn generate(a: &SampleArgs) -> Result<(f64, usize), CliError> {
     let _lock = if world.is_root() {
         std::fs::create_dir_all(&a.out)
             .with_context(|| format!("cannot create {}", a.out.display()))?;
-        let lock = crate::files::lock_dir(&a.out).map_err(|e| {
-            CliError::Usage(format!("--out: {e:#}").replace("this run", "this folder"))
-        })?;
+        let lock =
+            crate::files::lock_dir(&a.out).map_err(|e| CliError::Usage(format!("--out: {e:#}")))?;
         crate::files::remove_stale(&a.out, &["grid.png", "samples.", "chain.png"])?;
         let images = a.out.join("images");
         if std::fs::read_dir(&images).is_ok_and(|mut d| d.next().is_some()) {

@@ -80,8 +80,8 @@ pub(super) struct SampleFiles {
     class_names: Option<Vec<String>>,
     grid: GridLayout,
     grid_values: Vec<f32>,
-    scatter: Option<Scatter>,
-    csv: Option<AtomicWriter>,
+    /// For 2-D samples: `samples.csv` and the scatter plot that is their `grid.png`.
+    points: Option<(AtomicWriter, Scatter)>,
     safetensors: Option<AtomicWriter>,
     written: usize,
 }
@@ -115,11 +115,11 @@ impl SampleFiles {
             class_names,
             grid,
             grid_values: vec![0.0; if image { grid.kept * item } else { 0 }],
-            scatter: (!image).then(|| Scatter::new(512, 1.5)),
-            csv: if image {
+            points: if image {
                 None
             } else {
-                Some(AtomicWriter::create(&out.join("samples.csv"))?)
+                let csv = AtomicWriter::create(&out.join("samples.csv"))?;
+                Some((csv, Scatter::new(512, 1.5)))
             },
             safetensors,
             written: 0,
@@ -147,7 +147,7 @@ impl SampleFiles {
             let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
             w.write(&bytes)?;
         }
-        if let (Some(csv), Some(scatter)) = (&mut self.csv, &mut self.scatter) {
+        if let Some((csv, scatter)) = &mut self.points {
             scatter.add(values);
             let mut text = String::new();
             for p in values.chunks(item.max(1)) {
@@ -196,8 +196,11 @@ impl SampleFiles {
             bail!("{} of {} samples were written", self.written, self.grid.n);
         }
         let grid_png = self.out.join("grid.png");
-        match &self.scatter {
-            Some(s) => s.save(&grid_png)?,
+        match self.points {
+            Some((csv, scatter)) => {
+                scatter.save(&grid_png)?;
+                csv.finish()?;
+            }
             None => {
                 let [c, h, w] = [self.item_shape[0], self.item_shape[1], self.item_shape[2]];
                 save_grid(
@@ -207,9 +210,6 @@ impl SampleFiles {
                     self.grid.cols,
                 )?;
             }
-        }
-        if let Some(csv) = self.csv {
-            csv.finish()?;
         }
         if let Some(st) = self.safetensors {
             st.finish()?;

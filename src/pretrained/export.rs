@@ -3,9 +3,9 @@
 //! does; what diffusers cannot express is refused with the reason.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
 use super::unet_weights::transposed;
@@ -367,27 +367,21 @@ fn attention_block(
     Ok(())
 }
 
-/// Writes the pipeline folder `dir` (refusing one that exists) for `cfg`'s U-Net with the
-/// weights `ours` (this crate's names).
-pub fn write_pipeline(
-    dir: &Path,
+/// The files of a diffusers pipeline folder (paths relative to it, and their bytes) for `cfg`'s
+/// U-Net with the weights `ours` (this crate's names); an error says what cannot be
+/// represented.
+pub fn pipeline_files(
     cfg: &TrainConfig,
     ours: &BTreeMap<String, HostTensor>,
-) -> Result<()> {
+) -> Result<Vec<(PathBuf, Vec<u8>)>> {
     let u = cfg.unet_config()?;
     let unet = unet_json(&u)?;
     let scheduler = scheduler_json(cfg)?;
     let weights = to_diffusers(ours, &u)?;
-    if dir.exists() {
-        bail!(
-            "--out {}: exists; an export never overwrites",
-            dir.display()
-        );
-    }
     let pretty = |v: &Value| serde_json::to_string_pretty(v).expect("JSON values serialize");
-    let files: Vec<(std::path::PathBuf, Vec<u8>)> = vec![
+    Ok(vec![
         (
-            dir.join("model_index.json"),
+            PathBuf::from("model_index.json"),
             pretty(&json!({
                 "_class_name": "DDPMPipeline",
                 "_diffusers_version": "0.42.1",
@@ -397,26 +391,28 @@ pub fn write_pipeline(
             .into_bytes(),
         ),
         (
-            dir.join("unet").join("config.json"),
+            Path::new("unet").join("config.json"),
             pretty(&unet).into_bytes(),
         ),
         (
-            dir.join("unet").join(super::WEIGHTS_FILE),
+            Path::new("unet").join(super::WEIGHTS_FILE),
             to_safetensors(&weights)?,
         ),
         (
-            dir.join("scheduler").join("scheduler_config.json"),
+            Path::new("scheduler").join("scheduler_config.json"),
             pretty(&scheduler).into_bytes(),
         ),
-    ];
+    ])
+}
+
+/// Writes `files` (from [`pipeline_files`]) into the new folder `dir`; one that exists is
+/// refused (an export never overwrites).
+pub fn write_pipeline(dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> Result<()> {
+    if dir.exists() {
+        bail!("exists; an export never overwrites");
+    }
     for (path, bytes) in files {
-        let written = match path.parent() {
-            Some(p) => std::fs::create_dir_all(p)
-                .with_context(|| format!("cannot create the directory {}", p.display())),
-            None => Ok(()),
-        }
-        .and_then(|()| crate::files::write_atomic(&path, &bytes));
-        written.with_context(|| format!("--out {}", dir.display()))?;
+        crate::files::write_atomic(&dir.join(path), bytes)?;
     }
     Ok(())
 }

@@ -108,20 +108,15 @@ impl ClassifierConfig {
         if self.steps == 0 || self.batch_size == 0 {
             bail!("--steps and --batch-size must be at least 1");
         }
-        // classifier.toml stores them, and TOML integers are signed 64-bit: refused before
-        // training rather than when the trained classifier is saved.
-        let max = i64::MAX as u64;
-        for (flag, v) in [
+        // classifier.toml stores them: refused before training rather than when the trained
+        // classifier is saved.
+        super::config::fit_toml(&[
             ("--seed", self.seed),
             ("--steps", self.steps),
             ("--warmup-steps", self.warmup_steps),
             ("--timesteps", self.timesteps as u64),
             ("--batch-size", self.batch_size as u64),
-        ] {
-            if v > max {
-                bail!("{flag} must be at most {max}, got {v}");
-            }
-        }
+        ])?;
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             bail!("--lr must be a positive finite number, got {}", self.lr);
         }

@@ -394,8 +394,7 @@ impl TrainConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         use anyhow::bail;
         // TOML integers are signed 64-bit: larger counts could not be saved in config.toml.
-        let max = i64::MAX as u64;
-        for (flag, v) in [
+        fit_toml(&[
             ("--steps", self.steps),
             ("--warmup-steps", self.warmup_steps),
             ("--seed", self.seed),
@@ -408,11 +407,7 @@ impl TrainConfig {
             ("--sample-steps", self.sample_steps as u64),
             ("--keep-checkpoints", self.keep_checkpoints as u64),
             ("--timesteps", self.timesteps as u64),
-        ] {
-            if v > max {
-                bail!("{flag} must be at most {max}, got {v}");
-            }
-        }
+        ])?;
         if self.steps == 0 {
             bail!("--steps must be at least 1");
         }
@@ -535,5 +530,15 @@ impl TrainConfig {
         self.loss_config()?;
         self.validate_vdm()?;
         Ok(())
+    }
+}
+
+/// Refuses a count (named by its flag) that a TOML file could not store: TOML integers are
+/// signed 64-bit.
+pub(crate) fn fit_toml(counts: &[(&str, u64)]) -> anyhow::Result<()> {
+    let max = i64::MAX as u64;
+    match counts.iter().find(|(_, v)| *v > max) {
+        Some((flag, v)) => anyhow::bail!("{flag} must be at most {max}, got {v}"),
+        None => Ok(()),
     }
 }

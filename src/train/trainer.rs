@@ -1206,7 +1206,10 @@ pub fn run_config(ckpt: &Path) -> Result<TrainConfig> {
         })?;
     // Every key has a default, so an emptied file would read as another run's configuration
     // (and the weights would then be blamed for not fitting it).
-    if !text.lines().any(|l| l.trim_start().starts_with("preset")) {
+    let has_preset = text
+        .parse::<toml::Table>()
+        .is_ok_and(|t| t.contains_key("preset"));
+    if !has_preset {
         bail!(
             "{}: not a run configuration (no `preset`: emptied or truncated?); restore it from a \
              copy of the run",
@@ -1275,7 +1278,6 @@ pub fn load_for_inference<M: Net<D>, const D: usize>(
     }
     let ckpt = resolve(path)?;
     let config = run_config(&ckpt)?;
-    check_trained_chain(&config, &ckpt)?;
     let item_shape = item_shape_of(&config)?;
     let model = M::build(&config, &item_shape, device)?;
     let file = ckpt.join(if no_ema {
@@ -1299,6 +1301,10 @@ pub fn load_for_inference<M: Net<D>, const D: usize>(
             _ => format!("the chain of {}", ckpt.display()),
         }
     })?;
+    // VDM runs sample a chain of their own length from their γ (`--time`), not `timesteps`.
+    if vdm.is_none() {
+        check_trained_chain(&ckpt, diffusion.num_timesteps())?;
+    }
     Ok(Loaded {
         config,
         checkpoint: ckpt,
@@ -1308,14 +1314,10 @@ pub fn load_for_inference<M: Net<D>, const D: usize>(
     })
 }
 
-/// Refuses a DDPM run whose `config.toml` describes another chain than the one its checkpoint
-/// was trained on (an edited `timesteps`): the timestep sampler saved in `state.json` covers the
-/// training chain's steps. A state that cannot be read is left to `--resume` to report.
-fn check_trained_chain(config: &TrainConfig, ckpt: &Path) -> Result<()> {
-    // VDM runs sample a chain of their own length from their γ (`--time`), not `timesteps`.
-    if config.vdm_time()?.is_some() {
-        return Ok(());
-    }
+/// Refuses a DDPM run whose `config.toml` describes a chain of `now` steps when its checkpoint
+/// was trained on another (an edited `timesteps`): the timestep sampler saved in `state.json`
+/// covers the training chain's steps. A state that cannot be read is left to `--resume`.
+fn check_trained_chain(ckpt: &Path, now: usize) -> Result<()> {
     let path = ckpt.join("state.json");
     let Ok(text) = crate::files::read_text_capped(&path, crate::files::TEXT_MAX) else {
         return Ok(());
@@ -1323,7 +1325,6 @@ fn check_trained_chain(config: &TrainConfig, ckpt: &Path) -> Result<()> {
     let Ok(state) = serde_json::from_str::<TrainState>(&text) else {
         return Ok(());
     };
-    let now = diffusion_from(config)?.num_timesteps();
     let trained = state.t_sampler.num_timesteps();
     if now != trained {
         bail!(
