@@ -8,11 +8,11 @@ use anyhow::Result;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
 
+use crate::model::precision::Precision;
 use crate::model::{UNet, UNetConfig};
 use crate::optim::adamw::{AdamW, AdamWConfig};
 use crate::rng::Rng;
 use crate::store::params::named_grads;
-use crate::train::precision::Precision;
 
 /// One benchmark result (the JSON line of `ddpm bench --json`).
 #[derive(Debug, Clone, Serialize)]

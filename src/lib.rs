@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod data;
 pub mod device;
 pub mod diffusion;
@@ -21,6 +22,7 @@ pub mod model;
 pub mod optim;
 pub mod pretrained;
 pub mod rng;
+pub mod run;
 pub mod sample;
 pub mod schedule;
 pub mod store;

@@ -258,13 +258,9 @@ impl BetaSchedule {
                         ),
                     ));
                 }
-                let g = crate::vdm::FixedGamma::Linear {
-                    gamma_min: *gamma_min,
-                    gamma_max: *gamma_max,
-                };
-                betas_from_alphas_cumprod(
-                    (1..=t).map(|i| crate::vdm::alpha_sq(g.gamma(i as f64 / t as f64))),
-                )
+                // γ linear in t (VDM's fixed baseline) and ᾱ = sigmoid(−γ).
+                let gamma = |s: f64| gamma_min + (gamma_max - gamma_min) * s;
+                betas_from_alphas_cumprod((1..=t).map(|i| sigmoid(-gamma(i as f64 / t as f64))))
             }
             Self::Custom(list) => {
                 if list.len() != t {
@@ -377,6 +373,16 @@ fn check_beta(flag: &str, b: f64) -> Result<(), ScheduleError> {
         ));
     }
     Ok(())
+}
+
+/// The logistic function 1/(1 + e^(−x)), without overflow for large |x|.
+pub fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
 }
 
 /// `numpy.linspace(start, stop, n)` evaluated the way numpy does (start + i·step, last = stop).

@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{write_idx, write_idx_labels};
+use ddpm::run::checkpoints::{CHECKPOINT_FILES, newest_complete};
 use ddpm::store::tensors::read_safetensors;
-use ddpm::train::checkpoint::{CHECKPOINT_FILES, newest_complete};
 
 const STEPS: &str = "150";
 /// SIGKILLs before the run is let finish (each costs at most 4 steps of progress).

@@ -521,8 +521,7 @@ fn an_exported_run_runs_in_diffusers_as_in_ddpm() {
     };
     // The run's own network (EMA weights) gives diffusers' output on the exported folder.
     let device = Device::flex();
-    let loaded =
-        ddpm::train::trainer::load_for_inference::<UNet, 4>(&ckpt, false, &device).unwrap();
+    let loaded = ddpm::run::load::load_for_inference::<UNet, 4>(&ckpt, false, &device).unwrap();
     let ((xs, x), (_, t)) = (get("x"), get("t"));
     let xt = Tensor::<4>::from_data(TensorData::new(x, [xs[0], xs[1], xs[2], xs[3]]), &device);
     let tt = Tensor::<1>::from_data(TensorData::new(t.clone(), [t.len()]), &device);

@@ -12,13 +12,13 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use ddpm::config::RunConfig;
 use ddpm::data::Split;
 use ddpm::data::cifar::Cifar10;
 use ddpm::data::folder::ImageFolder;
 use ddpm::data::idx::{IdxImages, open_labels_dir};
+use ddpm::run::state::TrainState;
 use ddpm::store::tensors::{HostTensor, read_safetensors, to_safetensors};
-use ddpm::train::TrainConfig;
-use ddpm::train::state::TrainState;
 
 /// SplitMix64: the cases are reproducible from the seed.
 struct Gen(u64);
@@ -433,9 +433,9 @@ fn run_all(cases: usize) {
     });
 
     // config.toml, parsed and validated as `ddpm train --config` does.
-    let config = TrainConfig {
+    let config = RunConfig {
         model: Some(ddpm::model::UNetConfig::preset("tiny").unwrap()),
-        ..TrainConfig::default()
+        ..RunConfig::default()
     }
     .to_toml()
     .unwrap();
@@ -445,7 +445,7 @@ fn run_all(cases: usize) {
         } else {
             mutate_text(&config, g)
         };
-        e(TrainConfig::from_toml(&text, "config.toml").and_then(|c| {
+        e(RunConfig::from_toml(&text, "config.toml").and_then(|c| {
             c.validate()?;
             c.unet_config()?
                 .validate()

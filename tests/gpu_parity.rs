@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use burn::tensor::{Device, Tensor, TensorData};
 use ddpm::model::{UNet, UNetConfig};
 use ddpm::rng::Rng;
+use ddpm::store::params::named_grads;
 use ddpm::store::params::{host_params, load_params};
 use ddpm::store::tensors::HostTensor;
-use ddpm::train::params::named_grads;
 
 fn host(t: Tensor<1>) -> Vec<f32> {
     t.into_data()

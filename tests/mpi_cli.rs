@@ -274,7 +274,7 @@ fn a_failing_rank_stops_the_job_and_checkpoints_stay_whole() {
         start.elapsed()
     );
     // The newest checkpoint rank 0 wrote is whole, and the run resumes from it.
-    let latest = ddpm::train::checkpoint::newest_complete(&r)
+    let latest = ddpm::run::checkpoints::newest_complete(&r)
         .unwrap()
         .expect("no checkpoint was written in 5 s");
     for f in [

@@ -67,7 +67,7 @@ pub fn run(a: BenchArgs) -> CliResult {
         }
     }
     let device = super::device(&a.device)?;
-    let precision = crate::train::precision::Precision::parse(&a.precision, "--precision")
+    let precision = crate::model::precision::Precision::parse(&a.precision, "--precision")
         .map_err(|e| CliError::Usage(format!("{e:#}")))?;
     if a.mode == "allreduce" {
         let r = crate::bench::allreduce(&a.preset, a.steps, a.warmup, &device)
@@ -99,7 +99,7 @@ pub fn run(a: BenchArgs) -> CliResult {
         let need = a.batch_size as f64
             * cfg.activation_values() as f64
             * 4.0
-            * crate::train::trainer::ACTIVATION_MARGIN;
+            * crate::run::net::ACTIVATION_MARGIN;
         if let Some((need_gib, avail_gib)) = crate::heap::shortfall_gib(need) {
             return Err(CliError::Usage(format!(
                 "--batch-size {}: a step of the {} preset needs about {need_gib:.1} GiB, this \

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use super::{CliError, CliResult};
 use crate::data::Split;
 use crate::model::UNet;
-use crate::train::trainer::load_for_inference;
+use crate::run::load::load_for_inference;
 
 #[derive(Subcommand)]
 pub enum EvalCommand {

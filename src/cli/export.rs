@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::{CliError, CliResult};
+use crate::run::checkpoints::resolve;
+use crate::run::load::run_config;
 use crate::store::tensors::read_safetensors;
-use crate::train::checkpoint::resolve;
-use crate::train::trainer::run_config;
 
 /// Formats `ddpm export` writes.
 #[derive(Subcommand)]

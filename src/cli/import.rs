@@ -6,8 +6,9 @@ use clap::{Args, Subcommand};
 
 use super::{CliError, CliResult};
 use crate::model::UNet;
-use crate::train::trainer::Net;
-use crate::train::trainer::{item_shape_of, load_params, write_initial_run};
+use crate::run::init::write_initial_run;
+use crate::run::net::Net;
+use crate::store::params::load_params;
 
 /// Formats `ddpm import` reads.
 #[derive(Subcommand)]
@@ -40,7 +41,7 @@ fn diffusers(a: DiffusersArgs) -> CliResult {
         crate::pretrained::import(&a.dir).map_err(|e| CliError::Usage(format!("{e:#}")))?;
     let device = crate::device::by_name("cpu")?;
     let cfg = &imported.config;
-    let model = <UNet as Net<4>>::build(cfg, &item_shape_of(cfg)?, &device)?;
+    let model = <UNet as Net<4>>::build(cfg, &cfg.item_shape()?, &device)?;
     let model = load_params(
         model,
         &imported.weights,

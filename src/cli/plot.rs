@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::{CliError, CliResult};
-use crate::rng::Rng;
 use crate::viz::plot;
 
 #[derive(Subcommand)]
@@ -153,7 +152,7 @@ pub fn run(cmd: PlotCommand) -> CliResult {
             }
             let mut runs = Vec::new();
             for r in &a.run {
-                let (s, _) = crate::train::trainer::run_schedule(r, Some(a.timesteps))
+                let (s, _) = crate::run::load::run_schedule(r, Some(a.timesteps))
                     .map_err(|e| CliError::Usage(format!("--run {}: {e:#}", r.display())))?;
                 let name = r
                     .file_name()
@@ -185,7 +184,7 @@ pub fn run(cmd: PlotCommand) -> CliResult {
                         .collect::<Vec<_>>()
                 })
                 .collect();
-            let mut rng = Rng::new(a.seed);
+            let mut rng = crate::rng::streams::plot_noise(a.seed);
             let mut noise = vec![0.0; x0.len()];
             rng.fill_normal(&mut noise);
             let panels: Vec<Vec<f32>> = a

@@ -8,9 +8,14 @@ use clap::Args;
 
 use super::sample_files::{GRID_MAX, SampleFiles};
 use super::{CliError, CliResult};
+use crate::config::RunConfig;
+use crate::config::SamplerDefaults;
+use crate::config::diffusion::diffusion_from;
 use crate::diffusion::{Denoiser, GaussianDiffusion, Parameterization, X0Clip};
 use crate::model::{Mlp, UNet};
-use crate::rng::{ItemRngs, NoiseSource, Rng};
+use crate::rng::{ItemRngs, NoiseSource};
+use crate::run::load::load_for_inference;
+use crate::run::net::Net;
 use crate::sample::guidance::labels_for;
 use crate::sample::noise_file::NoiseFile;
 use crate::sample::{
@@ -18,14 +23,11 @@ use crate::sample::{
     Spacing, ddim::spaced_steps_on, sample_loop_guided,
 };
 use crate::schedule::space_timesteps;
-use crate::train::TrainConfig;
 use crate::train::classifier::{LoadedClassifier, check_guides, load_classifier};
-use crate::train::config::SamplerDefaults;
-use crate::train::trainer::{Net, diffusion_from, item_shape_of, load_for_inference};
 
 /// The DDPM chain of a run that a noise-aware classifier must share; VDM runs have none.
 pub fn guided_chain(
-    cfg: &crate::train::TrainConfig,
+    cfg: &crate::config::RunConfig,
 ) -> Result<crate::diffusion::GaussianDiffusion, CliError> {
     if cfg.vdm_time().ok().flatten().is_some() {
         return Err(CliError::Usage(
@@ -129,7 +131,7 @@ pub struct SampleArgs {
 /// autodiff: guidance differentiates with respect to the input only.
 pub(super) fn load_guide(
     path: &Path,
-    cfg: &TrainConfig,
+    cfg: &RunConfig,
     diffusion: &GaussianDiffusion,
     device: &Device,
 ) -> Result<LoadedClassifier, CliError> {
@@ -142,7 +144,7 @@ pub(super) fn load_guide(
     check_guides(&c.config, diffusion, names.as_deref()).map_err(flag)?;
     let net = &c.config.net;
     let takes = [net.in_channels, net.image_size, net.image_size];
-    let makes = item_shape_of(cfg)?;
+    let makes = cfg.item_shape()?;
     if makes != takes {
         return Err(flag(anyhow::anyhow!(
             "the classifier takes {}×{}×{} images, the model makes {}",
@@ -281,7 +283,7 @@ where
     let loaded = load_for_inference::<M, D>(&a.checkpoint, a.no_ema, device)
         .map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
     let cfg = &loaded.config;
-    let item_shape = item_shape_of(cfg)?;
+    let item_shape = cfg.item_shape()?;
     let model = loaded.model;
     let diffusion = loaded.diffusion;
     let defaults = cfg.sampler_defaults.as_ref();
@@ -546,7 +548,7 @@ fn non_finite<const D: usize, M: Net<D>>(
 /// The Analytic-DPM variance of the ddpm sampler's chain, with Γ estimated on the run's data.
 fn analytic_table<const D: usize, M: Net<D>>(
     a: &SampleArgs,
-    cfg: &TrainConfig,
+    cfg: &RunConfig,
     model: &M,
     diffusion: &GaussianDiffusion,
     clip: X0Clip,
@@ -560,7 +562,7 @@ fn analytic_table<const D: usize, M: Net<D>>(
             "--analytic-variance applies to --sampler ddpm".into(),
         ));
     };
-    let ds = crate::train::trainer::open_dataset(cfg)?;
+    let ds = crate::run::open_dataset(cfg)?;
     let k = a.analytic_images.clamp(1, ds.len());
     let item: usize = item_shape.iter().product();
     let mut buf = vec![0.0f32; k * item];
@@ -571,7 +573,7 @@ fn analytic_table<const D: usize, M: Net<D>>(
     shape[0] = k;
     shape[1..].copy_from_slice(item_shape);
     let x0 = Tensor::<D>::from_data(burn::tensor::TensorData::new(buf, shape), device);
-    let mut rng = Rng::new(a.seed ^ 0xA7A1);
+    let mut rng = crate::rng::streams::analytic_variance(a.seed);
     let chain = s.chain();
     let gamma = crate::diffusion::analytic::estimate_gamma(chain, model, x0, &mut rng);
     Ok(crate::diffusion::analytic::analytic_variance(
@@ -651,12 +653,12 @@ fn generate(a: &SampleArgs) -> Result<(f64, usize), CliError> {
     if a.n == 0 {
         return Err(CliError::Usage("--n must be at least 1".into()));
     }
-    let cfg = crate::train::trainer::config_of(&a.checkpoint)
+    let cfg = crate::run::load::config_of(&a.checkpoint)
         .map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
     // Images are written batch by batch: a round of batches (one per rank) and the grid's
     // images are held, whatever --n. Refuse what cannot fit before sampling.
     let world = crate::dist::world();
-    let item_shape = item_shape_of(&cfg)?;
+    let item_shape = cfg.item_shape()?;
     let item: usize = item_shape.iter().product();
     let per_image = if cfg.preset == "mlp" {
         <Mlp as Net<2>>::activation_bytes_per_item(&cfg, &item_shape)
@@ -834,7 +836,7 @@ pub(super) fn chain(r: ChainRequest, out: &Path) -> CliResult {
         classifier,
         classifier_scale,
     } = r;
-    let is_mlp = crate::train::trainer::config_of(&checkpoint)
+    let is_mlp = crate::run::load::config_of(&checkpoint)
         .map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?
         .preset
         == "mlp";

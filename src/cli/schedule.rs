@@ -144,7 +144,7 @@ pub fn run(args: ScheduleArgs) -> CliResult {
     let f = &args.schedule;
     let mut s = match &args.checkpoint {
         Some(run) => {
-            let (s, ends) = crate::train::trainer::run_schedule(run, f.timesteps)
+            let (s, ends) = crate::run::load::run_schedule(run, f.timesteps)
                 .map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
             if let Some((g0, g1)) = ends {
                 eprintln!(

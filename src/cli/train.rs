@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{CliError, CliResult};
+use crate::config::RunConfig;
 use crate::diffusion::{Parameterization, VarianceType};
-use crate::train::TrainConfig;
 
 #[derive(Args, Default)]
 #[command(
@@ -162,11 +162,11 @@ fn parse_kebab<T: serde::de::DeserializeOwned>(
 /// is compared with what the run was made with (the trainer applies what may change between
 /// segments and refuses the rest). The run directory is always `--out`, never what a
 /// `config.toml` says.
-fn resolve(args: &TrainArgs) -> Result<TrainConfig, CliError> {
-    let read = |p: &std::path::Path, what: &str| -> Result<TrainConfig, CliError> {
+fn resolve(args: &TrainArgs) -> Result<RunConfig, CliError> {
+    let read = |p: &std::path::Path, what: &str| -> Result<RunConfig, CliError> {
         let text = crate::files::read_text_capped(p, crate::files::TEXT_MAX)
             .map_err(|e| CliError::Usage(format!("{what} {}: cannot read it: {e}", p.display())))?;
-        TrainConfig::from_toml(&text, &format!("{what} {}", p.display()))
+        RunConfig::from_toml(&text, &format!("{what} {}", p.display()))
             .map_err(|e| CliError::Usage(e.to_string()))
     };
     let file = args
@@ -178,13 +178,13 @@ fn resolve(args: &TrainArgs) -> Result<TrainConfig, CliError> {
     let out = match (&args.out, &file) {
         (Some(o), _) => o.clone(),
         (None, Some(f)) => f.out.clone(),
-        (None, None) => TrainConfig::default().out,
+        (None, None) => RunConfig::default().out,
     };
     let saved = PathBuf::from(&out).join("config.toml");
     let mut c = match file {
         Some(f) => f,
         None if args.resume && saved.is_file() => read(&saved, "--resume: the run's")?,
-        None => TrainConfig::default(),
+        None => RunConfig::default(),
     };
     macro_rules! set {
         ($($f:ident),*) => { $( if let Some(v) = &args.$f { c.$f = v.clone().into(); } )* };

@@ -7,9 +7,9 @@ use anyhow::Context;
 use clap::Args;
 
 use super::{CliError, CliResult};
+use crate::config::RunConfig;
 use crate::data::Split;
 use crate::model::UNetConfig;
-use crate::train::TrainConfig;
 use crate::train::classifier::{ClassifierConfig, held_out, train_classifier};
 
 #[derive(Args)]
@@ -74,10 +74,10 @@ pub struct TrainClassifierArgs {
 }
 
 /// The diffusion run `--like` names: its configuration.
-fn like_run(path: &std::path::Path) -> Result<TrainConfig, CliError> {
-    let ckpt = crate::train::checkpoint::resolve(path)
+fn like_run(path: &std::path::Path) -> Result<RunConfig, CliError> {
+    let ckpt = crate::run::checkpoints::resolve(path)
         .map_err(|e| CliError::Usage(format!("--like: {e:#}")))?;
-    Ok(crate::train::trainer::run_config(&ckpt).context("--like")?)
+    Ok(crate::run::load::run_config(&ckpt).context("--like")?)
 }
 
 pub fn run(a: TrainClassifierArgs) -> CliResult {

@@ -7,7 +7,6 @@ use std::thread::JoinHandle;
 use serde::{Deserialize, Serialize};
 
 use super::Dataset;
-use crate::rng::Rng;
 
 /// Where the stream of batches stands: item `offset` of epoch `epoch`'s permutation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -33,16 +32,14 @@ pub struct Batch {
 
 /// The permutation of epoch `epoch`.
 pub fn epoch_permutation(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut rng = Rng::new(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng = crate::rng::streams::epoch_order(seed, epoch);
     let mut perm: Vec<usize> = (0..n).collect();
     rng.shuffle(&mut perm);
     perm
 }
 
 fn flip_bit(seed: u64, epoch: u64, offset: usize) -> bool {
-    let mut r = Rng::new(
-        seed ^ epoch.rotate_left(17) ^ (offset as u64).wrapping_mul(0xA24B_AED4_963E_E407),
-    );
+    let mut r = crate::rng::streams::flip(seed, epoch, offset);
     r.next_u64() & 1 == 1
 }
 

@@ -121,7 +121,7 @@ pub struct ToyDataset {
 impl ToyDataset {
     /// `n` points drawn with `seed`.
     pub fn new(kind: Toy2d, n: usize, seed: u64) -> Self {
-        let mut rng = Rng::new(seed ^ 0x70_7932);
+        let mut rng = crate::rng::streams::toy_points(seed);
         let (mut points, mut labels) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for _ in 0..n {
             let ([x, y], k) = kind.sample_labelled(&mut rng);

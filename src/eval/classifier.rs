@@ -15,7 +15,6 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::data::Dataset;
 use crate::files::write_atomic;
 use crate::optim::adamw::{AdamW, AdamWConfig};
-use crate::rng::Rng;
 use crate::store::params::named_grads;
 use crate::store::params::{host_params, load_params};
 use crate::store::tensors::{read_safetensors, to_safetensors};
@@ -105,7 +104,7 @@ pub fn train(
     dev.seed(seed);
     let mut model = Classifier::new(shape[0], shape[1], &dev);
     let mut opt = AdamW::new(AdamWConfig::default());
-    let mut rng = Rng::new(seed);
+    let mut rng = crate::rng::streams::judge_training(seed);
     let mut step = 0;
     for _ in 0..epochs {
         let mut order: Vec<usize> = (0..data.len()).collect();

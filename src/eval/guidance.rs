@@ -14,7 +14,6 @@ use super::frechet::{FeatureStats, frechet_distance};
 use crate::data::memory::InMemory;
 use crate::diffusion::{Denoiser, GaussianDiffusion, X0Clip};
 use crate::model::NoisyClassifier;
-use crate::rng::Rng;
 use crate::sample::guidance::labels_for;
 use crate::sample::{
     ClassifierGradient, ClassifierGuide, Conditioning, Ddim, Spacing, ddim::spaced_steps, draw,
@@ -87,7 +86,7 @@ pub fn sweep<M: Denoiser<4>>(
     let mut k = 0;
     for &w in o.weights {
         for &scale in &scales {
-            let mut rng = Rng::new(o.seed);
+            let mut rng = crate::rng::streams::guided_samples(o.seed);
             let steps = spaced_steps(diffusion.num_timesteps(), o.steps, Spacing::Linspace);
             let guide = o
                 .classifier

@@ -128,7 +128,7 @@ fn aggregate(
             TensorData::new(buf, [m, shape[0], shape[1], shape[2]]),
             device,
         );
-        let mut rng = Rng::new(seed).fork(b as u64);
+        let mut rng = crate::rng::streams::nll_batch(seed, b as u64);
         let r = batch_terms(x0, &mut rng);
         for i in 0..m {
             let k = start + i;

@@ -3,7 +3,6 @@
 use burn::tensor::{Tensor, TensorData};
 
 use super::config::{TimeFeatures, UNetConfig};
-use crate::rng::Rng;
 
 /// A network's time features: their kind, the factor applied to t first, and the sinusoidal
 /// variant (order and frequency shift).
@@ -53,7 +52,7 @@ pub fn time_features_with(
             (0..half).map(|i| (-(i as f64) * step).exp()).collect()
         }
         TimeFeatures::Fourier { scale, seed } => {
-            let mut rng = Rng::new(seed);
+            let mut rng = crate::rng::streams::fourier_features(seed);
             (0..half)
                 .map(|_| 2.0 * std::f64::consts::PI * scale * rng.normal())
                 .collect()

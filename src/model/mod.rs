@@ -8,6 +8,7 @@ pub mod config;
 pub mod embedding;
 pub mod mlp;
 pub mod noisy_classifier;
+pub mod precision;
 pub mod unet;
 
 pub use class_embedding::one_hot;

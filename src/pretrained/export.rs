@@ -9,11 +9,11 @@ use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
 use super::unet_weights::transposed;
+use crate::config::RunConfig;
 use crate::diffusion::{Parameterization, VarianceType};
 use crate::model::{TimeFeatures, TimeInjection, UNetConfig};
 use crate::schedule::BetaSchedule;
 use crate::store::tensors::{HostTensor, to_safetensors};
-use crate::train::TrainConfig;
 
 /// The diffusers `UNet2DModel` configuration of `u`, or why there is none.
 pub fn unet_json(u: &UNetConfig) -> Result<Value> {
@@ -107,14 +107,14 @@ pub fn unet_json(u: &UNetConfig) -> Result<Value> {
 }
 
 /// The diffusers `DDPMScheduler` configuration of a run, or why there is none.
-pub fn scheduler_json(cfg: &TrainConfig) -> Result<Value> {
+pub fn scheduler_json(cfg: &RunConfig) -> Result<Value> {
     if cfg.vdm_time()?.is_some() {
         bail!(
             "a VDM run (--time / --schedule learned): its network takes 1000·t of a continuous \
              schedule, which no diffusers scheduler describes"
         );
     }
-    let schedule = crate::train::trainer::diffusion_from(cfg)?.schedule;
+    let schedule = crate::config::diffusion::diffusion_from(cfg)?.schedule;
     let t = schedule.num_timesteps();
     let named = if cfg.trained_betas.is_some()
         || cfg.zero_terminal_snr
@@ -371,7 +371,7 @@ fn attention_block(
 /// U-Net with the weights `ours` (this crate's names); an error says what cannot be
 /// represented.
 pub fn pipeline_files(
-    cfg: &TrainConfig,
+    cfg: &RunConfig,
     ours: &BTreeMap<String, HostTensor>,
 ) -> Result<Vec<(PathBuf, Vec<u8>)>> {
     let u = cfg.unet_config()?;

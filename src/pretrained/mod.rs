@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use safetensors::Dtype;
 
+use crate::config::RunConfig;
 use crate::model::UNetConfig;
 use crate::store::tensors::{HostTensor, le_f32, read_safetensors_as};
-use crate::train::TrainConfig;
 
 /// The weights file diffusers writes.
 pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
@@ -75,7 +75,7 @@ pub fn layout(dir: &Path) -> Option<Layout> {
 pub struct Imported {
     /// The run configuration: the U-Net in `model`, the scheduler's noise schedule,
     /// parameterization and variance, and its sampling defaults.
-    pub config: TrainConfig,
+    pub config: RunConfig,
     /// The weights under this crate's parameter names.
     pub weights: BTreeMap<String, HostTensor>,
 }
@@ -118,17 +118,17 @@ pub fn import(dir: &Path) -> Result<Imported> {
 }
 
 /// The run configuration of a diffusers folder (its U-Net and scheduler), without the weights.
-pub fn config_of(dir: &Path) -> Result<TrainConfig> {
+pub fn config_of(dir: &Path) -> Result<RunConfig> {
     let l = layout(dir).with_context(|| format!("{}: not a diffusers folder", dir.display()))?;
     run_config_of(unet_in(&l)?, &l)
 }
 
-fn run_config_of(unet: UNetConfig, l: &Layout) -> Result<TrainConfig> {
-    let mut config = TrainConfig {
+fn run_config_of(unet: UNetConfig, l: &Layout) -> Result<RunConfig> {
+    let mut config = RunConfig {
         preset: "custom".into(),
         data: "none".into(),
         model: Some(unet),
-        ..TrainConfig::default()
+        ..RunConfig::default()
     };
     match &l.scheduler {
         Some(p) => scheduler::apply(p, &mut config)?,
@@ -140,7 +140,7 @@ fn run_config_of(unet: UNetConfig, l: &Layout) -> Result<TrainConfig> {
 
 /// A scheduler variance that needs an output channel the U-Net lacks (or the reverse) is an
 /// error.
-fn check_variance(config: &TrainConfig) -> Result<()> {
+fn check_variance(config: &RunConfig) -> Result<()> {
     let learned = config.model.as_ref().is_some_and(|m| m.learn_sigma);
     if learned != config.variance.is_learned() {
         bail!(

@@ -9,12 +9,12 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 
 use super::unet_config::Keys;
+use crate::config::RunConfig;
+use crate::config::SamplerDefaults;
 use crate::diffusion::{Parameterization, VarianceType};
-use crate::train::TrainConfig;
-use crate::train::config::SamplerDefaults;
 
 /// Applies the scheduler configuration in `path` to `config`.
-pub fn apply(path: &Path, config: &mut TrainConfig) -> Result<()> {
+pub fn apply(path: &Path, config: &mut RunConfig) -> Result<()> {
     let text = crate::files::read_text_capped(path, crate::files::TEXT_MAX)
         .with_context(|| format!("cannot read {}", path.display()))?;
     let value: serde_json::Value = serde_json::from_str(&text)
@@ -23,7 +23,7 @@ pub fn apply(path: &Path, config: &mut TrainConfig) -> Result<()> {
     apply_value(&value, &source, config)?;
     // The chain these values make, checked here so that a bad value is reported as the key of
     // this file that holds it, not as the command-line flag a run would have used.
-    if let Err(e) = crate::train::trainer::diffusion_from(config) {
+    if let Err(e) = crate::config::diffusion::diffusion_from(config) {
         if let Some(s) = e.downcast_ref::<crate::schedule::ScheduleError>() {
             let key = match s.flag.as_str() {
                 "--beta-start" => "beta_start",
@@ -40,12 +40,12 @@ pub fn apply(path: &Path, config: &mut TrainConfig) -> Result<()> {
 }
 
 /// diffusers' DDPMScheduler defaults (for a model saved without a scheduler).
-pub fn apply_defaults(config: &mut TrainConfig) {
+pub fn apply_defaults(config: &mut RunConfig) {
     apply_value(&serde_json::json!({}), "the default DDPMScheduler", config)
         .expect("the defaults are representable");
 }
 
-fn apply_value(value: &serde_json::Value, source: &str, c: &mut TrainConfig) -> Result<()> {
+fn apply_value(value: &serde_json::Value, source: &str, c: &mut RunConfig) -> Result<()> {
     let k = Keys::new(value, source)?;
     let class = k.str_or("_class_name", "DDPMScheduler")?;
     if !class.ends_with("Scheduler") {

@@ -14,18 +14,18 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{read_safetensors, to_safetensors};
-use super::optim::{AdamW, AdamWConfig, clip_factor, learning_rate};
-use super::params::named_grads;
-use super::trainer::noise_schedule;
+use crate::config::diffusion::noise_schedule;
 use crate::data::loader::{BatchStream, Position};
 use crate::data::{Dataset, Split};
 use crate::diffusion::{GaussianDiffusion, Parameterization, VarianceType};
 use crate::files::write_atomic;
 use crate::model::{NoisyClassifier, UNetConfig, one_hot};
+use crate::optim::adamw::{AdamW, AdamWConfig, clip_factor, learning_rate};
 use crate::rng::Rng;
 use crate::schedule::NoiseSchedule;
+use crate::store::params::named_grads;
 use crate::store::params::{host_params, load_params};
+use crate::store::tensors::{read_safetensors, to_safetensors};
 
 /// The weights' file name inside a classifier directory.
 pub const WEIGHTS: &str = "classifier.safetensors";
@@ -110,7 +110,7 @@ impl ClassifierConfig {
         }
         // classifier.toml stores them: refused before training rather than when the trained
         // classifier is saved.
-        super::config::fit_toml(&[
+        crate::config::fit_toml(&[
             ("--seed", self.seed),
             ("--steps", self.steps),
             ("--warmup-steps", self.warmup_steps),
@@ -289,7 +289,7 @@ pub fn train_classifier(
         ..AdamWConfig::default()
     });
     let mut stream = BatchStream::new(data, cfg.batch_size, cfg.seed, false, Position::default());
-    let mut rng = Rng::new(cfg.seed ^ 0xC1A5_51F1);
+    let mut rng = crate::rng::streams::guidance_classifier(cfg.seed);
     let k = cfg.classes.len();
     let (mut loss_sum, mut right, mut seen, mut since) = (0.0, 0usize, 0usize, 0u64);
     for step in 1..=cfg.steps {
@@ -350,7 +350,7 @@ pub fn noisy_accuracy(
     let big_t = diffusion.num_timesteps();
     let mut rows = Vec::new();
     for t in [0, big_t / 4, big_t / 2, 3 * big_t / 4, big_t - 1] {
-        let mut rng = Rng::new(seed ^ 0x7E57);
+        let mut rng = crate::rng::streams::classifier_accuracy(seed);
         let mut right = 0;
         for start in (0..n).step_by(250) {
             let m = (n - start).min(250);

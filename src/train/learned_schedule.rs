@@ -8,15 +8,12 @@ use std::path::Path;
 use anyhow::{Result, bail};
 use burn::tensor::{Device, Tensor};
 
-use super::checkpoint::{HostTensor, read_safetensors, to_safetensors};
-use super::ema::ema_model;
-use super::ema::{Ema, EmaConfig};
-use super::optim::{AdamW, AdamWConfig};
-use super::params::{from_host_map, host_params, load_params, named_params, to_host_map};
+use crate::optim::adamw::{AdamW, AdamWConfig};
+use crate::optim::ema::{Ema, EmaConfig, ema_model};
+use crate::run::schedule_file::{SCHEDULE_FILE, with_prefix};
+use crate::store::params::{from_host_map, host_params, load_params, named_params, to_host_map};
+use crate::store::tensors::{HostTensor, read_safetensors, to_safetensors};
 use crate::vdm::LearnedGamma;
-
-/// The file of a checkpoint that holds a learned schedule.
-pub const SCHEDULE_FILE: &str = "schedule.safetensors";
 
 /// The schedule being learned.
 pub struct LearnedSchedule {
@@ -83,13 +80,13 @@ impl LearnedSchedule {
 
     /// Restores weights, EMA and optimizer moments from a checkpoint directory (the step
     /// counts come from the run's state).
-    pub fn load(mut self, ckpt: &Path, step: u64, ema_updates: u64) -> Result<Self> {
+    pub fn load(&mut self, ckpt: &Path, step: u64, ema_updates: u64) -> Result<()> {
         let file = ckpt.join(SCHEDULE_FILE);
         let name = file.display().to_string();
         let all = read_safetensors(&file)?;
         let device = self.net.device();
         let inner = device.clone().inner();
-        self.net = load_params(self.net, &with_prefix(&all, "w."), &name, &inner)?;
+        self.net = load_params(self.net.clone(), &with_prefix(&all, "w."), &name, &inner)?;
         let ema = with_prefix(&all, "ema.");
         self.ema.params = from_host_map(&ema, "", &inner);
         self.opt.m = from_host_map(&all, "m.", &inner);
@@ -116,38 +113,6 @@ impl LearnedSchedule {
         }
         self.opt.step = step;
         self.ema.updates = ema_updates;
-        Ok(self)
+        Ok(())
     }
-}
-
-/// The entries of `all` under `prefix`, renamed without it.
-fn with_prefix(all: &BTreeMap<String, HostTensor>, prefix: &str) -> BTreeMap<String, HostTensor> {
-    all.iter()
-        .filter_map(|(k, t)| k.strip_prefix(prefix).map(|n| (n.to_string(), t.clone())))
-        .collect()
-}
-
-/// The learned schedule of a checkpoint for inference: its EMA (or, with `raw`, its weights).
-pub fn load_for_inference(
-    ckpt: &Path,
-    raw: bool,
-    range: (f64, f64),
-    device: &Device,
-) -> Result<LearnedGamma> {
-    let file = ckpt.join(SCHEDULE_FILE);
-    if !file.is_file() {
-        bail!(
-            "{}: missing; a run with --schedule learned keeps its schedule there (a checkpoint \
-             written by another version, or copied without it?)",
-            file.display()
-        );
-    }
-    let all = read_safetensors(&file)?;
-    let net = LearnedGamma::new(range.0, range.1, device);
-    load_params(
-        net,
-        &with_prefix(&all, if raw { "w." } else { "ema." }),
-        &file.display().to_string(),
-        device,
-    )
 }

@@ -1,17 +1,17 @@
-//! Training (Algorithm 1): optimizer, EMA, checkpoints and the loop.
+//! Training (Algorithm 1): the loop in `trainer.rs`, its parts in the files beside it.
 
-pub mod checkpoint;
 pub mod classifier;
-pub mod config;
-pub mod ema;
 pub mod learned_schedule;
-pub mod optim;
-pub mod params;
-pub mod precision;
+pub mod learner;
+pub mod micro_batch;
+pub mod objective;
+mod open;
+pub mod progress;
 pub mod resume;
-pub mod state;
 pub mod trainer;
 pub mod vdm_batch;
 
-pub use config::TrainConfig;
 pub use trainer::{TrainSummary, train, train_auto};
+
+#[cfg(test)]
+mod tests;

@@ -7,9 +7,9 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 
-use super::checkpoint::HostTensor;
-use super::config::TrainConfig;
-use super::state::TrainState;
+use crate::config::RunConfig;
+use crate::run::state::TrainState;
+use crate::store::tensors::HostTensor;
 
 /// Keys a resumed segment may change; each change is applied and reported. Every other key
 /// (except `out`, which only says where the run is) defines the model, the diffusion, the
@@ -56,13 +56,13 @@ fn show(v: Option<&serde_json::Value>) -> String {
 /// Compares the configuration of this invocation with the run's saved one: a changed key that
 /// may not change is an error naming its flag; the changes that apply are returned as lines
 /// for the log (`--lr: 0.001 → 0.0001`).
-pub fn compare_configs(saved: &TrainConfig, now: &TrainConfig) -> Result<Vec<String>> {
-    let as_map = |c: &TrainConfig| match serde_json::to_value(c) {
+pub fn compare_configs(saved: &RunConfig, now: &RunConfig) -> Result<Vec<String>> {
+    let as_map = |c: &RunConfig| match serde_json::to_value(c) {
         Ok(serde_json::Value::Object(m)) => m,
         _ => serde_json::Map::new(),
     };
     // The network is compared as resolved (preset, dropout and variance decide it).
-    let with_model = |c: &TrainConfig| {
+    let with_model = |c: &RunConfig| {
         let mut m = as_map(c);
         m.insert(
             "model".into(),
@@ -241,7 +241,7 @@ mod tests {
 
     #[test]
     fn changeable_keys_apply_and_fixed_keys_refuse() {
-        let saved = TrainConfig::default();
+        let saved = RunConfig::default();
         let mut now = saved.clone();
         now.out = "elsewhere".into();
         assert!(compare_configs(&saved, &now).unwrap().is_empty());
@@ -256,23 +256,23 @@ mod tests {
         for (key, change) in [
             (
                 "--seed",
-                Box::new(|c: &mut TrainConfig| c.seed = 5) as Box<dyn Fn(&mut _)>,
+                Box::new(|c: &mut RunConfig| c.seed = 5) as Box<dyn Fn(&mut _)>,
             ),
             (
                 "--batch-size",
-                Box::new(|c: &mut TrainConfig| c.batch_size = 8),
+                Box::new(|c: &mut RunConfig| c.batch_size = 8),
             ),
             (
                 "--schedule",
-                Box::new(|c: &mut TrainConfig| c.schedule = "cosine".into()),
+                Box::new(|c: &mut RunConfig| c.schedule = "cosine".into()),
             ),
             (
                 "--timesteps",
-                Box::new(|c: &mut TrainConfig| c.timesteps = 100),
+                Box::new(|c: &mut RunConfig| c.timesteps = 100),
             ),
             (
                 "--preset",
-                Box::new(|c: &mut TrainConfig| c.preset = "tiny".into()),
+                Box::new(|c: &mut RunConfig| c.preset = "tiny".into()),
             ),
         ] {
             let mut c = saved.clone();

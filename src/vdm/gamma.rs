@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::schedule::sigmoid;
+
 /// A fixed continuous-time schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
@@ -100,16 +102,6 @@ pub fn alpha_sq(gamma: f64) -> f64 {
 /// σ_t² = sigmoid(γ): the noise's share.
 pub fn sigma_sq(gamma: f64) -> f64 {
     sigmoid(gamma)
-}
-
-/// The logistic function, stable for large |x|.
-pub fn sigmoid(x: f64) -> f64 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
 }
 
 /// The weight of ‖ε − ε̂‖² in the discrete-time diffusion loss with T steps at t = i/T

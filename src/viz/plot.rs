@@ -179,7 +179,7 @@ pub fn diffusion(
     schedule: &NoiseSchedule,
     seed: u64,
 ) -> Result<()> {
-    let mut rng = Rng::new(seed);
+    let mut rng = crate::rng::streams::plot_noise(seed);
     let n = 4000;
     let panels = ts.len().max(1) as u32;
     if let Some(name) = data.strip_prefix("toy:")

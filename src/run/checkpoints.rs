@@ -4,14 +4,17 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context, Result, bail};
+use burn::module::Module;
 
 use crate::files::{remove_dir_aside, write_atomic, write_dir_atomic};
-// At their old paths while the crate's layers are rearranged.
-pub use crate::store::tensors::{
-    HostTensor, checksum, float_values, le_f32, read_safetensors, read_safetensors_as,
-    safetensors_f32_header, to_safetensors,
-};
+use crate::optim::adamw::AdamW;
+use crate::optim::ema::Ema;
+use crate::run::state::TrainState;
+use crate::store::params::{host_params, to_host_map};
+use crate::store::tensors::{HostTensor, checksum, to_safetensors};
 
 /// The files of a complete training checkpoint.
 pub const CHECKPOINT_FILES: [&str; 4] = [
@@ -53,6 +56,67 @@ pub fn write_checkpoint(
         }
     }
     Ok(final_dir)
+}
+
+/// Saves a training checkpoint of `run` at `state.step`: the weights, their EMA (in the
+/// weights' shapes, so it loads like them), the optimizer's moments, `extra` files and
+/// `state.json` with every other file's checksum; keeps the newest `keep`. Refuses non-finite
+/// values: checkpoints only ever hold finite ones.
+pub fn save<M: Module>(
+    run: &Path,
+    model: &M,
+    ema: &Ema,
+    opt: &AdamW,
+    state: &TrainState,
+    extra: Vec<(&str, Vec<u8>)>,
+    keep: usize,
+) -> Result<PathBuf> {
+    let weights = host_params(model);
+    let model_b = to_safetensors(&weights)?;
+    // EMA weights keep the parameters' shapes, so `ema.safetensors` loads like the model.
+    let ema_host: BTreeMap<String, HostTensor> = ema
+        .params
+        .iter()
+        .map(|(k, t)| {
+            let shape = weights
+                .get(k)
+                .map(|w| w.shape.clone())
+                .unwrap_or_else(|| vec![t.dims()[0]]);
+            (k.clone(), HostTensor::from_tensor(t, shape))
+        })
+        .collect();
+    let ema_b = to_safetensors(&ema_host)?;
+    let mut o = to_host_map(&opt.m, "m.");
+    o.extend(to_host_map(&opt.v, "v."));
+    for (what, map) in [
+        ("weight", &weights),
+        ("EMA weight", &ema_host),
+        ("optimizer state", &o),
+    ] {
+        if let Some((name, _)) = map
+            .iter()
+            .find(|(_, t)| t.data.iter().any(|x| !x.is_finite()))
+        {
+            bail!(
+                "step {}: {what} {name} is not finite; the checkpoint is not written",
+                state.step
+            );
+        }
+    }
+    let opt_b = to_safetensors(&o)?;
+    let mut files = vec![
+        ("model.safetensors", model_b),
+        ("ema.safetensors", ema_b),
+        ("optimizer.safetensors", opt_b),
+    ];
+    files.extend(extra);
+    let mut state = state.clone();
+    state.checksums = files
+        .iter()
+        .map(|(name, bytes)| (name.to_string(), checksum(bytes)))
+        .collect();
+    files.push(("state.json", serde_json::to_vec_pretty(&state)?));
+    write_checkpoint(run, state.step, &files, keep)
 }
 
 /// Steps of the `step-*` directories under `run/checkpoints` (complete or not).
@@ -116,9 +180,8 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
+    use crate::store::tensors::read_safetensors;
 
     #[test]
     fn safetensors_round_trip_and_atomic_checkpoints() {

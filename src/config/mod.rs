@@ -1,11 +1,15 @@
-//! The training configuration: every key of `config.toml`, each with a command-line flag of the
-//! same name.
+//! A run's configuration: every key of its `config.toml`, each with a command-line flag of the
+//! same name. Training writes it; sampling, evaluation, import and export read it.
 
 use serde::{Deserialize, Serialize};
 
 use crate::diffusion::losses::{LossConfig, LossKind, Weighting};
 use crate::diffusion::{Parameterization, VarianceType};
 use crate::model::{MlpConfig, UNetConfig};
+use crate::optim::adamw::AdamWConfig;
+use crate::optim::ema::EmaConfig;
+
+pub mod diffusion;
 
 /// The most images a training sample grid may hold.
 pub const MAX_SAMPLE_COUNT: usize = 1024;
@@ -27,10 +31,10 @@ pub struct SamplerDefaults {
     pub diffusers_ddim: bool,
 }
 
-/// Everything a training run needs; `config.toml` of a run holds it resolved.
+/// Everything that defines a run; its `config.toml` holds it resolved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct TrainConfig {
+pub struct RunConfig {
     /// Dataset: `bundled`, `idx:DIR`, `toy:NAME`.
     pub data: String,
     /// Network preset: `mnist`, `cifar10`, `tiny`, or `mlp` (2-D data).
@@ -144,7 +148,7 @@ pub struct TrainConfig {
     pub mlp: Option<MlpConfig>,
 }
 
-impl Default for TrainConfig {
+impl Default for RunConfig {
     fn default() -> Self {
         Self {
             data: "bundled".into(),
@@ -203,7 +207,7 @@ impl Default for TrainConfig {
     }
 }
 
-impl TrainConfig {
+impl RunConfig {
     /// Reads a TOML file; unknown keys are an error naming the key.
     pub fn from_toml(text: &str, source: &str) -> anyhow::Result<Self> {
         toml::from_str(text).map_err(|e| anyhow::anyhow!("{source}: {}", e.message().trim()))
@@ -265,12 +269,31 @@ impl TrainConfig {
     }
 
     /// The network's AdamW settings.
-    pub fn adamw(&self) -> super::optim::AdamWConfig {
-        super::optim::AdamWConfig {
+    pub fn adamw(&self) -> AdamWConfig {
+        AdamWConfig {
             beta1: self.adam_beta1,
             beta2: self.adam_beta2,
             eps: self.adam_eps,
             weight_decay: self.weight_decay,
+        }
+    }
+
+    /// The network's weight average.
+    pub fn ema_config(&self) -> EmaConfig {
+        EmaConfig {
+            decay: self.ema_decay,
+            warmup_power: (self.ema_warmup_power > 0.0).then_some(self.ema_warmup_power),
+        }
+    }
+
+    /// The shape of one item the network takes: `[channels, size, size]`, or `[dim]` for the
+    /// MLP's points.
+    pub fn item_shape(&self) -> anyhow::Result<Vec<usize>> {
+        if self.preset == "mlp" {
+            Ok(vec![self.mlp.clone().unwrap_or_default().dim])
+        } else {
+            let u = self.unet_config()?;
+            Ok(vec![u.in_channels, u.image_size, u.image_size])
         }
     }
 
@@ -526,7 +549,7 @@ impl TrainConfig {
             );
         }
         crate::device::resolve_name(&self.device)?;
-        super::precision::Precision::parse(&self.precision, "--precision")?;
+        crate::model::precision::Precision::parse(&self.precision, "--precision")?;
         self.loss_config()?;
         self.validate_vdm()?;
         Ok(())

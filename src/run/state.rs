@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::config::TrainConfig;
+use crate::config::RunConfig;
 use crate::data::loader::Position;
 use crate::diffusion::timestep_sampler::TimestepSampler;
 use crate::rng::Rng;
@@ -35,12 +35,12 @@ pub struct TrainState {
 
 impl TrainState {
     /// The state of a new run of `cfg` over a chain of `n_t` steps.
-    pub(crate) fn start(cfg: &TrainConfig, n_t: usize) -> Self {
-        let mut seeder = Rng::new(cfg.seed);
+    pub(crate) fn start(cfg: &RunConfig, n_t: usize) -> Self {
+        let (rng_t, rng_noise) = crate::rng::streams::training(cfg.seed);
         Self {
             step: 0,
-            rng_t: seeder.fork(1),
-            rng_noise: seeder.fork(2),
+            rng_t,
+            rng_noise,
             data: Position::default(),
             t_sampler: match cfg.t_sampler.as_str() {
                 "loss-second-moment" => TimestepSampler::loss_second_moment(n_t),

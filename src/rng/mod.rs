@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod streams;
+
 /// xoshiro256++ generator. Seeded through SplitMix64 so that any `u64` seed is usable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rng {
@@ -142,7 +144,7 @@ impl ItemRngs {
     pub fn for_items(seed: u64, first: usize, count: usize) -> Self {
         Self(
             (first..first + count)
-                .map(|i| Rng::new(seed).fork(i as u64))
+                .map(|i| streams::sample_item(seed, i as u64))
                 .collect(),
         )
     }

@@ -79,7 +79,7 @@ impl ModuleMapper for Caster {
 mod tests {
     use super::*;
     use crate::model::{UNet, UNetConfig};
-    use crate::train::params::named_grads;
+    use crate::store::params::named_grads;
     use burn::tensor::{DType, Device, Distribution};
 
     #[test]
