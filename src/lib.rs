@@ -1,10 +1,42 @@
-//! `ddpm`: Denoising Diffusion Probabilistic Models (Ho et al. 2020) in Rust on burn.
+//! `ddpm`: Denoising Diffusion Probabilistic Models (Ho et al. 2020) in Rust on burn: training,
+//! sampling and evaluation, as a library and as the `ddpm` command.
 //!
-//! Layers, each knowing only those below it: [`schedule`] (f64 noise-schedule tables) →
-//! [`diffusion`] (the forward process, posterior, reverse step, likelihood and losses of the
-//! lecture, generic over any [`diffusion::Denoiser`]) → the command line in [`cli`]. Beneath the
-//! layers that keep tensors on disk: [`store`] (named host tensors, safetensors files, a module's
-//! parameters by name) and [`files`] (atomic writes, bounded reads, locks).
+//! # Crate map
+//!
+//! In the order a reader should meet the modules; each uses only modules above it
+//! (ARCHITECTURE.md draws the layers and follows one training step and one sample through them).
+//!
+//! **The science, in f64 on the host and generic over any network**
+//! - [`schedule`]: noise schedules β_1..β_T and every table derived from them.
+//! - [`diffusion`]: the forward process, its posterior, the reverse step, the variational bound
+//!   in bits/dim and the training losses, over any [`diffusion::Denoiser`].
+//! - [`vdm`]: Variational Diffusion Models: γ(t) fixed or learned, continuous and discrete time.
+//!
+//! **Networks and their training machinery**
+//! - [`model`]: the U-Net, the MLP for 2-D points, the noise-aware guidance classifier; they
+//!   know nothing of schedules.
+//! - [`optim`]: AdamW with warm-up and clipping, the EMA of the weights.
+//! - [`kernels`]: hand-written CPU kernels for burn's `flex` backend.
+//!
+//! **Using the science**
+//! - [`sample`]: samplers (ancestral, DDIM, DPM-Solver++), guidance, batched drawing.
+//! - [`config`]: a run's configuration ([`config::RunConfig`], its `config.toml`) and the
+//!   diffusion it describes.
+//! - [`run`]: a run directory: checkpoints, their state, the networks a run builds, loading a
+//!   model for inference (a run, a checkpoint, a diffusers folder, a Hub repo).
+//! - [`train`]: the training loop (Algorithm 1) and the guidance classifier's trainer.
+//! - [`eval`]: likelihood (bits/dim), FID, the judging classifier's Fréchet distance and
+//!   guidance trade-offs.
+//! - [`pretrained`]: diffusers checkpoints in and out; [`hub`]: fetching them.
+//! - [`viz`]: image grids and charts; [`bench`]: throughput of a training step.
+//! - [`cli`]: the `ddpm` command, one file per subcommand: parses, calls the library, prints.
+//!
+//! **Beneath everything**
+//! - [`data`]: datasets (IDX, CIFAR-10, image folders, toy 2-D) and the batch stream.
+//! - [`store`]: named host tensors, safetensors files, a module's parameters by name.
+//! - [`rng`]: the seedable generator and every random stream by name ([`rng::streams`]).
+//! - [`files`]: atomic writes, bounded reads, locks; [`device`]: choosing the backend;
+//!   [`dist`]: MPI ranks; [`heap`]: the allocator's settings.
 
 pub mod bench;
 pub mod cli;

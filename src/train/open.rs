@@ -61,8 +61,6 @@ impl<'a, M: Net<D>, const D: usize> Trainer<'a, M, D> {
                 cfg.precision
             );
         }
-        let mut objective = Objective::new(cfg, &device)?;
-        let n_t = objective.chain().num_timesteps();
         let item_shape = dataset.item_shape();
         if item_shape.len() + 1 != D {
             bail!(
@@ -79,6 +77,9 @@ impl<'a, M: Net<D>, const D: usize> Trainer<'a, M, D> {
             ema: Ema::new(cfg.ema_config()),
             precision,
         };
+        // After the network: a learned schedule's initial weights are the generator's next draws.
+        let mut objective = Objective::new(cfg, &device)?;
+        let n_t = objective.chain().num_timesteps();
         let mut state = TrainState::start(cfg, n_t);
         if root {
             remove_leftovers(&run, quiet)?;
