@@ -113,7 +113,7 @@ fn classifier_guidance_runs_end_to_end() {
             "--quiet",
             "--checkpoint",
             &run,
-            "--classifier",
+            "--guide-classifier",
             &clf,
             "--classifier-scale",
             "3",
@@ -166,7 +166,7 @@ fn classifier_guidance_runs_end_to_end() {
     let o = ok(ddpm(&[
         "eval",
         "fd",
-        "--classifier",
+        "--judge",
         &judge,
         "--samples",
         &images,
@@ -217,7 +217,7 @@ fn classifier_guidance_runs_end_to_end() {
         "chain",
         "--checkpoint",
         &run,
-        "--classifier",
+        "--guide-classifier",
         &clf,
         "--class",
         "1",
@@ -303,7 +303,10 @@ fn classifier_guidance_errors_are_clear() {
         ddpm(&a)
     };
     usage_error(sample(&["--classifier", &clf]), "need --class");
-    usage_error(sample(&["--class", "0"]), "guide it with --classifier");
+    usage_error(
+        sample(&["--class", "0"]),
+        "guide it with --guide-classifier",
+    );
     usage_error(
         sample(&["--classifier", &clf, "--class", "0", "--guidance", "1"]),
         "need a class-conditional model",

@@ -301,7 +301,7 @@ fn guidance_sweep_runs_end_to_end() {
     let clf = tmp.path().join("c.safetensors").display().to_string();
     ok(ddpm(&[
         "eval",
-        "classifier-train",
+        "judge-train",
         "--data",
         &spec,
         "--out",
@@ -314,7 +314,7 @@ fn guidance_sweep_runs_end_to_end() {
         "--quiet",
         "--checkpoint",
         &run,
-        "--classifier",
+        "--judge",
         &clf,
         "--reference",
         &spec,
@@ -369,7 +369,7 @@ fn guidance_sweep_runs_end_to_end() {
         "guidance",
         "--checkpoint",
         &run,
-        "--classifier",
+        "--judge",
         &clf,
         "--reference",
         &spec,

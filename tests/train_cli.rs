@@ -513,7 +513,7 @@ fn classifier_fd_and_its_bad_inputs() {
         &data,
     ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--classifier"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--judge"));
 }
 
 /// `--precision bf16`: the tiny U-Net trains in bfloat16 with f32 master weights; the run records

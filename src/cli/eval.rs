@@ -13,8 +13,10 @@ use crate::run::load::load_for_inference;
 pub enum EvalCommand {
     /// The variational bound (every L_t, L_0, L_T) in bits/dim, averaged over images.
     Nll(NllArgs),
-    /// Train the small CNN classifier used by `eval fd` (MNIST-like labelled data).
-    ClassifierTrain(ClassifierTrainArgs),
+    /// Train the judging classifier: the small CNN whose features `eval fd` and `eval guidance`
+    /// compare (MNIST-like labelled data). `classifier-train` is accepted too.
+    #[command(name = "judge-train", alias = "classifier-train")]
+    JudgeTrain(JudgeTrainArgs),
     /// Fréchet distance on the classifier's features, and a classifier Inception Score.
     Fd(FdArgs),
     /// Cache the Inception (pytorch-fid) feature statistics of a dataset or image folder.
@@ -28,16 +30,17 @@ pub enum EvalCommand {
 
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  ddpm eval guidance --checkpoint runs/mnist-cond --classifier mnist-classifier.safetensors --reference idx:../shared/data/mnist --guidance 0,0.5,1,2,4 --plot tradeoff.png\n  ddpm eval guidance --checkpoint runs/mnist --guide-classifier runs/mnist-noisy-clf --classifier-scale 0,1,2,4 --classifier mnist-classifier.safetensors --reference idx:../shared/data/mnist"
+    after_help = "Examples:\n  ddpm eval guidance --checkpoint runs/mnist-cond --judge mnist-judge.safetensors --reference idx:../shared/data/mnist --guidance 0,0.5,1,2,4 --plot tradeoff.png\n  ddpm eval guidance --checkpoint runs/mnist --guide-classifier runs/mnist-noisy-clf --classifier-scale 0,1,2,4 --judge mnist-judge.safetensors --reference idx:../shared/data/mnist"
 )]
 pub struct GuidanceArgs {
     /// A run or one of its checkpoints: class-conditional (trained with --class-cond), or any
     /// model with --guide-classifier.
     #[arg(long)]
     checkpoint: PathBuf,
-    /// The judging classifier, from `eval classifier-train` on the real data.
-    #[arg(long)]
-    classifier: PathBuf,
+    /// The judging classifier, from `eval judge-train` on the real data (`--classifier` is
+    /// accepted too).
+    #[arg(long, alias = "classifier")]
+    judge: PathBuf,
     /// The real images the samples are compared with (a dataset).
     #[arg(long, default_value = "bundled")]
     reference: String,
@@ -89,9 +92,9 @@ pub struct GuidanceArgs {
 
 #[derive(Args)]
 #[command(
-    after_help = "Example:\n  ddpm eval classifier-train --data idx:../shared/data/mnist --epochs 1 --out mnist-classifier.safetensors"
+    after_help = "Example:\n  ddpm eval judge-train --data idx:../shared/data/mnist --epochs 1 --out mnist-judge.safetensors"
 )]
-pub struct ClassifierTrainArgs {
+pub struct JudgeTrainArgs {
     /// Labelled images: bundled or idx:DIR.
     #[arg(long, default_value = "bundled")]
     data: String,
@@ -111,12 +114,12 @@ pub struct ClassifierTrainArgs {
 
 #[derive(Args)]
 #[command(
-    after_help = "Features are the classifier's 128-d penultimate layer: the distance is comparable only between\nruns that use the same classifier file, and it is not FID (no Inception network).\n\nExample:\n  ddpm eval fd --classifier mnist-classifier.safetensors --samples folder:samples/images --reference idx:../shared/data/mnist --reference-split test"
+    after_help = "Features are the classifier's 128-d penultimate layer: the distance is comparable only between\nruns that use the same classifier file, and it is not FID (no Inception network).\n\nExample:\n  ddpm eval fd --judge mnist-judge.safetensors --samples folder:samples/images --reference idx:../shared/data/mnist --reference-split test"
 )]
 pub struct FdArgs {
-    /// A classifier from `eval classifier-train`.
-    #[arg(long)]
-    classifier: PathBuf,
+    /// The judging classifier, from `eval judge-train` (`--classifier` is accepted too).
+    #[arg(long, alias = "classifier")]
+    judge: PathBuf,
     /// The images to judge: folder:DIR (generated PNGs, all of the classifier's size) or a dataset.
     #[arg(long)]
     samples: String,
@@ -187,7 +190,7 @@ pub struct NllArgs {
 pub fn run(cmd: EvalCommand) -> CliResult {
     match cmd {
         EvalCommand::Nll(a) => nll(a),
-        EvalCommand::ClassifierTrain(a) => classifier_train(a),
+        EvalCommand::JudgeTrain(a) => judge_train(a),
         EvalCommand::Fd(a) => fd(a),
         EvalCommand::FidStats(a) => super::fid::fid_stats(a),
         EvalCommand::Fid(a) => super::fid::fid(a),
@@ -195,8 +198,8 @@ pub fn run(cmd: EvalCommand) -> CliResult {
     }
 }
 
-fn classifier_train(a: ClassifierTrainArgs) -> CliResult {
-    use crate::eval::classifier;
+fn judge_train(a: JudgeTrainArgs) -> CliResult {
+    use crate::eval::judge;
     let device = super::device("cpu")?;
     let data = crate::data::open(&a.data, Split::Train, a.seed, None)
         .map_err(|e| CliError::Usage(format!("{e:#}")))?;
@@ -213,7 +216,7 @@ fn classifier_train(a: ClassifierTrainArgs) -> CliResult {
         .div_ceil(a.batch_size.max(1))
         .saturating_mul(a.epochs);
     let bar = super::progress(steps as u64, "steps", true);
-    let model = classifier::train(
+    let model = judge::train(
         data.as_ref(),
         &labels,
         a.epochs,
@@ -226,7 +229,7 @@ fn classifier_train(a: ClassifierTrainArgs) -> CliResult {
         },
     )?;
     bar.finish();
-    classifier::save(&model, &data.item_shape(), &a.out)?;
+    judge::save(&model, &data.item_shape(), &a.out)?;
     let test = crate::data::open(&a.data, Split::Test, 0, None)
         .ok()
         .zip(crate::data::open_labels(&a.data, Split::Test).ok());
@@ -234,12 +237,12 @@ fn classifier_train(a: ClassifierTrainArgs) -> CliResult {
         Some((t, l)) => println!(
             "wrote {}; test accuracy {:.4}",
             a.out.display(),
-            classifier::accuracy(&model, t.as_ref(), &l, 256, &device)
+            judge::accuracy(&model, t.as_ref(), &l, 256, &device)
         ),
         None => println!(
             "wrote {}; training accuracy {:.4}",
             a.out.display(),
-            classifier::accuracy(&model, data.as_ref(), &labels, 256, &device)
+            judge::accuracy(&model, data.as_ref(), &labels, 256, &device)
         ),
     }
     Ok(())
@@ -272,38 +275,38 @@ fn open_judged(
 }
 
 fn fd(a: FdArgs) -> CliResult {
-    use crate::eval::classifier;
     use crate::eval::frechet::{FeatureStats, frechet_distance};
+    use crate::eval::judge;
     let device = super::device("cpu")?;
-    let (model, shape) = classifier::load(&a.classifier, &device)
-        .map_err(|e| CliError::Usage(format!("--classifier: {e:#}")))?;
+    let (model, shape) =
+        judge::load(&a.judge, &device).map_err(|e| CliError::Usage(format!("--judge: {e:#}")))?;
     let samples = open_judged(&a.samples, &a.samples_split, "--samples", &shape)?;
     let reference = open_judged(&a.reference, &a.reference_split, "--reference", &shape)?;
-    let (fs, ps, ns) = classifier::features(&model, samples.as_ref(), a.limit, 256, &device);
-    let (fr, _, nr) = classifier::features(&model, reference.as_ref(), a.limit, 256, &device);
+    let (fs, ps, ns) = judge::features(&model, samples.as_ref(), a.limit, 256, &device);
+    let (fr, _, nr) = judge::features(&model, reference.as_ref(), a.limit, 256, &device);
     for (name, n) in [("--samples", ns), ("--reference", nr)] {
         if n < 2 {
             return Err(CliError::Usage(format!(
                 "{name}: {n} image(s); a covariance needs at least 2 (and more than {} for a full-rank one)",
-                classifier::FEATURES
+                judge::FEATURES
             )));
         }
-        if n <= classifier::FEATURES {
+        if n <= judge::FEATURES {
             eprintln!(
                 "warning: {name} has {n} images, not more than the {} feature dimensions: the covariance is rank-deficient and the distance is biased; use more images",
-                classifier::FEATURES
+                judge::FEATURES
             );
         }
     }
-    let s = FeatureStats::from_features(&fs, ns, classifier::FEATURES)?;
-    let r = FeatureStats::from_features(&fr, nr, classifier::FEATURES)?;
+    let s = FeatureStats::from_features(&fs, ns, judge::FEATURES)?;
+    let r = FeatureStats::from_features(&fr, nr, judge::FEATURES)?;
     let d = frechet_distance(&s, &r)?;
-    let is = classifier::inception_score(&ps, ns);
+    let is = judge::inception_score(&ps, ns);
     let classes = if a.per_class {
         Some(super::per_class::per_class(
             (&fs, samples.as_ref()),
             (&fr, reference.as_ref()),
-            classifier::FEATURES,
+            judge::FEATURES,
         )?)
     } else {
         None
@@ -446,8 +449,8 @@ fn nll(a: NllArgs) -> CliResult {
 }
 
 fn guidance(a: GuidanceArgs) -> CliResult {
-    use crate::eval::classifier;
     use crate::eval::frechet::FeatureStats;
+    use crate::eval::judge;
     let device = super::device(&a.device)?;
     let loaded = load_for_inference::<UNet, 4>(&a.checkpoint, a.no_ema, &device)
         .map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
@@ -497,22 +500,21 @@ fn guidance(a: GuidanceArgs) -> CliResult {
             a.per_class
         )));
     }
-    let (judge, shape) = classifier::load(&a.classifier, &device)
-        .map_err(|e| CliError::Usage(format!("--classifier: {e:#}")))?;
+    let (judge, shape) =
+        judge::load(&a.judge, &device).map_err(|e| CliError::Usage(format!("--judge: {e:#}")))?;
     if shape != item_shape {
         return Err(CliError::Usage(format!(
-            "--classifier takes {shape:?} images, the model makes {item_shape:?}"
+            "--judge takes {shape:?} images, the model makes {item_shape:?}"
         )));
     }
     let reference = open_judged(&a.reference, &a.reference_split, "--reference", &shape)?;
-    let (fr, _, nr) =
-        classifier::features(&judge, reference.as_ref(), a.reference_limit, 256, &device);
+    let (fr, _, nr) = judge::features(&judge, reference.as_ref(), a.reference_limit, 256, &device);
     if nr < 2 {
         return Err(CliError::Usage(format!(
             "--reference: {nr} image(s); a covariance needs at least 2"
         )));
     }
-    let reference = FeatureStats::from_features(&fr, nr, classifier::FEATURES)?;
+    let reference = FeatureStats::from_features(&fr, nr, judge::FEATURES)?;
     let settings = weights.len() * if guide.is_some() { scales.len() } else { 1 };
     let total = (a.per_class * classes * settings) as u64;
     let bar = (!a.quiet).then(|| super::progress(total, "images", false));

@@ -267,7 +267,7 @@ fn single_process_only(cmd: &Command) -> Option<&'static str> {
             eval::EvalCommand::Nll(_)
             | eval::EvalCommand::Fid(_)
             | eval::EvalCommand::FidStats(_) => None,
-            eval::EvalCommand::ClassifierTrain(_) => Some("eval classifier-train"),
+            eval::EvalCommand::JudgeTrain(_) => Some("eval judge-train"),
             eval::EvalCommand::Fd(_) => Some("eval fd"),
             eval::EvalCommand::Guidance(_) => Some("eval guidance"),
         },

@@ -49,9 +49,9 @@ pub struct ChainArgs {
     /// Classifier-free guidance weight, as `ddpm sample --guidance`.
     #[arg(long, default_value_t = 0.0, value_parser = super::guidance_scale)]
     guidance: f64,
-    /// A noise-aware classifier to guide with, as `ddpm sample --classifier`.
-    #[arg(long)]
-    classifier: Option<PathBuf>,
+    /// A noise-aware classifier to guide with, as `ddpm sample --guide-classifier`.
+    #[arg(long, alias = "classifier")]
+    guide_classifier: Option<PathBuf>,
     /// Classifier-guidance scale, as `ddpm sample --classifier-scale`.
     #[arg(long, default_value_t = 1.0, value_parser = super::guidance_scale)]
     classifier_scale: f64,
@@ -222,7 +222,7 @@ pub fn run(cmd: PlotCommand) -> CliResult {
                     seed: a.seed,
                     class: a.class,
                     guidance: a.guidance,
-                    classifier: a.classifier,
+                    classifier: a.guide_classifier,
                     classifier_scale: a.classifier_scale,
                 },
                 &a.out,

@@ -23,7 +23,7 @@ use crate::sample::{
     Spacing, ddim::spaced_steps_on, sample_loop_guided,
 };
 use crate::schedule::space_timesteps;
-use crate::train::classifier::{LoadedClassifier, check_guides, load_classifier};
+use crate::train::guide_classifier::{LoadedClassifier, check_guides, load_classifier};
 
 /// The DDPM chain of a run that a noise-aware classifier must share; VDM runs have none.
 pub fn guided_chain(
@@ -31,7 +31,7 @@ pub fn guided_chain(
 ) -> Result<crate::diffusion::GaussianDiffusion, CliError> {
     if cfg.vdm_time().ok().flatten().is_some() {
         return Err(CliError::Usage(
-            "--classifier: the model trains in VDM time (--time); a noise-aware classifier follows a DDPM chain of --timesteps steps, whose steps and network times differ — use classifier-free guidance (a --class-cond run) instead".into(),
+            "--guide-classifier: the model trains in VDM time (--time); a noise-aware classifier follows a DDPM chain of --timesteps steps, whose steps and network times differ — use classifier-free guidance (a --class-cond run) instead".into(),
         ));
     }
     Ok(diffusion_from(cfg)?)
@@ -119,8 +119,8 @@ pub struct SampleArgs {
     guidance_rescale: f64,
     /// Classifier guidance: a noise-aware classifier from `ddpm train-classifier` (its
     /// directory) whose gradient steers toward --class, for conditional or unconditional models.
-    #[arg(long)]
-    classifier: Option<PathBuf>,
+    #[arg(long, alias = "classifier")]
+    guide_classifier: Option<PathBuf>,
     /// Classifier-guidance scale s: the step follows s·∇ log p(y | x_t).
     #[arg(long, default_value_t = 1.0, value_parser = super::guidance_scale)]
     classifier_scale: f64,
@@ -136,7 +136,7 @@ pub(super) fn load_guide(
     device: &Device,
 ) -> Result<LoadedClassifier, CliError> {
     let flag =
-        |e: anyhow::Error| CliError::Usage(format!("--classifier {}: {e:#}", path.display()));
+        |e: anyhow::Error| CliError::Usage(format!("--guide-classifier {}: {e:#}", path.display()));
     let c = load_classifier(path, device).map_err(flag)?;
     let names = cfg
         .num_classes()
@@ -372,7 +372,7 @@ fn labels_of(
         (Some(_), None, Some(_)) if cfg_free => {
             return Err(CliError::Usage(
                 "--guidance and --guidance-rescale need a class-conditional model (train with \
-                 --class-cond); this one is guided by --classifier only"
+                 --class-cond); this one is guided by --guide-classifier only"
                     .into(),
             ));
         }
@@ -380,13 +380,13 @@ fn labels_of(
         (Some(_), None, None) => {
             return Err(CliError::Usage(
                 "--class: this model was trained without classes (train with --class-cond, or \
-                 guide it with --classifier)"
+                 guide it with --guide-classifier)"
                     .into(),
             ));
         }
         (None, _, _) if cfg_free || guide_classes.is_some() => {
             return Err(CliError::Usage(
-                "--guidance, --guidance-rescale and --classifier need --class (the classes to \
+                "--guidance, --guidance-rescale and --guide-classifier need --class (the classes to \
                  guide toward)"
                     .into(),
             ));
@@ -522,7 +522,7 @@ fn non_finite<const D: usize, M: Net<D>>(
     if a.guidance != 0.0 {
         causes.push(format!("--guidance {} (try a smaller weight)", a.guidance));
     }
-    if a.classifier.is_some() {
+    if a.guide_classifier.is_some() {
         causes.push(format!(
             "--classifier-scale {} (try a smaller scale)",
             a.classifier_scale
@@ -723,13 +723,13 @@ fn generate(a: &SampleArgs) -> Result<(f64, usize), CliError> {
     let start = std::time::Instant::now();
     let mut class_names = cfg.classes.clone().filter(|_| cfg.num_classes().is_some());
     let guide = if cfg.preset != "mlp" {
-        match &a.classifier {
+        match &a.guide_classifier {
             Some(p) => Some(load_guide(p, &cfg, &guided_chain(&cfg)?, &device)?),
             None => None,
         }
-    } else if a.classifier.is_some() {
+    } else if a.guide_classifier.is_some() {
         return Err(CliError::Usage(
-            "--classifier: classifier guidance is for image models (a noise-aware classifier \
+            "--guide-classifier: classifier guidance is for image models (a noise-aware classifier \
              of images)"
                 .into(),
         ));
@@ -872,7 +872,7 @@ pub(super) fn chain(r: ChainRequest, out: &Path) -> CliResult {
         class,
         guidance,
         guidance_rescale: 0.0,
-        classifier,
+        guide_classifier: classifier,
         classifier_scale,
     };
     let secs = generate(&args);

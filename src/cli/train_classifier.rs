@@ -10,11 +10,11 @@ use super::{CliError, CliResult};
 use crate::config::RunConfig;
 use crate::data::Split;
 use crate::model::UNetConfig;
-use crate::train::classifier::{ClassifierConfig, held_out, train_classifier};
+use crate::train::guide_classifier::{ClassifierConfig, held_out, train_classifier};
 
 #[derive(Args)]
 #[command(
-    after_help = "The classifier must share the diffusion model's noise schedule: --like RUN takes the schedule, the data and the image shape from a run.\n\nExamples:\n  ddpm train-classifier --like runs/mnist --steps 2000 --out runs/mnist-noisy-clf\n  ddpm train-classifier --data idx:../shared/data/mnist --schedule cosine --out clf/\n  ddpm sample --checkpoint runs/mnist --classifier runs/mnist-noisy-clf --classifier-scale 2 --class all --n 100 --out guided/"
+    after_help = "The classifier must share the diffusion model's noise schedule: --like RUN takes the schedule, the data and the image shape from a run.\n\nExamples:\n  ddpm train-classifier --like runs/mnist --steps 2000 --out runs/mnist-noisy-clf\n  ddpm train-classifier --data idx:../shared/data/mnist --schedule cosine --out clf/\n  ddpm sample --checkpoint runs/mnist --guide-classifier runs/mnist-noisy-clf --classifier-scale 2 --class all --n 100 --out guided/"
 )]
 pub struct TrainClassifierArgs {
     /// A diffusion run whose schedule, data and image shape the classifier takes.

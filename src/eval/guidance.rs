@@ -9,8 +9,8 @@ use anyhow::{Result, bail};
 use burn::tensor::Device;
 use serde::Serialize;
 
-use super::classifier::{self, Classifier};
 use super::frechet::{FeatureStats, frechet_distance};
+use super::judge::{self, Judge};
 use crate::data::memory::InMemory;
 use crate::diffusion::{Denoiser, GaussianDiffusion, X0Clip};
 use crate::model::NoisyClassifier;
@@ -29,9 +29,9 @@ pub struct GuidanceRow {
     pub classifier_scale: Option<f64>,
     /// The classifier's accuracy against the requested classes.
     pub accuracy: f64,
-    /// Classifier Fréchet distance to the reference data.
+    /// Judge Fréchet distance to the reference data.
     pub fd: f64,
-    /// Classifier Inception-style score.
+    /// Judge Inception-style score.
     pub inception_score: f64,
     /// Samples judged.
     pub n: usize,
@@ -39,9 +39,9 @@ pub struct GuidanceRow {
 
 /// What a sweep samples with.
 pub struct SweepOptions<'a> {
-    /// Classifier-free guidance weights (all 0 for an unconditional model).
+    /// Judge-free guidance weights (all 0 for an unconditional model).
     pub weights: &'a [f64],
-    /// Classifier-guidance scales, with the noise-aware classifier that guides (sampling with
+    /// Judge-guidance scales, with the noise-aware classifier that guides (sampling with
     /// every weight at every scale).
     pub classifier: Option<(&'a NoisyClassifier, &'a [f64])>,
     /// Samples per class and weight.
@@ -63,16 +63,16 @@ pub fn sweep<M: Denoiser<4>>(
     diffusion: &GaussianDiffusion,
     classes: usize,
     item_shape: [usize; 3],
-    judge: &Classifier,
+    judge: &Judge,
     reference: &FeatureStats,
     o: &SweepOptions,
     device: &Device,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<GuidanceRow>> {
-    if classes > classifier::CLASSES {
+    if classes > judge::CLASSES {
         bail!(
             "the model has {classes} classes, the classifier {}",
-            classifier::CLASSES
+            judge::CLASSES
         );
     }
     let n = o.per_class * classes;
@@ -120,15 +120,15 @@ pub fn sweep<M: Denoiser<4>>(
                 "samples",
             );
             let as_u8: Vec<u8> = labels.iter().map(|&l| l as u8).collect();
-            let accuracy = classifier::accuracy(judge, &samples, &as_u8, 256, device);
-            let (f, p, m) = classifier::features(judge, &samples, None, 256, device);
-            let stats = FeatureStats::from_features(&f, m, classifier::FEATURES)?;
+            let accuracy = judge::accuracy(judge, &samples, &as_u8, 256, device);
+            let (f, p, m) = judge::features(judge, &samples, None, 256, device);
+            let stats = FeatureStats::from_features(&f, m, judge::FEATURES)?;
             rows.push(GuidanceRow {
                 w,
                 classifier_scale: scale,
                 accuracy,
                 fd: frechet_distance(&stats, reference)?,
-                inception_score: classifier::inception_score(&p, m),
+                inception_score: judge::inception_score(&p, m),
                 n: m,
             });
         }

@@ -1,6 +1,6 @@
 //! Training (Algorithm 1): the loop in `trainer.rs`, its parts in the files beside it.
 
-pub mod classifier;
+pub mod guide_classifier;
 pub mod learned_schedule;
 pub mod learner;
 pub mod micro_batch;

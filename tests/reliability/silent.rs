@@ -250,7 +250,8 @@ fn a_guiding_classifier_must_take_the_model_images() {
             "--out",
             &f.path("s"),
         ]),
-        "--classifier",
+        // The older spelling of --guide-classifier is accepted; errors name the flag as it is.
+        "--guide-classifier",
     );
     assert!(e.contains("1×8×8") && e.contains("1×28×28"), "{e}");
 }

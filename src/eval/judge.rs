@@ -27,7 +27,7 @@ pub const CLASSES: usize = 10;
 /// conv 3×3 (c→16) → ReLU → conv 3×3 stride 2 (→32) → ReLU → conv 3×3 stride 2 (→64) → ReLU
 /// → linear (→128, the features) → ReLU → linear (→10).
 #[derive(Module, Debug)]
-pub struct Classifier {
+pub struct Judge {
     conv1: Conv2d,
     conv2: Conv2d,
     conv3: Conv2d,
@@ -42,7 +42,7 @@ fn conv(cin: usize, cout: usize, stride: usize, device: &Device) -> Conv2d {
         .init(device)
 }
 
-impl Classifier {
+impl Judge {
     /// A classifier for `channels`×`size`×`size` images.
     pub fn new(channels: usize, size: usize, device: &Device) -> Self {
         let s = size.div_ceil(2).div_ceil(2);
@@ -92,7 +92,7 @@ pub fn train(
     seed: u64,
     device: &Device,
     mut on_step: impl FnMut(usize, f64),
-) -> Result<Classifier> {
+) -> Result<Judge> {
     if labels.len() != data.len() {
         bail!("{} images but {} labels", data.len(), labels.len());
     }
@@ -102,7 +102,7 @@ pub fn train(
     let shape = data.item_shape();
     let dev = device.clone().autodiff();
     dev.seed(seed);
-    let mut model = Classifier::new(shape[0], shape[1], &dev);
+    let mut model = Judge::new(shape[0], shape[1], &dev);
     let mut opt = AdamW::new(AdamWConfig::default());
     let mut rng = crate::rng::streams::judge_training(seed);
     let mut step = 0;
@@ -129,7 +129,7 @@ pub fn train(
 
 /// Accuracy on labelled data.
 pub fn accuracy(
-    model: &Classifier,
+    model: &Judge,
     data: &dyn Dataset,
     labels: &[u8],
     batch: usize,
@@ -157,7 +157,7 @@ pub fn accuracy(
 /// Penultimate features (`n`×128, row-major f64) and class posteriors (`n`×10) of the first
 /// `limit` items.
 pub fn features(
-    model: &Classifier,
+    model: &Judge,
     data: &dyn Dataset,
     limit: Option<usize>,
     batch: usize,
@@ -213,7 +213,7 @@ pub fn inception_score(probs: &[f64], n: usize) -> f64 {
 }
 
 /// Saves the classifier with its input shape (`meta.shape` = [c, h, w]).
-pub fn save(model: &Classifier, shape: &[usize], path: &Path) -> Result<()> {
+pub fn save(model: &Judge, shape: &[usize], path: &Path) -> Result<()> {
     let mut t = host_params(model);
     t.insert(
         "meta.shape".into(),
@@ -226,7 +226,7 @@ pub fn save(model: &Classifier, shape: &[usize], path: &Path) -> Result<()> {
 }
 
 /// Loads a classifier saved by [`save`]; returns it with its input shape.
-pub fn load(path: &Path, device: &Device) -> Result<(Classifier, Vec<usize>)> {
+pub fn load(path: &Path, device: &Device) -> Result<(Judge, Vec<usize>)> {
     let mut t = read_safetensors(path)?;
     let Some(meta) = t.remove("meta.shape") else {
         bail!("{}: not a ddpm classifier (no meta.shape)", path.display());
@@ -238,7 +238,7 @@ pub fn load(path: &Path, device: &Device) -> Result<(Classifier, Vec<usize>)> {
             path.display()
         );
     }
-    let model = Classifier::new(shape[0], shape[1], device);
+    let model = Judge::new(shape[0], shape[1], device);
     Ok((
         load_params(model, &t, &path.display().to_string(), device)?,
         shape,
