@@ -3,8 +3,9 @@
 //!
 //! # Crate map
 //!
-//! In the order a reader should meet the modules; each uses only modules above it
-//! (ARCHITECTURE.md draws the layers and follows one training step and one sample through them).
+//! In the order a reader should meet them. Each module uses only the modules listed before it
+//! and those of the last group, which lie beneath everything (ARCHITECTURE.md draws the layers
+//! and follows one training step and one sample through them).
 //!
 //! **The science, in f64 on the host and generic over any network**
 //! - [`schedule`]: noise schedules β_1..β_T and every table derived from them.
@@ -16,19 +17,20 @@
 //! - [`model`]: the U-Net, the MLP for 2-D points, the noise-aware guidance classifier; they
 //!   know nothing of schedules.
 //! - [`optim`]: AdamW with warm-up and clipping, the EMA of the weights.
-//! - [`kernels`]: hand-written CPU kernels for burn's `flex` backend.
 //!
 //! **Using the science**
-//! - [`sample`]: samplers (ancestral, DDIM, DPM-Solver++), guidance, batched drawing.
+//! - [`sample`]: samplers (ancestral, DDIM, DPM-Solver++) and choosing one by name, guidance,
+//!   batched drawing.
 //! - [`config`]: a run's configuration ([`config::RunConfig`], its `config.toml`) and the
 //!   diffusion it describes.
+//! - [`pretrained`]: diffusers checkpoints in and out; [`hub`]: fetching them.
 //! - [`run`]: a run directory: checkpoints, their state, the networks a run builds, loading a
 //!   model for inference (a run, a checkpoint, a diffusers folder, a Hub repo).
-//! - [`train`]: the training loop (Algorithm 1) and the guidance classifier's trainer.
 //! - [`eval`]: likelihood (bits/dim), FID, the judging classifier's Fréchet distance and
 //!   guidance trade-offs.
-//! - [`pretrained`]: diffusers checkpoints in and out; [`hub`]: fetching them.
-//! - [`viz`]: image grids and charts; [`bench`]: throughput of a training step.
+//! - [`viz`]: image grids and charts.
+//! - [`train`]: the training loop (Algorithm 1) and the guidance classifier's trainer.
+//! - [`bench`]: throughput of a training step or a network evaluation.
 //! - [`cli`]: the `ddpm` command, one file per subcommand: parses, calls the library, prints.
 //!
 //! **Beneath everything**
@@ -36,7 +38,8 @@
 //! - [`store`]: named host tensors, safetensors files, a module's parameters by name.
 //! - [`rng`]: the seedable generator and every random stream by name ([`rng::streams`]).
 //! - [`files`]: atomic writes, bounded reads, locks; [`device`]: choosing the backend;
-//!   [`dist`]: MPI ranks; [`heap`]: the allocator's settings.
+//!   [`dist`]: MPI ranks; [`heap`]: the allocator's settings; [`kernels`]: hand-written CPU
+//!   kernels for burn's `flex` backend.
 
 pub mod bench;
 pub mod cli;

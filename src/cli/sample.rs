@@ -9,20 +9,18 @@ use clap::Args;
 use super::sample_files::{GRID_MAX, SampleFiles};
 use super::{CliError, CliResult};
 use crate::config::RunConfig;
-use crate::config::SamplerDefaults;
 use crate::config::diffusion::diffusion_from;
-use crate::diffusion::{Denoiser, GaussianDiffusion, Parameterization, X0Clip};
+use crate::diffusion::{GaussianDiffusion, X0Clip};
 use crate::model::{Mlp, UNet};
 use crate::rng::{ItemRngs, NoiseSource};
 use crate::run::load::load_for_inference;
 use crate::run::net::Net;
+use crate::sample::SamplerDefaults;
 use crate::sample::guidance::labels_for;
 use crate::sample::noise_file::NoiseFile;
 use crate::sample::{
-    Ancestral, ClassGuided, ClassifierGradient, ClassifierGuide, Ddim, DpmSolverPp2M, Sampler,
-    Spacing, ddim::spaced_steps_on, sample_loop_guided,
+    AnySampler, ClassGuided, ClassifierGradient, ClassifierGuide, SamplerFor, SamplerSpec,
 };
-use crate::schedule::space_timesteps;
 use crate::train::guide_classifier::{LoadedClassifier, check_guides, load_classifier};
 
 /// The DDPM chain of a run that a noise-aware classifier must share; VDM runs have none.
@@ -177,10 +175,21 @@ fn parse_clip(s: &str) -> Result<X0Clip, CliError> {
     }
 }
 
-enum AnySampler {
-    Ancestral(Box<Ancestral>),
-    Ddim(Box<Ddim>),
-    Dpm(Box<DpmSolverPp2M>),
+/// The sampler the flags name.
+fn build_sampler(
+    a: &SampleArgs,
+    d: &GaussianDiffusion,
+    clip: X0Clip,
+    defaults: Option<&SamplerDefaults>,
+) -> Result<AnySampler, CliError> {
+    let spec = SamplerSpec {
+        name: a.sampler.clone(),
+        steps: a.steps,
+        eta: a.eta,
+        spacing: a.spacing.clone(),
+        respace: a.respace.clone(),
+    };
+    AnySampler::build(&spec, d, clip, defaults).map_err(|e| CliError::Usage(e.0))
 }
 
 /// The saved chain (step, x_t, x̂0) of the first images.
@@ -192,85 +201,6 @@ struct Sampled {
     steps: usize,
 }
 
-fn build_sampler(
-    a: &SampleArgs,
-    d: &GaussianDiffusion,
-    clip: X0Clip,
-    defaults: Option<&SamplerDefaults>,
-) -> Result<AnySampler, CliError> {
-    let t = d.num_timesteps();
-    if a.steps == 0 || a.steps > t {
-        return Err(CliError::Usage(format!(
-            "--steps must be in 1..={t}, got {}",
-            a.steps
-        )));
-    }
-    let named = a
-        .spacing
-        .as_deref()
-        .or(defaults.map(|d| d.spacing.as_str()));
-    let spacing: Spacing = named
-        .unwrap_or("leading")
-        .parse()
-        .map_err(|e: String| CliError::Usage(format!("--spacing: {e}")))?;
-    // diffusers adds steps_offset to the steps of leading spacing only (kept below T).
-    let offset = match spacing {
-        Spacing::Leading => defaults.map_or(0, |d| d.steps_offset),
-        _ => 0,
-    };
-    if offset >= t {
-        return Err(CliError::Usage(format!(
-            "--checkpoint: the model's scheduler has steps_offset = {offset}, which is not below \
-             its {t} training steps (every step would fall on the last one); fix \
-             steps_offset in its scheduler configuration, or sample with --spacing trailing"
-        )));
-    }
-    let spaced = || -> Vec<usize> {
-        let mut v: Vec<usize> = spaced_steps_on(&d.schedule.snr, a.steps, spacing)
-            .into_iter()
-            .map(|s| s.saturating_add(offset).min(t - 1))
-            .collect();
-        v.dedup();
-        v
-    };
-    // x̂0 = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t has no value where ᾱ_t = 0 (a zero-terminal-SNR chain's
-    // last step): an ε-prediction model cannot be sampled from there.
-    let defined = |steps: Vec<usize>| -> Result<Vec<usize>, CliError> {
-        let zero = steps.iter().find(|&&s| d.schedule.alphas_cumprod[s] <= 0.0);
-        match (d.parameterization, zero) {
-            (Parameterization::Eps, Some(s)) => Err(CliError::Usage(format!(
-                "--sampler {}: this model predicts ε on a zero-terminal-SNR chain (ᾱ = 0 at step \
-                 {}), where x̂0 = (x_t − √(1−ᾱ)·ε̂)/√ᾱ is undefined; sample with --spacing leading and \
-                 --steps below T (which never visit that step), or train with --parameterization v as Lin et \
-                 al. (2024) prescribe for zero terminal SNR",
-                a.sampler,
-                s + 1
-            ))),
-            _ => Ok(steps),
-        }
-    };
-    Ok(match a.sampler.as_str() {
-        "ddpm" => {
-            let kept = match (&a.respace, named) {
-                (Some(spec), _) => space_timesteps(t, spec)?,
-                (None, Some(_)) => spaced(),
-                (None, None) => space_timesteps(t, &a.steps.to_string())?,
-            };
-            AnySampler::Ancestral(Box::new(Ancestral::new(d, &defined(kept)?, clip)))
-        }
-        "ddim" => AnySampler::Ddim(Box::new(
-            Ddim::new(d, defined(spaced())?, a.eta, clip)
-                .diffusers_steps(defaults.is_some_and(|d| d.diffusers_ddim)),
-        )),
-        "dpmpp2m" => AnySampler::Dpm(Box::new(DpmSolverPp2M::new(d, defined(spaced())?, clip))),
-        o => {
-            return Err(CliError::Usage(format!(
-                "--sampler: unknown sampler `{o}`; expected ddpm, ddim or dpmpp2m"
-            )));
-        }
-    })
-}
-
 fn run_with<const D: usize, M: Net<D>>(
     a: &SampleArgs,
     device: &Device,
@@ -278,7 +208,6 @@ fn run_with<const D: usize, M: Net<D>>(
     mut files: Option<&mut SampleFiles>,
 ) -> Result<Sampled, CliError>
 where
-    AnySampler: SamplerFor<D>,
 {
     let loaded = load_for_inference::<M, D>(&a.checkpoint, a.no_ema, device)
         .map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
@@ -414,10 +343,7 @@ struct Batches<'a, const D: usize, M> {
     device: &'a Device,
 }
 
-impl<const D: usize, M: Net<D>> Batches<'_, D, M>
-where
-    AnySampler: SamplerFor<D>,
-{
+impl<const D: usize, M: Net<D>> Batches<'_, D, M> {
     /// Images `first..first + n`, drawn with their own noise streams (or the noise file);
     /// steps tick `bar`; the first batch's chain goes into `chain` when it is saved.
     fn sample(
@@ -583,56 +509,6 @@ fn analytic_table<const D: usize, M: Net<D>>(
 }
 
 /// Runs whichever sampler was chosen.
-trait SamplerFor<const D: usize> {
-    fn steps_len(&self) -> usize;
-    fn run<M: Denoiser<D>>(
-        &mut self,
-        model: &M,
-        shape: [usize; D],
-        guide: Option<(&dyn ClassifierGradient<D>, &[usize])>,
-        device: &Device,
-        rng: &mut dyn NoiseSource,
-        on: impl FnMut(usize, usize, &Tensor<D>, &Tensor<D>),
-    ) -> Tensor<D>;
-}
-
-macro_rules! impl_sampler_for {
-    ($d:literal) => {
-        impl SamplerFor<$d> for AnySampler {
-            fn steps_len(&self) -> usize {
-                match self {
-                    AnySampler::Ancestral(s) => Sampler::<$d>::timesteps(s.as_ref()).len(),
-                    AnySampler::Ddim(s) => Sampler::<$d>::timesteps(s.as_ref()).len(),
-                    AnySampler::Dpm(s) => Sampler::<$d>::timesteps(s.as_ref()).len(),
-                }
-            }
-            fn run<M: Denoiser<$d>>(
-                &mut self,
-                model: &M,
-                shape: [usize; $d],
-                guide: Option<(&dyn ClassifierGradient<$d>, &[usize])>,
-                device: &Device,
-                rng: &mut dyn NoiseSource,
-                on: impl FnMut(usize, usize, &Tensor<$d>, &Tensor<$d>),
-            ) -> Tensor<$d> {
-                match self {
-                    AnySampler::Ancestral(s) => {
-                        sample_loop_guided(model, s.as_mut(), shape, guide, device, rng, on)
-                    }
-                    AnySampler::Ddim(s) => {
-                        sample_loop_guided(model, s.as_mut(), shape, guide, device, rng, on)
-                    }
-                    AnySampler::Dpm(s) => {
-                        sample_loop_guided(model, s.as_mut(), shape, guide, device, rng, on)
-                    }
-                }
-            }
-        }
-    };
-}
-impl_sampler_for!(2);
-impl_sampler_for!(4);
-
 pub fn run(a: SampleArgs) -> CliResult {
     let (secs, steps) = generate(&a)?;
     if !crate::dist::world().is_root() {

@@ -8,28 +8,12 @@ use crate::diffusion::{Parameterization, VarianceType};
 use crate::model::{MlpConfig, UNetConfig};
 use crate::optim::adamw::AdamWConfig;
 use crate::optim::ema::EmaConfig;
+use crate::sample::SamplerDefaults;
 
 pub mod diffusion;
 
 /// The most images a training sample grid may hold.
 pub const MAX_SAMPLE_COUNT: usize = 1024;
-
-/// The sampling settings a model comes with (diffusers' scheduler settings for an imported
-/// model), used where `ddpm sample` flags are absent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SamplerDefaults {
-    /// Step spacing of a shortened chain, for every sampler: linspace, leading or trailing.
-    pub spacing: String,
-    /// Added to every spaced step (diffusers' `steps_offset`).
-    pub steps_offset: usize,
-    /// x̂0 post-processing: clip, none or dynamic:P.
-    pub clip: String,
-    /// DDIM steps as diffusers' DDIMScheduler takes them: along the network's own ε (not the ε
-    /// implied by the clipped x̂0, as improved-diffusion), from t to t − T/N (not to the next
-    /// listed step; the same for leading spacing).
-    pub diffusers_ddim: bool,
-}
 
 /// Everything that defines a run; its `config.toml` holds it resolved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

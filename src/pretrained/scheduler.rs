@@ -10,8 +10,8 @@ use anyhow::{Context, Result, bail};
 
 use super::unet_config::Keys;
 use crate::config::RunConfig;
-use crate::config::SamplerDefaults;
 use crate::diffusion::{Parameterization, VarianceType};
+use crate::sample::SamplerDefaults;
 
 /// Applies the scheduler configuration in `path` to `config`.
 pub fn apply(path: &Path, config: &mut RunConfig) -> Result<()> {

@@ -13,8 +13,8 @@ pub struct DpmSolverPp2M {
     diffusion: GaussianDiffusion,
     steps: Vec<usize>,
     clip: X0Clip,
-    prev_x0: Option<Tensor<4>>,
-    prev_x0_2d: Option<Tensor<2>>,
+    /// The previous step's x̂0, flattened (any rank: it is reshaped like the next x_t).
+    prev_x0: Option<Tensor<1>>,
     prev_h: f64,
 }
 
@@ -26,7 +26,6 @@ impl DpmSolverPp2M {
             steps,
             clip,
             prev_x0: None,
-            prev_x0_2d: None,
             prev_h: 0.0,
         }
     }
@@ -84,7 +83,7 @@ impl DpmSolverPp2M {
     }
 }
 
-impl Sampler<4> for DpmSolverPp2M {
+impl<const D: usize> Sampler<D> for DpmSolverPp2M {
     fn timesteps(&self) -> Vec<usize> {
         self.steps.iter().rev().copied().collect()
     }
@@ -94,34 +93,16 @@ impl Sampler<4> for DpmSolverPp2M {
     fn step(
         &mut self,
         i: usize,
-        x_t: Tensor<4>,
-        model_output: Tensor<4>,
+        x_t: Tensor<D>,
+        model_output: Tensor<D>,
         _rng: &mut dyn NoiseSource,
-    ) -> StepOutput<4> {
-        let prev = if i == 0 { None } else { self.prev_x0.take() };
+    ) -> StepOutput<D> {
+        let prev = match self.prev_x0.take() {
+            Some(p) if i > 0 => Some(p.reshape(x_t.dims())),
+            _ => None,
+        };
         let (o, x0) = self.step_generic(i, x_t, model_output, prev);
-        self.prev_x0 = Some(x0);
-        o
-    }
-}
-
-impl Sampler<2> for DpmSolverPp2M {
-    fn timesteps(&self) -> Vec<usize> {
-        self.steps.iter().rev().copied().collect()
-    }
-    fn chain_at(&self, i: usize) -> (&GaussianDiffusion, usize) {
-        (&self.diffusion, self.steps[self.steps.len() - 1 - i])
-    }
-    fn step(
-        &mut self,
-        i: usize,
-        x_t: Tensor<2>,
-        model_output: Tensor<2>,
-        _rng: &mut dyn NoiseSource,
-    ) -> StepOutput<2> {
-        let prev = if i == 0 { None } else { self.prev_x0_2d.take() };
-        let (o, x0) = self.step_generic(i, x_t, model_output, prev);
-        self.prev_x0_2d = Some(x0);
+        self.prev_x0 = Some(x0.flatten(0, D - 1));
         o
     }
 }

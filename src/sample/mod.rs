@@ -2,6 +2,7 @@
 //! denoiser (as diffusers' schedulers do).
 
 pub mod ancestral;
+pub mod choice;
 pub mod classifier_guidance;
 pub mod ddim;
 pub mod dpm_solver;
@@ -15,6 +16,7 @@ use crate::diffusion::{Denoiser, GaussianDiffusion, X0Clip};
 use crate::rng::NoiseSource;
 
 pub use ancestral::Ancestral;
+pub use choice::{AnySampler, SamplerDefaults, SamplerFor, SamplerSpec};
 pub use classifier_guidance::{ClassifierGradient, ClassifierGuide, NoisyLogits};
 pub use ddim::{Ddim, Spacing};
 pub use dpm_solver::DpmSolverPp2M;

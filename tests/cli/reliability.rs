@@ -3,12 +3,11 @@
 //! runs away, and what an interrupted or disk-full run leaves behind. Tiny model, 8×8 data.
 
 use std::collections::BTreeMap;
-mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::write_idx;
+use crate::common::write_idx;
 use ddpm::store::tensors::{HostTensor, read_safetensors, to_safetensors};
 
 fn ddpm_in(dir: Option<&Path>, args: &[&str]) -> Output {
@@ -67,7 +66,7 @@ impl Fixture {
 
     /// Labels for the 12 images (classes 0..=9), for class-conditional runs and classifiers.
     fn add_labels(&self) {
-        common::write_idx_labels(
+        crate::common::write_idx_labels(
             &self.root.join("data"),
             &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1],
         );
@@ -598,16 +597,10 @@ fn a_full_disk_stops_cleanly_and_resumes_after() {
     drop(fs);
 }
 
-#[path = "reliability/bounds.rs"]
 mod bounds;
-#[path = "reliability/flag_fuzz.rs"]
 mod flag_fuzz;
 /// Round 2 of the reliability findings, by topic.
-#[path = "reliability/memory.rs"]
 mod memory;
-#[path = "reliability/messages.rs"]
 mod messages;
-#[path = "reliability/non_finite.rs"]
 mod non_finite;
-#[path = "reliability/silent.rs"]
 mod silent;

@@ -2,11 +2,9 @@
 //! class-conditional densities are known: 8-gaussians, class k = N(μ_k, 0.05² I) with μ_k on a
 //! circle of radius 0.8 at angle 2πk/8.
 
-mod common;
-
 use std::path::Path;
 
-use common::{ddpm, ok, write_idx_labels};
+use crate::common::{ddpm, ok, write_idx_labels};
 
 use ddpm::data::toy2d::{EIGHT_GAUSSIANS_SD, eight_gaussians_mean};
 

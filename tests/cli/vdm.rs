@@ -2,12 +2,10 @@
 //! samples with every sampler, is evaluated and printed; fixed VDM schedules and discrete time;
 //! the errors a user meets.
 
-mod common;
-
 use std::path::Path;
 use std::process::Output;
 
-use common::{ddpm, ok, usage_error, write_idx};
+use crate::common::{ddpm, ok, usage_error, write_idx};
 
 fn train_args<'a>(spec: &'a str, run: &'a str, steps: &'a str) -> Vec<&'a str> {
     vec![

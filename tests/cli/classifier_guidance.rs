@@ -2,11 +2,9 @@
 //! `ddpm train-classifier`, then `sample`, `plot chain` and `eval guidance` guided by it, and the
 //! errors a user meets on the way.
 
-mod common;
-
 use std::path::Path;
 
-use common::{ddpm, ok, usage_error, write_idx_labels};
+use crate::common::{ddpm, ok, usage_error, write_idx_labels};
 
 /// `n` 8×8 images of `classes` classes (class k: row k bright) and their labels, in `dir`.
 fn rows_dataset(dir: &Path, n: u32, classes: u32) -> String {

@@ -5,13 +5,11 @@
 //! whole and readable, and the final weights, EMA, optimizer state and training state must equal
 //! those of an uninterrupted run bit for bit.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{write_idx, write_idx_labels};
+use crate::common::{write_idx, write_idx_labels};
 use ddpm::run::checkpoints::{CHECKPOINT_FILES, newest_complete};
 use ddpm::store::tensors::read_safetensors;
 

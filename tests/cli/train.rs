@@ -1,10 +1,8 @@
 //! `ddpm train` end to end on tiny synthetic data: bit-identical resume and clear errors.
 
-mod common;
-
 use std::path::Path;
 
-use common::{ddpm, write_idx};
+use crate::common::{ddpm, write_idx};
 
 fn common<'a>(data: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
     vec![

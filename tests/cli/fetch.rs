@@ -3,8 +3,6 @@
 //! resumed downloads, tokens, gated repos, offline use of the cache, and `--checkpoint
 //! owner/name` naming the cached model.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;

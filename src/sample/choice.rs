@@ -1,0 +1,204 @@
+//! The sampler a user names (`--sampler`, `--steps`, `--eta`, `--spacing`, `--respace`) on a
+//! model's chain, with its own scheduler settings where the user leaves them open; and running
+//! it, whichever it is, on batches of any rank.
+
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::ddim::spaced_steps_on;
+use super::{
+    Ancestral, ClassifierGradient, Ddim, DpmSolverPp2M, Sampler, Spacing, sample_loop_guided,
+};
+use crate::diffusion::{Denoiser, GaussianDiffusion, Parameterization, X0Clip};
+use crate::rng::NoiseSource;
+use crate::schedule::space_timesteps;
+
+/// The sampling settings a model comes with (diffusers' scheduler settings for an imported
+/// model), used where `ddpm sample` flags are absent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerDefaults {
+    /// Step spacing of a shortened chain, for every sampler: linspace, leading or trailing.
+    pub spacing: String,
+    /// Added to every spaced step (diffusers' `steps_offset`).
+    pub steps_offset: usize,
+    /// x̂0 post-processing: clip, none or dynamic:P.
+    pub clip: String,
+    /// DDIM steps as diffusers' DDIMScheduler takes them: along the network's own ε (not the ε
+    /// implied by the clipped x̂0, as improved-diffusion), from t to t − T/N (not to the next
+    /// listed step; the same for leading spacing).
+    pub diffusers_ddim: bool,
+}
+
+/// A sampler as the user names it.
+#[derive(Debug, Clone)]
+pub struct SamplerSpec {
+    /// ddpm (ancestral, Algorithm 2), ddim or dpmpp2m.
+    pub name: String,
+    /// Network evaluations per image.
+    pub steps: usize,
+    /// DDIM's η.
+    pub eta: f64,
+    /// Step spacing of a shortened chain (the model's own, else leading, when `None`).
+    pub spacing: Option<String>,
+    /// The ancestral sampler's respacing (`space_timesteps` sections or `ddimN`).
+    pub respace: Option<String>,
+}
+
+/// Why a sampler cannot be built: a message naming the flag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplerError(pub String);
+
+impl std::fmt::Display for SamplerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SamplerError {}
+
+impl From<crate::schedule::ScheduleError> for SamplerError {
+    fn from(e: crate::schedule::ScheduleError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// One of the samplers.
+pub enum AnySampler {
+    /// Algorithm 2, on the full or a respaced chain.
+    Ancestral(Box<Ancestral>),
+    /// DDIM.
+    Ddim(Box<Ddim>),
+    /// DPM-Solver++(2M).
+    Dpm(Box<DpmSolverPp2M>),
+}
+
+impl AnySampler {
+    /// The network evaluations one image takes (the same for batches of any rank).
+    pub fn steps_len(&self) -> usize {
+        match self {
+            Self::Ancestral(s) => Sampler::<1>::timesteps(s.as_ref()).len(),
+            Self::Ddim(s) => Sampler::<1>::timesteps(s.as_ref()).len(),
+            Self::Dpm(s) => Sampler::<1>::timesteps(s.as_ref()).len(),
+        }
+    }
+
+    /// The sampler `spec` names on the chain `d`, clipping x̂0 with `clip`; a model's own
+    /// scheduler settings (`defaults`) fill in what `spec` leaves open.
+    pub fn build(
+        spec: &SamplerSpec,
+        d: &GaussianDiffusion,
+        clip: X0Clip,
+        defaults: Option<&SamplerDefaults>,
+    ) -> Result<Self, SamplerError> {
+        let t = d.num_timesteps();
+        if spec.steps == 0 || spec.steps > t {
+            return Err(SamplerError(format!(
+                "--steps must be in 1..={t}, got {}",
+                spec.steps
+            )));
+        }
+        let named = spec
+            .spacing
+            .as_deref()
+            .or(defaults.map(|d| d.spacing.as_str()));
+        let spacing: Spacing = named
+            .unwrap_or("leading")
+            .parse()
+            .map_err(|e: String| SamplerError(format!("--spacing: {e}")))?;
+        // diffusers adds steps_offset to the steps of leading spacing only (kept below T).
+        let offset = match spacing {
+            Spacing::Leading => defaults.map_or(0, |d| d.steps_offset),
+            _ => 0,
+        };
+        if offset >= t {
+            return Err(SamplerError(format!(
+                "--checkpoint: the model's scheduler has steps_offset = {offset}, which is not below \
+                 its {t} training steps (every step would fall on the last one); fix \
+                 steps_offset in its scheduler configuration, or sample with --spacing trailing"
+            )));
+        }
+        let spaced = || -> Vec<usize> {
+            let mut v: Vec<usize> = spaced_steps_on(&d.schedule.snr, spec.steps, spacing)
+                .into_iter()
+                .map(|s| s.saturating_add(offset).min(t - 1))
+                .collect();
+            v.dedup();
+            v
+        };
+        // x̂0 = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t has no value where ᾱ_t = 0 (a zero-terminal-SNR chain's
+        // last step): an ε-prediction model cannot be sampled from there.
+        let defined = |steps: Vec<usize>| -> Result<Vec<usize>, SamplerError> {
+            let zero = steps.iter().find(|&&s| d.schedule.alphas_cumprod[s] <= 0.0);
+            match (d.parameterization, zero) {
+                (Parameterization::Eps, Some(s)) => Err(SamplerError(format!(
+                    "--sampler {}: this model predicts ε on a zero-terminal-SNR chain (ᾱ = 0 at step \
+                     {}), where x̂0 = (x_t − √(1−ᾱ)·ε̂)/√ᾱ is undefined; sample with --spacing leading and \
+                     --steps below T (which never visit that step), or train with --parameterization v as Lin et \
+                     al. (2024) prescribe for zero terminal SNR",
+                    spec.name,
+                    s + 1
+                ))),
+                _ => Ok(steps),
+            }
+        };
+        Ok(match spec.name.as_str() {
+            "ddpm" => {
+                let kept = match (&spec.respace, named) {
+                    (Some(r), _) => space_timesteps(t, r)?,
+                    (None, Some(_)) => spaced(),
+                    (None, None) => space_timesteps(t, &spec.steps.to_string())?,
+                };
+                Self::Ancestral(Box::new(Ancestral::new(d, &defined(kept)?, clip)))
+            }
+            "ddim" => Self::Ddim(Box::new(
+                Ddim::new(d, defined(spaced())?, spec.eta, clip)
+                    .diffusers_steps(defaults.is_some_and(|d| d.diffusers_ddim)),
+            )),
+            "dpmpp2m" => Self::Dpm(Box::new(DpmSolverPp2M::new(d, defined(spaced())?, clip))),
+            o => {
+                return Err(SamplerError(format!(
+                    "--sampler: unknown sampler `{o}`; expected ddpm, ddim or dpmpp2m"
+                )));
+            }
+        })
+    }
+}
+
+/// Running whichever sampler was chosen on a batch of rank `D`.
+pub trait SamplerFor<const D: usize> {
+    /// Samples a batch of `shape` from `model` (see [`sample_loop_guided`]).
+    fn run<M: Denoiser<D>>(
+        &mut self,
+        model: &M,
+        shape: [usize; D],
+        guide: Option<(&dyn ClassifierGradient<D>, &[usize])>,
+        device: &Device,
+        rng: &mut dyn NoiseSource,
+        on: impl FnMut(usize, usize, &Tensor<D>, &Tensor<D>),
+    ) -> Tensor<D>;
+}
+
+impl<const D: usize> SamplerFor<D> for AnySampler {
+    fn run<M: Denoiser<D>>(
+        &mut self,
+        model: &M,
+        shape: [usize; D],
+        guide: Option<(&dyn ClassifierGradient<D>, &[usize])>,
+        device: &Device,
+        rng: &mut dyn NoiseSource,
+        on: impl FnMut(usize, usize, &Tensor<D>, &Tensor<D>),
+    ) -> Tensor<D> {
+        match self {
+            AnySampler::Ancestral(s) => {
+                sample_loop_guided(model, s.as_mut(), shape, guide, device, rng, on)
+            }
+            AnySampler::Ddim(s) => {
+                sample_loop_guided(model, s.as_mut(), shape, guide, device, rng, on)
+            }
+            AnySampler::Dpm(s) => {
+                sample_loop_guided(model, s.as_mut(), shape, guide, device, rng, on)
+            }
+        }
+    }
+}
