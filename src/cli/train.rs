@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{CliError, CliResult};
-use crate::config::RunConfig;
+use crate::config::{LossName, RunConfig, TimeChoice, TimestepSamplerName, WeightingName};
 use crate::diffusion::{Parameterization, VarianceType};
+use crate::model::precision::Precision;
 
 #[derive(Args, Default)]
 #[command(
@@ -94,7 +95,7 @@ pub struct TrainArgs {
     device: Option<String>,
     /// f32, or bf16: mixed precision (the network in bfloat16, f32 master weights; for GPUs).
     #[arg(long)]
-    precision: Option<String>,
+    precision: Option<Precision>,
     #[command(flatten)]
     schedule: super::schedule::ScheduleFlags,
     /// eps, x0 or v.
@@ -105,13 +106,13 @@ pub struct TrainArgs {
     variance: Option<String>,
     /// simple, vlb or hybrid.
     #[arg(long)]
-    loss: Option<String>,
+    loss: Option<LossName>,
     /// λ of the hybrid loss.
     #[arg(long)]
     hybrid_lambda: Option<f64>,
     /// none, vlb, p2, min-snr.
     #[arg(long)]
-    weighting: Option<String>,
+    weighting: Option<WeightingName>,
     /// P2 k.
     #[arg(long)]
     p2_k: Option<f64>,
@@ -123,7 +124,7 @@ pub struct TrainArgs {
     min_snr_gamma: Option<f64>,
     /// uniform or loss-second-moment.
     #[arg(long)]
-    t_sampler: Option<String>,
+    t_sampler: Option<TimestepSamplerName>,
     /// Random horizontal flips.
     #[arg(long)]
     hflip: bool,
@@ -136,7 +137,7 @@ pub struct TrainArgs {
     /// continuous (VDM's L_∞), discrete:T (VDM's L_T) or discrete (the DDPM chain of
     /// --timesteps steps) [default: continuous for --schedule learned, else discrete].
     #[arg(long)]
-    time: Option<String>,
+    time: Option<TimeChoice>,
     /// VDM time: draw each batch's times independently instead of antithetically.
     #[arg(long)]
     no_antithetic_time: bool,
@@ -251,7 +252,7 @@ fn resolve(args: &TrainArgs) -> Result<RunConfig, CliError> {
         c.gamma_max = f.gamma_max;
     }
     if args.time.is_some() {
-        c.time = args.time.clone();
+        c.time = args.time;
     }
     if args.no_antithetic_time {
         c.antithetic_time = false;

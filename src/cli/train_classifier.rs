@@ -88,7 +88,8 @@ pub fn run(a: TrainClassifierArgs) -> CliResult {
             "--like: the run trains in VDM time (--time {}); a noise-aware classifier follows a \
              DDPM chain of --timesteps steps, whose steps and network times differ: train the \
              classifier with --schedule and --timesteps instead, or use classifier-free guidance",
-            base.time.as_deref().unwrap_or("continuous")
+            base.time
+                .map_or("continuous".to_string(), |t| t.to_string())
         )));
     }
     if base.preset == "mlp" {

@@ -5,12 +5,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::diffusion::losses::{LossConfig, LossKind, Weighting};
 use crate::diffusion::{Parameterization, VarianceType};
+use crate::model::precision::Precision;
 use crate::model::{MlpConfig, UNetConfig};
 use crate::optim::adamw::AdamWConfig;
 use crate::optim::ema::EmaConfig;
 use crate::sample::SamplerDefaults;
 
 pub mod diffusion;
+pub mod names;
+
+pub use names::{LossName, TimeChoice, TimestepSamplerName, WeightingName};
 
 /// The most images a training sample grid may hold.
 pub const MAX_SAMPLE_COUNT: usize = 1024;
@@ -66,7 +70,7 @@ pub struct RunConfig {
     /// `cpu`, `cuda`, `wgpu` or `auto`.
     pub device: String,
     /// The network's arithmetic: `f32`, or `bf16` (mixed precision: f32 master weights).
-    pub precision: String,
+    pub precision: Precision,
     /// Noise schedule: linear, quadratic, sigmoid, cosine, constant, vdm-linear (VDM's linear-in-γ), file:PATH.
     pub schedule: String,
     /// T.
@@ -74,7 +78,7 @@ pub struct RunConfig {
     /// `continuous` (VDM's L_∞), `discrete:T` (VDM's L_T) or `discrete` (the DDPM chain of
     /// `timesteps` steps with `loss`); absent: continuous for `schedule = "learned"`, else
     /// discrete.
-    pub time: Option<String>,
+    pub time: Option<TimeChoice>,
     /// γ(0) = −log SNR at t = 0 of `vdm-linear`, of `cosine` in VDM time and of a learned
     /// schedule's start (−13.3 when absent).
     pub gamma_min: Option<f64>,
@@ -95,11 +99,11 @@ pub struct RunConfig {
     /// Reverse variance.
     pub variance: VarianceType,
     /// Objective: simple, vlb, hybrid.
-    pub loss: String,
+    pub loss: LossName,
     /// λ of the hybrid loss.
     pub hybrid_lambda: f64,
     /// Weighting: none, vlb, p2, min-snr.
-    pub weighting: String,
+    pub weighting: WeightingName,
     /// P2 k.
     pub p2_k: f64,
     /// P2 γ.
@@ -107,7 +111,7 @@ pub struct RunConfig {
     /// Min-SNR γ.
     pub min_snr_gamma: f64,
     /// Timestep sampler: uniform or loss-second-moment.
-    pub t_sampler: String,
+    pub t_sampler: TimestepSamplerName,
     /// Random horizontal flips of images.
     pub hflip: bool,
     /// Dropout override (the preset's otherwise).
@@ -158,7 +162,7 @@ impl Default for RunConfig {
             checkpoint_every: 50,
             keep_checkpoints: 3,
             device: "cpu".into(),
-            precision: "f32".into(),
+            precision: Precision::F32,
             schedule: "linear".into(),
             timesteps: 1000,
             time: None,
@@ -171,13 +175,13 @@ impl Default for RunConfig {
             zero_terminal_snr: false,
             parameterization: Parameterization::Eps,
             variance: VarianceType::FixedLarge,
-            loss: "simple".into(),
+            loss: LossName::Simple,
             hybrid_lambda: 0.001,
-            weighting: "none".into(),
+            weighting: WeightingName::None,
             p2_k: 1.0,
             p2_gamma: 1.0,
             min_snr_gamma: 5.0,
-            t_sampler: "uniform".into(),
+            t_sampler: TimestepSamplerName::Uniform,
             hflip: false,
             dropout: None,
             class_cond: false,
@@ -206,27 +210,23 @@ impl RunConfig {
 
     /// The loss configuration named by `loss` and `weighting`.
     pub fn loss_config(&self) -> anyhow::Result<LossConfig> {
-        let kind = match self.loss.as_str() {
-            "simple" => LossKind::Simple,
-            "vlb" => LossKind::Vlb,
-            "hybrid" => LossKind::Hybrid {
+        let kind = match self.loss {
+            LossName::Simple => LossKind::Simple,
+            LossName::Vlb => LossKind::Vlb,
+            LossName::Hybrid => LossKind::Hybrid {
                 lambda: self.hybrid_lambda,
             },
-            o => anyhow::bail!("--loss: unknown loss `{o}`; expected simple, vlb or hybrid"),
         };
-        let weighting = match self.weighting.as_str() {
-            "none" => Weighting::None,
-            "vlb" => Weighting::Vlb,
-            "p2" => Weighting::P2 {
+        let weighting = match self.weighting {
+            WeightingName::None => Weighting::None,
+            WeightingName::Vlb => Weighting::Vlb,
+            WeightingName::P2 => Weighting::P2 {
                 k: self.p2_k,
                 gamma: self.p2_gamma,
             },
-            "min-snr" => Weighting::MinSnr {
+            WeightingName::MinSnr => Weighting::MinSnr {
                 gamma: self.min_snr_gamma,
             },
-            o => anyhow::bail!(
-                "--weighting: unknown weighting `{o}`; expected none, vlb, p2 or min-snr"
-            ),
         };
         if matches!(kind, LossKind::Simple) && self.variance.is_learned() {
             anyhow::bail!(
@@ -283,8 +283,8 @@ impl RunConfig {
 
     /// The VDM time of the run, or `None` for a DDPM chain.
     pub fn vdm_time(&self) -> anyhow::Result<Option<crate::vdm::Time>> {
-        match &self.time {
-            Some(t) => crate::vdm::Time::parse(t),
+        match self.time {
+            Some(t) => Ok(t.vdm()),
             None if self.schedule == "learned" => Ok(Some(crate::vdm::Time::Continuous)),
             None => Ok(None),
         }
@@ -316,7 +316,8 @@ impl RunConfig {
                 "--schedule {other}: VDM time (--time {}) takes vdm-linear, cosine or learned \
                  (a schedule with a finite log-SNR at t = 0 and 1, set by --gamma-min/--gamma-max); \
                  `{other}` trains with --time discrete",
-                self.time.as_deref().unwrap_or("continuous")
+                self.time
+                    .map_or("continuous".to_string(), |t| t.to_string())
             ),
         })
     }
@@ -358,7 +359,11 @@ impl RunConfig {
         if self.schedule != "learned" && self.schedule_lr.is_some() {
             bail!("--schedule-lr: only a learned schedule (--schedule learned) has one");
         }
-        let what = format!("--time {}", self.time.as_deref().unwrap_or("continuous"));
+        let what = format!(
+            "--time {}",
+            self.time
+                .map_or("continuous".to_string(), |t| t.to_string())
+        );
         if self.parameterization != Parameterization::Eps {
             bail!("{what} trains ε-prediction (VDM's loss); drop --parameterization");
         }
@@ -366,9 +371,12 @@ impl RunConfig {
             bail!("{what}: the reverse variance is the posterior's (fixed-small or fixed-large)");
         }
         for (flag, set) in [
-            ("--loss", self.loss != "simple"),
-            ("--weighting", self.weighting != "none"),
-            ("--t-sampler", self.t_sampler != "uniform"),
+            ("--loss", self.loss != LossName::Simple),
+            ("--weighting", self.weighting != WeightingName::None),
+            (
+                "--t-sampler",
+                self.t_sampler != TimestepSamplerName::Uniform,
+            ),
             ("--beta-start", self.beta_start.is_some()),
             ("--beta-end", self.beta_end.is_some()),
             ("--zero-terminal-snr", self.zero_terminal_snr),
@@ -526,14 +534,7 @@ impl RunConfig {
                 bail!("{flag} must be in (0, 1), got {b}");
             }
         }
-        if !matches!(self.t_sampler.as_str(), "uniform" | "loss-second-moment") {
-            bail!(
-                "--t-sampler: unknown sampler `{}`; expected uniform or loss-second-moment",
-                self.t_sampler
-            );
-        }
         crate::device::resolve_name(&self.device)?;
-        crate::model::precision::Precision::parse(&self.precision, "--precision")?;
         self.loss_config()?;
         self.validate_vdm()?;
         Ok(())
@@ -547,5 +548,43 @@ pub(crate) fn fit_toml(counts: &[(&str, u64)]) -> anyhow::Result<()> {
     match counts.iter().find(|(_, v)| *v > max) {
         Some((flag, v)) => anyhow::bail!("{flag} must be at most {max}, got {v}"),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Configurations written by `ddpm train` when these choices were plain strings
+    /// (`tests/fixtures/config/make.sh`) load into the named types and are written back byte for
+    /// byte, so existing run directories keep their `config.toml`.
+    #[test]
+    fn configurations_written_before_the_named_types_load_and_write_back_unchanged() {
+        let ddpm = include_str!("../../tests/fixtures/config/ddpm-hybrid-p2.toml");
+        let c = RunConfig::from_toml(ddpm, "ddpm-hybrid-p2.toml").unwrap();
+        assert_eq!(c.loss, LossName::Hybrid);
+        assert_eq!(c.weighting, WeightingName::P2);
+        assert_eq!(c.t_sampler, TimestepSamplerName::LossSecondMoment);
+        assert_eq!(c.precision, Precision::F32);
+        assert_eq!(c.time, Some(TimeChoice::Chain));
+        assert_eq!(c.vdm_time().unwrap(), None);
+        assert_eq!(c.to_toml().unwrap(), ddpm);
+        let vdm = include_str!("../../tests/fixtures/config/vdm-discrete.toml");
+        let c = RunConfig::from_toml(vdm, "vdm-discrete.toml").unwrap();
+        assert_eq!(c.vdm_time().unwrap(), Some(crate::vdm::Time::Discrete(10)));
+        assert_eq!(c.to_toml().unwrap(), vdm);
+    }
+
+    #[test]
+    fn an_unknown_name_in_a_file_names_the_file_and_the_flag() {
+        let text = include_str!("../../tests/fixtures/config/ddpm-hybrid-p2.toml")
+            .replace("loss = \"hybrid\"", "loss = \"l1\"");
+        let e = RunConfig::from_toml(&text, "run/config.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("run/config.toml") && e.contains("--loss") && e.contains("`l1`"),
+            "{e}"
+        );
     }
 }

@@ -12,8 +12,10 @@ use anyhow::{Result, bail};
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{FloatDType, Tensor};
 
-/// The precision of the network's arithmetic during training.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The precision of the network's arithmetic during training (`f32` or `bf16` in flags and
+/// `config.toml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Precision {
     /// Everything in float32.
     F32,
@@ -28,6 +30,14 @@ impl Precision {
             "f32" => Ok(Self::F32),
             "bf16" => Ok(Self::Bf16),
             other => bail!("{flag}: unknown precision `{other}`; expected f32 or bf16"),
+        }
+    }
+
+    /// The name flags and `config.toml` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
         }
     }
 
@@ -61,6 +71,32 @@ impl Precision {
             Some(w) => net(w, x.cast(self.dtype())).cast(FloatDType::F32),
             None => net(model, x),
         }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::parse(s, "--precision").map_err(|e| e.to_string())
+    }
+}
+
+impl TryFrom<String> for Precision {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Precision> for String {
+    fn from(p: Precision) -> String {
+        p.as_str().to_string()
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::RunConfig;
+use crate::config::{RunConfig, TimestepSamplerName};
 use crate::data::loader::Position;
 use crate::diffusion::timestep_sampler::TimestepSampler;
 use crate::rng::Rng;
@@ -42,9 +42,9 @@ impl TrainState {
             rng_t,
             rng_noise,
             data: Position::default(),
-            t_sampler: match cfg.t_sampler.as_str() {
-                "loss-second-moment" => TimestepSampler::loss_second_moment(n_t),
-                _ => TimestepSampler::uniform(n_t),
+            t_sampler: match cfg.t_sampler {
+                TimestepSamplerName::LossSecondMoment => TimestepSampler::loss_second_moment(n_t),
+                TimestepSamplerName::Uniform => TimestepSampler::uniform(n_t),
             },
             adam_step: 0,
             ema_updates: 0,

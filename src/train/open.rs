@@ -52,7 +52,7 @@ impl<'a, M: Net<D>, const D: usize> Trainer<'a, M, D> {
         };
         check_resumed_config(cfg, &run, resume, quiet)?;
         let device = crate::device::by_name(&cfg.device)?.autodiff();
-        let precision = Precision::parse(&cfg.precision, "--precision")?;
+        let precision = cfg.precision;
         let device_name = crate::device::resolve_name(&cfg.device)?;
         if precision != Precision::F32 && device_name == "cpu" && !quiet {
             eprintln!(
