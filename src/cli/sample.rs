@@ -12,14 +12,14 @@ use crate::config::RunConfig;
 use crate::config::diffusion::diffusion_from;
 use crate::diffusion::{GaussianDiffusion, X0Clip};
 use crate::model::{Mlp, UNet};
-use crate::rng::{ItemRngs, NoiseSource};
 use crate::run::load::load_for_inference;
 use crate::run::net::Net;
 use crate::sample::SamplerDefaults;
 use crate::sample::guidance::labels_for;
 use crate::sample::noise_file::NoiseFile;
 use crate::sample::{
-    AnySampler, ClassGuided, ClassifierGradient, ClassifierGuide, SamplerFor, SamplerSpec,
+    AnySampler, ClassifierGradient, ClassifierGuide, Conditioning, DrawError, Drawing, ImageNoise,
+    SamplerSpec,
 };
 use crate::train::guide_classifier::{LoadedClassifier, check_guides, load_classifier};
 
@@ -182,14 +182,18 @@ fn build_sampler(
     clip: X0Clip,
     defaults: Option<&SamplerDefaults>,
 ) -> Result<AnySampler, CliError> {
-    let spec = SamplerSpec {
+    AnySampler::build(&sampler_spec(a), d, clip, defaults).map_err(|e| CliError::Usage(e.0))
+}
+
+/// The sampler the flags name.
+fn sampler_spec(a: &SampleArgs) -> SamplerSpec {
+    SamplerSpec {
         name: a.sampler.clone(),
         steps: a.steps,
         eta: a.eta,
         spacing: a.spacing.clone(),
         respace: a.respace.clone(),
-    };
-    AnySampler::build(&spec, d, clip, defaults).map_err(|e| CliError::Usage(e.0))
+    }
 }
 
 /// The saved chain (step, x_t, x̂0) of the first images.
@@ -236,50 +240,73 @@ where
         None
     };
     let labels = labels_of(a, model.num_classes(), guide.map(|g| g.classes()))?;
-    let batches = Batches {
-        a,
+    let cond = labels.as_ref().map(|(l, k)| Conditioning {
+        labels: l,
+        classes: *k,
+        guidance: a.guidance,
+        rescale: a.guidance_rescale,
+        learned_variance: diffusion.variance.is_learned(),
+        classifier: guide,
+    });
+    let drawing = Drawing {
         model: &model,
-        diffusion: &diffusion,
-        clip,
-        defaults,
-        analytic,
-        labels: labels.as_ref(),
-        guide,
-        noise_file,
         item_shape: &item_shape,
+        cond: cond.as_ref(),
         device,
     };
-    // Image i's noise comes from its own stream (seed, i): the same images whatever the batch
-    // size or the number of processes. With several, the batches go in rounds of one per rank
-    // (rank r draws batches r, r + N, …); each round's images are summed into every rank's copy
-    // (each image is non-zero on one rank only) and written before the next round starts.
+    let new_sampler = || -> Result<AnySampler, DrawError> {
+        let mut s = AnySampler::build(&sampler_spec(a), &diffusion, clip, defaults)
+            .map_err(|e| DrawError::Refused(e.0))?;
+        if let (AnySampler::Ancestral(s), Some(v)) = (&mut s, &analytic) {
+            s.set_variance(v.clone());
+        }
+        Ok(s)
+    };
     let world = crate::dist::world();
-    let item: usize = item_shape.iter().product();
-    let mut chain = Vec::new();
-    let bs = a.batch_size.max(1);
-    let n_batches = a.n.div_ceil(bs);
     let steps = build_sampler(a, &diffusion, clip, defaults)?.steps_len();
+    let n_batches = a.n.div_ceil(a.batch_size.max(1));
     let total_steps = steps * world.batches(n_batches).count();
     let bar =
         (!a.quiet && world.is_root()).then(|| super::progress(total_steps as u64, "steps", false));
-    for round in (0..n_batches).step_by(world.size.max(1)) {
-        let round_first = round * bs;
-        let round_n = (bs * world.size.max(1)).min(a.n - round_first);
-        let mut values = vec![0.0f32; round_n * item];
-        let b = round + world.rank;
-        if b < n_batches {
-            let (first, n) = (b * bs, bs.min(a.n - b * bs));
-            let x = batches.sample(first, n, bar.as_ref(), &mut chain)?;
-            let at = (first - round_first) * item;
-            values[at..at + n * item].copy_from_slice(&x);
+    // The chain of the first images: ten steps spread over the sampler's.
+    let keep: Vec<usize> = (0..10).map(|j| (j * (steps - 1)) / 9).collect();
+    let mut chain = Vec::new();
+    let on_step = |first: usize, i: usize, t: usize, xt: &Tensor<D>, x0: &Tensor<D>| {
+        if let Some(b) = &bar {
+            b.inc(1);
         }
-        world.sum_f32(&mut values)?;
+        if a.save_chain && first == 0 && keep.contains(&i) {
+            let m = a.batch_size.max(1).min(a.n).min(8);
+            let take = |x: &Tensor<D>| -> Vec<f32> {
+                x.clone()
+                    .narrow(0, 0, m)
+                    .into_data()
+                    .convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .unwrap_or_default()
+            };
+            chain.push((t, take(xt), take(x0)));
+        }
+    };
+    let write = |first: usize, values: &[f32]| -> Result<()> {
         if let Some(f) = files.as_deref_mut() {
-            let l = labels
-                .as_ref()
-                .map(|(l, _)| &l[round_first..round_first + round_n]);
-            f.write(round_first, &values, l)?;
+            let n = values.len() / item_shape.iter().product::<usize>().max(1);
+            let l = labels.as_ref().map(|(l, _)| &l[first..first + n]);
+            f.write(first, values, l)?;
         }
+        Ok(())
+    };
+    let noise = match &noise_file {
+        Some(f) => ImageNoise::File(f),
+        None => ImageNoise::Seeded(a.seed),
+    };
+    let sizes = (a.n, a.batch_size);
+    let drawn = drawing.in_rounds(new_sampler, sizes, &noise, &world, on_step, write);
+    match drawn {
+        Ok(()) => {}
+        Err(DrawError::Refused(m)) => return Err(CliError::Usage(m)),
+        Err(DrawError::NonFinite { first, n }) => return Err(non_finite(a, &model, first, n)),
+        Err(DrawError::Failed(e)) => return Err(CliError::Failure(e)),
     }
     if let Some(b) = bar {
         b.finish();
@@ -325,103 +352,6 @@ fn labels_of(
     let spec = a.class.as_deref().unwrap_or_default();
     let labels = labels_for(spec, a.n, k).map_err(|e| CliError::Usage(format!("{e:#}")))?;
     Ok(Some((labels, k)))
-}
-
-/// What every batch of one sampling call shares: the model, its chain, the sampler settings,
-/// the classes and guidance, the noise file.
-struct Batches<'a, const D: usize, M> {
-    a: &'a SampleArgs,
-    model: &'a M,
-    diffusion: &'a GaussianDiffusion,
-    clip: X0Clip,
-    defaults: Option<&'a SamplerDefaults>,
-    analytic: Option<Vec<f64>>,
-    labels: Option<&'a (Vec<usize>, usize)>,
-    guide: Option<&'a dyn ClassifierGradient<D>>,
-    noise_file: Option<NoiseFile>,
-    item_shape: &'a [usize],
-    device: &'a Device,
-}
-
-impl<const D: usize, M: Net<D>> Batches<'_, D, M> {
-    /// Images `first..first + n`, drawn with their own noise streams (or the noise file);
-    /// steps tick `bar`; the first batch's chain goes into `chain` when it is saved.
-    fn sample(
-        &self,
-        first: usize,
-        n: usize,
-        bar: Option<&indicatif::ProgressBar>,
-        chain: &mut Chain,
-    ) -> Result<Vec<f32>, CliError> {
-        let (a, device) = (self.a, self.device);
-        let mut items = ItemRngs::for_items(a.seed, first, n);
-        let mut from_file = self.noise_file.as_ref().map(|f| f.for_items(first, n));
-        let rng: &mut dyn NoiseSource = match from_file.as_mut() {
-            Some(f) => f,
-            None => &mut items,
-        };
-        let mut sampler = build_sampler(a, self.diffusion, self.clip, self.defaults)?;
-        if let (AnySampler::Ancestral(s), Some(v)) = (&mut sampler, &self.analytic) {
-            s.set_variance(v.clone());
-        }
-        let mut shape = [0usize; D];
-        shape[0] = n;
-        shape[1..].copy_from_slice(self.item_shape);
-        let k = sampler.steps_len();
-        let keep: Vec<usize> = (0..10).map(|j| (j * (k - 1)) / 9).collect();
-        let mut on_step = |i: usize, t: usize, xt: &Tensor<D>, x0: &Tensor<D>| {
-            if let Some(b) = bar {
-                b.inc(1);
-            }
-            if a.save_chain && first == 0 && keep.contains(&i) {
-                let m = n.min(8);
-                let take = |x: &Tensor<D>| -> Vec<f32> {
-                    x.clone()
-                        .narrow(0, 0, m)
-                        .into_data()
-                        .convert::<f32>()
-                        .try_into_vec::<f32>()
-                        .unwrap_or_default()
-                };
-                chain.push((t, take(xt), take(x0)));
-            }
-        };
-        let model = self.model;
-        let x = match self.labels {
-            Some((l, k)) => {
-                let batch_labels = &l[first..first + n];
-                let g = self.guide.map(|g| (g, batch_labels));
-                if model.num_classes().is_some() {
-                    let guided = ClassGuided::new(
-                        model,
-                        *k,
-                        batch_labels,
-                        a.guidance,
-                        a.guidance_rescale,
-                        self.diffusion.variance.is_learned(),
-                        device,
-                    )
-                    .map_err(|e| CliError::Usage(format!("{e:#}")))?;
-                    sampler.run(&guided, shape, g, device, rng, &mut on_step)
-                } else {
-                    sampler.run(model, shape, g, device, rng, &mut on_step)
-                }
-            }
-            None => sampler.run(model, shape, None, device, rng, &mut on_step),
-        };
-        if let Some(f) = &from_file {
-            f.check().map_err(|e| CliError::Usage(format!("{e:#}")))?;
-        }
-        let x: Vec<f32> = x
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        if x.iter().any(|v| !v.is_finite()) {
-            return Err(non_finite(a, model, first, n));
-        }
-        Ok(x)
-    }
 }
 
 /// The error for a batch (images `first`..`first + n`) that came out NaN or infinite, naming

@@ -16,7 +16,7 @@ use crate::diffusion::{Denoiser, GaussianDiffusion, X0Clip};
 use crate::model::NoisyClassifier;
 use crate::sample::guidance::labels_for;
 use crate::sample::{
-    ClassifierGradient, ClassifierGuide, Conditioning, Ddim, Spacing, ddim::spaced_steps, draw,
+    ClassifierGradient, ClassifierGuide, Conditioning, Ddim, Drawing, Spacing, ddim::spaced_steps,
 };
 
 /// The judgement of one guidance weight.
@@ -100,14 +100,15 @@ pub fn sweep<M: Denoiser<4>>(
                 learned_variance: diffusion.variance.is_learned(),
                 classifier: guide.as_ref().map(|g| g as &dyn ClassifierGradient<4>),
             };
-            let data = draw::<4, M, Ddim>(
+            let drawing = Drawing {
                 model,
-                || Ddim::new(diffusion, steps.clone(), 0.0, X0Clip::Clip),
-                n,
-                o.batch,
-                &item_shape,
-                Some(&cond),
+                item_shape: &item_shape,
+                cond: Some(&cond),
                 device,
+            };
+            let data = drawing.all(
+                || Ddim::new(diffusion, steps.clone(), 0.0, X0Clip::Clip),
+                (n, o.batch),
                 &mut rng,
                 |done| progress(k * n + done, total),
             )?;

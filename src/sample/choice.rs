@@ -1,15 +1,12 @@
 //! The sampler a user names (`--sampler`, `--steps`, `--eta`, `--spacing`, `--respace`) on a
-//! model's chain, with its own scheduler settings where the user leaves them open; and running
-//! it, whichever it is, on batches of any rank.
+//! model's chain, with its own scheduler settings where the user leaves them open.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::ddim::spaced_steps_on;
-use super::{
-    Ancestral, ClassifierGradient, Ddim, DpmSolverPp2M, Sampler, Spacing, sample_loop_guided,
-};
-use crate::diffusion::{Denoiser, GaussianDiffusion, Parameterization, X0Clip};
+use super::{Ancestral, Ddim, DpmSolverPp2M, Sampler, Spacing, StepOutput};
+use crate::diffusion::{GaussianDiffusion, Parameterization, X0Clip};
 use crate::rng::NoiseSource;
 use crate::schedule::space_timesteps;
 
@@ -165,40 +162,50 @@ impl AnySampler {
     }
 }
 
-/// Running whichever sampler was chosen on a batch of rank `D`.
-pub trait SamplerFor<const D: usize> {
-    /// Samples a batch of `shape` from `model` (see [`sample_loop_guided`]).
-    fn run<M: Denoiser<D>>(
-        &mut self,
-        model: &M,
-        shape: [usize; D],
-        guide: Option<(&dyn ClassifierGradient<D>, &[usize])>,
-        device: &Device,
-        rng: &mut dyn NoiseSource,
-        on: impl FnMut(usize, usize, &Tensor<D>, &Tensor<D>),
-    ) -> Tensor<D>;
-}
-
-impl<const D: usize> SamplerFor<D> for AnySampler {
-    fn run<M: Denoiser<D>>(
-        &mut self,
-        model: &M,
-        shape: [usize; D],
-        guide: Option<(&dyn ClassifierGradient<D>, &[usize])>,
-        device: &Device,
-        rng: &mut dyn NoiseSource,
-        on: impl FnMut(usize, usize, &Tensor<D>, &Tensor<D>),
-    ) -> Tensor<D> {
+/// The chosen sampler, for batches of any rank.
+impl<const D: usize> Sampler<D> for AnySampler {
+    fn timesteps(&self) -> Vec<usize> {
         match self {
-            AnySampler::Ancestral(s) => {
-                sample_loop_guided(model, s.as_mut(), shape, guide, device, rng, on)
-            }
-            AnySampler::Ddim(s) => {
-                sample_loop_guided(model, s.as_mut(), shape, guide, device, rng, on)
-            }
-            AnySampler::Dpm(s) => {
-                sample_loop_guided(model, s.as_mut(), shape, guide, device, rng, on)
-            }
+            Self::Ancestral(s) => Sampler::<D>::timesteps(s.as_ref()),
+            Self::Ddim(s) => Sampler::<D>::timesteps(s.as_ref()),
+            Self::Dpm(s) => Sampler::<D>::timesteps(s.as_ref()),
+        }
+    }
+
+    fn step(
+        &mut self,
+        i: usize,
+        x_t: Tensor<D>,
+        model_output: Tensor<D>,
+        rng: &mut dyn NoiseSource,
+    ) -> StepOutput<D> {
+        match self {
+            Self::Ancestral(s) => s.step(i, x_t, model_output, rng),
+            Self::Ddim(s) => s.step(i, x_t, model_output, rng),
+            Self::Dpm(s) => s.step(i, x_t, model_output, rng),
+        }
+    }
+
+    fn chain_at(&self, i: usize) -> (&GaussianDiffusion, usize) {
+        match self {
+            Self::Ancestral(s) => Sampler::<D>::chain_at(s.as_ref(), i),
+            Self::Ddim(s) => Sampler::<D>::chain_at(s.as_ref(), i),
+            Self::Dpm(s) => Sampler::<D>::chain_at(s.as_ref(), i),
+        }
+    }
+
+    fn step_guided(
+        &mut self,
+        i: usize,
+        x_t: Tensor<D>,
+        model_output: Tensor<D>,
+        grad: Tensor<D>,
+        rng: &mut dyn NoiseSource,
+    ) -> StepOutput<D> {
+        match self {
+            Self::Ancestral(s) => s.step_guided(i, x_t, model_output, grad, rng),
+            Self::Ddim(s) => s.step_guided(i, x_t, model_output, grad, rng),
+            Self::Dpm(s) => s.step_guided(i, x_t, model_output, grad, rng),
         }
     }
 }

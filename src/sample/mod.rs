@@ -16,11 +16,11 @@ use crate::diffusion::{Denoiser, GaussianDiffusion, X0Clip};
 use crate::rng::NoiseSource;
 
 pub use ancestral::Ancestral;
-pub use choice::{AnySampler, SamplerDefaults, SamplerFor, SamplerSpec};
+pub use choice::{AnySampler, SamplerDefaults, SamplerSpec};
 pub use classifier_guidance::{ClassifierGradient, ClassifierGuide, NoisyLogits};
 pub use ddim::{Ddim, Spacing};
 pub use dpm_solver::DpmSolverPp2M;
-pub use draw::{Conditioning, draw};
+pub use draw::{Conditioning, DrawError, Drawing, ImageNoise};
 pub use guidance::ClassGuided;
 
 /// The result of one reverse step.

@@ -34,7 +34,7 @@ use crate::run::checkpoints;
 use crate::run::net::Net;
 use crate::run::schedule_file::SCHEDULE_FILE;
 use crate::run::state::TrainState;
-use crate::sample::{Conditioning, Ddim, Spacing, draw};
+use crate::sample::{Conditioning, Ddim, Drawing, Spacing};
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -350,14 +350,15 @@ fn write_samples<M: Net<D>, const D: usize>(
         });
     // In batches of at most a training micro-batch, so a large grid needs no more memory than
     // a training step.
-    let data = draw::<D, M, Ddim>(
+    let drawing = Drawing {
         model,
-        || Ddim::new(diffusion, steps.clone(), 0.0, X0Clip::Clip),
-        n,
-        cfg.batch_size / cfg.grad_accum,
         item_shape,
-        cond.as_ref(),
+        cond: cond.as_ref(),
         device,
+    };
+    let data = drawing.all(
+        || Ddim::new(diffusion, steps.clone(), 0.0, X0Clip::Clip),
+        (n, cfg.batch_size / cfg.grad_accum),
         &mut rng,
         |_| {},
     )?;
