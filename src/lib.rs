@@ -1,6 +1,36 @@
 //! `ddpm`: Denoising Diffusion Probabilistic Models (Ho et al. 2020) in Rust on burn: training,
 //! sampling and evaluation, as a library and as the `ddpm` command.
 //!
+//! # Quick start
+//!
+//! Train a small model on 2-D toy data, then sample from the run it wrote:
+//!
+//! ```
+//! use ddpm::{PointPipeline, RunConfig, SampleOptions};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let config = RunConfig {
+//!     data: "toy:8-gaussians".into(),
+//!     preset: "mlp".into(),
+//!     steps: 20,
+//!     batch_size: 64,
+//!     sample_count: 64,
+//!     out: dir.path().join("run").display().to_string(),
+//!     ..RunConfig::default()
+//! };
+//! let run = ddpm::train_auto(&config, false, true)?;
+//! assert_eq!(run.steps, 20);
+//!
+//! let pipeline = PointPipeline::load(&run.run)?;
+//! let points = pipeline.sample(&SampleOptions::ddim(8, 10).seed(3))?;
+//! assert_eq!(points.shape, [8, 2]);
+//! assert!(points.values.iter().all(|v| v.is_finite()));
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+//!
+//! Images work the same way with [`ImagePipeline`] (the U-Net presets), from a run of
+//! `ddpm train`, a diffusers model folder or a Hub repo id fetched with `ddpm fetch`.
+//!
 //! # Crate map
 //!
 //! In the order a reader should meet them. Each module uses only the modules listed before it
@@ -30,7 +60,7 @@
 //!   guidance trade-offs.
 //! - [`viz`]: image grids and charts.
 //! - [`train`]: the training loop (Algorithm 1) and the guidance classifier's trainer.
-//! - [`bench`]: throughput of a training step or a network evaluation.
+//! - [`mod@bench`]: throughput of a training step or a network evaluation.
 //! - [`cli`]: the `ddpm` command, one file per subcommand: parses, calls the library, prints.
 //!
 //! **Beneath everything**
@@ -40,6 +70,12 @@
 //! - [`files`]: atomic writes, bounded reads, locks; [`device`]: choosing the backend;
 //!   [`dist`]: MPI ranks; [`heap`]: the allocator's settings; [`kernels`]: hand-written CPU
 //!   kernels for burn's `flex` backend.
+
+pub use config::RunConfig;
+pub use diffusion::{Denoiser, GaussianDiffusion};
+pub use pipeline::{ImagePipeline, Pipeline, PointPipeline, SampleOptions, Samples};
+pub use schedule::{BetaSchedule, NoiseSchedule};
+pub use train::{TrainSummary, train_auto};
 
 pub mod bench;
 pub mod cli;
@@ -55,6 +91,7 @@ pub mod hub;
 pub mod kernels;
 pub mod model;
 pub mod optim;
+pub mod pipeline;
 pub mod pretrained;
 pub mod rng;
 pub mod run;

@@ -185,7 +185,7 @@ fn build_sampler(
     AnySampler::build(&sampler_spec(a), d, clip, defaults).map_err(|e| CliError::Usage(e.0))
 }
 
-/// The sampler the flags name.
+/// The sampler as the flags spell it.
 fn sampler_spec(a: &SampleArgs) -> SamplerSpec {
     SamplerSpec {
         name: a.sampler.clone(),
@@ -210,9 +210,7 @@ fn run_with<const D: usize, M: Net<D>>(
     device: &Device,
     guide: Option<&dyn ClassifierGradient<D>>,
     mut files: Option<&mut SampleFiles>,
-) -> Result<Sampled, CliError>
-where
-{
+) -> Result<Sampled, CliError> {
     let loaded = load_for_inference::<M, D>(&a.checkpoint, a.no_ema, device)
         .map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
     let cfg = &loaded.config;
@@ -438,7 +436,7 @@ fn analytic_table<const D: usize, M: Net<D>>(
     ))
 }
 
-/// Runs whichever sampler was chosen.
+/// `ddpm sample`: draws the images and reports the time taken.
 pub fn run(a: SampleArgs) -> CliResult {
     let (secs, steps) = generate(&a)?;
     if !crate::dist::world().is_root() {

@@ -29,9 +29,9 @@ pub struct GuidanceRow {
     pub classifier_scale: Option<f64>,
     /// The classifier's accuracy against the requested classes.
     pub accuracy: f64,
-    /// Judge Fréchet distance to the reference data.
+    /// The judging classifier's Fréchet distance to the reference data.
     pub fd: f64,
-    /// Judge Inception-style score.
+    /// The judging classifier's Inception-style score.
     pub inception_score: f64,
     /// Samples judged.
     pub n: usize,
@@ -39,9 +39,9 @@ pub struct GuidanceRow {
 
 /// What a sweep samples with.
 pub struct SweepOptions<'a> {
-    /// Judge-free guidance weights (all 0 for an unconditional model).
+    /// Classifier-free guidance weights (all 0 for an unconditional model).
     pub weights: &'a [f64],
-    /// Judge-guidance scales, with the noise-aware classifier that guides (sampling with
+    /// Classifier-guidance scales, with the noise-aware classifier that guides (sampling with
     /// every weight at every scale).
     pub classifier: Option<(&'a NoisyClassifier, &'a [f64])>,
     /// Samples per class and weight.

@@ -2,7 +2,7 @@
 //! y = x + W_projᵀ·attention(W_qkvᵀ·h + b_qkv) + b_proj, on `[B, C, N]` buffers (N pixels), with
 //! softmax(qᵀk/√d) per head. Burn composes it from about twenty tensor operations (transposes,
 //! narrow, reshape copies, matmuls, a softmax), most of them on one thread; here each image is one
-//! task: forward, products on its planes ([`Product`]: the projections, and per head the logits
+//! task: forward, products on its planes (`Product`: the projections, and per head the logits
 //! and the mixing) with the probabilities kept transposed (keys down, queries across) so that the
 //! softmax runs along rows with the queries in the vector lanes; backward, a handful of GEMMs.
 

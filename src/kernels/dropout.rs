@@ -27,7 +27,7 @@ fn threshold(prob: f64) -> u64 {
     ((1.0 - prob) * (1u64 << 24) as f64).round() as u64
 }
 
-/// y = x · mask / (1 − prob), mask[i] = 1 with probability 1 − prob (from `seed`). The backward
+/// y = x · mask / (1 − prob), mask\[i\] = 1 with probability 1 − prob (from `seed`). The backward
 /// pass of dropout is the same function applied to ∂L/∂y with the same seed.
 pub fn apply(x: &[f32], prob: f64, seed: u64) -> Vec<f32> {
     assert!(

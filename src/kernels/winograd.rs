@@ -1,8 +1,8 @@
-//! What the Winograd F(4×4, 3×3) kernels ([`super::winograd4`], [`super::winograd4_grad`])
+//! What the Winograd F(4×4, 3×3) kernels (`winograd4`, `winograd4_grad`)
 //! share: the shapes of a convolution, and the spacing of the planes of a transformed tensor.
 
 /// The shapes of one Winograd convolution (3×3, stride 1, padding 1: output size = input size),
-/// for the F(4×4) kernels of [`super::winograd4`] and [`super::winograd4_grad`].
+/// for the F(4×4) kernels of `winograd4` and `winograd4_grad`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WinoGeometry {
     /// Images.

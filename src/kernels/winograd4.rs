@@ -8,8 +8,8 @@
 //! at a pixel and the transforms need no shuffles, whatever the image width: on the small images
 //! of a diffusion U-Net (7 to 32 pixels) a tile row has too few tiles to fill the lanes. V is
 //! `[36][tile][cin]`, the products M `[36][tile][cout]`, the kernel U `[36][cin][cout]`; the 36
-//! products M[ξ] = V[ξ]·U[ξ] run on the weight-gradient register tile of
-//! [`direct::grad_block`] (V broadcast, U in the lanes). The output transform writes a
+//! products M\[ξ\] = V\[ξ\]·U\[ξ\] run on the weight-gradient register tile of
+//! `direct::grad_block` (V broadcast, U in the lanes). The output transform writes a
 //! channels-last image, transposed back to planes (adding the residual) by 16 × 16 register
 //! transposes.
 //!

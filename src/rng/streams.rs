@@ -1,7 +1,9 @@
 //! Every random stream of the crate, named in one place with how its seed is derived from the
-//! user's `--seed`. Each one is independent of the others, so a feature that draws from one
-//! never changes what another gives: a run resumes bit-identically, and N processes draw what
-//! one process does. Changing a derivation changes the results of existing seeds.
+//! user's `--seed`. The streams one command uses together are independent of each other, so a
+//! feature that draws from one never changes what another gives: a run resumes bit-identically,
+//! and N processes draw what one process does. (Streams of different commands may coincide:
+//! training's timestep stream is `sample_item(seed, 1)`'s generator.) Changing a derivation
+//! changes the results of existing seeds.
 
 use super::Rng;
 

@@ -12,7 +12,7 @@ use crate::model::{NoisyClassifier, one_hot};
 
 /// s·∇_x log p(y | x_t): the gradient classifier guidance follows.
 pub trait ClassifierGradient<const D: usize> {
-    /// For every item i of `x_t` (at network timesteps `t`), s·∇ log p(`labels[i]` | x_t[i], t[i]).
+    /// For every item i of `x_t` (at network timesteps `t`), s·∇ log p(`labels[i]` | x_t\[i\], t\[i\]).
     fn gradient(&self, x_t: Tensor<D>, t: Tensor<1>, labels: &[usize]) -> Tensor<D>;
     /// The classes the classifier tells apart.
     fn classes(&self) -> usize;

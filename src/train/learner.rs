@@ -19,8 +19,9 @@ pub type Grads = BTreeMap<String, Tensor<1>>;
 
 /// A network with its optimizer and weight average.
 pub struct Learner<M> {
-    /// The network being trained (with autodiff).
-    pub model: M,
+    /// The network being trained (with autodiff); taken out only for the moment of an update,
+    /// so that AdamW owns the only reference and burn updates the weights in place.
+    model: Option<M>,
     /// Its optimizer.
     pub opt: AdamW,
     /// Its weights' moving average.
@@ -88,6 +89,35 @@ impl Diverged {
     }
 }
 
+impl<M> Learner<M> {
+    /// A learner for `model`.
+    pub fn new(model: M, opt: AdamW, ema: Ema, precision: Precision) -> Self {
+        Self {
+            model: Some(model),
+            opt,
+            ema,
+            precision,
+        }
+    }
+
+    /// The network.
+    pub fn model(&self) -> &M {
+        self.model
+            .as_ref()
+            .expect("the network is in place between updates")
+    }
+
+    /// Replaces the network by `f` of it (restoring its weights, say).
+    pub fn map_model<E>(&mut self, f: impl FnOnce(M) -> Result<M, E>) -> Result<(), E> {
+        let model = self
+            .model
+            .take()
+            .expect("the network is in place between updates");
+        self.model = Some(f(model)?);
+        Ok(())
+    }
+}
+
 impl<M: Module + Clone> Learner<M> {
     /// Backpropagates the loss of this rank's rows of `batch` under `objective`, scaled by
     /// `share`.
@@ -100,12 +130,12 @@ impl<M: Module + Clone> Learner<M> {
     where
         M: Denoiser<D>,
     {
-        let working = self.precision.working_copy(&self.model);
+        let model = self.model();
+        let working = self.precision.working_copy(model);
         let net = |x: Tensor<D>, time: Tensor<1>| {
-            self.precision
-                .forward(&self.model, working.as_ref(), x, |m, x| {
-                    m.forward_cond(x, time.clone(), batch.cond.clone())
-                })
+            self.precision.forward(model, working.as_ref(), x, |m, x| {
+                m.forward_cond(x, time.clone(), batch.cond.clone())
+            })
         };
         let losses = objective.losses(batch, net);
         let rows = batch.rows.len();
@@ -127,7 +157,7 @@ impl<M: Module + Clone> Learner<M> {
             weighted.mean() / share.accum as f64
         };
         let backward = loss.backward();
-        let grads = named_grads(&self.model, &backward);
+        let grads = named_grads(model, &backward);
         let total = (share.micro * share.accum) as f64;
         MicroStep {
             grads,
@@ -144,9 +174,13 @@ impl<M: Module + Clone> Learner<M> {
             // Clipping by an infinite norm would zero the update: every step would "train".
             return Err(Diverged::GradientNorm(grad_norm));
         }
-        self.model = self.opt.step(self.model.clone(), &grads, lr, factor);
+        let model = self
+            .model
+            .take()
+            .expect("the network is in place between updates");
+        self.model = Some(self.opt.step(model, &grads, lr, factor));
         drop(grads);
-        if let Some(name) = first_non_finite(&self.model) {
+        if let Some(name) = first_non_finite(self.model()) {
             return Err(Diverged::Weights {
                 name,
                 lr,
@@ -154,7 +188,7 @@ impl<M: Module + Clone> Learner<M> {
             });
         }
         self.ema.update(
-            &named_params(&self.model)
+            &named_params(self.model())
                 .into_iter()
                 .map(|(k, v)| (k, v.value))
                 .collect(),

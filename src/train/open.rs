@@ -44,13 +44,13 @@ impl<'a, M: Net<D>, const D: usize> Trainer<'a, M, D> {
         let micro = cfg.batch_size / cfg.grad_accum;
         check_world(cfg, &world, micro)?;
         let run = PathBuf::from(&cfg.out);
+        check_resumed_config(cfg, &run, resume, quiet)?;
         // One process per run: a second one would prune the first one's checkpoints.
         let lock = if root && run.is_dir() {
             Some(crate::files::lock_dir(&run)?)
         } else {
             None
         };
-        check_resumed_config(cfg, &run, resume, quiet)?;
         let device = crate::device::by_name(&cfg.device)?.autodiff();
         let precision = cfg.precision;
         let device_name = crate::device::resolve_name(&cfg.device)?;
@@ -71,12 +71,12 @@ impl<'a, M: Net<D>, const D: usize> Trainer<'a, M, D> {
             );
         }
         device.seed(cfg.seed);
-        let mut learner = Learner {
-            model: M::build(cfg, &item_shape, &device)?,
-            opt: AdamW::new(cfg.adamw()),
-            ema: Ema::new(cfg.ema_config()),
+        let mut learner = Learner::new(
+            M::build(cfg, &item_shape, &device)?,
+            AdamW::new(cfg.adamw()),
+            Ema::new(cfg.ema_config()),
             precision,
-        };
+        );
         // After the network: a learned schedule's initial weights are the generator's next draws.
         let mut objective = Objective::new(cfg, &device)?;
         let n_t = objective.chain().num_timesteps();
@@ -110,10 +110,10 @@ impl<'a, M: Net<D>, const D: usize> Trainer<'a, M, D> {
             world.agree("the training state to start from", state_hash)?;
             world.agree(
                 "the weights to start from",
-                weights_checksum(&learner.model),
+                weights_checksum(learner.model()),
             )?;
         }
-        check_memory::<M, D>(cfg, device_name, &learner.model, &item_shape, &world)?;
+        check_memory::<M, D>(cfg, device_name, learner.model(), &item_shape, &world)?;
         if root {
             std::fs::create_dir_all(&run)
                 .with_context(|| format!("cannot create the run directory {}", run.display()))?;
@@ -241,14 +241,11 @@ fn restore<M: Net<D>, const D: usize>(
     inner: &burn::tensor::Device,
 ) -> Result<TrainState> {
     let model_file = ckpt.join("model.safetensors");
-    learner.model = load_params(
-        learner.model.clone(),
-        &read_safetensors(&model_file)?,
-        &model_file.display().to_string(),
-        inner,
-    )?;
+    let weights = read_safetensors(&model_file)?;
+    let name = model_file.display().to_string();
+    learner.map_model(|m| load_params(m, &weights, &name, inner))?;
     let mut shapes = BTreeMap::new();
-    visit_params(&learner.model, |name, _, shape, _| {
+    visit_params(learner.model(), |name, _, shape, _| {
         shapes.insert(name.to_string(), shape);
     });
     let ema_file = ckpt.join("ema.safetensors");

@@ -196,12 +196,7 @@ fn two_training_steps_equal_algorithm_1_computed_by_hand() {
         decay: 0.9,
         warmup_power: None,
     };
-    let mut learner = Learner {
-        model,
-        opt: AdamW::new(adam),
-        ema: Ema::new(ema_cfg),
-        precision: Precision::F32,
-    };
+    let mut learner = Learner::new(model, AdamW::new(adam), Ema::new(ema_cfg), Precision::F32);
     let objective = Objective::Chain {
         diffusion: chain(),
         loss: LossConfig {
@@ -255,7 +250,7 @@ fn two_training_steps_equal_algorithm_1_computed_by_hand() {
             &format!("step {step}: gradient norm"),
         );
         assert!(hand_norm > clip, "the test means to exercise clipping");
-        let got = host_of(&learner.model);
+        let got = host_of(learner.model());
         close(&got.w, &theta.w, &format!("step {step}: W after AdamW"));
         close(&got.b, &theta.b, &format!("step {step}: b after AdamW"));
         thetas.push(theta.clone());
@@ -289,12 +284,12 @@ fn micro_batches_and_rank_shares_sum_to_the_whole_batch_gradient() {
             &device,
         )),
     };
-    let learner = Learner {
-        model: model(),
-        opt: AdamW::new(AdamWConfig::default()),
-        ema: Ema::new(EmaConfig::default()),
-        precision: Precision::F32,
-    };
+    let learner = Learner::new(
+        model(),
+        AdamW::new(AdamWConfig::default()),
+        Ema::new(EmaConfig::default()),
+        Precision::F32,
+    );
     let objective = Objective::Chain {
         diffusion: chain(),
         loss: LossConfig {

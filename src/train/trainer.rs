@@ -7,7 +7,7 @@
 //! until converged
 //! ```
 //!
-//! [`train`] is that loop; each line is a method of [`Trainer`] below, and opening the run
+//! [`train`] is that loop; each line is a method of `Trainer` below, and opening the run
 //! (configuration, lock, resume, data, network) is in `open.rs`.
 
 use std::ops::Range;
@@ -231,7 +231,7 @@ impl<M: Net<D>, const D: usize> Trainer<'_, M, D> {
             cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every) || at_end;
         if checkpoint_now && self.world.is_distributed() {
             // The replicas must hold the same weights: a cheap checksum per checkpoint.
-            let sum = weights_checksum(&self.learner.model);
+            let sum = weights_checksum(self.learner.model());
             self.world
                 .agree("the weights (the replicas diverged)", sum)?;
         }
@@ -243,7 +243,7 @@ impl<M: Net<D>, const D: usize> Trainer<'_, M, D> {
             let l = &self.learner;
             let dir = checkpoints::save(
                 &self.run,
-                &l.model,
+                l.model(),
                 &l.ema,
                 &l.opt,
                 &self.state,
@@ -257,7 +257,7 @@ impl<M: Net<D>, const D: usize> Trainer<'_, M, D> {
         }
         if self.root && (cfg.sample_every > 0 && step.is_multiple_of(cfg.sample_every) || at_end) {
             let inner = self.device.clone().inner();
-            let ema = ema_model(&self.learner.model, &self.learner.ema, &self.device);
+            let ema = ema_model(self.learner.model(), &self.learner.ema, &self.device);
             let chain = self.objective.sampling_chain(cfg)?;
             let path = self.run.join("samples").join(format!("step-{step:08}.png"));
             write_samples::<M, D>(&path, &ema, chain, cfg, &self.item_shape, &inner)?;

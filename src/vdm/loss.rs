@@ -3,7 +3,7 @@
 //! one backward pass gives both the network's gradient and, per example, ∂L_i/∂γ(t_i) and
 //! ∂L_i/∂γ'(t_i); the schedule's gradients then follow by the chain rule through the small γ
 //! network alone — no second forward of the denoiser:
-//! - its interior minimizes the variance of the loss estimator: ∇_η E[L²] =
+//! - its interior minimizes the variance of the loss estimator: ∇_η E\[L²\] =
 //!   E[2L·(∂L/∂γ ∇_η γ + ∂L/∂γ' ∇_η γ')] (the mean of L_∞ does not depend on the interior);
 //! - its endpoints minimize the bound itself: E[∂L/∂γ ∇γ + ∂L/∂γ' ∇γ'] plus the prior and
 //!   reconstruction terms' own gradients.
@@ -108,13 +108,13 @@ impl ScheduleSignal {
         }
     }
 
-    /// ∇_η of the estimator's second moment E[L²] (the interior's objective).
+    /// ∇_η of the estimator's second moment E\[L²\] (the interior's objective).
     pub fn variance_grads(&self, schedule: &LearnedGamma) -> BTreeMap<String, Tensor<1>> {
         let w: Vec<f64> = self.loss.iter().map(|l| 2.0 * l).collect();
         self.weighted_grads(schedule, &w, (0.0, 0.0))
     }
 
-    /// ∇_η of the bound E[L] + prior + decoder (the endpoints' objective).
+    /// ∇_η of the bound E\[L\] + prior + decoder (the endpoints' objective).
     pub fn mean_grads(&self, schedule: &LearnedGamma) -> BTreeMap<String, Tensor<1>> {
         let ends = (self.ends.0 / self.total, self.ends.1 / self.total);
         self.weighted_grads(schedule, &vec![1.0; self.loss.len()], ends)

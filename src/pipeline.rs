@@ -1,0 +1,257 @@
+//! Sampling from code: load a trained model (a run, one of its checkpoints, a diffusers folder or
+//! a fetched Hub repo id) and draw images or points from it in a few lines.
+//!
+//! ```no_run
+//! use ddpm::{ImagePipeline, SampleOptions};
+//!
+//! let pipeline = ImagePipeline::load("runs/mnist")?;
+//! let samples = pipeline.sample(&SampleOptions::ddim(16, 50))?;
+//! samples.save_pngs("samples/")?;
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
+
+use crate::config::RunConfig;
+use crate::diffusion::{GaussianDiffusion, X0Clip};
+use crate::model::{Mlp, UNet};
+use crate::run::load::{Loaded, load_for_inference};
+use crate::run::net::Net;
+use crate::sample::{AnySampler, Conditioning, DrawError, Drawing, ImageNoise, SamplerSpec};
+
+/// A trained network with its chain, ready to sample.
+pub struct Pipeline<M, const D: usize> {
+    loaded: Loaded<M>,
+    device: Device,
+}
+
+/// A pipeline for images (the U-Net).
+pub type ImagePipeline = Pipeline<UNet, 4>;
+
+/// A pipeline for 2-D points (the MLP).
+pub type PointPipeline = Pipeline<Mlp, 2>;
+
+/// What to sample.
+#[derive(Debug, Clone)]
+pub struct SampleOptions {
+    /// How many samples.
+    pub n: usize,
+    /// The sampler and its steps.
+    pub sampler: SamplerSpec,
+    /// The seed: sample i always comes from the stream (seed, i), whatever `batch_size`.
+    pub seed: u64,
+    /// Samples per network call.
+    pub batch_size: usize,
+    /// A class-conditional model's class for each sample (`None`: unconditional).
+    pub classes: Option<Vec<usize>>,
+    /// Classifier-free guidance weight w (0: plain conditional sampling).
+    pub guidance: f64,
+    /// x̂0 post-processing (clipping to [−1, 1] by default, as the images were).
+    pub clip: X0Clip,
+}
+
+impl SampleOptions {
+    /// `n` samples with DDIM (η = 0) in `steps` steps, seed 0, batches of up to 64.
+    pub fn ddim(n: usize, steps: usize) -> Self {
+        Self::with_sampler(n, "ddim", steps)
+    }
+
+    /// `n` samples with Ho et al.'s ancestral sampler (Algorithm 2) on a chain respaced to
+    /// `steps` steps.
+    pub fn ancestral(n: usize, steps: usize) -> Self {
+        Self::with_sampler(n, "ddpm", steps)
+    }
+
+    /// `n` samples with DPM-Solver++(2M) in `steps` steps.
+    pub fn dpm_solver(n: usize, steps: usize) -> Self {
+        Self::with_sampler(n, "dpmpp2m", steps)
+    }
+
+    fn with_sampler(n: usize, name: &str, steps: usize) -> Self {
+        Self {
+            n,
+            sampler: SamplerSpec {
+                name: name.into(),
+                steps,
+                eta: 0.0,
+                spacing: None,
+                respace: None,
+            },
+            seed: 0,
+            batch_size: 64,
+            classes: None,
+            guidance: 0.0,
+            clip: X0Clip::Clip,
+        }
+    }
+
+    /// The same options with `seed`.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// The same options for a class-conditional model: sample i of class `classes[i % len]`,
+    /// with classifier-free guidance weight `guidance`.
+    pub fn classes(mut self, classes: &[usize], guidance: f64) -> Self {
+        self.classes = Some((0..self.n).map(|i| classes[i % classes.len()]).collect());
+        self.guidance = guidance;
+        self
+    }
+}
+
+/// Samples on the host: `shape[0]` of them, row-major, images in [−1, 1].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Samples {
+    /// The values.
+    pub values: Vec<f32>,
+    /// `[n, channels, height, width]` for images, `[n, 2]` for points.
+    pub shape: Vec<usize>,
+}
+
+impl Samples {
+    /// How many samples.
+    pub fn len(&self) -> usize {
+        self.shape.first().copied().unwrap_or(0)
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Image `i` as 8-bit pixels (gray or RGB, rows of `width`), [−1, 1] mapped to 0..=255.
+    pub fn image(&self, i: usize) -> Result<image::DynamicImage> {
+        let [_, c, h, w] = self.image_shape()?;
+        if i >= self.len() {
+            bail!("image {i}: there are {} samples", self.len());
+        }
+        let pixels = crate::viz::grid::image_pixels(&self.values, [self.len(), c, h, w], i);
+        let (w, h) = (w as u32, h as u32);
+        Ok(match c {
+            1 => image::DynamicImage::ImageLuma8(
+                image::GrayImage::from_raw(w, h, pixels).context("pixels")?,
+            ),
+            _ => image::DynamicImage::ImageRgb8(
+                image::RgbImage::from_raw(w, h, pixels).context("pixels")?,
+            ),
+        })
+    }
+
+    /// Writes image i to `dir/NNNNNN.png` for every i (creating `dir`).
+    pub fn save_pngs(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        let [n, c, h, w] = self.image_shape()?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        for i in 0..n {
+            let pixels = crate::viz::grid::image_pixels(&self.values, [n, c, h, w], i);
+            let png = crate::viz::grid::encode_png(w, h, c, &pixels)?;
+            crate::files::write_atomic(&dir.join(format!("{i:06}.png")), &png)?;
+        }
+        Ok(())
+    }
+
+    fn image_shape(&self) -> Result<[usize; 4]> {
+        match self.shape[..] {
+            [n, c, h, w] if c == 1 || c == 3 => Ok([n, c, h, w]),
+            _ => bail!(
+                "samples of shape {:?} are not gray or RGB images",
+                self.shape
+            ),
+        }
+    }
+}
+
+impl<M: Net<D>, const D: usize> Pipeline<M, D> {
+    /// Loads a run directory (its newest complete checkpoint), a checkpoint directory, a
+    /// diffusers model folder or a Hub repo id fetched before (`ddpm fetch`), with its averaged
+    /// (EMA) weights, on the CPU.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        Self::load_on(path, &crate::device::by_name("cpu")?, false)
+    }
+
+    /// As [`Self::load`], on `device`; `raw` takes the trained weights instead of their average.
+    pub fn load_on(path: impl AsRef<Path>, device: &Device, raw: bool) -> Result<Self> {
+        let loaded = load_for_inference::<M, D>(path.as_ref(), raw, device)?;
+        Ok(Self {
+            loaded,
+            device: device.clone(),
+        })
+    }
+
+    /// The run's configuration.
+    pub fn config(&self) -> &RunConfig {
+        &self.loaded.config
+    }
+
+    /// The network.
+    pub fn model(&self) -> &M {
+        &self.loaded.model
+    }
+
+    /// The chain the samplers walk.
+    pub fn diffusion(&self) -> &GaussianDiffusion {
+        &self.loaded.diffusion
+    }
+
+    /// Draws `options.n` samples.
+    pub fn sample(&self, options: &SampleOptions) -> Result<Samples> {
+        let cfg = &self.loaded.config;
+        let item_shape = cfg.item_shape()?;
+        let (model, diffusion) = (&self.loaded.model, &self.loaded.diffusion);
+        let defaults = cfg.sampler_defaults.as_ref();
+        let classes = match (&options.classes, cfg.num_classes()) {
+            (Some(l), Some(k)) => {
+                if let Some(bad) = l.iter().find(|&&c| c >= k) {
+                    bail!("class {bad}: the model has classes 0..={}", k - 1);
+                }
+                if l.len() != options.n {
+                    bail!("{} classes for {} samples", l.len(), options.n);
+                }
+                Some((l.as_slice(), k))
+            }
+            (Some(_), None) => bail!("classes: this model was trained without classes"),
+            (None, _) => None,
+        };
+        let cond = classes.map(|(labels, classes)| Conditioning {
+            labels,
+            classes,
+            guidance: options.guidance,
+            rescale: 0.0,
+            learned_variance: diffusion.variance.is_learned(),
+            classifier: None,
+        });
+        let drawing = Drawing {
+            model,
+            item_shape: &item_shape,
+            cond: cond.as_ref(),
+            device: &self.device,
+        };
+        let new_sampler = || {
+            AnySampler::build(&options.sampler, diffusion, options.clip, defaults)
+                .map_err(|e| DrawError::Refused(e.0))
+        };
+        let item: usize = item_shape.iter().product();
+        let mut values = vec![0.0f32; options.n * item];
+        let write = |first: usize, round: &[f32]| {
+            values[first * item..first * item + round.len()].copy_from_slice(round);
+            Ok(())
+        };
+        drawing
+            .in_rounds(
+                new_sampler,
+                (options.n, options.batch_size),
+                &ImageNoise::Seeded(options.seed),
+                &crate::dist::world(),
+                |_, _, _, _, _| {},
+                write,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut shape = vec![options.n];
+        shape.extend(item_shape);
+        Ok(Samples { values, shape })
+    }
+}
