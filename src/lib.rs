@@ -72,10 +72,13 @@
 //!   kernels for burn's `flex` backend.
 
 pub use config::RunConfig;
+pub use data::Dataset;
+pub use data::memory::InMemory;
 pub use diffusion::{Denoiser, GaussianDiffusion};
+pub use eval::nll::{NllOptions, NllReport};
 pub use pipeline::{ImagePipeline, Pipeline, PointPipeline, SampleOptions, Samples};
 pub use schedule::{BetaSchedule, NoiseSchedule};
-pub use train::{TrainSummary, train_auto};
+pub use train::{TrainSummary, train_auto, train_dataset};
 
 pub mod bench;
 pub mod cli;

@@ -108,6 +108,20 @@ impl BetaSchedule {
     /// without explicit β bounds, the Ho et al. bounds (1e-4, 0.02) are scaled by 1000/T as
     /// Improved DDPM does for `linear`, so that ᾱ_T stays comparable across T. Explicit bounds
     /// are used as given. `constant` uses `beta_end` (default 0.02·1000/T).
+    ///
+    /// ```
+    /// use ddpm::{BetaSchedule, NoiseSchedule};
+    ///
+    /// let linear = BetaSchedule::named("linear", 1000, None, None)?;
+    /// let s = NoiseSchedule::new(&linear, 1000, false)?;
+    /// // Ho et al.'s β_1 = 1e-4 … β_T = 0.02 leave almost no signal at t = T.
+    /// assert!((s.betas[0] - 1e-4).abs() < 1e-12 && (s.betas[999] - 0.02).abs() < 1e-12);
+    /// assert!(s.alphas_cumprod[999] < 1e-4);
+    /// assert!(s.alphas_cumprod.windows(2).all(|w| w[1] < w[0]));
+    /// // An unknown name is an error naming the accepted ones, not a panic.
+    /// assert!(BetaSchedule::named("cosinus", 1000, None, None).is_err());
+    /// # Ok::<(), ddpm::schedule::ScheduleError>(())
+    /// ```
     pub fn named(
         name: &str,
         timesteps: usize,
@@ -538,6 +552,16 @@ impl NoiseSchedule {
     }
 
     /// The schedule `kind` over T steps, optionally rescaled to zero terminal SNR.
+    ///
+    /// ```
+    /// use ddpm::{BetaSchedule, NoiseSchedule};
+    ///
+    /// let cosine = BetaSchedule::named("cosine", 100, None, None)?;
+    /// let rescaled = NoiseSchedule::new(&cosine, 100, true)?;
+    /// // Lin et al. (2024): the last step is pure noise.
+    /// assert_eq!(rescaled.alphas_cumprod[99], 0.0);
+    /// # Ok::<(), ddpm::schedule::ScheduleError>(())
+    /// ```
     pub fn new(
         kind: &BetaSchedule,
         timesteps: usize,

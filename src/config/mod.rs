@@ -196,7 +196,22 @@ impl Default for RunConfig {
 }
 
 impl RunConfig {
-    /// Reads a TOML file; unknown keys are an error naming the key.
+    /// Reads a TOML file; unknown keys are an error naming the key. Absent keys take their
+    /// defaults.
+    ///
+    /// ```
+    /// use ddpm::RunConfig;
+    /// use ddpm::config::LossName;
+    ///
+    /// let c = RunConfig::from_toml("preset = \"tiny\"\nloss = \"hybrid\"\nsteps = 10", "my.toml")?;
+    /// assert_eq!((c.preset.as_str(), c.loss, c.steps), ("tiny", LossName::Hybrid, 10));
+    /// assert_eq!(c.batch_size, RunConfig::default().batch_size);
+    /// let e = RunConfig::from_toml("los = \"hybrid\"", "my.toml").unwrap_err().to_string();
+    /// assert!(e.contains("my.toml") && e.contains("los"), "{e}");
+    /// let e = RunConfig::from_toml("loss = \"l1\"", "my.toml").unwrap_err().to_string();
+    /// assert!(e.contains("--loss") && e.contains("simple, vlb or hybrid"), "{e}");
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     pub fn from_toml(text: &str, source: &str) -> anyhow::Result<Self> {
         toml::from_str(text).map_err(|e| anyhow::anyhow!("{source}: {}", e.message().trim()))
     }

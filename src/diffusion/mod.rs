@@ -21,6 +21,48 @@ pub use parameterization::Parameterization;
 /// A network that maps (x_t, t) to its output (ε, x0 or v, with variance channels appended on
 /// dimension 1 when the variance is learned). `t` holds the original chain's timesteps as
 /// floats, one per batch element.
+///
+/// Any network can be sampled with the crate's samplers. For data that is N(0, I) itself, the
+/// exact ε-predictor is ε̂ = √(1−ᾱ_t)·x_t; each DDIM step from s to s′ then scales x by
+/// √(ᾱ_s ᾱ_s′) + √((1−ᾱ_s)(1−ᾱ_s′)), a factor that tends to 1 with more steps:
+///
+/// ```
+/// use burn::tensor::Tensor;
+/// use ddpm::diffusion::{Parameterization, VarianceType, X0Clip};
+/// use ddpm::sample::{Ddim, Spacing, ddim::spaced_steps, sample_loop};
+/// use ddpm::{BetaSchedule, Denoiser, GaussianDiffusion, NoiseSchedule};
+///
+/// struct StandardNormal<'a>(&'a GaussianDiffusion);
+///
+/// impl Denoiser<2> for StandardNormal<'_> {
+///     fn forward(&self, x_t: Tensor<2>, t: Tensor<1>) -> Tensor<2> {
+///         // Every item of a batch is at the same step here.
+///         let t = t.into_data().iter::<f32>().next().unwrap_or(0.0) as usize;
+///         x_t * (1.0 - self.0.schedule.alphas_cumprod[t]).sqrt()
+///     }
+/// }
+///
+/// let device = ddpm::device::by_name("cpu")?;
+/// let s = NoiseSchedule::new(&BetaSchedule::named("linear", 1000, None, None)?, 1000, false)?;
+/// let q = GaussianDiffusion::new(s, Parameterization::Eps, VarianceType::FixedSmall);
+/// let steps = spaced_steps(1000, 50, Spacing::Linspace);
+/// let mut ddim = Ddim::new(&q, steps.clone(), 0.0, X0Clip::None);
+/// let mut rng = ddpm::rng::Rng::new(1);
+/// let x0 = sample_loop(&StandardNormal(&q), &mut ddim, [4, 2], &device, &mut rng, |_, _, _, _| {});
+/// let x_t = ddpm::rng::Rng::new(1).normal_f32(8); // the same x_T
+/// let ab = &q.schedule.alphas_cumprod;
+/// let mut c = 1.0;
+/// for (i, &s) in steps.iter().enumerate() {
+///     let prev = if i == 0 { 1.0 } else { ab[steps[i - 1]] }; // the last step lands on x_0
+///     c *= (prev * ab[s]).sqrt() + ((1.0 - prev) * (1.0 - ab[s])).sqrt();
+/// }
+/// assert!(c > 0.95 && c < 1.0);
+/// let got: Vec<f32> = x0.into_data().iter::<f32>().collect();
+/// for (a, b) in got.iter().zip(&x_t) {
+///     assert!((*a as f64 - c * *b as f64).abs() < 1e-4, "{a} vs {c}·{b}");
+/// }
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 pub trait Denoiser<const D: usize> {
     /// Evaluates the network.
     fn forward(&self, x_t: Tensor<D>, t: Tensor<1>) -> Tensor<D>;
@@ -185,6 +227,27 @@ impl GaussianDiffusion {
     }
 
     /// x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε, a draw from q(x_t|x_0) (Ho et al. eq. 4, reparameterized).
+    ///
+    /// ```
+    /// use burn::tensor::{Tensor, TensorData};
+    /// use ddpm::diffusion::{Parameterization, VarianceType};
+    /// use ddpm::{BetaSchedule, GaussianDiffusion, NoiseSchedule};
+    ///
+    /// let device = ddpm::device::by_name("cpu")?;
+    /// let s = NoiseSchedule::new(&BetaSchedule::named("linear", 1000, None, None)?, 1000, false)?;
+    /// let q = GaussianDiffusion::new(s, Parameterization::Eps, VarianceType::FixedSmall);
+    /// let x0 = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, -1.0], [1, 2]), &device);
+    /// let eps = Tensor::<2>::from_data(TensorData::new(vec![0.5f32, 0.5], [1, 2]), &device);
+    /// let t = 499;
+    /// let xt: Vec<f32> = q.q_sample(x0, &[t], eps).into_data().iter::<f32>().collect();
+    /// let (a, b) = (
+    ///     q.schedule.alphas_cumprod[t].sqrt(),
+    ///     (1.0 - q.schedule.alphas_cumprod[t]).sqrt(),
+    /// );
+    /// assert!((xt[0] as f64 - (a + 0.5 * b)).abs() < 1e-5);
+    /// assert!((xt[1] as f64 - (-a + 0.5 * b)).abs() < 1e-5);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     pub fn q_sample<const D: usize>(
         &self,
         x_start: Tensor<D>,
@@ -200,6 +263,26 @@ impl GaussianDiffusion {
     /// The posterior q(x_{t−1}|x_t, x_0) = N(μ̃_t, β̃_t I) with
     /// μ̃_t = √ᾱ_{t−1}β_t/(1−ᾱ_t)·x_0 + √α_t(1−ᾱ_{t−1})/(1−ᾱ_t)·x_t (Ho et al. eqs. 6–7).
     /// The log-variance is the clipped one (finite at t = 1).
+    ///
+    /// ```
+    /// use burn::tensor::Tensor;
+    /// use ddpm::diffusion::{Parameterization, VarianceType};
+    /// use ddpm::{BetaSchedule, GaussianDiffusion, NoiseSchedule};
+    ///
+    /// let device = ddpm::device::by_name("cpu")?;
+    /// let s = NoiseSchedule::new(&BetaSchedule::named("linear", 100, None, None)?, 100, false)?;
+    /// let q = GaussianDiffusion::new(s, Parameterization::Eps, VarianceType::FixedSmall);
+    /// // With x_t = x_0 = 0 the posterior mean is 0 and its variance β̃_t = β_t(1−ᾱ_{t−1})/(1−ᾱ_t).
+    /// let zero = Tensor::<2>::zeros([1, 3], &device);
+    /// let p = q.q_posterior(zero.clone(), zero, &[50]);
+    /// let s = &q.schedule;
+    /// let want = s.betas[50] * (1.0 - s.alphas_cumprod[49]) / (1.0 - s.alphas_cumprod[50]);
+    /// let var: Vec<f32> = p.variance.into_data().iter::<f32>().collect();
+    /// assert!((var[0] as f64 - want).abs() < 1e-7);
+    /// let mean: Vec<f32> = p.mean.into_data().iter::<f32>().collect();
+    /// assert!(mean.iter().all(|m| *m == 0.0));
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     pub fn q_posterior<const D: usize>(
         &self,
         x_start: Tensor<D>,

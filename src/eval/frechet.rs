@@ -121,7 +121,22 @@ pub fn sqrt_psd(m: &DMatrix<f64>) -> DMatrix<f64> {
     &e.eigenvectors * DMatrix::from_diagonal(&s) * e.eigenvectors.transpose()
 }
 
-/// The squared Fréchet distance between N(μ1, Σ1) and N(μ2, Σ2). The trace term is computed as
+/// The squared Fréchet distance between N(μ1, Σ1) and N(μ2, Σ2).
+///
+/// ```
+/// use ddpm::eval::frechet::{FeatureStats, frechet_distance};
+///
+/// // Two 2-D feature sets: the second is the first shifted by (3, 4).
+/// let a = [0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
+/// let b: Vec<f64> = a.chunks(2).flat_map(|p| [p[0] + 3.0, p[1] + 4.0]).collect();
+/// let (sa, sb) = (FeatureStats::from_features(&a, 4, 2)?, FeatureStats::from_features(&b, 4, 2)?);
+/// // Same covariance: the distance is ‖μ1 − μ2‖² = 25.
+/// assert!((frechet_distance(&sa, &sb)? - 25.0).abs() < 1e-9);
+/// assert!(frechet_distance(&sa, &sa)?.abs() < 1e-9);
+/// # Ok::<(), anyhow::Error>(())
+/// ```
+///
+/// The trace term is computed as
 /// Σ √λ_i of the eigenvalues of the symmetric PSD matrix Σ1^{½} Σ2 Σ1^{½}, which is stable for
 /// near-singular covariances (no inverse is taken; negative rounding is clamped).
 pub fn frechet_distance(a: &FeatureStats, b: &FeatureStats) -> Result<f64> {

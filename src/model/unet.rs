@@ -293,6 +293,18 @@ impl UNet {
 
     /// `x`: `[B, C, H, W]`, `t`: `[B]` timesteps (floats). Returns `[B, output_channels, H, W]`.
     /// A class-conditional network gets the null class (no condition).
+    ///
+    /// ```
+    /// use burn::tensor::Tensor;
+    /// use ddpm::model::{UNet, UNetConfig};
+    ///
+    /// let device = ddpm::device::by_name("cpu")?;
+    /// let net = UNet::new(&UNetConfig::tiny(), &device)?;
+    /// let x = Tensor::<4>::zeros([2, 1, 8, 8], &device);
+    /// let t = Tensor::<1>::from_floats([10.0, 500.0], &device);
+    /// assert_eq!(net.forward(x, t).dims(), [2, 1, 8, 8]);
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     pub fn forward(&self, x: Tensor<4>, t: Tensor<1>) -> Tensor<4> {
         self.forward_cond(x, t, None)
     }

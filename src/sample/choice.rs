@@ -82,6 +82,25 @@ impl AnySampler {
 
     /// The sampler `spec` names on the chain `d`, clipping x̂0 with `clip`; a model's own
     /// scheduler settings (`defaults`) fill in what `spec` leaves open.
+    ///
+    /// ```
+    /// use ddpm::diffusion::{Parameterization, VarianceType, X0Clip};
+    /// use ddpm::sample::{AnySampler, Sampler, SamplerSpec};
+    /// use ddpm::{BetaSchedule, GaussianDiffusion, NoiseSchedule};
+    ///
+    /// let s = NoiseSchedule::new(&BetaSchedule::named("cosine", 1000, None, None)?, 1000, false)?;
+    /// let q = GaussianDiffusion::new(s, Parameterization::Eps, VarianceType::FixedSmall);
+    /// let spec = |name: &str, steps| SamplerSpec {
+    ///     name: name.into(), steps, eta: 0.0, spacing: Some("trailing".into()), respace: None,
+    /// };
+    /// let dpm = AnySampler::build(&spec("dpmpp2m", 20), &q, X0Clip::Clip, None)?;
+    /// assert_eq!(dpm.steps_len(), 20);
+    /// // Trailing spacing starts at the last step of the chain, T.
+    /// assert_eq!(Sampler::<4>::timesteps(&dpm)[0], 999);
+    /// assert!(AnySampler::build(&spec("euler", 20), &q, X0Clip::Clip, None).is_err());
+    /// assert!(AnySampler::build(&spec("ddim", 2000), &q, X0Clip::Clip, None).is_err());
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
     pub fn build(
         spec: &SamplerSpec,
         d: &GaussianDiffusion,

@@ -11,7 +11,7 @@ pub mod resume;
 pub mod trainer;
 pub mod vdm_batch;
 
-pub use trainer::{TrainSummary, train, train_auto};
+pub use trainer::{TrainSummary, train, train_auto, train_dataset};
 
 #[cfg(test)]
 mod tests;

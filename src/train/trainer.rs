@@ -374,9 +374,20 @@ fn write_samples<M: Net<D>, const D: usize>(
     Ok(())
 }
 
-/// Trains with the network the data calls for: the U-Net for images, the MLP for 2-D points.
+/// Trains on `cfg.data` with the network the data calls for: the U-Net for images, the MLP for
+/// 2-D points. `resume`: continue the run in `cfg.out`; `quiet`: no progress bar.
 pub fn train_auto(cfg: &RunConfig, resume: bool, quiet: bool) -> Result<TrainSummary> {
-    let ds = crate::run::open_dataset(cfg)?;
+    train_dataset(cfg, crate::run::open_dataset(cfg)?, resume, quiet)
+}
+
+/// As [`train_auto`], on `ds` instead of `cfg.data` (a dataset of the caller's, say an
+/// [`crate::data::memory::InMemory`] one); `cfg.data` then only names it in messages.
+pub fn train_dataset(
+    cfg: &RunConfig,
+    ds: Arc<dyn Dataset>,
+    resume: bool,
+    quiet: bool,
+) -> Result<TrainSummary> {
     let mut cfg = cfg.clone();
     if cfg.class_cond {
         let names = ds.classes();

@@ -44,6 +44,15 @@ impl FixedGamma {
     }
 
     /// γ(t).
+    ///
+    /// ```
+    /// use ddpm::vdm::{FixedGamma, alpha_sq};
+    ///
+    /// let g = FixedGamma::Linear { gamma_min: -13.3, gamma_max: 5.0 };
+    /// assert_eq!((g.gamma(0.0), g.gamma(1.0)), (-13.3, 5.0));
+    /// // α_t² = sigmoid(−γ(t)): almost all signal at t = 0, little at t = 1.
+    /// assert!(alpha_sq(g.gamma(0.0)) > 0.999_99 && alpha_sq(g.gamma(1.0)) < 0.01);
+    /// ```
     pub fn gamma(&self, t: f64) -> f64 {
         match *self {
             Self::LinearBeta { b0, b1 } => {
