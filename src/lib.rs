@@ -60,16 +60,21 @@
 //!   guidance trade-offs.
 //! - [`viz`]: image grids and charts.
 //! - [`train`]: the training loop (Algorithm 1) and the guidance classifier's trainer.
-//! - [`mod@bench`]: throughput of a training step or a network evaluation.
-//! - [`cli`]: the `ddpm` command, one file per subcommand: parses, calls the library, prints.
+//! - `bench`: throughput of a training step or a network evaluation (for `ddpm bench`).
+//! - `cli`: the `ddpm` command, one file per subcommand: parses, calls the library, prints.
 //!
 //! **Beneath everything**
 //! - [`data`]: datasets (IDX, CIFAR-10, image folders, toy 2-D) and the batch stream.
 //! - [`store`]: named host tensors, safetensors files, a module's parameters by name.
 //! - [`rng`]: the seedable generator and every random stream by name ([`rng::streams`]).
 //! - [`files`]: atomic writes, bounded reads, locks; [`device`]: choosing the backend;
-//!   [`dist`]: MPI ranks; [`heap`]: the allocator's settings; [`kernels`]: hand-written CPU
+//!   [`dist`]: MPI ranks; `heap`: the allocator's settings; `kernels`: hand-written CPU
 //!   kernels for burn's `flex` backend.
+//!
+//! `bench`, `cli`, `heap` and `kernels` are public only for the `ddpm` binary and the
+//! benchmarks; they are hidden from the documentation and not part of the library's API.
+
+#![warn(missing_docs)]
 
 pub use config::RunConfig;
 pub use data::Dataset;
@@ -80,7 +85,9 @@ pub use pipeline::{ImagePipeline, Pipeline, PointPipeline, SampleOptions, Sample
 pub use schedule::{BetaSchedule, NoiseSchedule};
 pub use train::{TrainSummary, train_auto, train_dataset};
 
+#[doc(hidden)] // Internal: the `ddpm bench` command's measurement, not part of the library API.
 pub mod bench;
+#[doc(hidden)] // Internal: the command line, not part of the library API.
 pub mod cli;
 pub mod config;
 pub mod data;
@@ -89,8 +96,11 @@ pub mod diffusion;
 pub mod dist;
 pub mod eval;
 pub mod files;
+#[doc(hidden)]
+// Internal: the allocator settings of the `ddpm` binary, not part of the library API.
 pub mod heap;
 pub mod hub;
+#[doc(hidden)] // Internal: CPU kernels behind burn's operations, not part of the library API.
 pub mod kernels;
 pub mod model;
 pub mod optim;
