@@ -15,6 +15,23 @@ use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
 use std::path::Path;
 
+/// The Fréchet Inception distance (Heusel et al. 2017) between the first `limit` images of
+/// `samples` and of `reference` (all when `None`): the Fréchet distance of the Gaussians fitted
+/// to `net`'s pool features, `batch` images per network call. With fewer images than the 2,048
+/// features the covariances are singular and the value is only comparable between equally
+/// sized sets.
+pub fn fid_between(
+    net: &InceptionV3,
+    samples: &dyn Dataset,
+    reference: &dyn Dataset,
+    limit: Option<usize>,
+    batch: usize,
+) -> Result<f64> {
+    let (fs, ns) = dataset_features(net, samples, limit, batch, |_| {})?;
+    let (fr, nr) = dataset_features(net, reference, limit, batch, |_| {})?;
+    super::frechet::frechet_distance(&stats_of(&fs, ns)?, &stats_of(&fr, nr)?)
+}
+
 /// Inception features of the first `limit` items of `data` (all when `None`), `batch` images
 /// per network call; returns the features row-major and their count. `progress` is called
 /// with the number of images done after each batch. Under `mpirun` rank r computes batches r,
