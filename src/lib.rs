@@ -80,6 +80,7 @@ pub use config::RunConfig;
 pub use data::Dataset;
 pub use data::memory::InMemory;
 pub use diffusion::{Denoiser, GaussianDiffusion};
+pub use error::{Error, ErrorKind, Result};
 pub use eval::nll::{NllOptions, NllReport};
 pub use pipeline::{ImagePipeline, Pipeline, PointPipeline, SampleOptions, Samples};
 pub use schedule::{BetaSchedule, NoiseSchedule};
@@ -94,6 +95,7 @@ pub mod data;
 pub mod device;
 pub mod diffusion;
 pub mod dist;
+pub mod error;
 pub mod eval;
 pub mod files;
 #[doc(hidden)]

@@ -19,6 +19,7 @@ use crate::config::RunConfig;
 use crate::data::Dataset;
 use crate::data::memory::InMemory;
 use crate::diffusion::{GaussianDiffusion, X0Clip};
+use crate::error::{ErrorKind, Refused};
 use crate::eval::nll::{NllOptions, NllReport};
 use crate::model::{Mlp, UNet};
 use crate::run::load::{Loaded, load_for_inference};
@@ -206,12 +207,12 @@ impl<M: Net<D>, const D: usize> Pipeline<M, D> {
     /// Loads a run directory (its newest complete checkpoint), a checkpoint directory, a
     /// diffusers model folder or a Hub repo id fetched before (`ddpm fetch`), with its averaged
     /// (EMA) weights, on the CPU.
-    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+    pub fn load(path: impl AsRef<Path>) -> crate::Result<Self> {
         Self::load_on(path, &crate::device::by_name("cpu")?, false)
     }
 
     /// As [`Self::load`], on `device`; `raw` takes the trained weights instead of their average.
-    pub fn load_on(path: impl AsRef<Path>, device: &Device, raw: bool) -> Result<Self> {
+    pub fn load_on(path: impl AsRef<Path>, device: &Device, raw: bool) -> crate::Result<Self> {
         let loaded = load_for_inference::<M, D>(path.as_ref(), raw, device)?;
         Ok(Self {
             loaded,
@@ -234,8 +235,13 @@ impl<M: Net<D>, const D: usize> Pipeline<M, D> {
         &self.loaded.diffusion
     }
 
-    /// Draws `options.n` samples.
-    pub fn sample(&self, options: &SampleOptions) -> Result<Samples> {
+    /// Draws `options.n` samples. Non-finite samples are an error of kind
+    /// [`crate::ErrorKind::NonFinite`].
+    pub fn sample(&self, options: &SampleOptions) -> crate::Result<Samples> {
+        Ok(self.draw(options)?)
+    }
+
+    fn draw(&self, options: &SampleOptions) -> Result<Samples> {
         let cfg = &self.loaded.config;
         let item_shape = cfg.item_shape()?;
         let (model, diffusion) = (&self.loaded.model, &self.loaded.diffusion);
@@ -286,7 +292,11 @@ impl<M: Net<D>, const D: usize> Pipeline<M, D> {
                 |_, _, _, _, _| {},
                 write,
             )
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(|e| match e {
+                DrawError::NonFinite { .. } => Refused::error(ErrorKind::NonFinite, e.to_string()),
+                DrawError::Refused(m) => Refused::error(ErrorKind::Config, m),
+                DrawError::Failed(e) => e,
+            })?;
         let mut shape = vec![options.n];
         shape.extend(item_shape);
         Ok(Samples { values, shape })
@@ -319,7 +329,15 @@ impl<M: Net<4>> Pipeline<M, 4> {
     /// assert!(report.bpd.is_finite() && report.bpd > 0.0);
     /// # Ok::<(), anyhow::Error>(())
     /// ```
-    pub fn bits_per_dim(&self, data: &dyn Dataset, options: NllOptions) -> Result<NllReport> {
+    pub fn bits_per_dim(
+        &self,
+        data: &dyn Dataset,
+        options: NllOptions,
+    ) -> crate::Result<NllReport> {
+        Ok(self.bound(data, options)?)
+    }
+
+    fn bound(&self, data: &dyn Dataset, options: NllOptions) -> Result<NllReport> {
         let want = self.config().item_shape()?;
         if data.item_shape() != want {
             bail!(
@@ -348,7 +366,10 @@ impl<M: Net<4>> Pipeline<M, 4> {
             )?
         };
         if let Some((term, v)) = report.first_non_finite() {
-            bail!("the {term} is {v}: the network gives non-finite outputs on these images");
+            return Err(Refused::error(
+                ErrorKind::NonFinite,
+                format!("the {term} is {v}: the network gives non-finite outputs on these images"),
+            ));
         }
         Ok(report)
     }

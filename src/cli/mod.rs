@@ -35,6 +35,12 @@ impl From<anyhow::Error> for CliError {
     }
 }
 
+impl From<crate::Error> for CliError {
+    fn from(e: crate::Error) -> Self {
+        Self::Failure(e.into_anyhow())
+    }
+}
+
 impl From<crate::schedule::ScheduleError> for CliError {
     fn from(e: crate::schedule::ScheduleError) -> Self {
         Self::Usage(e.to_string())

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::diffusion::losses::{LossConfig, LossKind, Weighting};
 use crate::diffusion::{Parameterization, VarianceType};
+use crate::error::{ErrorKind, Refused};
 use crate::model::precision::Precision;
 use crate::model::{MlpConfig, UNetConfig};
 use crate::optim::adamw::AdamWConfig;
@@ -213,7 +214,12 @@ impl RunConfig {
     /// # Ok::<(), anyhow::Error>(())
     /// ```
     pub fn from_toml(text: &str, source: &str) -> anyhow::Result<Self> {
-        toml::from_str(text).map_err(|e| anyhow::anyhow!("{source}: {}", e.message().trim()))
+        toml::from_str(text).map_err(|e| {
+            Refused::error(
+                ErrorKind::Config,
+                format!("{source}: {}", e.message().trim()),
+            )
+        })
     }
 
     /// The resolved configuration as TOML (fails only for values TOML cannot hold, which
@@ -422,6 +428,11 @@ impl RunConfig {
 
     /// Checks the values that no type can check; every error names the flag (or key).
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.check()
+            .map_err(|e| Refused::error(ErrorKind::Config, format!("{e:#}")))
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
         use anyhow::bail;
         // TOML integers are signed 64-bit: larger counts could not be saved in config.toml.
         fit_toml(&[

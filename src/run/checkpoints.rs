@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 
+use crate::error::{ErrorKind, Refused};
 use crate::files::{remove_dir_aside, write_atomic, write_dir_atomic};
 use crate::optim::adamw::AdamW;
 use crate::optim::ema::Ema;
@@ -166,16 +167,23 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
         return Ok(dir);
     }
     if path.join("checkpoints").is_dir() {
-        bail!(
-            "{}: the run holds no complete checkpoint (a step-* directory with {})",
-            path.display(),
-            CHECKPOINT_FILES.join(", ")
-        );
+        return Err(Refused::error(
+            ErrorKind::NotFound,
+            format!(
+                "{}: the run holds no complete checkpoint (a step-* directory with {})",
+                path.display(),
+                CHECKPOINT_FILES.join(", ")
+            ),
+        ));
     }
-    bail!(
-        "{}: neither a checkpoint directory (with state.json) nor a run directory (with checkpoints/step-*)",
-        path.display()
-    )
+    Err(Refused::error(
+        ErrorKind::NotFound,
+        format!(
+            "{}: neither a checkpoint directory (with state.json) nor a run directory (with \
+             checkpoints/step-*)",
+            path.display()
+        ),
+    ))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use super::schedule_file::{SCHEDULE_FILE, learned_gamma};
 use crate::config::RunConfig;
 use crate::config::diffusion::{diffusion_from, vdm_chain_steps, vdm_diffusion};
 use crate::diffusion::GaussianDiffusion;
+use crate::error::{ErrorKind, Refused};
 use crate::run::state::TrainState;
 use crate::schedule::NoiseSchedule;
 use crate::store::params::load_params;
@@ -126,11 +127,14 @@ pub fn local_model(path: &Path) -> Result<PathBuf> {
     if crate::hub::is_repo_id(repo) {
         return match crate::hub::cached_snapshot(repo, revision)? {
             Some(p) => Ok(p),
-            None => bail!(
-                "{s}: no such path, and the Hub repo {repo} (revision {revision}) is not in the \
-                 cache {}; download it once with `ddpm fetch {repo} --revision {revision}`",
-                crate::hub::cache_dir()?.display()
-            ),
+            None => Err(Refused::error(
+                ErrorKind::NotFound,
+                format!(
+                    "{s}: no such path, and the Hub repo {repo} (revision {revision}) is not in \
+                     the cache {}; download it once with `ddpm fetch {repo} --revision {revision}`",
+                    crate::hub::cache_dir()?.display()
+                ),
+            )),
         };
     }
     Ok(path.to_path_buf())

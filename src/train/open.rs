@@ -18,6 +18,7 @@ use crate::config::RunConfig;
 use crate::data::Dataset;
 use crate::data::loader::{BatchStream, Loader};
 use crate::dist::World;
+use crate::error::{ErrorKind, Refused};
 use crate::files::{remove_stale, write_atomic};
 use crate::model::precision::Precision;
 use crate::optim::adamw::AdamW;
@@ -314,7 +315,7 @@ fn check_memory<M: Net<D>, const D: usize>(
     // Every rank on this machine needs as much.
     let need = (micro * per_item + 8.0 * 4.0 * params as f64) * world.local_size.max(1) as f64;
     if let Some((need_gib, avail_gib)) = crate::heap::shortfall_gib(need) {
-        bail!(
+        let message = format!(
             "--batch-size {}: a training step needs about {:.1} GiB ({} images per micro-batch at \
              about {:.1} MiB each, plus the model's state{}), but this machine has {:.1} GiB \
              available; use a smaller --batch-size or split it with --grad-accum",
@@ -332,6 +333,7 @@ fn check_memory<M: Net<D>, const D: usize>(
             },
             avail_gib
         );
+        return Err(Refused::error(ErrorKind::OutOfMemory, message));
     }
     Ok(())
 }

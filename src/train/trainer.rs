@@ -25,6 +25,7 @@ use crate::data::Dataset;
 use crate::data::loader::Loader;
 use crate::diffusion::{GaussianDiffusion, X0Clip};
 use crate::dist::World;
+use crate::error::{ErrorKind, Refused};
 use crate::files::write_atomic;
 use crate::model::{Mlp, UNet};
 use crate::optim::adamw::learning_rate;
@@ -167,10 +168,14 @@ impl<M: Net<D>, const D: usize> Trainer<'_, M, D> {
             mine
         };
         if per_sample.iter().any(|l| !l.is_finite()) {
-            bail!(
-                "non-finite loss at step {step}; stopping without saving. The last finite checkpoint is {}",
-                last_finite(&self.last_ckpt)
-            );
+            return Err(Refused::error(
+                ErrorKind::Diverged,
+                format!(
+                    "non-finite loss at step {step}; stopping without saving. The last finite \
+                     checkpoint is {}",
+                    last_finite(&self.last_ckpt)
+                ),
+            ));
         }
         let steps = &batch.times.steps;
         if self.objective.uses_timestep_sampler() {
@@ -196,11 +201,12 @@ impl<M: Net<D>, const D: usize> Trainer<'_, M, D> {
         self.progress.add_allreduce(secs);
         let lr = learning_rate(cfg.lr, cfg.warmup_steps, step);
         let grad_norm = self.learner.update(grads, lr, cfg.grad_clip).map_err(|e| {
-            anyhow::anyhow!(
+            let message = format!(
                 "{}; stopping without saving. The last finite checkpoint is {}",
                 e.at_step(step),
                 last_finite(&self.last_ckpt)
-            )
+            );
+            Refused::error(ErrorKind::Diverged, message)
         })?;
         if let Some(l) = self.objective.learned_mut() {
             crate::dist::sum_gradients(&self.world, &mut schedule)?;
@@ -376,13 +382,22 @@ fn write_samples<M: Net<D>, const D: usize>(
 
 /// Trains on `cfg.data` with the network the data calls for: the U-Net for images, the MLP for
 /// 2-D points. `resume`: continue the run in `cfg.out`; `quiet`: no progress bar.
-pub fn train_auto(cfg: &RunConfig, resume: bool, quiet: bool) -> Result<TrainSummary> {
+pub fn train_auto(cfg: &RunConfig, resume: bool, quiet: bool) -> crate::Result<TrainSummary> {
     train_dataset(cfg, crate::run::open_dataset(cfg)?, resume, quiet)
 }
 
 /// As [`train_auto`], on `ds` instead of `cfg.data` (a dataset of the caller's, say an
 /// [`crate::data::memory::InMemory`] one); `cfg.data` then only names it in messages.
 pub fn train_dataset(
+    cfg: &RunConfig,
+    ds: Arc<dyn Dataset>,
+    resume: bool,
+    quiet: bool,
+) -> crate::Result<TrainSummary> {
+    Ok(train_on(cfg, ds, resume, quiet)?)
+}
+
+fn train_on(
     cfg: &RunConfig,
     ds: Arc<dyn Dataset>,
     resume: bool,
