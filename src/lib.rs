@@ -31,6 +31,18 @@
 //! Images work the same way with [`ImagePipeline`] (the U-Net presets), from a run of
 //! `ddpm train`, a diffusers model folder or a Hub repo id fetched with `ddpm fetch`.
 //!
+//! # Features
+//!
+//! | feature | what it adds | needs at build time | needs at run time |
+//! |---|---|---|---|
+//! | `flex` (default) | burn's CPU backend with this crate's kernels (`device: "cpu"`) | — | — |
+//! | `cuda` | NVIDIA GPUs (`"cuda"`), with burn's fusion and autotuning | LLVM 23 with NVPTX (`scripts/cuda-toolchain.sh` installs it from PyPI) | the driver's `libcuda.so.1`; `libdevice.10.bc` under `$CUDA_PATH/nvvm/libdevice/` |
+//! | `wgpu` | GPUs through Vulkan, Metal or DirectX 12 (`"wgpu"`) | — | a Vulkan (or Metal / DX12) driver |
+//! | `cubecl-cpu` | the GPU route's fused kernels compiled for the CPU (`"cubecl-cpu"`), to test it without a GPU | as `cuda` | — |
+//! | `mpi` | data-parallel training, sampling and evaluation over processes (`mpirun -np N ddpm …`) | an MPI with `mpicc` (Debian: `libopenmpi-dev openmpi-bin`) | `mpirun` (or `srun`) |
+//!
+//! `device: "auto"` takes the first GPU backend compiled in that finds a device, else the CPU.
+//!
 //! # Crate map
 //!
 //! In the order a reader should meet them. Each module uses only the modules listed before it
