@@ -83,6 +83,7 @@ impl SampleOptions {
                 eta: 0.0,
                 spacing: None,
                 respace: None,
+                edm: Default::default(),
             },
             seed: 0,
             batch_size: 64,

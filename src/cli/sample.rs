@@ -15,6 +15,7 @@ use crate::model::{Mlp, UNet};
 use crate::run::load::load_for_inference;
 use crate::run::net::Net;
 use crate::sample::SamplerDefaults;
+use crate::sample::edm::EdmOptions;
 use crate::sample::guidance::labels_for;
 use crate::sample::noise_file::NoiseFile;
 use crate::sample::{
@@ -50,10 +51,13 @@ pub struct SampleArgs {
     /// Number of images.
     #[arg(long, default_value_t = 64, value_parser = super::at_least_one)]
     n: usize,
-    /// ddpm (Algorithm 2, respaced to --steps), ddim or dpmpp2m.
+    /// ddpm (Algorithm 2, respaced to --steps), ddim, dpmpp2m, or EDM's heun (2·steps − 1
+    /// network evaluations) or euler on the ρ-schedule of σ's.
     #[arg(long, default_value = "ddim")]
     sampler: String,
-    /// Network evaluations (the full chain for ddpm when equal to T).
+    #[command(flatten)]
+    edm: EdmFlags,
+    /// Steps (for heun and euler: noise levels; the full chain for ddpm when equal to T).
     #[arg(long, default_value_t = 50, value_parser = super::at_least_one)]
     steps: usize,
     /// DDIM η (0: deterministic).
@@ -185,6 +189,61 @@ fn build_sampler(
     AnySampler::build(&sampler_spec(a), d, clip, defaults).map_err(|e| CliError::Usage(e.0))
 }
 
+/// EDM's sampler settings (Karras et al. 2022), for --sampler heun and euler.
+#[derive(Args, Clone, Copy)]
+pub struct EdmFlags {
+    /// ρ of EDM's σ schedule.
+    #[arg(long, default_value_t = 7.0)]
+    rho: f64,
+    /// The smallest σ (raised to the model's smallest).
+    #[arg(long, default_value_t = 0.002)]
+    sigma_min: f64,
+    /// The largest σ (lowered to the model's largest).
+    #[arg(long, default_value_t = 80.0)]
+    sigma_max: f64,
+    /// S_churn: noise added back along the way (EDM's Algorithm 2; 0: the deterministic ODE).
+    #[arg(long, default_value_t = 0.0)]
+    churn: f64,
+    /// Churn only at σ ≥ S_tmin.
+    #[arg(long, default_value_t = 0.0)]
+    s_tmin: f64,
+    /// Churn only at σ ≤ S_tmax.
+    #[arg(long, default_value_t = f64::INFINITY)]
+    s_tmax: f64,
+    /// S_noise: the scale of the noise added back.
+    #[arg(long, default_value_t = 1.0)]
+    s_noise: f64,
+}
+
+impl Default for EdmFlags {
+    fn default() -> Self {
+        let o = EdmOptions::default();
+        Self {
+            rho: o.rho,
+            sigma_min: o.sigma_min,
+            sigma_max: o.sigma_max,
+            churn: o.churn,
+            s_tmin: o.s_tmin,
+            s_tmax: o.s_tmax,
+            s_noise: o.s_noise,
+        }
+    }
+}
+
+impl From<EdmFlags> for EdmOptions {
+    fn from(f: EdmFlags) -> Self {
+        Self {
+            rho: f.rho,
+            sigma_min: f.sigma_min,
+            sigma_max: f.sigma_max,
+            churn: f.churn,
+            s_tmin: f.s_tmin,
+            s_tmax: f.s_tmax,
+            s_noise: f.s_noise,
+        }
+    }
+}
+
 /// The sampler as the flags spell it.
 fn sampler_spec(a: &SampleArgs) -> SamplerSpec {
     SamplerSpec {
@@ -193,6 +252,7 @@ fn sampler_spec(a: &SampleArgs) -> SamplerSpec {
         eta: a.eta,
         spacing: a.spacing.clone(),
         respace: a.respace.clone(),
+        edm: a.edm.into(),
     }
 }
 
@@ -443,7 +503,7 @@ pub fn run(a: SampleArgs) -> CliResult {
         return Ok(());
     }
     println!(
-        "sampled {} in {secs:.1} s with {} ({steps} steps); wrote {}",
+        "sampled {} in {secs:.1} s with {} ({steps} network evaluations); wrote {}",
         a.n,
         a.sampler,
         a.out.join("grid.png").display()
@@ -658,6 +718,7 @@ pub(super) fn chain(r: ChainRequest, out: &Path) -> CliResult {
         no_ema: false,
         n,
         sampler,
+        edm: EdmFlags::default(),
         steps,
         eta: 0.0,
         spacing: None,

@@ -5,6 +5,7 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::ddim::spaced_steps_on;
+use super::edm::{EdmOptions, EdmSampler};
 use super::{Ancestral, Ddim, DpmSolverPp2M, Sampler, Spacing, StepOutput};
 use crate::diffusion::{GaussianDiffusion, Parameterization, X0Clip};
 use crate::rng::NoiseSource;
@@ -40,6 +41,8 @@ pub struct SamplerSpec {
     pub spacing: Option<String>,
     /// The ancestral sampler's respacing (`space_timesteps` sections or `ddimN`).
     pub respace: Option<String>,
+    /// EDM's σ schedule and churn (for heun and euler).
+    pub edm: EdmOptions,
 }
 
 /// Why a sampler cannot be built: a message naming the flag.
@@ -68,16 +71,14 @@ pub enum AnySampler {
     Ddim(Box<Ddim>),
     /// DPM-Solver++(2M).
     Dpm(Box<DpmSolverPp2M>),
+    /// EDM's Heun or Euler sampler.
+    Edm(Box<EdmSampler>),
 }
 
 impl AnySampler {
     /// The network evaluations one image takes (the same for batches of any rank).
     pub fn steps_len(&self) -> usize {
-        match self {
-            Self::Ancestral(s) => Sampler::<1>::timesteps(s.as_ref()).len(),
-            Self::Ddim(s) => Sampler::<1>::timesteps(s.as_ref()).len(),
-            Self::Dpm(s) => Sampler::<1>::timesteps(s.as_ref()).len(),
-        }
+        Sampler::<1>::timesteps(self).len()
     }
 
     /// The sampler `spec` names on the chain `d`, clipping x̂0 with `clip`; a model's own
@@ -92,12 +93,13 @@ impl AnySampler {
     /// let q = GaussianDiffusion::new(s, Parameterization::Eps, VarianceType::FixedSmall);
     /// let spec = |name: &str, steps| SamplerSpec {
     ///     name: name.into(), steps, eta: 0.0, spacing: Some("trailing".into()), respace: None,
+    ///     edm: Default::default(),
     /// };
     /// let dpm = AnySampler::build(&spec("dpmpp2m", 20), &q, X0Clip::Clip, None)?;
     /// assert_eq!(dpm.steps_len(), 20);
     /// // Trailing spacing starts at the last step of the chain, T.
     /// assert_eq!(Sampler::<4>::timesteps(&dpm)[0], 999);
-    /// assert!(AnySampler::build(&spec("euler", 20), &q, X0Clip::Clip, None).is_err());
+    /// assert!(AnySampler::build(&spec("lms", 20), &q, X0Clip::Clip, None).is_err());
     /// assert!(AnySampler::build(&spec("ddim", 2000), &q, X0Clip::Clip, None).is_err());
     /// # Ok::<(), anyhow::Error>(())
     /// ```
@@ -172,9 +174,37 @@ impl AnySampler {
                     .diffusers_steps(defaults.is_some_and(|d| d.diffusers_ddim)),
             )),
             "dpmpp2m" => Self::Dpm(Box::new(DpmSolverPp2M::new(d, defined(spaced())?, clip))),
+            name @ ("heun" | "euler") => {
+                let e = &spec.edm;
+                if !(e.rho > 0.0 && e.rho.is_finite()) {
+                    return Err(SamplerError(format!(
+                        "--rho must be positive, got {}",
+                        e.rho
+                    )));
+                }
+                if !(e.sigma_min > 0.0 && e.sigma_min < e.sigma_max) {
+                    return Err(SamplerError(format!(
+                        "--sigma-min {} must be positive and below --sigma-max {}",
+                        e.sigma_min, e.sigma_max
+                    )));
+                }
+                if !(e.churn >= 0.0
+                    && e.churn.is_finite()
+                    && e.s_noise >= 0.0
+                    && e.s_noise.is_finite())
+                {
+                    return Err(SamplerError(format!(
+                        "--churn {} and --s-noise {} must be finite numbers ≥ 0",
+                        e.churn, e.s_noise
+                    )));
+                }
+                let s = EdmSampler::new(d, spec.steps, name == "heun", *e, clip);
+                defined(Sampler::<1>::timesteps(&s))?;
+                Self::Edm(Box::new(s))
+            }
             o => {
                 return Err(SamplerError(format!(
-                    "--sampler: unknown sampler `{o}`; expected ddpm, ddim or dpmpp2m"
+                    "--sampler: unknown sampler `{o}`; expected ddpm, ddim, dpmpp2m, heun or euler"
                 )));
             }
         })
@@ -188,6 +218,7 @@ impl<const D: usize> Sampler<D> for AnySampler {
             Self::Ancestral(s) => Sampler::<D>::timesteps(s.as_ref()),
             Self::Ddim(s) => Sampler::<D>::timesteps(s.as_ref()),
             Self::Dpm(s) => Sampler::<D>::timesteps(s.as_ref()),
+            Self::Edm(s) => Sampler::<D>::timesteps(s.as_ref()),
         }
     }
 
@@ -202,6 +233,7 @@ impl<const D: usize> Sampler<D> for AnySampler {
             Self::Ancestral(s) => s.step(i, x_t, model_output, rng),
             Self::Ddim(s) => s.step(i, x_t, model_output, rng),
             Self::Dpm(s) => s.step(i, x_t, model_output, rng),
+            Self::Edm(s) => s.step(i, x_t, model_output, rng),
         }
     }
 
@@ -210,6 +242,7 @@ impl<const D: usize> Sampler<D> for AnySampler {
             Self::Ancestral(s) => Sampler::<D>::chain_at(s.as_ref(), i),
             Self::Ddim(s) => Sampler::<D>::chain_at(s.as_ref(), i),
             Self::Dpm(s) => Sampler::<D>::chain_at(s.as_ref(), i),
+            Self::Edm(s) => Sampler::<D>::chain_at(s.as_ref(), i),
         }
     }
 
@@ -225,6 +258,7 @@ impl<const D: usize> Sampler<D> for AnySampler {
             Self::Ancestral(s) => s.step_guided(i, x_t, model_output, grad, rng),
             Self::Ddim(s) => s.step_guided(i, x_t, model_output, grad, rng),
             Self::Dpm(s) => s.step_guided(i, x_t, model_output, grad, rng),
+            Self::Edm(s) => s.step_guided(i, x_t, model_output, grad, rng),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod classifier_guidance;
 pub mod ddim;
 pub mod dpm_solver;
 pub mod draw;
+pub mod edm;
 pub mod guidance;
 pub mod noise_file;
 

@@ -8,6 +8,7 @@ mod bench;
 mod classifier_guidance;
 mod conditional;
 mod crash;
+mod edm;
 mod fetch;
 mod fid;
 mod plot;

@@ -127,6 +127,16 @@ fn cases(f: &Fixture, run: &str, cond: &str, learned: &str, clf: &str, judge: &s
         },
         Case {
             base: s(&[
+                "sample", "--checkpoint", run, "--n", "2", "--steps", "3", "--sampler", "heun",
+                "--churn", "1", "--quiet", "--out", "{out}",
+            ]),
+            flags: &[
+                "--rho", "--sigma-min", "--sigma-max", "--churn", "--s-tmin", "--s-tmax",
+                "--s-noise",
+            ],
+        },
+        Case {
+            base: s(&[
                 "sample", "--checkpoint", cond, "--n", "2", "--steps", "2", "--class", "1",
                 "--quiet", "--out", "{out}",
             ]),

@@ -195,7 +195,7 @@ fn scheduler_offsets_and_step_counts_are_what_runs() {
         &f.path("b"),
     ]));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("(7 steps)"), "{out}");
+    assert!(out.contains("(7 network evaluations)"), "{out}");
 }
 
 /// A noise-aware classifier of 8×8 images guiding a 28×28 model: refused by name.
