@@ -11,7 +11,8 @@ pub mod resume;
 pub mod trainer;
 pub mod vdm_batch;
 
-pub use trainer::{TrainSummary, train, train_auto, train_dataset};
+pub use progress::StepReport;
+pub use trainer::{TrainOptions, TrainSummary, train, train_auto, train_dataset, train_with};
 
 #[cfg(test)]
 mod tests;

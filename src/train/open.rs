@@ -13,7 +13,7 @@ use super::learner::Learner;
 use super::objective::Objective;
 use super::progress::Progress;
 use super::resume::{check_state, check_state_tensors, compare_configs, split_moments};
-use super::trainer::{Trainer, weights_checksum};
+use super::trainer::{TrainOptions, Trainer, weights_checksum};
 use crate::config::RunConfig;
 use crate::data::Dataset;
 use crate::data::loader::{BatchStream, Loader};
@@ -35,9 +35,13 @@ impl<'a, M: Net<D>, const D: usize> Trainer<'a, M, D> {
     pub(super) fn open(
         cfg: &'a RunConfig,
         dataset: Arc<dyn Dataset>,
-        resume: bool,
-        quiet: bool,
+        options: TrainOptions<'a>,
     ) -> Result<Self> {
+        let TrainOptions {
+            resume,
+            quiet,
+            on_log,
+        } = options;
         cfg.validate()?;
         let world = crate::dist::world();
         let root = world.is_root();
@@ -142,7 +146,8 @@ impl<'a, M: Net<D>, const D: usize> Trainer<'a, M, D> {
                  one-time cost that can take minutes; the progress bar shows the time spent"
             );
         }
-        let progress = Progress::open(&run, root, cfg.steps, state.step, quiet)?;
+        let on_log = on_log.filter(|_| root);
+        let progress = Progress::open(&run, root, cfg.steps, state.step, quiet, on_log)?;
         let (lo, hi) = world.share(micro);
         Ok(Self {
             cfg,

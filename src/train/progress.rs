@@ -1,6 +1,6 @@
 //! What a run reports while it trains: `log.jsonl` (one line every `log_every` steps: the mean
-//! loss, the loss by quarter of the chain, the gradient norm, the learning rate, throughput) and
-//! the progress bar.
+//! loss, the loss by quarter of the chain, the gradient norm, the learning rate, throughput), the
+//! same lines to a caller's function, and the progress bar.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,23 +9,33 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-/// One line of `log.jsonl`.
-#[derive(Debug, Serialize)]
-struct LogLine {
-    step: u64,
-    loss: f64,
-    loss_by_quartile: [Option<f64>; 4],
-    grad_norm: f64,
-    lr: f64,
-    img_per_s: f64,
-    elapsed_s: f64,
+/// One line of `log.jsonl`: the steps since the previous line.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepReport {
+    /// The step the line ends at.
+    pub step: u64,
+    /// The mean loss (for VDM the whole bound in bits/dim).
+    pub loss: f64,
+    /// The mean loss of the examples in each quarter of the chain, t ≤ T/4 first.
+    pub loss_by_quartile: [Option<f64>; 4],
+    /// The last step's gradient norm before clipping.
+    pub grad_norm: f64,
+    /// The last step's learning rate.
+    pub lr: f64,
+    /// Training throughput.
+    pub img_per_s: f64,
+    /// Seconds since this invocation started.
+    pub elapsed_s: f64,
     /// With several ranks: the seconds per step spent summing gradients across them.
     #[serde(skip_serializing_if = "Option::is_none")]
-    allreduce_s: Option<f64>,
+    pub allreduce_s: Option<f64>,
 }
 
+/// A caller's function that sees each log line.
+pub type OnLog<'a> = Box<dyn FnMut(&StepReport) + 'a>;
+
 /// The log, the bar and the running sums of the current log window.
-pub struct Progress {
+pub struct Progress<'a> {
     log: Option<(std::fs::File, PathBuf)>,
     bar: Option<indicatif::ProgressBar>,
     start: Instant,
@@ -39,12 +49,20 @@ pub struct Progress {
     allreduce_s: f64,
     /// The last step's loss.
     pub last_loss: f64,
+    on_log: Option<OnLog<'a>>,
 }
 
-impl Progress {
+impl<'a> Progress<'a> {
     /// Appends to `run/log.jsonl` when `write` (rank 0); a bar over `total` steps from `done`
     /// unless `quiet`.
-    pub fn open(run: &Path, write: bool, total: u64, done: u64, quiet: bool) -> Result<Self> {
+    pub fn open(
+        run: &Path,
+        write: bool,
+        total: u64,
+        done: u64,
+        quiet: bool,
+        on_log: Option<OnLog<'a>>,
+    ) -> Result<Self> {
         let path = run.join("log.jsonl");
         let log = if write {
             let file = std::fs::OpenOptions::new()
@@ -69,6 +87,7 @@ impl Progress {
             step_loss: 0.0,
             allreduce_s: 0.0,
             last_loss: f64::NAN,
+            on_log,
         })
     }
 
@@ -116,7 +135,7 @@ impl Progress {
         }
         let secs = self.window_start.elapsed().as_secs_f64();
         let n = self.loss_n.max(1) as f64;
-        let line = LogLine {
+        let line = StepReport {
             step,
             loss: self.loss_sum / n,
             loss_by_quartile: std::array::from_fn(|i| {
@@ -131,6 +150,9 @@ impl Progress {
         if let Some((file, path)) = self.log.as_mut() {
             writeln!(file, "{}", serde_json::to_string(&line)?)
                 .with_context(|| format!("cannot append to {}", path.display()))?;
+        }
+        if let Some(f) = self.on_log.as_mut() {
+            f(&line);
         }
         if let Some(b) = &self.bar {
             b.set_message(format!(

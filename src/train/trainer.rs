@@ -19,7 +19,7 @@ use anyhow::{Result, bail};
 use super::learner::{Grads, Learner, Share, accumulate};
 use super::micro_batch::{MicroBatch, class_rows};
 use super::objective::Objective;
-use super::progress::Progress;
+use super::progress::{OnLog, Progress};
 use crate::config::RunConfig;
 use crate::data::Dataset;
 use crate::data::loader::Loader;
@@ -54,15 +54,24 @@ pub struct TrainSummary {
     pub grid: Option<PathBuf>,
 }
 
-/// Runs (or resumes) training as `cfg` says. `resume`: continue the run in `cfg.out` from its
-/// latest checkpoint.
+/// How a training call runs.
+#[derive(Default)]
+pub struct TrainOptions<'a> {
+    /// Continue the run in `cfg.out` from its newest complete checkpoint.
+    pub resume: bool,
+    /// No progress bar or notes on stderr.
+    pub quiet: bool,
+    /// Called with every line written to `log.jsonl` (every `log_every` steps and at the end).
+    pub on_log: Option<OnLog<'a>>,
+}
+
+/// Runs (or resumes) training as `cfg` says with network `M`.
 pub fn train<M: Net<D>, const D: usize>(
     cfg: &RunConfig,
     dataset: Arc<dyn Dataset>,
-    resume: bool,
-    quiet: bool,
+    options: TrainOptions,
 ) -> Result<TrainSummary> {
-    let mut t = Trainer::<M, D>::open(cfg, dataset, resume, quiet)?;
+    let mut t = Trainer::<M, D>::open(cfg, dataset, options)?;
     while t.state.step < cfg.steps {
         let step = t.state.step + 1;
         let (mut grads, mut schedule_grads) = (Grads::new(), Grads::new());
@@ -101,7 +110,7 @@ pub(super) struct Trainer<'a, M, const D: usize> {
     pub(super) micro: usize,
     /// This rank's rows of every micro-batch.
     pub(super) rows: Range<usize>,
-    pub(super) progress: Progress,
+    pub(super) progress: Progress<'a>,
     /// The newest checkpoint: checkpoints are only ever written with finite weights.
     pub(super) last_ckpt: Option<PathBuf>,
     /// A resumed run's changed configuration, written with its first checkpoint.
@@ -383,7 +392,12 @@ fn write_samples<M: Net<D>, const D: usize>(
 /// Trains on `cfg.data` with the network the data calls for: the U-Net for images, the MLP for
 /// 2-D points. `resume`: continue the run in `cfg.out`; `quiet`: no progress bar.
 pub fn train_auto(cfg: &RunConfig, resume: bool, quiet: bool) -> crate::Result<TrainSummary> {
-    train_dataset(cfg, crate::run::open_dataset(cfg)?, resume, quiet)
+    let options = TrainOptions {
+        resume,
+        quiet,
+        on_log: None,
+    };
+    train_with(cfg, crate::run::open_dataset(cfg)?, options)
 }
 
 /// As [`train_auto`], on `ds` instead of `cfg.data` (a dataset of the caller's, say an
@@ -394,15 +408,48 @@ pub fn train_dataset(
     resume: bool,
     quiet: bool,
 ) -> crate::Result<TrainSummary> {
-    Ok(train_on(cfg, ds, resume, quiet)?)
+    let options = TrainOptions {
+        resume,
+        quiet,
+        on_log: None,
+    };
+    train_with(cfg, ds, options)
 }
 
-fn train_on(
+/// As [`train_dataset`], with `options` (a function that sees each log line, say).
+///
+/// ```
+/// use std::sync::Arc;
+/// use ddpm::train::{TrainOptions, train_with};
+/// use ddpm::{InMemory, RunConfig};
+///
+/// let points = (0..256).map(|i| if i % 2 == 0 { 0.5 } else { -0.5 }).collect();
+/// let data = InMemory::try_new(points, vec![2], Vec::new(), 0, "two points")?;
+/// let dir = tempfile::tempdir()?;
+/// let config = RunConfig {
+///     preset: "mlp".into(), steps: 30, batch_size: 32, log_every: 10, sample_count: 16,
+///     out: dir.path().join("run").display().to_string(), ..RunConfig::default()
+/// };
+/// let mut losses = Vec::new();
+/// let options = TrainOptions {
+///     quiet: true,
+///     on_log: Some(Box::new(|r| losses.push((r.step, r.loss)))),
+///     ..TrainOptions::default()
+/// };
+/// train_with(&config, Arc::new(data), options)?;
+/// assert_eq!(losses.iter().map(|l| l.0).collect::<Vec<_>>(), [10, 20, 30]);
+/// assert!(losses.iter().all(|l| l.1.is_finite()));
+/// # Ok::<(), anyhow::Error>(())
+/// ```
+pub fn train_with(
     cfg: &RunConfig,
     ds: Arc<dyn Dataset>,
-    resume: bool,
-    quiet: bool,
-) -> Result<TrainSummary> {
+    options: TrainOptions,
+) -> crate::Result<TrainSummary> {
+    Ok(train_on(cfg, ds, options)?)
+}
+
+fn train_on(cfg: &RunConfig, ds: Arc<dyn Dataset>, options: TrainOptions) -> Result<TrainSummary> {
     let mut cfg = cfg.clone();
     if cfg.class_cond {
         let names = ds.classes();
@@ -430,8 +477,8 @@ fn train_on(
         if cfg.preset != "mlp" {
             bail!("--data {}: 2-D points need --preset mlp", cfg.data);
         }
-        train::<Mlp, 2>(cfg, ds, resume, quiet)
+        train::<Mlp, 2>(cfg, ds, options)
     } else {
-        train::<UNet, 4>(cfg, ds, resume, quiet)
+        train::<UNet, 4>(cfg, ds, options)
     }
 }
