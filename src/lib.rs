@@ -72,6 +72,7 @@
 //!   guidance trade-offs.
 //! - [`viz`]: image grids and charts.
 //! - [`train`]: the training loop (Algorithm 1) and the guidance classifier's trainer.
+//! - [`pipeline`]: a trained model loaded to sample from or measure, in a few lines.
 //! - `bench`: throughput of a training step or a network evaluation (for `ddpm bench`).
 //! - `cli`: the `ddpm` command, one file per subcommand: parses, calls the library, prints.
 //!
@@ -79,6 +80,7 @@
 //! - [`data`]: datasets (IDX, CIFAR-10, image folders, toy 2-D) and the batch stream.
 //! - [`store`]: named host tensors, safetensors files, a module's parameters by name.
 //! - [`rng`]: the seedable generator and every random stream by name ([`rng::streams`]).
+//! - [`error`]: the entry points' [`Error`], with an [`ErrorKind`] to act on.
 //! - [`files`]: atomic writes, bounded reads, locks; [`device`]: choosing the backend;
 //!   [`dist`]: MPI ranks; `heap`: the allocator's settings; `kernels`: hand-written CPU
 //!   kernels for burn's `flex` backend.
