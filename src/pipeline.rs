@@ -349,23 +349,8 @@ impl<M: Net<4>> Pipeline<M, 4> {
         }
         let (model, diffusion) = (&self.loaded.model, &self.loaded.diffusion);
         let vdm = self.loaded.vdm.as_ref();
-        let report = if options.t_samples == 0 && vdm.is_none() {
-            crate::eval::nll::evaluate(diffusion, model, data, options, &self.device, || {})?
-        } else {
-            let options = NllOptions {
-                t_samples: options.t_samples.max(1),
-                ..options
-            };
-            crate::eval::nll::evaluate_sampled(
-                diffusion,
-                vdm,
-                model,
-                data,
-                options,
-                &self.device,
-                || {},
-            )?
-        };
+        let report =
+            crate::eval::nll::bound(diffusion, vdm, model, data, options, &self.device, || {})?;
         if let Some((term, v)) = report.first_non_finite() {
             return Err(Refused::error(
                 ErrorKind::NonFinite,

@@ -376,32 +376,22 @@ fn nll(a: NllArgs) -> CliResult {
         limit: a.limit,
         batch: a.batch_size,
         seed: a.seed,
-        t_samples: t_samples.unwrap_or(1),
+        t_samples: t_samples.unwrap_or(0),
     };
     let tick = || {
         if let Some(b) = &bar {
             b.inc(1);
         }
     };
-    let r = match t_samples {
-        Some(_) => crate::eval::nll::evaluate_sampled(
-            diffusion,
-            loaded.vdm.as_ref(),
-            &loaded.model,
-            data.as_ref(),
-            opts,
-            &device,
-            tick,
-        )?,
-        None => crate::eval::nll::evaluate(
-            diffusion,
-            &loaded.model,
-            data.as_ref(),
-            opts,
-            &device,
-            tick,
-        )?,
-    };
+    let r = crate::eval::nll::bound(
+        diffusion,
+        loaded.vdm.as_ref(),
+        &loaded.model,
+        data.as_ref(),
+        opts,
+        &device,
+        tick,
+    )?;
     if let Some(b) = bar {
         b.finish();
     }

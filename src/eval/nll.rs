@@ -64,7 +64,8 @@ pub struct NllOptions {
     pub batch: usize,
     /// Seed of the noise.
     pub seed: u64,
-    /// Draws of t per image for [`evaluate_sampled`].
+    /// Draws of t per image for [`evaluate_sampled`]; for [`bound`], 0 asks for every term at
+    /// every t.
     pub t_samples: usize,
 }
 
@@ -164,6 +165,28 @@ fn aggregate(
         mse: mse / nf,
         n,
     })
+}
+
+/// The bound by the route that applies: every term at every t ([`evaluate`]) for a DDPM chain
+/// with `opts.t_samples` = 0, else the unbiased estimate of [`evaluate_sampled`] from
+/// `opts.t_samples` draws (at least one; the only route for a VDM model).
+pub fn bound<M: Denoiser<4>>(
+    diffusion: &GaussianDiffusion,
+    vdm: Option<&VdmProcess>,
+    model: &M,
+    data: &dyn Dataset,
+    opts: NllOptions,
+    device: &Device,
+    on_eval: impl FnMut(),
+) -> anyhow::Result<NllReport> {
+    if opts.t_samples == 0 && vdm.is_none() {
+        return evaluate(diffusion, model, data, opts, device, on_eval);
+    }
+    let opts = NllOptions {
+        t_samples: opts.t_samples.max(1),
+        ..opts
+    };
+    evaluate_sampled(diffusion, vdm, model, data, opts, device, on_eval)
 }
 
 /// Evaluates the bound on the first `limit` items of `data` (all when `None`), `batch` at a

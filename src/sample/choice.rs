@@ -198,9 +198,14 @@ impl AnySampler {
                         e.churn, e.s_noise
                     )));
                 }
-                let s = EdmSampler::new(d, spec.steps, name == "heun", *e, clip);
-                defined(Sampler::<1>::timesteps(&s))?;
-                Self::Edm(Box::new(s))
+                // Its levels are finite σ's, so it never visits a step where ᾱ = 0.
+                Self::Edm(Box::new(EdmSampler::new(
+                    d,
+                    spec.steps,
+                    name == "heun",
+                    *e,
+                    clip,
+                )))
             }
             o => {
                 return Err(SamplerError(format!(

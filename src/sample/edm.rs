@@ -93,8 +93,7 @@ pub struct EdmSampler {
     diffusion: GaussianDiffusion,
     clip: X0Clip,
     options: EdmOptions,
-    /// The noise levels as steps of the chain, noisiest first, and their σ's.
-    levels: Vec<usize>,
+    /// The noise levels' σ's (steps of the chain), noisiest first.
     sigmas: Vec<f64>,
     /// Each level's churned step and σ̂ (the same as the level's without churn).
     churned: Vec<(usize, f64)>,
@@ -156,7 +155,6 @@ impl EdmSampler {
             diffusion: base.clone(),
             clip,
             options,
-            levels,
             sigmas,
             churned,
             plan,
@@ -207,7 +205,7 @@ impl<const D: usize> Sampler<D> for EdmSampler {
         let (eval, t) = self.plan[k];
         let x0 = predict_x0(&self.diffusion, x_t.clone(), t, model_output, self.clip);
         let dims = x_t.dims();
-        let n = self.levels.len();
+        let n = self.sigmas.len();
         let next_sigma = |i: usize| if i + 1 < n { self.sigmas[i + 1] } else { 0.0 };
         let x_next = match eval {
             Eval::Slope(i) => {
