@@ -245,7 +245,7 @@ impl<M: Net<D>, const D: usize> Pipeline<M, D> {
     fn draw(&self, options: &SampleOptions) -> Result<Samples> {
         let cfg = &self.loaded.config;
         let item_shape = cfg.item_shape()?;
-        let (model, diffusion) = (&self.loaded.model, &self.loaded.diffusion);
+        let (model, diffusion) = (&self.loaded.denoiser(), &self.loaded.diffusion);
         let defaults = cfg.sampler_defaults.as_ref();
         let classes = match (&options.classes, cfg.num_classes()) {
             (Some(l), Some(k)) => {
@@ -347,7 +347,7 @@ impl<M: Net<4>> Pipeline<M, 4> {
                 data.item_shape()
             );
         }
-        let (model, diffusion) = (&self.loaded.model, &self.loaded.diffusion);
+        let (model, diffusion) = (&self.loaded.denoiser(), &self.loaded.diffusion);
         let vdm = self.loaded.vdm.as_ref();
         let report =
             crate::eval::nll::bound(diffusion, vdm, model, data, options, &self.device, || {})?;

@@ -386,7 +386,7 @@ fn nll(a: NllArgs) -> CliResult {
     let r = crate::eval::nll::bound(
         diffusion,
         loaded.vdm.as_ref(),
-        &loaded.model,
+        &loaded.denoiser(),
         data.as_ref(),
         opts,
         &device,
@@ -517,7 +517,7 @@ fn guidance(a: GuidanceArgs) -> CliResult {
         seed: a.seed,
     };
     let rows = crate::eval::guidance::sweep(
-        &loaded.model,
+        &loaded.denoiser(),
         &diffusion,
         classes,
         item_shape,

@@ -10,7 +10,7 @@ use super::sample_files::{GRID_MAX, SampleFiles};
 use super::{CliError, CliResult};
 use crate::config::RunConfig;
 use crate::config::diffusion::diffusion_from;
-use crate::diffusion::{GaussianDiffusion, X0Clip};
+use crate::diffusion::{Denoiser, GaussianDiffusion, X0Clip};
 use crate::model::{Mlp, UNet};
 use crate::run::load::load_for_inference;
 use crate::run::net::Net;
@@ -31,6 +31,11 @@ pub fn guided_chain(
     if cfg.vdm_time().ok().flatten().is_some() {
         return Err(CliError::Usage(
             "--guide-classifier: the model trains in VDM time (--time); a noise-aware classifier follows a DDPM chain of --timesteps steps, whose steps and network times differ — use classifier-free guidance (a --class-cond run) instead".into(),
+        ));
+    }
+    if cfg.edm.is_some() {
+        return Err(CliError::Usage(
+            "--guide-classifier: the model is an EDM run (--objective edm) on its own σ grid; a noise-aware classifier follows a DDPM chain of --timesteps steps, whose steps and network times differ — use classifier-free guidance (a --class-cond run) instead".into(),
         ));
     }
     Ok(diffusion_from(cfg)?)
@@ -275,8 +280,8 @@ fn run_with<const D: usize, M: Net<D>>(
         .map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
     let cfg = &loaded.config;
     let item_shape = cfg.item_shape()?;
-    let model = loaded.model;
-    let diffusion = loaded.diffusion;
+    let model = loaded.denoiser();
+    let diffusion = &loaded.diffusion;
     let defaults = cfg.sampler_defaults.as_ref();
     let clip = parse_clip(
         a.clip
@@ -292,7 +297,7 @@ fn run_with<const D: usize, M: Net<D>>(
         None => None,
     };
     let analytic = if a.analytic_variance {
-        let table = analytic_table::<D, M>(a, cfg, &model, &diffusion, clip, &item_shape, device);
+        let table = analytic_table::<D>(a, cfg, &model, diffusion, clip, &item_shape, device);
         Some(table?)
     } else {
         None
@@ -363,7 +368,9 @@ fn run_with<const D: usize, M: Net<D>>(
     match drawn {
         Ok(()) => {}
         Err(DrawError::Refused(m)) => return Err(CliError::Usage(m)),
-        Err(DrawError::NonFinite { first, n }) => return Err(non_finite(a, &model, first, n)),
+        Err(DrawError::NonFinite { first, n }) => {
+            return Err(non_finite(a, &loaded.model, first, n));
+        }
         Err(DrawError::Failed(e)) => return Err(CliError::Failure(e)),
     }
     if let Some(b) = bar {
@@ -460,10 +467,10 @@ fn non_finite<const D: usize, M: Net<D>>(
 }
 
 /// The Analytic-DPM variance of the ddpm sampler's chain, with Γ estimated on the run's data.
-fn analytic_table<const D: usize, M: Net<D>>(
+fn analytic_table<const D: usize>(
     a: &SampleArgs,
     cfg: &RunConfig,
-    model: &M,
+    model: &impl Denoiser<D>,
     diffusion: &GaussianDiffusion,
     clip: X0Clip,
     item_shape: &[usize],

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{CliError, CliResult};
-use crate::config::{LossName, RunConfig, TimeChoice, TimestepSamplerName, WeightingName};
+use crate::config::{
+    LossName, ObjectiveName, RunConfig, TimeChoice, TimestepSamplerName, WeightingName,
+};
 use crate::diffusion::{Parameterization, VarianceType};
 use crate::model::precision::Precision;
 
@@ -147,6 +149,48 @@ pub struct TrainArgs {
     /// Probability of training a label as the null class (classifier-free guidance).
     #[arg(long)]
     cond_drop: Option<f64>,
+    /// ddpm (the chain's --loss, or VDM's with --time) or edm (Karras et al. 2022: the
+    /// preconditioned denoiser, ln σ ~ N(--p-mean, --p-std²)) [default: ddpm].
+    #[arg(long)]
+    objective: Option<ObjectiveName>,
+    /// EDM: σ_d, the data's standard deviation [default: 0.5].
+    #[arg(long)]
+    sigma_data: Option<f64>,
+    /// EDM: the mean of ln σ in training [default: -1.2].
+    #[arg(long, allow_hyphen_values = true)]
+    p_mean: Option<f64>,
+    /// EDM: the standard deviation of ln σ in training [default: 1.2].
+    #[arg(long)]
+    p_std: Option<f64>,
+}
+
+/// `--objective` and EDM's own flags, which need an EDM run.
+fn apply_edm_flags(args: &TrainArgs, c: &mut RunConfig) -> Result<(), CliError> {
+    match args.objective {
+        Some(ObjectiveName::Edm) => {
+            c.edm.get_or_insert_default();
+        }
+        Some(ObjectiveName::Ddpm) => c.edm = None,
+        None => {}
+    }
+    for (flag, v) in [
+        ("--sigma-data", args.sigma_data),
+        ("--p-mean", args.p_mean),
+        ("--p-std", args.p_std),
+    ] {
+        let Some(v) = v else { continue };
+        let Some(e) = c.edm.as_mut() else {
+            return Err(CliError::Usage(format!(
+                "{flag} is a setting of EDM training; add --objective edm"
+            )));
+        };
+        match flag {
+            "--sigma-data" => e.sigma_data = v,
+            "--p-mean" => e.p_mean = v,
+            _ => e.p_std = v,
+        }
+    }
+    Ok(())
 }
 
 fn parse_kebab<T: serde::de::DeserializeOwned>(
@@ -269,6 +313,7 @@ fn resolve(args: &TrainArgs) -> Result<RunConfig, CliError> {
     if let Some(p) = args.cond_drop {
         c.cond_drop = p;
     }
+    apply_edm_flags(args, &mut c)?;
     if let Some(p) = &args.parameterization {
         c.parameterization =
             parse_kebab::<Parameterization>("--parameterization", p, "eps, x0 or v")?;

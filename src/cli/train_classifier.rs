@@ -92,6 +92,14 @@ pub fn run(a: TrainClassifierArgs) -> CliResult {
                 .map_or("continuous".to_string(), |t| t.to_string())
         )));
     }
+    if base.edm.is_some() {
+        return Err(CliError::Usage(
+            "--like: an EDM run (--objective edm) samples on its own σ grid with the network \
+             time ¼·ln σ; a noise-aware classifier follows a DDPM chain: train it with --schedule \
+             and --timesteps instead, or use classifier-free guidance"
+                .into(),
+        ));
+    }
     if base.preset == "mlp" {
         return Err(CliError::Usage(
             "--like: a 2-D (mlp) run; classifier guidance is for image models".into(),

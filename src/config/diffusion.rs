@@ -1,5 +1,6 @@
 //! The diffusion a run's configuration describes: its noise schedule and chain (a DDPM
-//! schedule by name, a file of β's, trained β's of an imported model, or a VDM γ discretized).
+//! schedule by name, a file of β's, trained β's of an imported model, a VDM γ discretized, or
+//! an EDM run's σ grid).
 
 use std::path::Path;
 
@@ -12,6 +13,14 @@ use crate::vdm::GammaSource;
 
 /// Builds the diffusion a configuration describes.
 pub fn diffusion_from(cfg: &RunConfig) -> Result<GaussianDiffusion> {
+    if let Some(e) = &cfg.edm {
+        // The preconditioned denoiser D predicts x0 (`diffusion::edm::Preconditioned`).
+        return Ok(GaussianDiffusion::new(
+            crate::diffusion::edm::edm_chain(cfg.timesteps, e.sigma_min, e.sigma_max)?,
+            crate::diffusion::Parameterization::X0,
+            cfg.variance,
+        ));
+    }
     if let Some(b) = &cfg.trained_betas {
         return Ok(GaussianDiffusion::new(
             NoiseSchedule::new(

@@ -13,9 +13,11 @@ use crate::optim::ema::EmaConfig;
 use crate::sample::SamplerDefaults;
 
 pub mod diffusion;
+pub mod edm;
 pub mod names;
 
-pub use names::{LossName, TimeChoice, TimestepSamplerName, WeightingName};
+pub use edm::EdmConfig;
+pub use names::{LossName, ObjectiveName, TimeChoice, TimestepSamplerName, WeightingName};
 
 /// The most images a training sample grid may hold.
 pub const MAX_SAMPLE_COUNT: usize = 1024;
@@ -135,6 +137,9 @@ pub struct RunConfig {
     pub model: Option<UNetConfig>,
     /// The MLP (for `preset = "mlp"`).
     pub mlp: Option<MlpConfig>,
+    /// EDM training (Karras et al. 2022) instead of the DDPM chain's losses: the preconditioned
+    /// denoiser, σ drawn log-normally, and the chain it samples on (absent: a DDPM or VDM run).
+    pub edm: Option<EdmConfig>,
 }
 
 impl Default for RunConfig {
@@ -192,6 +197,7 @@ impl Default for RunConfig {
             sampler_defaults: None,
             model: None,
             mlp: None,
+            edm: None,
         }
     }
 }
@@ -563,6 +569,7 @@ impl RunConfig {
         crate::device::resolve_name(&self.device)?;
         self.loss_config()?;
         self.validate_vdm()?;
+        self.validate_edm()?;
         Ok(())
     }
 }

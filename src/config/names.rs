@@ -87,6 +87,16 @@ named!(
 );
 
 named!(
+    /// What a run trains (`--objective`; `config.toml` records it as the presence of `[edm]`).
+    ObjectiveName, "--objective", "objective", "ddpm or edm", {
+        /// Ho et al.'s chain with `loss` (or VDM's bound with `time`).
+        Ddpm = "ddpm",
+        /// EDM's preconditioned denoiser (Karras et al. 2022).
+        Edm = "edm",
+    }
+);
+
+named!(
     /// How training timesteps are drawn (`t_sampler`).
     TimestepSamplerName, "--t-sampler", "sampler", "uniform or loss-second-moment", {
         /// Uniform over the chain (Algorithm 1).

@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod analytic;
+pub mod edm;
 pub mod likelihood;
 pub mod losses;
 pub mod parameterization;

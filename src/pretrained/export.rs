@@ -114,6 +114,13 @@ pub fn scheduler_json(cfg: &RunConfig) -> Result<Value> {
              schedule, which no diffusers scheduler describes"
         );
     }
+    if cfg.edm.is_some() {
+        bail!(
+            "an EDM run (--objective edm): its network is F inside EDM's preconditioning \
+             (D = c_skip·x + c_out·F(c_in·x; ¼·ln σ)), which neither diffusers' UNet2DModel nor a \
+             DDPM scheduler applies"
+        );
+    }
     let schedule = crate::config::diffusion::diffusion_from(cfg)?.schedule;
     let t = schedule.num_timesteps();
     let named = if cfg.trained_betas.is_some()

@@ -12,6 +12,7 @@ use super::schedule_file::{SCHEDULE_FILE, learned_gamma};
 use crate::config::RunConfig;
 use crate::config::diffusion::{diffusion_from, vdm_chain_steps, vdm_diffusion};
 use crate::diffusion::GaussianDiffusion;
+use crate::diffusion::edm::Preconditioned;
 use crate::error::{ErrorKind, Refused};
 use crate::run::state::TrainState;
 use crate::schedule::NoiseSchedule;
@@ -32,6 +33,17 @@ pub struct Loaded<M> {
     pub diffusion: GaussianDiffusion,
     /// A VDM run's time and schedule.
     pub vdm: Option<crate::vdm::VdmProcess>,
+}
+
+impl<M> Loaded<M> {
+    /// The model as the chain's denoiser: the network, or for an EDM run the network inside
+    /// EDM's preconditioning (an x0-prediction).
+    pub fn denoiser(&self) -> Preconditioned<'_, M> {
+        Preconditioned {
+            net: &self.model,
+            precond: self.config.edm.map(|e| e.precond()),
+        }
+    }
 }
 
 /// The VDM process of a run (its learned schedule read from `ckpt`: the EMA unless `raw`), or

@@ -19,6 +19,8 @@ pub struct Times {
     pub weights: Vec<f64>,
     /// VDM: each example's time in (0, 1].
     pub continuous: Option<Vec<f64>>,
+    /// EDM: each example's noise level σ.
+    pub sigmas: Option<Vec<f64>>,
 }
 
 /// This rank's rows of a micro-batch, on the training device.
@@ -96,6 +98,15 @@ impl<const D: usize> MicroBatch<D> {
     /// This rank's importance weights.
     pub fn weights(&self) -> &[f64] {
         &self.times.weights[self.rows.clone()]
+    }
+
+    /// This rank's EDM noise levels (empty for other objectives).
+    pub fn sigmas(&self) -> &[f64] {
+        self.times
+            .sigmas
+            .as_deref()
+            .map(|s| &s[self.rows.clone()])
+            .unwrap_or_default()
     }
 
     /// This rank's VDM times (empty for the DDPM chain).

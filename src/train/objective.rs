@@ -1,19 +1,21 @@
 //! What a training step minimizes: Ho et al.'s losses on the discrete chain (L_simple, the
-//! hybrid, the bound, with their weightings), or VDM's bound in continuous or discrete time on a
-//! fixed or learned γ (Kingma et al. 2021).
+//! hybrid, the bound, with their weightings), VDM's bound in continuous or discrete time on a
+//! fixed or learned γ (Kingma et al. 2021), or EDM's preconditioned denoising loss (Karras et al.
+//! 2022).
 
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use burn::tensor::{Device, Gradients, Tensor};
+use burn::tensor::{Device, Gradients, Tensor, TensorData};
 
 use super::learned_schedule::LearnedSchedule;
 use super::micro_batch::{MicroBatch, Times};
 use super::vdm_batch::VdmBatch;
 use crate::config::RunConfig;
 use crate::config::diffusion::{diffusion_from, vdm_diffusion};
-use crate::diffusion::GaussianDiffusion;
+use crate::diffusion::edm::{EdmPrecond, LogNormalSigma, per_row};
 use crate::diffusion::losses::LossConfig;
+use crate::diffusion::{GaussianDiffusion, mean_flat};
 use crate::optim::adamw::AdamWConfig;
 use crate::rng::Rng;
 use crate::vdm::bound::Decoder;
@@ -40,6 +42,15 @@ pub enum Objective {
         /// average whenever samples are drawn (the linear γ it starts from until then).
         chain: GaussianDiffusion,
     },
+    /// EDM: ln σ ~ N(P_mean, P_std²), λ(σ)·‖D(y + σn; σ) − y‖².
+    Edm {
+        /// The preconditioning that makes the network D.
+        precond: EdmPrecond,
+        /// The training distribution of σ.
+        noise: LogNormalSigma,
+        /// The σ grid samples are drawn on.
+        chain: GaussianDiffusion,
+    },
 }
 
 /// A VDM run's γ.
@@ -61,6 +72,13 @@ pub struct Losses {
 impl Objective {
     /// The objective `cfg` describes, with a learned schedule's state on `device`.
     pub fn new(cfg: &RunConfig, device: &Device) -> Result<Self> {
+        if let Some(e) = &cfg.edm {
+            return Ok(Self::Edm {
+                precond: e.precond(),
+                noise: e.noise(),
+                chain: diffusion_from(cfg)?,
+            });
+        }
         let Some(time) = cfg.vdm_time()? else {
             return Ok(Self::Chain {
                 diffusion: diffusion_from(cfg)?,
@@ -105,7 +123,7 @@ impl Objective {
     pub fn chain(&self) -> &GaussianDiffusion {
         match self {
             Self::Chain { diffusion, .. } => diffusion,
-            Self::Vdm { chain, .. } => chain,
+            Self::Vdm { chain, .. } | Self::Edm { chain, .. } => chain,
         }
     }
 
@@ -121,6 +139,14 @@ impl Objective {
             *chain = vdm_diffusion(cfg, *time, &l.averaged())?;
         }
         Ok(self.chain())
+    }
+
+    /// EDM's preconditioning, which makes the network the denoiser the chain samples with.
+    pub fn precond(&self) -> Option<EdmPrecond> {
+        match self {
+            Self::Edm { precond, .. } => Some(*precond),
+            _ => None,
+        }
     }
 
     /// A learned schedule, if the run learns one.
@@ -166,6 +192,7 @@ impl Objective {
                     steps,
                     weights,
                     continuous: None,
+                    sigmas: None,
                 }
             }
             Self::Vdm { time, chain, .. } => {
@@ -178,6 +205,16 @@ impl Objective {
                         .collect(),
                     weights: vec![1.0; n],
                     continuous: Some(t),
+                    sigmas: None,
+                }
+            }
+            Self::Edm { noise, chain, .. } => {
+                let sigmas = noise.draw(n, rng);
+                Times {
+                    steps: sigmas.iter().map(|&s| nearest_level(chain, s)).collect(),
+                    weights: vec![1.0; n],
+                    continuous: None,
+                    sigmas: Some(sigmas),
                 }
             }
         }
@@ -236,7 +273,51 @@ impl Objective {
                     vdm: Some(b),
                 }
             }
+            Self::Edm { precond, .. } => Losses {
+                per_example: edm_losses(precond, batch, net),
+                vdm: None,
+            },
         }
+    }
+}
+
+/// EDM's loss of each row: x = y + σ·n, seen by the network on the chain as
+/// x_t = x/√(1 + σ²) at time c_noise(σ); λ(σ)·mean‖D − y‖².
+fn edm_losses<const D: usize>(
+    precond: &EdmPrecond,
+    batch: &MicroBatch<D>,
+    net: impl Fn(Tensor<D>, Tensor<1>) -> Tensor<D>,
+) -> Tensor<1> {
+    let sigmas = batch.sigmas();
+    let y = batch.x0.clone();
+    let scale: Vec<f64> = sigmas.iter().map(|s| 1.0 / (1.0 + s * s).sqrt()).collect();
+    let x_t = (y.clone() + batch.noise.clone() * per_row(sigmas, &y)) * per_row(&scale, &y);
+    let c_noise: Vec<f64> = sigmas.iter().map(|&s| EdmPrecond::c_noise(s)).collect();
+    let t = Tensor::<1>::from_data(
+        TensorData::new(c_noise, [sigmas.len()]),
+        (&y.device(), y.dtype()),
+    );
+    let d = precond.denoise(x_t, t, net);
+    let weight: Vec<f64> = sigmas.iter().map(|&s| precond.loss_weight(s)).collect();
+    let w = Tensor::<1>::from_data(
+        TensorData::new(weight, [sigmas.len()]),
+        (&y.device(), y.dtype()),
+    );
+    mean_flat((d - y).powi_scalar(2)) * w
+}
+
+/// The step of `chain` whose σ is nearest `sigma` in log space (where the log's loss quartiles
+/// count an EDM example).
+fn nearest_level(chain: &GaussianDiffusion, sigma: f64) -> usize {
+    let ab = &chain.schedule.alphas_cumprod;
+    let ln_sigma = |i: usize| 0.5 * ((1.0 - ab[i]) / ab[i]).ln();
+    let target = sigma.ln();
+    let i = ab.partition_point(|&a| (1.0 - a) / a < sigma * sigma);
+    match i {
+        0 => 0,
+        _ if i >= ab.len() => ab.len() - 1,
+        _ if (target - ln_sigma(i - 1)) < (ln_sigma(i) - target) => i - 1,
+        _ => i,
     }
 }
 

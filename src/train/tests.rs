@@ -166,6 +166,7 @@ fn micro_batch(
         steps: t.to_vec(),
         weights: vec![1.0; n],
         continuous: None,
+        sigmas: None,
     };
     MicroBatch::new(batch, times, rng, rows, None, device)
 }
@@ -365,5 +366,114 @@ fn micro_batches_and_rank_shares_sum_to_the_whole_batch_gradient() {
         &flat(&summed),
         &flat(&whole.grads),
         "gradients summed over ranks",
+    );
+}
+
+/// EDM's loss (Karras et al. 2022, Table 1) of one micro-batch and its gradient norm in f64:
+/// x = y + σn, F = (c_in·x)·W + c_noise·b, D = c_skip·x + c_out·F, L_r = λ(σ_r)·mean_j (D − y)².
+#[test]
+fn edm_loss_and_gradient_equal_their_formulas_by_hand() {
+    use crate::diffusion::edm::{EdmPrecond, LogNormalSigma, edm_chain};
+    let device = crate::device::by_name("cpu").unwrap().autodiff();
+    let w0: Vec<f64> = (0..DIM * DIM).map(|i| 0.2 - 0.05 * i as f64).collect();
+    let b0 = [0.3, -0.1, 0.2];
+    let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let model = LinearDenoiser {
+        w: Param::from_tensor(Tensor::from_data(
+            TensorData::new(f32s(&w0), [DIM, DIM]),
+            &device,
+        )),
+        b: Param::from_tensor(Tensor::from_data(
+            TensorData::new(f32s(&b0), [DIM]),
+            &device,
+        )),
+    };
+    let ema = Ema::new(EmaConfig {
+        decay: 0.9,
+        warmup_power: None,
+    });
+    let mut learner = Learner::new(
+        model,
+        AdamW::new(AdamWConfig::default()),
+        ema,
+        Precision::F32,
+    );
+    let precond = EdmPrecond { sigma_data: 0.5 };
+    let objective = Objective::Edm {
+        precond,
+        noise: LogNormalSigma {
+            p_mean: -1.2,
+            p_std: 1.2,
+        },
+        chain: GaussianDiffusion::new(
+            edm_chain(50, 0.002, 80.0).unwrap(),
+            Parameterization::X0,
+            VarianceType::FixedLarge,
+        ),
+    };
+    let sigmas = [0.01, 0.4, 2.5, 60.0];
+    let mut data = Rng::new(5);
+    let mut noise = Rng::new(6);
+    let y = data.normal_f32(BATCH * DIM);
+    let n: Vec<f64> = noise
+        .clone()
+        .normal_f32(BATCH * DIM)
+        .iter()
+        .map(|&e| e as f64)
+        .collect();
+    let batch = Batch {
+        data: y.clone(),
+        shape: vec![BATCH, DIM],
+        labels: Vec::new(),
+        next: Position::default(),
+    };
+    let times = Times {
+        steps: vec![0; BATCH],
+        weights: vec![1.0; BATCH],
+        continuous: None,
+        sigmas: Some(sigmas.to_vec()),
+    };
+    let batch = MicroBatch::<2>::new(batch, times, &mut noise, 0..BATCH, None, &device);
+    let share = Share {
+        accum: 1,
+        micro: BATCH,
+        distributed: false,
+    };
+    let out = learner.micro_step(&objective, &batch, share);
+    let norm = learner.update(out.grads, 1e-3, Some(1e9)).unwrap();
+
+    let mut losses = vec![0.0; BATCH];
+    let mut grads = vec![0.0; DIM * DIM + DIM];
+    for r in 0..BATCH {
+        let s = sigmas[r];
+        let x: Vec<f64> = (0..DIM)
+            .map(|i| y[r * DIM + i] as f64 + s * n[r * DIM + i])
+            .collect();
+        let u: Vec<f64> = x.iter().map(|v| v * precond.c_in(s)).collect();
+        let c = EdmPrecond::c_noise(s);
+        let lambda = precond.loss_weight(s);
+        for j in 0..DIM {
+            let f = (0..DIM).map(|i| u[i] * w0[i * DIM + j]).sum::<f64>() + c * b0[j];
+            let d = precond.c_skip(s) * x[j] + precond.c_out(s) * f;
+            let err = d - y[r * DIM + j] as f64;
+            losses[r] += lambda * err * err / DIM as f64;
+            // ∂(mean over the batch of L_r)/∂F_j.
+            let g = lambda * 2.0 * err * precond.c_out(s) / (BATCH * DIM) as f64;
+            for i in 0..DIM {
+                grads[i * DIM + j] += u[i] * g;
+            }
+            grads[DIM * DIM + j] += c * g;
+        }
+    }
+    let hand_norm = grads.iter().map(|g| g * g).sum::<f64>().sqrt();
+    for (i, (g, w)) in out.losses.iter().zip(&losses).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+            "loss[{i}]: {g} vs {w}"
+        );
+    }
+    assert!(
+        (norm - hand_norm).abs() <= 1e-4 * hand_norm,
+        "gradient norm {norm} vs {hand_norm}"
     );
 }

@@ -23,7 +23,8 @@ use super::progress::{OnLog, Progress};
 use crate::config::RunConfig;
 use crate::data::Dataset;
 use crate::data::loader::Loader;
-use crate::diffusion::{GaussianDiffusion, X0Clip};
+use crate::diffusion::edm::Preconditioned;
+use crate::diffusion::{Denoiser, GaussianDiffusion, X0Clip};
 use crate::dist::World;
 use crate::error::{ErrorKind, Refused};
 use crate::files::write_atomic;
@@ -273,9 +274,13 @@ impl<M: Net<D>, const D: usize> Trainer<'_, M, D> {
         if self.root && (cfg.sample_every > 0 && step.is_multiple_of(cfg.sample_every) || at_end) {
             let inner = self.device.clone().inner();
             let ema = ema_model(self.learner.model(), &self.learner.ema, &self.device);
+            let ema = Preconditioned {
+                net: &ema,
+                precond: self.objective.precond(),
+            };
             let chain = self.objective.sampling_chain(cfg)?;
             let path = self.run.join("samples").join(format!("step-{step:08}.png"));
-            write_samples::<M, D>(&path, &ema, chain, cfg, &self.item_shape, &inner)?;
+            write_samples::<D>(&path, &ema, chain, cfg, &self.item_shape, &inner)?;
             self.grid = Some(path);
         }
         Ok(())
@@ -332,9 +337,9 @@ pub(super) fn weights_checksum<M: burn::module::Module>(model: &M) -> u64 {
 
 /// Writes a grid (or for 2-D points a scatter) of `cfg.sample_count` DDIM samples of `model`
 /// to `path`.
-fn write_samples<M: Net<D>, const D: usize>(
+fn write_samples<const D: usize>(
     path: &Path,
-    model: &M,
+    model: &impl Denoiser<D>,
     diffusion: &GaussianDiffusion,
     cfg: &RunConfig,
     item_shape: &[usize],

@@ -9,6 +9,7 @@ mod classifier_guidance;
 mod conditional;
 mod crash;
 mod edm;
+mod edm_training;
 mod fetch;
 mod fid;
 mod plot;
