@@ -3,6 +3,7 @@
 
 mod bench;
 mod data;
+mod ema;
 mod eval;
 mod export;
 mod fetch;
@@ -174,6 +175,9 @@ enum Command {
     /// Write a run in another library's format (Hugging Face diffusers).
     #[command(subcommand)]
     Export(export::ExportCommand),
+    /// Post-hoc EMA: the average of any width from a run's snapshots (Karras et al. 2024).
+    #[command(subcommand)]
+    Ema(ema::EmaCommand),
 }
 
 /// Parses the command line and runs the subcommand. Under an MPI launcher every rank runs
@@ -238,6 +242,7 @@ pub fn main() -> ExitCode {
         Command::Import(cmd) => import::run(cmd),
         Command::Fetch(args) => fetch::run(args),
         Command::Export(cmd) => export::run(cmd),
+        Command::Ema(cmd) => ema::run(cmd),
     };
     let who = if world.is_distributed() {
         format!(" (rank {} of {})", world.rank, world.size)
@@ -287,6 +292,7 @@ fn single_process_only(cmd: &Command) -> Option<&'static str> {
         Command::Import(_) => Some("import"),
         Command::Fetch(_) => Some("fetch"),
         Command::Export(_) => Some("export"),
+        Command::Ema(_) => Some("ema"),
     }
 }
 

@@ -318,7 +318,7 @@ fn run_with<const D: usize, M: Net<D>>(
         device,
     };
     let new_sampler = || -> Result<AnySampler, DrawError> {
-        let mut s = AnySampler::build(&sampler_spec(a), &diffusion, clip, defaults)
+        let mut s = AnySampler::build(&sampler_spec(a), diffusion, clip, defaults)
             .map_err(|e| DrawError::Refused(e.0))?;
         if let (AnySampler::Ancestral(s), Some(v)) = (&mut s, &analytic) {
             s.set_variance(v.clone());
@@ -326,7 +326,7 @@ fn run_with<const D: usize, M: Net<D>>(
         Ok(s)
     };
     let world = crate::dist::world();
-    let steps = build_sampler(a, &diffusion, clip, defaults)?.steps_len();
+    let steps = build_sampler(a, diffusion, clip, defaults)?.steps_len();
     let n_batches = a.n.div_ceil(a.batch_size.max(1));
     let total_steps = steps * world.batches(n_batches).count();
     let bar =

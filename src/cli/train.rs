@@ -162,6 +162,13 @@ pub struct TrainArgs {
     /// EDM: the standard deviation of ln σ in training [default: 1.2].
     #[arg(long)]
     p_std: Option<f64>,
+    /// Post-hoc EMA (Karras et al. 2024): track power-function averages of these widths σ_rel
+    /// (e.g. 0.05,0.10) and keep snapshots for `ddpm ema reconstruct`.
+    #[arg(long, value_delimiter = ',')]
+    posthoc_ema: Option<Vec<f64>>,
+    /// Post-hoc EMA: a snapshot every N steps [default: --steps/256, at least 1].
+    #[arg(long)]
+    snapshot_every: Option<u64>,
 }
 
 /// `--objective` and EDM's own flags, which need an EDM run.
@@ -188,6 +195,32 @@ fn apply_edm_flags(args: &TrainArgs, c: &mut RunConfig) -> Result<(), CliError> 
             "--sigma-data" => e.sigma_data = v,
             "--p-mean" => e.p_mean = v,
             _ => e.p_std = v,
+        }
+    }
+    Ok(())
+}
+
+/// `--posthoc-ema` and `--snapshot-every`.
+fn apply_posthoc_flags(args: &TrainArgs, c: &mut RunConfig) -> Result<(), CliError> {
+    if let Some(widths) = &args.posthoc_ema {
+        let every = args
+            .snapshot_every
+            .or(c.posthoc_ema.as_ref().map(|p| p.snapshot_every))
+            .unwrap_or((c.steps / 256).max(1));
+        c.posthoc_ema = Some(crate::config::PosthocEmaConfig {
+            sigma_rels: widths.clone(),
+            snapshot_every: every,
+        });
+    } else if let Some(every) = args.snapshot_every {
+        match c.posthoc_ema.as_mut() {
+            Some(p) => p.snapshot_every = every,
+            None => {
+                return Err(CliError::Usage(
+                    "--snapshot-every: snapshots are of post-hoc EMA averages; add \
+                     --posthoc-ema 0.05,0.10"
+                        .into(),
+                ));
+            }
         }
     }
     Ok(())
@@ -314,6 +347,7 @@ fn resolve(args: &TrainArgs) -> Result<RunConfig, CliError> {
         c.cond_drop = p;
     }
     apply_edm_flags(args, &mut c)?;
+    apply_posthoc_flags(args, &mut c)?;
     if let Some(p) = &args.parameterization {
         c.parameterization =
             parse_kebab::<Parameterization>("--parameterization", p, "eps, x0 or v")?;

@@ -15,9 +15,11 @@ use crate::sample::SamplerDefaults;
 pub mod diffusion;
 pub mod edm;
 pub mod names;
+pub mod posthoc;
 
 pub use edm::EdmConfig;
 pub use names::{LossName, ObjectiveName, TimeChoice, TimestepSamplerName, WeightingName};
+pub use posthoc::PosthocEmaConfig;
 
 /// The most images a training sample grid may hold.
 pub const MAX_SAMPLE_COUNT: usize = 1024;
@@ -140,6 +142,9 @@ pub struct RunConfig {
     /// EDM training (Karras et al. 2022) instead of the DDPM chain's losses: the preconditioned
     /// denoiser, σ drawn log-normally, and the chain it samples on (absent: a DDPM or VDM run).
     pub edm: Option<EdmConfig>,
+    /// Post-hoc EMA: power-function averages tracked alongside the EMA, with snapshots that
+    /// `ddpm ema reconstruct` combines into any other average after training (absent: none).
+    pub posthoc_ema: Option<PosthocEmaConfig>,
 }
 
 impl Default for RunConfig {
@@ -198,6 +203,7 @@ impl Default for RunConfig {
             model: None,
             mlp: None,
             edm: None,
+            posthoc_ema: None,
         }
     }
 }
@@ -570,6 +576,9 @@ impl RunConfig {
         self.loss_config()?;
         self.validate_vdm()?;
         self.validate_edm()?;
+        if let Some(p) = &self.posthoc_ema {
+            p.validate()?;
+        }
         Ok(())
     }
 }

@@ -4,3 +4,4 @@
 
 pub mod adamw;
 pub mod ema;
+pub mod power_ema;

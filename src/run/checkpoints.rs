@@ -69,23 +69,13 @@ pub fn save<M: Module>(
     ema: &Ema,
     opt: &AdamW,
     state: &TrainState,
-    extra: Vec<(&str, Vec<u8>)>,
+    extra: Vec<(String, Vec<u8>)>,
     keep: usize,
 ) -> Result<PathBuf> {
     let weights = host_params(model);
     let model_b = to_safetensors(&weights)?;
     // EMA weights keep the parameters' shapes, so `ema.safetensors` loads like the model.
-    let ema_host: BTreeMap<String, HostTensor> = ema
-        .params
-        .iter()
-        .map(|(k, t)| {
-            let shape = weights
-                .get(k)
-                .map(|w| w.shape.clone())
-                .unwrap_or_else(|| vec![t.dims()[0]]);
-            (k.clone(), HostTensor::from_tensor(t, shape))
-        })
-        .collect();
+    let ema_host = averaged_host(&weights, &ema.params);
     let ema_b = to_safetensors(&ema_host)?;
     let mut o = to_host_map(&opt.m, "m.");
     o.extend(to_host_map(&opt.v, "v."));
@@ -110,7 +100,7 @@ pub fn save<M: Module>(
         ("ema.safetensors", ema_b),
         ("optimizer.safetensors", opt_b),
     ];
-    files.extend(extra);
+    files.extend(extra.iter().map(|(n, b)| (n.as_str(), b.clone())));
     let mut state = state.clone();
     state.checksums = files
         .iter()
@@ -118,6 +108,24 @@ pub fn save<M: Module>(
         .collect();
     files.push(("state.json", serde_json::to_vec_pretty(&state)?));
     write_checkpoint(run, state.step, &files, keep)
+}
+
+/// An average of the weights (flattened, by name) in the shapes of `weights`, so that it loads
+/// like them.
+pub fn averaged_host(
+    weights: &BTreeMap<String, HostTensor>,
+    params: &BTreeMap<String, burn::tensor::Tensor<1>>,
+) -> BTreeMap<String, HostTensor> {
+    params
+        .iter()
+        .map(|(k, t)| {
+            let shape = weights
+                .get(k)
+                .map(|w| w.shape.clone())
+                .unwrap_or_else(|| vec![t.dims()[0]]);
+            (k.clone(), HostTensor::from_tensor(t, shape))
+        })
+        .collect()
 }
 
 /// Steps of the `step-*` directories under `run/checkpoints` (complete or not).

@@ -9,7 +9,9 @@
 //!   checkpoints/
 //!     latest               names the newest checkpoint (advisory: see newest_complete)
 //!     step-N/              model, ema, optimizer .safetensors, state.json
-//!                          (schedule.safetensors for a learned VDM schedule)
+//!                          (schedule.safetensors for a learned VDM schedule,
+//!                          power-ema-S.safetensors for each tracked post-hoc EMA width S)
+//!   posthoc/step-N/        snapshots of the post-hoc EMA averages every snapshot_every steps
 //! ```
 //!
 //! Also the networks a run trains ([`net::Net`]), a new run from imported weights
@@ -20,6 +22,7 @@ pub mod checkpoints;
 pub mod init;
 pub mod load;
 pub mod net;
+pub mod posthoc;
 pub mod schedule_file;
 pub mod state;
 
@@ -34,6 +37,12 @@ use crate::data::{Dataset, Split};
 /// The configuration file of a run directory.
 pub fn config_path(run: &Path) -> PathBuf {
     run.join("config.toml")
+}
+
+/// The directory of a run's post-hoc EMA snapshots at `step`: `RUN/posthoc/step-XXXXXXXX`, one
+/// `power-ema-<σ_rel>.safetensors` per tracked average.
+pub fn posthoc_dir(run: &Path, step: u64) -> PathBuf {
+    run.join("posthoc").join(format!("step-{step:08}"))
 }
 
 /// Opens the training split of `cfg`'s data, at the network's image size.

@@ -12,6 +12,7 @@ use crate::diffusion::Denoiser;
 use crate::model::precision::Precision;
 use crate::optim::adamw::{AdamW, clip_factor};
 use crate::optim::ema::Ema;
+use crate::optim::power_ema::PowerEma;
 use crate::store::params::{named_grads, named_params};
 
 /// Named gradients (or their sums), flattened.
@@ -26,6 +27,8 @@ pub struct Learner<M> {
     pub opt: AdamW,
     /// Its weights' moving average.
     pub ema: Ema,
+    /// Post-hoc EMA's power-function averages (none unless the run tracks them).
+    pub power: Vec<PowerEma>,
     /// The precision of the forward and backward passes.
     pub precision: Precision,
 }
@@ -96,6 +99,7 @@ impl<M> Learner<M> {
             model: Some(model),
             opt,
             ema,
+            power: Vec::new(),
             precision,
         }
     }
@@ -187,12 +191,14 @@ impl<M: Module + Clone> Learner<M> {
                 grad_norm,
             });
         }
-        self.ema.update(
-            &named_params(self.model())
-                .into_iter()
-                .map(|(k, v)| (k, v.value))
-                .collect(),
-        );
+        let current = named_params(self.model())
+            .into_iter()
+            .map(|(k, v)| (k, v.value))
+            .collect();
+        self.ema.update(&current);
+        for p in &mut self.power {
+            p.update(&current);
+        }
         Ok(grad_norm)
     }
 }

@@ -23,6 +23,7 @@ use crate::files::{remove_stale, write_atomic};
 use crate::model::precision::Precision;
 use crate::optim::adamw::AdamW;
 use crate::optim::ema::Ema;
+use crate::optim::power_ema::PowerEma;
 use crate::run::checkpoints::{list_checkpoints, newest_complete};
 use crate::run::config_path;
 use crate::run::net::Net;
@@ -82,6 +83,13 @@ impl<'a, M: Net<D>, const D: usize> Trainer<'a, M, D> {
             Ema::new(cfg.ema_config()),
             precision,
         );
+        if let Some(p) = &cfg.posthoc_ema {
+            learner.power = p
+                .sigma_rels
+                .iter()
+                .map(|&s| PowerEma::new(s))
+                .collect::<Result<_>>()?;
+        }
         // After the network: a learned schedule's initial weights are the generator's next draws.
         let mut objective = Objective::new(cfg, &device)?;
         let n_t = objective.chain().num_timesteps();
@@ -258,6 +266,12 @@ fn restore<M: Net<D>, const D: usize>(
     let ema_t = read_safetensors(&ema_file)?;
     check_state_tensors(&ema_t, &shapes, &ema_file.display().to_string())?;
     learner.ema.params = from_host_map(&ema_t, "", inner);
+    for p in &mut learner.power {
+        let file = ckpt.join(p.file_name());
+        let t = read_safetensors(&file)?;
+        check_state_tensors(&t, &shapes, &file.display().to_string())?;
+        p.params = from_host_map(&t, "", inner);
+    }
     let opt_file = ckpt.join("optimizer.safetensors");
     let opt_name = opt_file.display().to_string();
     let (m, v) = split_moments(read_safetensors(&opt_file)?, &opt_name)?;
@@ -276,6 +290,9 @@ fn restore<M: Net<D>, const D: usize>(
     check_state(&state, ckpt, n_t, data_len, cfg.batch_size, &st_path)?;
     learner.opt.step = state.adam_step;
     learner.ema.updates = state.ema_updates;
+    for p in &mut learner.power {
+        p.updates = state.ema_updates;
+    }
     if let Some(l) = objective.learned_mut() {
         l.load(ckpt, state.adam_step, state.ema_updates)?;
     }

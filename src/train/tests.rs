@@ -443,7 +443,7 @@ fn edm_loss_and_gradient_equal_their_formulas_by_hand() {
     let norm = learner.update(out.grads, 1e-3, Some(1e9)).unwrap();
 
     let mut losses = vec![0.0; BATCH];
-    let mut grads = vec![0.0; DIM * DIM + DIM];
+    let mut grads = [0.0; DIM * DIM + DIM];
     for r in 0..BATCH {
         let s = sigmas[r];
         let x: Vec<f64> = (0..DIM)

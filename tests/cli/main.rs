@@ -13,6 +13,7 @@ mod edm_training;
 mod fetch;
 mod fid;
 mod plot;
+mod posthoc_ema;
 mod reliability;
 mod schedule;
 mod train;
