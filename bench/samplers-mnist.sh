@@ -14,7 +14,8 @@ mkdir -p "$W" && cd "$W"
 [ -x "$D" ] || (cd "$repo" && cargo build --release)
 [ -f judge.safetensors ] || $D eval judge-train --data "idx:$M" --epochs 1 --out judge.safetensors
 # run directory, sample prefix, extra training flags
-for arm in "run s" "run-edm e --objective edm"; do
+# (The EDM run also tracks post-hoc EMA averages, for bench/posthoc-ema-mnist.sh.)
+for arm in "run s" "run-edm e --objective edm --posthoc-ema 0.05,0.10 --snapshot-every 50"; do
     set -- $arm
     run=$1 prefix=$2
     shift 2

@@ -164,6 +164,50 @@ fn ranks_train_as_one_process_and_resume_across_counts() {
     }
 }
 
+/// An EDM run tracking post-hoc EMA averages trains on 2 ranks as on one process: the weights,
+/// the EMA and the power-function averages alike; only rank 0 writes the snapshots.
+#[test]
+fn edm_with_posthoc_ema_trains_on_ranks_as_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("d");
+    common::write_idx(&d, 48, 8, 7);
+    let data = format!("idx:{}", d.display());
+    let args = |out: &Path| {
+        let mut a = tiny(&data, &out.display().to_string(), "20", "6");
+        for s in [
+            "--objective",
+            "edm",
+            "--posthoc-ema",
+            "0.05,0.10",
+            "--snapshot-every",
+            "5",
+        ] {
+            a.push(s.into());
+        }
+        a
+    };
+    let one = tmp.path().join("one");
+    let o = Command::new(bin()).args(args(&one)).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let two = tmp.path().join("two");
+    on(
+        2,
+        &args(&two).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let diff = max_difference(&ckpt(&one, 20), &ckpt(&two, 20));
+    assert!(diff < TOLERANCE, "weights differ by {diff}");
+    let power =
+        |run: &Path| read_safetensors(&ckpt(run, 20).join("power-ema-0.100.safetensors")).unwrap();
+    let (a, b) = (power(&one), power(&two));
+    for (k, t) in &a {
+        for (p, q) in t.data.iter().zip(&b[k].data) {
+            assert!((p - q).abs() < TOLERANCE, "{k}: {p} vs {q}");
+        }
+    }
+    let snaps = std::fs::read_dir(two.join("posthoc")).unwrap().count();
+    assert_eq!(snaps, 4, "snapshots at steps 5, 10, 15, 20");
+}
+
 #[test]
 fn sampling_on_any_number_of_ranks_writes_the_same_images() {
     let tmp = tempfile::tempdir().unwrap();

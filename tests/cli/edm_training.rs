@@ -116,6 +116,13 @@ fn an_edm_run_trains_resumes_samples_and_refuses_what_does_not_apply() {
     let bpd = r["bpd"].as_f64().unwrap();
     assert!(bpd.is_finite() && bpd > 0.0, "{r}");
 
+    // Mixed precision: the network in bfloat16 inside the f32 preconditioning.
+    let bf16 = tmp.path().join("bf16").display().to_string();
+    ok(train(&spec, &bf16, "2", &["--precision", "bf16"]));
+    let log = std::fs::read_to_string(Path::new(&bf16).join("log.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert!(last["loss"].as_f64().unwrap().is_finite(), "{last}");
+
     let hf = tmp.path().join("hf").display().to_string();
     usage_error(
         ddpm(&["export", "diffusers", "--checkpoint", &whole, "--out", &hf]),
