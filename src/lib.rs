@@ -52,22 +52,25 @@
 //! **The science, in f64 on the host and generic over any network**
 //! - [`schedule`]: noise schedules β_1..β_T and every table derived from them.
 //! - [`diffusion`]: the forward process, its posterior, the reverse step, the variational bound
-//!   in bits/dim and the training losses, over any [`diffusion::Denoiser`].
+//!   in bits/dim and the training losses, EDM's preconditioning ([`diffusion::edm`]), over any
+//!   [`diffusion::Denoiser`].
 //! - [`vdm`]: Variational Diffusion Models: γ(t) fixed or learned, continuous and discrete time.
 //!
 //! **Networks and their training machinery**
 //! - [`model`]: the U-Net, the MLP for 2-D points, the noise-aware guidance classifier; they
 //!   know nothing of schedules.
-//! - [`optim`]: AdamW with warm-up and clipping, the EMA of the weights.
+//! - [`optim`]: AdamW with warm-up and clipping, the EMA of the weights, post-hoc EMA's
+//!   power-function averages and their least-squares combination ([`optim::power_ema`]).
 //!
 //! **Using the science**
-//! - [`sample`]: samplers (ancestral, DDIM, DPM-Solver++) and choosing one by name, guidance,
-//!   batched drawing.
+//! - [`sample`]: samplers (ancestral, DDIM, DPM-Solver++, EDM's Heun and Euler) and choosing
+//!   one by name, guidance, batched drawing.
 //! - [`config`]: a run's configuration ([`config::RunConfig`], its `config.toml`) and the
 //!   diffusion it describes.
 //! - [`pretrained`]: diffusers checkpoints in and out; [`hub`]: fetching them.
 //! - [`run`]: a run directory: checkpoints, their state, the networks a run builds, loading a
-//!   model for inference (a run, a checkpoint, a diffusers folder, a Hub repo).
+//!   model for inference (a run, a checkpoint, a diffusers folder, a Hub repo), post-hoc EMA
+//!   reconstruction ([`run::posthoc`]).
 //! - [`eval`]: likelihood (bits/dim), FID, the judging classifier's Fréchet distance and
 //!   guidance trade-offs.
 //! - [`viz`]: image grids and charts.

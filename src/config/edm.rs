@@ -68,8 +68,21 @@ impl RunConfig {
                 bail!("{key} must be a positive finite number, got {v}");
             }
         }
-        if !e.p_mean.is_finite() {
-            bail!("--p-mean must be finite, got {}", e.p_mean);
+        // σ's beyond e^±40 would overflow f32 in the preconditioning.
+        if !(-10.0..=10.0).contains(&e.p_mean) {
+            bail!(
+                "--p-mean (the mean of ln σ) must be in [-10, 10], got {}",
+                e.p_mean
+            );
+        }
+        if e.p_std > 5.0 {
+            bail!(
+                "--p-std (the spread of ln σ) must be at most 5, got {}",
+                e.p_std
+            );
+        }
+        if e.sigma_data > 1e3 {
+            bail!("--sigma-data must be at most 1000, got {}", e.sigma_data);
         }
         if e.sigma_min >= e.sigma_max {
             bail!(

@@ -34,7 +34,7 @@ struct Case {
 const NOT_FUZZED: &[&str] = &[];
 
 #[rustfmt::skip] // one command line a line
-fn cases(f: &Fixture, run: &str, cond: &str, learned: &str, clf: &str, judge: &str) -> Vec<Case> {
+fn cases(f: &Fixture, run: &str, cond: &str, learned: &str, clf: &str, judge: &str, posthoc: &str) -> Vec<Case> {
     let d = f.data.as_str();
     let samples = format!("folder:{}", f.path("samples/images"));
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
@@ -87,6 +87,14 @@ fn cases(f: &Fixture, run: &str, cond: &str, learned: &str, clf: &str, judge: &s
                 "--dropout",
                 "--cond-drop",
             ],
+        },
+        Case {
+            base: [train.clone(), s(&["--objective", "edm", "--posthoc-ema", "0.05,0.1"])].concat(),
+            flags: &["--sigma-data", "--p-mean", "--p-std", "--posthoc-ema", "--snapshot-every"],
+        },
+        Case {
+            base: s(&["ema", "reconstruct", "--checkpoint", posthoc, "--sigma-rel", "0.1", "--out", "{out}"]),
+            flags: &["--sigma-rel"],
         },
         Case {
             base: [train.clone(), s(&["--schedule", "learned"])].concat(),
@@ -312,6 +320,12 @@ fn every_numeric_flag_at_every_edge_value() {
     ok(f.train(&run, "1", &[]));
     ok(f.train(&cond, "1", &["--class-cond"]));
     ok(f.train(&learned, "1", &["--schedule", "learned"]));
+    let posthoc = f.path("posthoc");
+    ok(f.train(
+        &posthoc,
+        "2",
+        &["--posthoc-ema", "0.05,0.1", "--snapshot-every", "1"],
+    ));
     let clf = f.path("clf");
     ok(ddpm(&[
         "train-classifier",
@@ -347,7 +361,7 @@ fn every_numeric_flag_at_every_edge_value() {
         "--out",
         &f.path("samples"),
     ]));
-    let cases = cases(&f, &run, &cond, &learned, &clf, &judge);
+    let cases = cases(&f, &run, &cond, &learned, &clf, &judge, &posthoc);
 
     // Every numeric flag `--help` shows for a subcommand is in the list.
     let mut subcommands: Vec<Vec<String>> = Vec::new();
