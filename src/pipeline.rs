@@ -13,18 +13,22 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 
 use crate::config::RunConfig;
 use crate::data::Dataset;
 use crate::data::memory::InMemory;
+use crate::diffusion::edm::Preconditioned;
 use crate::diffusion::{GaussianDiffusion, X0Clip};
 use crate::error::{ErrorKind, Refused};
 use crate::eval::nll::{NllOptions, NllReport};
 use crate::model::{Mlp, UNet};
 use crate::run::load::{Loaded, load_for_inference};
 use crate::run::net::Net;
-use crate::sample::{AnySampler, Conditioning, DrawError, Drawing, ImageNoise, SamplerSpec};
+use crate::sample::noise_file::NoiseFile;
+use crate::sample::{
+    AnySampler, ClassifierGradient, Conditioning, DrawError, Drawing, ImageNoise, SamplerSpec,
+};
 
 /// A trained network with its chain, ready to sample.
 pub struct Pipeline<M, const D: usize> {
@@ -53,6 +57,8 @@ pub struct SampleOptions {
     pub classes: Option<Vec<usize>>,
     /// Classifier-free guidance weight w (0: plain conditional sampling).
     pub guidance: f64,
+    /// Guidance rescale φ (Lin et al. 2024, eq. 16; 0: none).
+    pub guidance_rescale: f64,
     /// x̂0 post-processing (clipping to [−1, 1] by default, as the images were).
     pub clip: X0Clip,
 }
@@ -89,6 +95,7 @@ impl SampleOptions {
             batch_size: 64,
             classes: None,
             guidance: 0.0,
+            guidance_rescale: 0.0,
             clip: X0Clip::Clip,
         }
     }
@@ -231,6 +238,12 @@ impl<M: Net<D>, const D: usize> Pipeline<M, D> {
         &self.loaded.model
     }
 
+    /// Whether the model is a VDM run's (its bound is prior + decoder + diffusion loss, taken
+    /// from draws of t).
+    pub fn is_vdm(&self) -> bool {
+        self.loaded.vdm.is_some()
+    }
+
     /// The chain the samplers walk.
     pub fn diffusion(&self) -> &GaussianDiffusion {
         &self.loaded.diffusion
@@ -242,31 +255,70 @@ impl<M: Net<D>, const D: usize> Pipeline<M, D> {
         Ok(self.draw(options)?)
     }
 
+    /// The model as the chain's denoiser (for an EDM run, the network inside its
+    /// preconditioning).
+    pub fn denoiser(&self) -> Preconditioned<'_, M> {
+        self.loaded.denoiser()
+    }
+
     fn draw(&self, options: &SampleOptions) -> Result<Samples> {
+        let item: usize = self.config().item_shape()?.iter().product();
+        let mut values = vec![0.0f32; options.n * item];
+        let write = |first: usize, round: &[f32]| {
+            values[first * item..first * item + round.len()].copy_from_slice(round);
+            Ok(())
+        };
+        self.draw_rounds(options, &DrawExtras::default(), |_, _, _, _, _| {}, write)
+            .map_err(|e| match e {
+                DrawError::NonFinite { .. } => Refused::error(ErrorKind::NonFinite, e.to_string()),
+                DrawError::Refused(m) => Refused::error(ErrorKind::Config, m),
+                DrawError::Failed(e) => e,
+            })?;
+        let mut shape = vec![options.n];
+        shape.extend(self.config().item_shape()?);
+        Ok(Samples { values, shape })
+    }
+
+    /// Draws `options.n` samples with `extras`, in rounds of one batch per process (MPI):
+    /// `write(first, values)` takes each round's samples on every process as they come, and
+    /// `on_step(first, i, t, x_t, x̂0)` sees every step of this process's batches. Sample i's
+    /// noise is its own stream (`options.seed`, i), or the file's.
+    pub fn draw_rounds(
+        &self,
+        options: &SampleOptions,
+        extras: &DrawExtras<'_, D>,
+        on_step: impl FnMut(usize, usize, usize, &Tensor<D>, &Tensor<D>),
+        write: impl FnMut(usize, &[f32]) -> Result<()>,
+    ) -> Result<(), DrawError> {
         let cfg = &self.loaded.config;
         let item_shape = cfg.item_shape()?;
         let (model, diffusion) = (&self.loaded.denoiser(), &self.loaded.diffusion);
         let defaults = cfg.sampler_defaults.as_ref();
-        let classes = match (&options.classes, cfg.num_classes()) {
+        let refuse = |m: String| Err(DrawError::Refused(m));
+        // The classes to draw: the model's, or for an unconditional model a guide's.
+        let known = cfg.num_classes().or(extras.guide.map(|g| g.classes()));
+        let classes = match (&options.classes, known) {
             (Some(l), Some(k)) => {
                 if let Some(bad) = l.iter().find(|&&c| c >= k) {
-                    bail!("class {bad}: the model has classes 0..={}", k - 1);
+                    return refuse(format!("class {bad}: the model has classes 0..={}", k - 1));
                 }
                 if l.len() != options.n {
-                    bail!("{} classes for {} samples", l.len(), options.n);
+                    return refuse(format!("{} classes for {} samples", l.len(), options.n));
                 }
                 Some((l.as_slice(), k))
             }
-            (Some(_), None) => bail!("classes: this model was trained without classes"),
+            (Some(_), None) => {
+                return refuse("classes: this model was trained without classes".into());
+            }
             (None, _) => None,
         };
         let cond = classes.map(|(labels, classes)| Conditioning {
             labels,
             classes,
             guidance: options.guidance,
-            rescale: 0.0,
+            rescale: options.guidance_rescale,
             learned_variance: diffusion.variance.is_learned(),
-            classifier: None,
+            classifier: extras.guide,
         });
         let drawing = Drawing {
             model,
@@ -274,33 +326,49 @@ impl<M: Net<D>, const D: usize> Pipeline<M, D> {
             cond: cond.as_ref(),
             device: &self.device,
         };
-        let new_sampler = || {
-            AnySampler::build(&options.sampler, diffusion, options.clip, defaults)
-                .map_err(|e| DrawError::Refused(e.0))
+        let new_sampler = || -> Result<AnySampler, DrawError> {
+            let mut s = AnySampler::build(&options.sampler, diffusion, options.clip, defaults)
+                .map_err(|e| DrawError::Refused(e.0))?;
+            if let (AnySampler::Ancestral(s), Some(v)) = (&mut s, &extras.variance) {
+                s.set_variance(v.clone());
+            }
+            Ok(s)
         };
-        let item: usize = item_shape.iter().product();
-        let mut values = vec![0.0f32; options.n * item];
-        let write = |first: usize, round: &[f32]| {
-            values[first * item..first * item + round.len()].copy_from_slice(round);
-            Ok(())
+        let noise = match extras.noise_file {
+            Some(f) => ImageNoise::File(f),
+            None => ImageNoise::Seeded(options.seed),
         };
-        drawing
-            .in_rounds(
-                new_sampler,
-                (options.n, options.batch_size),
-                &ImageNoise::Seeded(options.seed),
-                &crate::dist::world(),
-                |_, _, _, _, _| {},
-                write,
-            )
-            .map_err(|e| match e {
-                DrawError::NonFinite { .. } => Refused::error(ErrorKind::NonFinite, e.to_string()),
-                DrawError::Refused(m) => Refused::error(ErrorKind::Config, m),
-                DrawError::Failed(e) => e,
-            })?;
-        let mut shape = vec![options.n];
-        shape.extend(item_shape);
-        Ok(Samples { values, shape })
+        drawing.in_rounds(
+            new_sampler,
+            (options.n, options.batch_size),
+            &noise,
+            &crate::dist::world(),
+            on_step,
+            write,
+        )
+    }
+}
+
+/// What a drawing may add to [`SampleOptions`]: classifier guidance, another variance for the
+/// ancestral sampler, the noise from a file (`ddpm sample` offers all three).
+pub struct DrawExtras<'a, const D: usize> {
+    /// Classifier guidance: a noise-aware classifier's gradient ∇ log p(y | x_t), its scale
+    /// inside (`ddpm train-classifier`); its classes serve an unconditional model.
+    pub guide: Option<&'a dyn ClassifierGradient<D>>,
+    /// The ancestral sampler's σ² at each of its steps instead of the chain's fixed ones (e.g.
+    /// Analytic-DPM's, `diffusion::analytic`).
+    pub variance: Option<Vec<f64>>,
+    /// x_T and every step's noise from a file instead of each sample's seeded stream.
+    pub noise_file: Option<&'a NoiseFile>,
+}
+
+impl<const D: usize> Default for DrawExtras<'_, D> {
+    fn default() -> Self {
+        Self {
+            guide: None,
+            variance: None,
+            noise_file: None,
+        }
     }
 }
 
@@ -335,10 +403,26 @@ impl<M: Net<4>> Pipeline<M, 4> {
         data: &dyn Dataset,
         options: NllOptions,
     ) -> crate::Result<NllReport> {
-        Ok(self.bound(data, options)?)
+        Ok(self.bound(data, options, || {})?)
     }
 
-    fn bound(&self, data: &dyn Dataset, options: NllOptions) -> Result<NllReport> {
+    /// As [`Self::bits_per_dim`], calling `on_call` after each batch's network evaluation
+    /// (to follow the progress).
+    pub fn bits_per_dim_with(
+        &self,
+        data: &dyn Dataset,
+        options: NllOptions,
+        on_call: impl FnMut(),
+    ) -> crate::Result<NllReport> {
+        Ok(self.bound(data, options, on_call)?)
+    }
+
+    fn bound(
+        &self,
+        data: &dyn Dataset,
+        options: NllOptions,
+        on_call: impl FnMut(),
+    ) -> Result<NllReport> {
         let want = self.config().item_shape()?;
         if data.item_shape() != want {
             bail!(
@@ -350,11 +434,14 @@ impl<M: Net<4>> Pipeline<M, 4> {
         let (model, diffusion) = (&self.loaded.denoiser(), &self.loaded.diffusion);
         let vdm = self.loaded.vdm.as_ref();
         let report =
-            crate::eval::nll::bound(diffusion, vdm, model, data, options, &self.device, || {})?;
+            crate::eval::nll::bound(diffusion, vdm, model, data, options, &self.device, on_call)?;
         if let Some((term, v)) = report.first_non_finite() {
             return Err(Refused::error(
                 ErrorKind::NonFinite,
-                format!("the {term} is {v}: the network gives non-finite outputs on these images"),
+                format!(
+                    "the {term} is {v}, not a number of bits: the network gives non-finite \
+                     outputs on these images (diverged or damaged weights?)"
+                ),
             ));
         }
         Ok(report)

@@ -6,8 +6,7 @@ use clap::{Args, Subcommand};
 
 use super::{CliError, CliResult};
 use crate::data::Split;
-use crate::model::UNet;
-use crate::run::load::load_for_inference;
+use crate::ImagePipeline;
 
 #[derive(Subcommand)]
 pub enum EvalCommand {
@@ -335,9 +334,9 @@ fn nll(a: NllArgs) -> CliResult {
         .parse()
         .map_err(|e: String| CliError::Usage(format!("--split: {e}")))?;
     let device = super::device(&a.device)?;
-    let loaded = load_for_inference::<UNet, 4>(&a.checkpoint, a.no_ema, &device)
-        .map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
-    let u = loaded.config.unet_config()?;
+    let pipeline = ImagePipeline::load_on(&a.checkpoint, &device, a.no_ema)
+        .map_err(|e| CliError::Usage(format!("--checkpoint: {e}")))?;
+    let u = pipeline.config().unet_config()?;
     let data = crate::data::open(&a.data, split, 0, Some((u.in_channels, u.image_size)))
         .map_err(|e| CliError::Usage(format!("{e:#}")))?;
     let want = vec![u.in_channels, u.image_size, u.image_size];
@@ -349,25 +348,26 @@ fn nll(a: NllArgs) -> CliResult {
             want
         )));
     }
-    let diffusion = &loaded.diffusion;
+    let diffusion = pipeline.diffusion();
+    let vdm = pipeline.is_vdm();
     let n = a.limit.unwrap_or(data.len()).min(data.len());
     let world = crate::dist::world();
     let batches = n.div_ceil(a.batch_size.max(1));
     let mine = world.batches(batches).count();
-    let t_samples = match (&loaded.vdm, a.t_samples) {
-        (Some(_), k) => Some(k.unwrap_or(1)),
-        (None, k) => k,
+    let t_samples = match (vdm, a.t_samples) {
+        (true, k) => Some(k.unwrap_or(1)),
+        (false, k) => k,
     };
     // The draws that run: a DDPM chain has at most T − 1 ranges to draw from.
-    let draws = t_samples.map(|k| match &loaded.vdm {
-        Some(_) => k,
-        None => crate::eval::nll::geometric_strata(diffusion.num_timesteps(), k)
+    let draws = t_samples.map(|k| match vdm {
+        true => k,
+        false => crate::eval::nll::geometric_strata(diffusion.num_timesteps(), k)
             .len()
             .max(1),
     });
-    let per_batch = match (&loaded.vdm, draws) {
-        (Some(_), Some(k)) => k,
-        (None, Some(k)) => k + 1,
+    let per_batch = match (vdm, draws) {
+        (true, Some(k)) => k,
+        (false, Some(k)) => k + 1,
         (_, None) => diffusion.num_timesteps(),
     };
     let total = (mine * per_batch) as u64;
@@ -383,24 +383,18 @@ fn nll(a: NllArgs) -> CliResult {
             b.inc(1);
         }
     };
-    let r = crate::eval::nll::bound(
-        diffusion,
-        loaded.vdm.as_ref(),
-        &loaded.denoiser(),
-        data.as_ref(),
-        opts,
-        &device,
-        tick,
-    )?;
+    let r = match pipeline.bits_per_dim_with(data.as_ref(), opts, tick) {
+        Ok(r) => r,
+        Err(e) if e.kind() == crate::ErrorKind::NonFinite => {
+            return Err(CliError::Failure(anyhow::anyhow!(
+                "eval nll of {}: {e}",
+                a.checkpoint.display()
+            )));
+        }
+        Err(e) => return Err(CliError::Failure(e.into_anyhow())),
+    };
     if let Some(b) = bar {
         b.finish();
-    }
-    if let Some((term, v)) = r.first_non_finite() {
-        return Err(CliError::Failure(anyhow::anyhow!(
-            "eval nll: the {term} is {v}, not a number of bits: the network of {} \
-             gives non-finite outputs on these images (diverged or damaged weights?)",
-            a.checkpoint.display()
-        )));
     }
     if !crate::dist::world().is_root() {
         return Ok(());
@@ -415,7 +409,7 @@ fn nll(a: NllArgs) -> CliResult {
             Some(k) => format!("; {k} t-sample(s) per image"),
             None => String::new(),
         };
-        let (decoder, rest) = if loaded.vdm.is_some() {
+        let (decoder, rest) = if vdm {
             ("decoder", "diffusion loss")
         } else {
             ("decoder L_0", "Σ L_t")
@@ -442,14 +436,14 @@ fn guidance(a: GuidanceArgs) -> CliResult {
     use crate::eval::frechet::FeatureStats;
     use crate::eval::judge;
     let device = super::device(&a.device)?;
-    let loaded = load_for_inference::<UNet, 4>(&a.checkpoint, a.no_ema, &device)
-        .map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
-    let diffusion = loaded.diffusion.clone();
+    let pipeline = ImagePipeline::load_on(&a.checkpoint, &device, a.no_ema)
+        .map_err(|e| CliError::Usage(format!("--checkpoint: {e}")))?;
+    let diffusion = pipeline.diffusion().clone();
     let guide = match &a.guide_classifier {
         Some(p) => Some(super::sample::load_guide(
             p,
-            &loaded.config,
-            &super::sample::guided_chain(&loaded.config)?,
+            pipeline.config(),
+            &super::sample::guided_chain(pipeline.config())?,
             &device,
         )?),
         None => None,
@@ -457,7 +451,7 @@ fn guidance(a: GuidanceArgs) -> CliResult {
     let default_w = if guide.is_some() { "0" } else { "0,0.5,1,2,4" };
     let weights = super::guidance_list("--guidance", a.guidance.as_deref().unwrap_or(default_w))?;
     let scales = super::guidance_list("--classifier-scale", &a.classifier_scale)?;
-    let classes = match (loaded.model.num_classes(), &guide) {
+    let classes = match (pipeline.model().num_classes(), &guide) {
         (Some(k), _) => k,
         (None, Some(g)) if weights.iter().all(|&w| w == 0.0) => g.config.classes.len(),
         (None, Some(_)) => {
@@ -475,7 +469,7 @@ fn guidance(a: GuidanceArgs) -> CliResult {
             ));
         }
     };
-    let u = loaded.config.unet_config()?;
+    let u = pipeline.config().unet_config()?;
     let item_shape = [u.in_channels, u.image_size, u.image_size];
     // The samples of one weight are held together: refuse what cannot fit.
     let need = (a.per_class as f64)
@@ -517,7 +511,7 @@ fn guidance(a: GuidanceArgs) -> CliResult {
         seed: a.seed,
     };
     let rows = crate::eval::guidance::sweep(
-        &loaded.denoiser(),
+        &pipeline.denoiser(),
         &diffusion,
         classes,
         item_shape,

@@ -12,16 +12,13 @@ use crate::config::RunConfig;
 use crate::config::diffusion::diffusion_from;
 use crate::diffusion::{Denoiser, GaussianDiffusion, X0Clip};
 use crate::model::{Mlp, UNet};
-use crate::run::load::load_for_inference;
+use crate::pipeline::{DrawExtras, Pipeline, SampleOptions};
 use crate::run::net::Net;
 use crate::sample::SamplerDefaults;
 use crate::sample::edm::EdmOptions;
 use crate::sample::guidance::labels_for;
 use crate::sample::noise_file::NoiseFile;
-use crate::sample::{
-    AnySampler, ClassifierGradient, ClassifierGuide, Conditioning, DrawError, Drawing, ImageNoise,
-    SamplerSpec,
-};
+use crate::sample::{AnySampler, ClassifierGradient, ClassifierGuide, DrawError, SamplerSpec};
 use crate::train::guide_classifier::{LoadedClassifier, check_guides, load_classifier};
 
 /// The DDPM chain of a run that a noise-aware classifier must share; VDM runs have none.
@@ -276,12 +273,11 @@ fn run_with<const D: usize, M: Net<D>>(
     guide: Option<&dyn ClassifierGradient<D>>,
     mut files: Option<&mut SampleFiles>,
 ) -> Result<Sampled, CliError> {
-    let loaded = load_for_inference::<M, D>(&a.checkpoint, a.no_ema, device)
-        .map_err(|e| CliError::Usage(format!("--checkpoint: {e:#}")))?;
-    let cfg = &loaded.config;
+    let pipeline = Pipeline::<M, D>::load_on(&a.checkpoint, device, a.no_ema)
+        .map_err(|e| CliError::Usage(format!("--checkpoint: {e}")))?;
+    let cfg = pipeline.config();
     let item_shape = cfg.item_shape()?;
-    let model = loaded.denoiser();
-    let diffusion = &loaded.diffusion;
+    let diffusion = pipeline.diffusion();
     let defaults = cfg.sampler_defaults.as_ref();
     let clip = parse_clip(
         a.clip
@@ -296,34 +292,32 @@ fn run_with<const D: usize, M: Net<D>>(
         ),
         None => None,
     };
-    let analytic = if a.analytic_variance {
+    let variance = if a.analytic_variance {
+        let model = pipeline.denoiser();
         let table = analytic_table::<D>(a, cfg, &model, diffusion, clip, &item_shape, device);
         Some(table?)
     } else {
         None
     };
-    let labels = labels_of(a, model.num_classes(), guide.map(|g| g.classes()))?;
-    let cond = labels.as_ref().map(|(l, k)| Conditioning {
-        labels: l,
-        classes: *k,
+    let labels = labels_of(
+        a,
+        pipeline.model().num_classes(),
+        guide.map(|g| g.classes()),
+    )?;
+    let options = SampleOptions {
+        n: a.n,
+        sampler: sampler_spec(a),
+        seed: a.seed,
+        batch_size: a.batch_size,
+        classes: labels.as_ref().map(|(l, _)| l.clone()),
         guidance: a.guidance,
-        rescale: a.guidance_rescale,
-        learned_variance: diffusion.variance.is_learned(),
-        classifier: guide,
-    });
-    let drawing = Drawing {
-        model: &model,
-        item_shape: &item_shape,
-        cond: cond.as_ref(),
-        device,
+        guidance_rescale: a.guidance_rescale,
+        clip,
     };
-    let new_sampler = || -> Result<AnySampler, DrawError> {
-        let mut s = AnySampler::build(&sampler_spec(a), diffusion, clip, defaults)
-            .map_err(|e| DrawError::Refused(e.0))?;
-        if let (AnySampler::Ancestral(s), Some(v)) = (&mut s, &analytic) {
-            s.set_variance(v.clone());
-        }
-        Ok(s)
+    let extras = DrawExtras {
+        guide,
+        variance,
+        noise_file: noise_file.as_ref(),
     };
     let world = crate::dist::world();
     let steps = build_sampler(a, diffusion, clip, defaults)?.steps_len();
@@ -359,17 +353,11 @@ fn run_with<const D: usize, M: Net<D>>(
         }
         Ok(())
     };
-    let noise = match &noise_file {
-        Some(f) => ImageNoise::File(f),
-        None => ImageNoise::Seeded(a.seed),
-    };
-    let sizes = (a.n, a.batch_size);
-    let drawn = drawing.in_rounds(new_sampler, sizes, &noise, &world, on_step, write);
-    match drawn {
+    match pipeline.draw_rounds(&options, &extras, on_step, write) {
         Ok(()) => {}
         Err(DrawError::Refused(m)) => return Err(CliError::Usage(m)),
         Err(DrawError::NonFinite { first, n }) => {
-            return Err(non_finite(a, &loaded.model, first, n));
+            return Err(non_finite(a, pipeline.model(), first, n));
         }
         Err(DrawError::Failed(e)) => return Err(CliError::Failure(e)),
     }
