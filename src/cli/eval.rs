@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::{CliError, CliResult};
-use crate::data::Split;
 use crate::ImagePipeline;
+use crate::data::Split;
 
 #[derive(Subcommand)]
 pub enum EvalCommand {

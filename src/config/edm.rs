@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{LossName, RunConfig, TimestepSamplerName, WeightingName};
+use super::RunConfig;
 use crate::diffusion::Parameterization;
 use crate::diffusion::edm::{EdmPrecond, LogNormalSigma};
 
@@ -104,29 +104,14 @@ impl RunConfig {
                  predicts (D = c_skip·x + c_out·F, a prediction of x0); drop --parameterization"
             );
         }
-        if self.variance.is_learned() {
-            bail!("{what}: the reverse variance is the posterior's (fixed-small or fixed-large)");
-        }
-        for (flag, set) in [
-            ("--loss", self.loss != LossName::Simple),
-            ("--weighting", self.weighting != WeightingName::None),
-            (
-                "--t-sampler",
-                self.t_sampler != TimestepSamplerName::Uniform,
-            ),
-            ("--schedule", self.schedule != "linear"),
-            ("--beta-start", self.beta_start.is_some()),
-            ("--beta-end", self.beta_end.is_some()),
-            ("--zero-terminal-snr", self.zero_terminal_snr),
-            ("trained_betas", self.trained_betas.is_some()),
-        ] {
-            if set {
-                bail!(
-                    "{flag} does not apply to {what}: σ is drawn as ln σ ~ N(P_mean, P_std²) \
-                     (--p-mean, --p-std) and the loss weighted by λ(σ) = (σ² + σ_d²)/(σ·σ_d)²"
-                );
-            }
-        }
-        Ok(())
+        self.refuse_chain_keys(
+            what,
+            &[
+                ("--schedule", self.schedule != "linear"),
+                ("trained_betas", self.trained_betas.is_some()),
+            ],
+            "σ is drawn as ln σ ~ N(P_mean, P_std²) (--p-mean, --p-std) and the loss weighted by \
+             λ(σ) = (σ² + σ_d²)/(σ·σ_d)²",
+        )
     }
 }

@@ -400,10 +400,35 @@ impl RunConfig {
         if self.parameterization != Parameterization::Eps {
             bail!("{what} trains ε-prediction (VDM's loss); drop --parameterization");
         }
-        if self.variance.is_learned() {
-            bail!("{what}: the reverse variance is the posterior's (fixed-small or fixed-large)");
+        self.refuse_chain_keys(
+            &what,
+            &[],
+            "the VDM loss weights ‖ε − ε̂‖² by the schedule itself (γ'(t), or the SNR ratio of \
+             consecutive steps)",
+        )?;
+        if let crate::vdm::Time::Discrete(t) = time
+            && t > i64::MAX as usize
+        {
+            bail!("--time discrete:{t}: T is too large");
         }
-        for (flag, set) in [
+        Ok(())
+    }
+
+    /// Refuses the DDPM chain's keys (a learned variance, a loss other than L_simple, a
+    /// weighting, a timestep sampler, β overrides, zero terminal SNR, and `more`) for an
+    /// objective (`what`) that has its own, `why`.
+    fn refuse_chain_keys(
+        &self,
+        what: &str,
+        more: &[(&str, bool)],
+        why: &str,
+    ) -> anyhow::Result<()> {
+        if self.variance.is_learned() {
+            anyhow::bail!(
+                "{what}: the reverse variance is the posterior's (fixed-small or fixed-large)"
+            );
+        }
+        let keys = [
             ("--loss", self.loss != LossName::Simple),
             ("--weighting", self.weighting != WeightingName::None),
             (
@@ -413,20 +438,11 @@ impl RunConfig {
             ("--beta-start", self.beta_start.is_some()),
             ("--beta-end", self.beta_end.is_some()),
             ("--zero-terminal-snr", self.zero_terminal_snr),
-        ] {
-            if set {
-                bail!(
-                    "{flag} does not apply to {what}: the VDM loss weights ‖ε − ε̂‖² by the \
-                     schedule itself (γ'(t), or the SNR ratio of consecutive steps)"
-                );
-            }
+        ];
+        match keys.iter().chain(more).find(|(_, set)| *set) {
+            Some((flag, _)) => anyhow::bail!("{flag} does not apply to {what}: {why}"),
+            None => Ok(()),
         }
-        if let crate::vdm::Time::Discrete(t) = time
-            && t > i64::MAX as usize
-        {
-            bail!("--time discrete:{t}: T is too large");
-        }
-        Ok(())
     }
 
     /// The number of classes of a class-conditional run whose classes are known.

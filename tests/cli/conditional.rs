@@ -88,16 +88,26 @@ fn conditional_samples_follow_their_class_and_guidance_sharpens_them() {
         points(&dir)
     };
     let plain = sample("w0", "0");
-    // Each class's samples: mean within 4 standard errors (plus the model's bias allowance)
-    // of μ_k, spread of the class's standard deviation.
+    each_class_on_its_mode(&plain, per_class, 0.97, 0.02);
+    // Guidance moves samples toward higher p(c | x): under a smoothed classifier (components of
+    // standard deviation 0.3, which overlap), the mean log-posterior of the requested class
+    // rises with w, as the guided score (1 + w)∇log p(x|c) − w∇log p(x) says it must.
+    let guided = sample("w3", "3");
+    guidance_raises_the_posterior(&plain, &guided, per_class);
+}
+
+/// Each class's block of `per_class` samples: more than `own` of them nearest their own mode,
+/// the mean within 4 standard errors (plus `bias`, the model's allowance) of μ_k, the spread
+/// within a factor 2 of the class's standard deviation.
+fn each_class_on_its_mode(points: &[[f64; 2]], per_class: usize, own: f64, bias: f64) {
     for k in 0..8 {
-        let block = &plain[k * per_class..(k + 1) * per_class];
+        let block = &points[k * per_class..(k + 1) * per_class];
         let m = eight_gaussians_mean(k);
         let mean = [0, 1].map(|d| block.iter().map(|p| p[d]).sum::<f64>() / per_class as f64);
         let se = EIGHT_GAUSSIANS_SD / (per_class as f64).sqrt();
         for d in 0..2 {
             assert!(
-                (mean[d] - m[d]).abs() < 4.0 * se + 0.02,
+                (mean[d] - m[d]).abs() < 4.0 * se + bias,
                 "class {k}: mean {mean:?}, expected {m:?}"
             );
         }
@@ -112,20 +122,20 @@ fn conditional_samples_follow_their_class_and_guidance_sharpens_them() {
             (0.5 * EIGHT_GAUSSIANS_SD..2.0 * EIGHT_GAUSSIANS_SD).contains(&sd),
             "class {k}: standard deviation {sd}, expected {EIGHT_GAUSSIANS_SD}"
         );
-        // Nearly all of them nearest to their own mode.
-        let own = block
+        let on_mode = block
             .iter()
             .filter(|p| log_posterior(**p, k, EIGHT_GAUSSIANS_SD) > (0.5f64).ln())
             .count();
         assert!(
-            own as f64 > 0.97 * per_class as f64,
-            "class {k}: {own} of {per_class} on their mode"
+            on_mode as f64 > own * per_class as f64,
+            "class {k}: {on_mode} of {per_class} on their mode"
         );
     }
-    // Guidance moves samples toward higher p(c | x): under a smoothed classifier (components of
-    // standard deviation 0.3, which overlap), the mean log-posterior of the requested class
-    // rises with w, as the guided score (1 + w)∇log p(x|c) − w∇log p(x) says it must.
-    let guided = sample("w3", "3");
+}
+
+/// The mean log-posterior of each sample's requested class under a smoothed classifier
+/// (components of standard deviation 0.3) is higher with guidance than without.
+fn guidance_raises_the_posterior(plain: &[[f64; 2]], guided: &[[f64; 2]], per_class: usize) {
     let mean_lp = |pts: &[[f64; 2]]| {
         pts.iter()
             .enumerate()
@@ -133,7 +143,7 @@ fn conditional_samples_follow_their_class_and_guidance_sharpens_them() {
             .sum::<f64>()
             / pts.len() as f64
     };
-    let (a, b) = (mean_lp(&plain), mean_lp(&guided));
+    let (a, b) = (mean_lp(plain), mean_lp(guided));
     eprintln!("mean log p(c|x) under the smoothed classifier: w = 0 {a:.4}, w = 3 {b:.4}");
     assert!(b > a + 0.01, "mean log p(c|x): w = 0 {a}, w = 3 {b}");
 }
@@ -434,34 +444,7 @@ fn an_edm_run_conditions_on_classes_and_guidance_sharpens_them() {
         points(&dir)
     };
     let plain = sample("w0", "0");
-    for k in 0..8 {
-        let block = &plain[k * per_class..(k + 1) * per_class];
-        let own = block
-            .iter()
-            .filter(|p| log_posterior(**p, k, EIGHT_GAUSSIANS_SD) > (0.5f64).ln())
-            .count();
-        assert!(
-            own as f64 > 0.95 * per_class as f64,
-            "class {k}: {own} of {per_class} on their mode"
-        );
-        let m = eight_gaussians_mean(k);
-        let mean = [0, 1].map(|d| block.iter().map(|p| p[d]).sum::<f64>() / per_class as f64);
-        let se = EIGHT_GAUSSIANS_SD / (per_class as f64).sqrt();
-        for d in 0..2 {
-            assert!(
-                (mean[d] - m[d]).abs() < 4.0 * se + 0.03,
-                "class {k}: mean {mean:?}, expected {m:?}"
-            );
-        }
-    }
+    each_class_on_its_mode(&plain, per_class, 0.95, 0.03);
     let guided = sample("w3", "3");
-    let mean_lp = |pts: &[[f64; 2]]| {
-        pts.iter()
-            .enumerate()
-            .map(|(i, p)| log_posterior(*p, i / per_class, 0.3))
-            .sum::<f64>()
-            / pts.len() as f64
-    };
-    let (a, b) = (mean_lp(&plain), mean_lp(&guided));
-    assert!(b > a + 0.01, "mean log p(c|x): w = 0 {a}, w = 3 {b}");
+    guidance_raises_the_posterior(&plain, &guided, per_class);
 }
