@@ -32,11 +32,10 @@ fn log_posterior(x: [f64; 2], c: usize, sd: f64) -> f64 {
     l[c] - (max + l.iter().map(|v| (v - max).exp()).sum::<f64>().ln())
 }
 
-#[test]
-fn conditional_samples_follow_their_class_and_guidance_sharpens_them() {
-    let tmp = tempfile::tempdir().unwrap();
-    let run = tmp.path().join("run").display().to_string();
-    ok(ddpm(&[
+/// A class-conditional MLP trained on the 8 Gaussians for 2000 steps at batch 256 into `run`,
+/// with the `extra` flags.
+fn train_eight_gaussians(run: &str, extra: &[&str]) {
+    let mut args = vec![
         "train",
         "--quiet",
         "--data",
@@ -53,8 +52,17 @@ fn conditional_samples_follow_their_class_and_guidance_sharpens_them() {
         "--sample-count",
         "16",
         "--out",
-        &run,
-    ]));
+        run,
+    ];
+    args.extend(extra);
+    ok(ddpm(&args));
+}
+
+#[test]
+fn conditional_samples_follow_their_class_and_guidance_sharpens_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run").display().to_string();
+    train_eight_gaussians(&run, &[]);
     let cfg = std::fs::read_to_string(Path::new(&run).join("config.toml")).unwrap();
     assert!(cfg.contains("class_cond = true"), "{cfg}");
     assert!(
@@ -396,27 +404,7 @@ fn guidance_sweep_runs_end_to_end() {
 fn an_edm_run_conditions_on_classes_and_guidance_sharpens_them() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run").display().to_string();
-    ok(ddpm(&[
-        "train",
-        "--quiet",
-        "--data",
-        "toy:8-gaussians",
-        "--preset",
-        "mlp",
-        "--objective",
-        "edm",
-        "--class-cond",
-        "--steps",
-        "2000",
-        "--batch-size",
-        "256",
-        "--checkpoint-every",
-        "2000",
-        "--sample-count",
-        "16",
-        "--out",
-        &run,
-    ]));
+    train_eight_gaussians(&run, &["--objective", "edm"]);
     let per_class = 100;
     let n = (8 * per_class).to_string();
     let sample = |out: &str, w: &str| {

@@ -4,33 +4,12 @@
 
 use std::path::Path;
 
-use crate::common::{ddpm, ok, usage_error, write_idx};
+use crate::common::{ddpm, ok, train_tiny, usage_error, write_idx};
 
 fn train(spec: &str, out: &str, steps: &str, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "train",
-        "--quiet",
-        "--data",
-        spec,
-        "--preset",
-        "tiny",
-        "--objective",
-        "edm",
-        "--steps",
-        steps,
-        "--batch-size",
-        "4",
-        "--checkpoint-every",
-        "2",
-        "--sample-count",
-        "4",
-        "--sample-steps",
-        "3",
-        "--out",
-        out,
-    ];
+    let mut args = vec!["--objective", "edm", "--checkpoint-every", "2"];
     args.extend(extra);
-    ddpm(&args)
+    train_tiny(spec, out, steps, &args)
 }
 
 #[test]

@@ -4,35 +4,19 @@
 
 use std::path::Path;
 
-use crate::common::{ddpm, ok, usage_error, write_idx};
+use crate::common::{ddpm, ok, train_tiny, usage_error, write_idx};
 
 fn train(spec: &str, out: &str, steps: &str, extra: &[&str]) -> std::process::Output {
     let mut args = vec![
-        "train",
-        "--quiet",
-        "--data",
-        spec,
-        "--preset",
-        "tiny",
-        "--steps",
-        steps,
-        "--batch-size",
-        "4",
         "--checkpoint-every",
         "6",
-        "--sample-count",
-        "4",
-        "--sample-steps",
-        "2",
         "--posthoc-ema",
         "0.05,0.10",
         "--snapshot-every",
         "2",
-        "--out",
-        out,
     ];
     args.extend(extra);
-    ddpm(&args)
+    train_tiny(spec, out, steps, &args)
 }
 
 fn values(path: &Path) -> Vec<f32> {
@@ -172,20 +156,7 @@ fn posthoc_ema_snapshots_resume_and_reconstruct() {
         "exists",
     );
     let plain = tmp.path().join("plain").display().to_string();
-    ok(ddpm(&[
-        "train",
-        "--quiet",
-        "--data",
-        &spec,
-        "--preset",
-        "tiny",
-        "--steps",
-        "2",
-        "--batch-size",
-        "4",
-        "--out",
-        &plain,
-    ]));
+    ok(train_tiny(&spec, &plain, "2", &[]));
     usage_error(
         ddpm(&[
             "ema",

@@ -18,6 +18,31 @@ pub fn ok(o: Output) -> Output {
     o
 }
 
+/// `ddpm train --quiet` of the tiny preset on `data` for `steps` steps at batch 4 into `out`,
+/// with 4-image sample grids of 2 DDIM steps, and the `extra` flags.
+pub fn train_tiny(data: &str, out: &str, steps: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        "--quiet",
+        "--data",
+        data,
+        "--preset",
+        "tiny",
+        "--steps",
+        steps,
+        "--batch-size",
+        "4",
+        "--sample-count",
+        "4",
+        "--sample-steps",
+        "2",
+        "--out",
+        out,
+    ];
+    args.extend(extra);
+    ddpm(&args)
+}
+
 /// Asserts a usage error (exit code 2) whose message contains `needle`.
 pub fn usage_error(o: Output, needle: &str) {
     let e = String::from_utf8_lossy(&o.stderr);
