@@ -263,7 +263,20 @@ impl<M: Net<D>, const D: usize> Pipeline<M, D> {
 
     fn draw(&self, options: &SampleOptions) -> Result<Samples> {
         let item: usize = self.config().item_shape()?.iter().product();
-        let mut values = vec![0.0f32; options.n * item];
+        // All of them are held at once: at most 2³¹ values (8 GiB).
+        let total = options.n.checked_mul(item).filter(|&v| v <= 1 << 31);
+        let Some(total) = total else {
+            return Err(Refused::error(
+                ErrorKind::Config,
+                format!(
+                    "{} samples of {item} values are too many to hold at once (at most 2³¹ \
+                     values); draw them in parts (another seed each) or write them as they come \
+                     with `draw_rounds`",
+                    options.n
+                ),
+            ));
+        };
+        let mut values = vec![0.0f32; total];
         let write = |first: usize, round: &[f32]| {
             values[first * item..first * item + round.len()].copy_from_slice(round);
             Ok(())

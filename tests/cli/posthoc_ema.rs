@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::common::{ddpm, ok, train_tiny, usage_error, write_idx};
+use crate::common::{ddpm, ok, train_tiny, usage_error, write_idx, write_idx_labels};
 
 fn train(spec: &str, out: &str, steps: &str, extra: &[&str]) -> std::process::Output {
     let mut args = vec![
@@ -128,6 +128,80 @@ fn posthoc_ema_snapshots_resume_and_reconstruct() {
         "--out",
         &s,
     ]));
+
+    // The sweep: each width reconstructed, sampled and judged; its distance is the one
+    // `eval fd` gives for the same samples written as PNGs.
+    write_idx_labels(&data, &[0, 1, 2, 3].repeat(4));
+    let judge = tmp.path().join("judge.safetensors").display().to_string();
+    ok(ddpm(&[
+        "eval",
+        "judge-train",
+        "--data",
+        &spec,
+        "--epochs",
+        "1",
+        "--out",
+        &judge,
+    ]));
+    let swept = tmp.path().join("swept");
+    let o = ok(ddpm(&[
+        "ema",
+        "sweep",
+        "--checkpoint",
+        &whole,
+        "--sigma-rel",
+        "0.07,0.2",
+        "--judge",
+        &judge,
+        "--reference",
+        &spec,
+        "--n",
+        "8",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "3",
+        "--json",
+        "--out",
+        &swept.display().to_string(),
+    ]));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let pngs = tmp.path().join("pngs").display().to_string();
+    ok(ddpm(&[
+        "sample",
+        "--quiet",
+        "--checkpoint",
+        &swept.join("sigma-0.200").display().to_string(),
+        "--n",
+        "8",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "3",
+        "--out",
+        &pngs,
+    ]));
+    let o = ok(ddpm(&[
+        "eval",
+        "fd",
+        "--judge",
+        &judge,
+        "--samples",
+        &format!("folder:{pngs}/images"),
+        "--reference",
+        &spec,
+        "--json",
+    ]));
+    let fd: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (a, b) = (lines[1]["fd"].as_f64().unwrap(), fd["fd"].as_f64().unwrap());
+    assert!(
+        a.is_finite() && (a - b).abs() <= 1e-9 * (1.0 + b),
+        "sweep {a}, eval fd {b}"
+    );
 
     usage_error(
         ddpm(&[

@@ -97,6 +97,13 @@ fn cases(f: &Fixture, run: &str, cond: &str, learned: &str, clf: &str, judge: &s
             flags: &["--sigma-rel"],
         },
         Case {
+            base: s(&[
+                "ema", "sweep", "--checkpoint", posthoc, "--sigma-rel", "0.1", "--judge", judge,
+                "--reference", d, "--n", "4", "--steps", "2", "--out", "{out}",
+            ]),
+            flags: &["--sigma-rel", "--n", "--steps", "--batch-size", "--seed"],
+        },
+        Case {
             base: [train.clone(), s(&["--schedule", "learned"])].concat(),
             flags: &["--gamma-min", "--gamma-max", "--schedule-lr"],
         },
