@@ -99,7 +99,7 @@ pub use data::memory::InMemory;
 pub use diffusion::{Denoiser, GaussianDiffusion};
 pub use error::{Error, ErrorKind, Result};
 pub use eval::nll::{NllOptions, NllReport};
-pub use pipeline::{ImagePipeline, Pipeline, PointPipeline, SampleOptions, Samples};
+pub use pipeline::{DrawExtras, ImagePipeline, Pipeline, PointPipeline, SampleOptions, Samples};
 pub use schedule::{BetaSchedule, NoiseSchedule};
 pub use train::{TrainSummary, train_auto, train_dataset};
 
