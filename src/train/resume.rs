@@ -41,6 +41,8 @@ fn flag(key: &str) -> String {
     match key {
         "mlp" => "the [mlp] table".into(),
         "classes" => "the dataset's classes (--data)".into(),
+        "edm" => "--objective edm and its settings (--sigma-data, --p-mean, --p-std, [edm])".into(),
+        "posthoc_ema" => "--posthoc-ema (its widths and --snapshot-every)".into(),
         _ => format!("--{}", key.replace('_', "-")),
     }
 }

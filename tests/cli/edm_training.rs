@@ -43,6 +43,14 @@ fn an_edm_run_trains_resumes_samples_and_refuses_what_does_not_apply() {
     let mut resumed = edm.to_vec();
     resumed.push("--resume");
     ok(train(&spec, &parts, "4", &resumed));
+    // The objective is the run's: another is refused by name.
+    let o = train_tiny(&spec, &parts, "6", &["--objective", "ddpm", "--resume"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("--objective edm") && e.contains("cannot change"),
+        "{e}"
+    );
     for f in [
         "model.safetensors",
         "ema.safetensors",

@@ -59,6 +59,12 @@ fn posthoc_ema_snapshots_resume_and_reconstruct() {
     let parts = tmp.path().join("parts").display().to_string();
     ok(train(&spec, &parts, "6", &[]));
     ok(train(&spec, &parts, "12", &["--resume"]));
+    let o = train_tiny(&spec, &parts, "14", &["--posthoc-ema", "0.2", "--resume"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("--posthoc-ema") && e.contains("cannot change"),
+        "{e}"
+    );
     for f in [
         "checkpoints/step-00000012/power-ema-0.050.safetensors",
         "checkpoints/step-00000012/ema.safetensors",
