@@ -7,6 +7,20 @@ use crate::diffusion::Parameterization;
 use crate::diffusion::edm::{EdmPrecond, LogNormalSigma};
 
 /// An EDM run's settings (`[edm]` in `config.toml`); the defaults are EDM's.
+///
+/// ```
+/// use ddpm::RunConfig;
+/// use ddpm::config::LossName;
+///
+/// let cfg = RunConfig::from_toml("preset = \"tiny\"\n[edm]\nsigma_data = 0.6\n", "edm.toml")?;
+/// let edm = cfg.edm.expect("an EDM run");
+/// assert_eq!((edm.sigma_data, edm.p_mean, edm.p_std), (0.6, -1.2, 1.2));
+/// assert!(cfg.validate().is_ok());
+/// // The chain's own losses do not apply to it.
+/// let hybrid = RunConfig { loss: LossName::Hybrid, ..cfg.clone() };
+/// assert!(hybrid.validate().unwrap_err().to_string().contains("--loss"));
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EdmConfig {

@@ -61,6 +61,22 @@ pub fn profile_dot(t_a: f64, gamma_a: f64, t_b: f64, gamma_b: f64) -> f64 {
 
 /// The coefficients x of the snapshots `snapshots` (each (t_i, γ_i)) whose combination best
 /// approximates the profile `target` (t, γ) in L², from the normal equations.
+///
+/// ```
+/// use ddpm::optim::power_ema::{gamma_of, posthoc_coefficients};
+///
+/// // Two widths snapshotted every 100 steps up to 1000.
+/// let (g5, g10) = (gamma_of(0.05)?, gamma_of(0.10)?);
+/// let snaps: Vec<(f64, f64)> =
+///     (1..=10).flat_map(|i| [(100.0 * i as f64, g5), (100.0 * i as f64, g10)]).collect();
+/// // A width that was tracked comes back as its own last snapshot…
+/// let x = posthoc_coefficients(&snaps, (1000.0, g10))?;
+/// assert!((x[19] - 1.0).abs() < 1e-6 && x[..19].iter().all(|v| v.abs() < 1e-6));
+/// // …and one in between mixes several, their weights summing to one (the profiles' mass).
+/// let x = posthoc_coefficients(&snaps, (1000.0, gamma_of(0.07)?))?;
+/// assert!((x.iter().sum::<f64>() - 1.0).abs() < 0.01);
+/// # Ok::<(), anyhow::Error>(())
+/// ```
 pub fn posthoc_coefficients(snapshots: &[(f64, f64)], target: (f64, f64)) -> Result<Vec<f64>> {
     let n = snapshots.len();
     if n == 0 {
