@@ -1,7 +1,7 @@
 //! EDM's samplers on a trained DDPM model from the command line: Heun takes 2N − 1 network
 //! evaluations, Euler N, churn draws other images; the settings are checked by name.
 
-use crate::common::{ddpm, ok, usage_error, write_idx};
+use crate::common::{ddpm, ok, train_tiny, usage_error, write_idx};
 
 #[test]
 fn heun_and_euler_sample_a_ddpm_run_and_bad_settings_are_named() {
@@ -10,24 +10,7 @@ fn heun_and_euler_sample_a_ddpm_run_and_bad_settings_are_named() {
     write_idx(&data, 16, 8, 3);
     let spec = format!("idx:{}", data.display());
     let run = tmp.path().join("run").display().to_string();
-    ok(ddpm(&[
-        "train",
-        "--quiet",
-        "--data",
-        &spec,
-        "--preset",
-        "tiny",
-        "--steps",
-        "2",
-        "--batch-size",
-        "4",
-        "--sample-count",
-        "4",
-        "--sample-steps",
-        "2",
-        "--out",
-        &run,
-    ]));
+    ok(train_tiny(&spec, &run, "2", &[]));
     let sample = |name: &str, extra: &[&str]| {
         let out = tmp.path().join(name).display().to_string();
         let mut args = vec![
