@@ -89,6 +89,26 @@ impl<'a, M: Net<D>, const D: usize> Trainer<'a, M, D> {
                 .iter()
                 .map(|&s| PowerEma::new(s))
                 .collect::<Result<_>>()?;
+            if !quiet {
+                let values = crate::store::params::named_params(learner.model())
+                    .values()
+                    .map(|p| p.value.dims()[0])
+                    .sum::<usize>();
+                let snapshots = cfg.steps.div_ceil(p.snapshot_every);
+                let bytes = values as f64 * 4.0 * p.sigma_rels.len() as f64 * snapshots as f64;
+                let size = if bytes >= 1e9 {
+                    format!("{:.1} GB", bytes / 1e9)
+                } else {
+                    format!("{:.1} MB", bytes / 1e6)
+                };
+                eprintln!(
+                    "post-hoc EMA: {} averages, a snapshot every {} steps: {snapshots} snapshots, \
+                     about {size} in {}",
+                    p.sigma_rels.len(),
+                    p.snapshot_every,
+                    run.join("posthoc").display()
+                );
+            }
         }
         // After the network: a learned schedule's initial weights are the generator's next draws.
         let mut objective = Objective::new(cfg, &device)?;
