@@ -83,33 +83,7 @@ impl<'a, M: Net<D>, const D: usize> Trainer<'a, M, D> {
             Ema::new(cfg.ema_config()),
             precision,
         );
-        if let Some(p) = &cfg.posthoc_ema {
-            learner.power = p
-                .sigma_rels
-                .iter()
-                .map(|&s| PowerEma::new(s))
-                .collect::<Result<_>>()?;
-            if !quiet {
-                let values = crate::store::params::named_params(learner.model())
-                    .values()
-                    .map(|p| p.value.dims()[0])
-                    .sum::<usize>();
-                let snapshots = cfg.steps.div_ceil(p.snapshot_every);
-                let bytes = values as f64 * 4.0 * p.sigma_rels.len() as f64 * snapshots as f64;
-                let size = if bytes >= 1e9 {
-                    format!("{:.1} GB", bytes / 1e9)
-                } else {
-                    format!("{:.1} MB", bytes / 1e6)
-                };
-                eprintln!(
-                    "post-hoc EMA: {} averages, a snapshot every {} steps: {snapshots} snapshots, \
-                     about {size} in {}",
-                    p.sigma_rels.len(),
-                    p.snapshot_every,
-                    run.join("posthoc").display()
-                );
-            }
-        }
+        track_power_averages(cfg, &mut learner, &run, quiet)?;
         // After the network: a learned schedule's initial weights are the generator's next draws.
         let mut objective = Objective::new(cfg, &device)?;
         let n_t = objective.chain().num_timesteps();
@@ -118,18 +92,9 @@ impl<'a, M: Net<D>, const D: usize> Trainer<'a, M, D> {
             remove_leftovers(&run, quiet)?;
         }
         if resume {
-            let ckpt = newest_complete(&run)?.with_context(|| {
-                format!(
-                    "--resume: no complete checkpoint to resume in {}",
-                    run.display()
-                )
-            })?;
-            let inner = device.clone().inner();
             let (data_len, obj) = (dataset.len(), &mut objective);
-            state = restore(&ckpt, &mut learner, obj, n_t, data_len, cfg, &inner)?;
-            if !quiet {
-                eprintln!("resuming {} at step {}", ckpt.display(), state.step);
-            }
+            let inner = device.clone().inner();
+            state = resume_from_newest(&run, &mut learner, obj, data_len, cfg, &inner, quiet)?;
         } else if !list_checkpoints(&run)?.is_empty() {
             bail!(
                 "--out {}: this run already has checkpoints; pass --resume to continue it or choose another --out",
@@ -198,6 +163,68 @@ impl<'a, M: Net<D>, const D: usize> Trainer<'a, M, D> {
             _lock: lock,
         })
     }
+}
+
+/// The post-hoc EMA averages `cfg` asks for, in `learner`; unless `quiet`, how many snapshots
+/// they will keep in `run` and about how much disk that takes.
+fn track_power_averages<M: Net<D>, const D: usize>(
+    cfg: &RunConfig,
+    learner: &mut Learner<M>,
+    run: &Path,
+    quiet: bool,
+) -> Result<()> {
+    let Some(p) = &cfg.posthoc_ema else {
+        return Ok(());
+    };
+    learner.power = p
+        .sigma_rels
+        .iter()
+        .map(|&s| PowerEma::new(s))
+        .collect::<Result<_>>()?;
+    if !quiet {
+        let mut values = 0;
+        visit_params(learner.model(), |_, t, _, _| values += t.dims()[0]);
+        let snapshots = cfg.steps.div_ceil(p.snapshot_every);
+        let bytes = values as f64 * 4.0 * p.sigma_rels.len() as f64 * snapshots as f64;
+        let size = if bytes >= 1e9 {
+            format!("{:.1} GB", bytes / 1e9)
+        } else {
+            format!("{:.1} MB", bytes / 1e6)
+        };
+        eprintln!(
+            "post-hoc EMA: {} averages, a snapshot every {} steps: {snapshots} snapshots, about \
+             {size} in {}",
+            p.sigma_rels.len(),
+            p.snapshot_every,
+            run.join("posthoc").display()
+        );
+    }
+    Ok(())
+}
+
+/// The state of `run`'s newest complete checkpoint, with the learner and objective restored
+/// from it.
+fn resume_from_newest<M: Net<D>, const D: usize>(
+    run: &Path,
+    learner: &mut Learner<M>,
+    objective: &mut Objective,
+    data_len: usize,
+    cfg: &RunConfig,
+    inner: &burn::tensor::Device,
+    quiet: bool,
+) -> Result<TrainState> {
+    let ckpt = newest_complete(run)?.with_context(|| {
+        format!(
+            "--resume: no complete checkpoint to resume in {}",
+            run.display()
+        )
+    })?;
+    let n_t = objective.chain().num_timesteps();
+    let state = restore(&ckpt, learner, objective, n_t, data_len, cfg, inner)?;
+    if !quiet {
+        eprintln!("resuming {} at step {}", ckpt.display(), state.step);
+    }
+    Ok(state)
 }
 
 /// Refuses a batch that does not split over the processes, and processes that read different
