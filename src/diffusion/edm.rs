@@ -14,7 +14,7 @@
 //! `network_time` gives it exactly). [`Preconditioned`] turns the network F into D on that chain,
 //! reading σ back from the time it is called with.
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 
 use super::Denoiser;
 use crate::schedule::{NoiseSchedule, ScheduleError};
@@ -172,16 +172,6 @@ impl<const D: usize, M: Denoiser<D>> Denoiser<D> for Preconditioned<'_, M> {
     fn num_classes(&self) -> Option<usize> {
         self.net.num_classes()
     }
-}
-
-/// The f64 `values`, one per row, as a tensor `[B, 1, …, 1]` like `like`.
-pub fn per_row<const D: usize>(values: &[f64], like: &Tensor<D>) -> Tensor<D> {
-    let mut shape = [1usize; D];
-    shape[0] = values.len();
-    Tensor::<D>::from_data(
-        TensorData::new(values.to_vec(), shape),
-        (&like.device(), like.dtype()),
-    )
 }
 
 #[cfg(test)]

@@ -153,9 +153,18 @@ pub struct GaussianDiffusion {
 /// the dtype and device of `like` (the only place the f64 tables meet tensors).
 pub fn extract<const D: usize>(table: &[f64], t: &[usize], like: &Tensor<D>) -> Tensor<D> {
     let vals: Vec<f64> = t.iter().map(|&i| table[i]).collect();
+    per_row(&vals, like)
+}
+
+/// The f64 `values`, one per batch element, as a tensor `[B, 1, …, 1]` with the dtype and
+/// device of `like`.
+pub fn per_row<const D: usize>(values: &[f64], like: &Tensor<D>) -> Tensor<D> {
     let mut shape = [1usize; D];
-    shape[0] = t.len();
-    Tensor::<D>::from_data(TensorData::new(vals, shape), (&like.device(), like.dtype()))
+    shape[0] = values.len();
+    Tensor::<D>::from_data(
+        TensorData::new(values.to_vec(), shape),
+        (&like.device(), like.dtype()),
+    )
 }
 
 /// Mean over every dimension but the batch: `[B, …] → [B]`.

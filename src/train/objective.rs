@@ -13,9 +13,9 @@ use super::micro_batch::{MicroBatch, Times};
 use super::vdm_batch::VdmBatch;
 use crate::config::RunConfig;
 use crate::config::diffusion::{diffusion_from, vdm_diffusion};
-use crate::diffusion::edm::{EdmPrecond, LogNormalSigma, per_row};
+use crate::diffusion::edm::{EdmPrecond, LogNormalSigma};
 use crate::diffusion::losses::LossConfig;
-use crate::diffusion::{GaussianDiffusion, mean_flat};
+use crate::diffusion::{GaussianDiffusion, mean_flat, per_row};
 use crate::optim::adamw::AdamWConfig;
 use crate::rng::Rng;
 use crate::vdm::bound::Decoder;
@@ -292,17 +292,13 @@ fn edm_losses<const D: usize>(
     let y = batch.x0.clone();
     let scale: Vec<f64> = sigmas.iter().map(|s| 1.0 / (1.0 + s * s).sqrt()).collect();
     let x_t = (y.clone() + batch.noise.clone() * per_row(sigmas, &y)) * per_row(&scale, &y);
-    let c_noise: Vec<f64> = sigmas.iter().map(|&s| EdmPrecond::c_noise(s)).collect();
-    let t = Tensor::<1>::from_data(
-        TensorData::new(c_noise, [sigmas.len()]),
-        (&y.device(), y.dtype()),
-    );
+    // One value per row, as a `[B]` tensor like y.
+    let rows = |v: Vec<f64>| {
+        Tensor::<1>::from_data(TensorData::new(v, [sigmas.len()]), (&y.device(), y.dtype()))
+    };
+    let t = rows(sigmas.iter().map(|&s| EdmPrecond::c_noise(s)).collect());
     let d = precond.denoise(x_t, t, net);
-    let weight: Vec<f64> = sigmas.iter().map(|&s| precond.loss_weight(s)).collect();
-    let w = Tensor::<1>::from_data(
-        TensorData::new(weight, [sigmas.len()]),
-        (&y.device(), y.dtype()),
-    );
+    let w = rows(sigmas.iter().map(|&s| precond.loss_weight(s)).collect());
     mean_flat((d - y).powi_scalar(2)) * w
 }
 
