@@ -67,14 +67,27 @@ impl Ema {
     /// ema ← d·ema + (1 − d)·θ for every parameter.
     pub fn update(&mut self, current: &BTreeMap<String, Tensor<1>>) {
         self.updates += 1;
-        let d = self.config.decay_at(self.updates);
-        for (name, p) in current {
-            let new = match self.params.remove(name) {
-                Some(e) if d > 0.0 => e * d + p.clone() * (1.0 - d),
-                _ => p.clone(),
-            };
-            self.params.insert(name.clone(), new);
-        }
+        blend(
+            &mut self.params,
+            current,
+            self.config.decay_at(self.updates),
+        );
+    }
+}
+
+/// average ← d·average + (1 − d)·θ for every parameter θ of `current` (a copy of θ where d = 0
+/// or the average has none yet).
+pub fn blend(
+    average: &mut BTreeMap<String, Tensor<1>>,
+    current: &BTreeMap<String, Tensor<1>>,
+    d: f64,
+) {
+    for (name, p) in current {
+        let new = match average.remove(name) {
+            Some(e) if d > 0.0 => e * d + p.clone() * (1.0 - d),
+            _ => p.clone(),
+        };
+        average.insert(name.clone(), new);
     }
 }
 

@@ -171,13 +171,7 @@ impl PowerEma {
     pub fn update(&mut self, current: &BTreeMap<String, Tensor<1>>) {
         self.updates += 1;
         let beta = self.beta_at(self.updates);
-        for (name, p) in current {
-            let new = match self.params.remove(name) {
-                Some(e) if beta > 0.0 => e * beta + p.clone() * (1.0 - beta),
-                _ => p.clone(),
-            };
-            self.params.insert(name.clone(), new);
-        }
+        super::ema::blend(&mut self.params, current, beta);
     }
 
     /// The file name of this profile's state in a checkpoint and its snapshots.
