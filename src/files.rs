@@ -189,7 +189,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Writes the directory `dir` atomically: `files` (name → bytes) go into a temporary sibling
 /// directory that is then renamed to `dir` (an existing `dir` is first moved aside and removed).
 /// On failure the temporary directory is removed and `dir` is untouched.
-pub fn write_dir_atomic(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
+pub fn write_dir_atomic<N: AsRef<str>, B: AsRef<[u8]>>(dir: &Path, files: &[(N, B)]) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)
         .with_context(|| format!("cannot create the directory {}", parent.display()))?;
@@ -200,8 +200,9 @@ pub fn write_dir_atomic(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
         std::fs::create_dir(&tmp)
             .with_context(|| format!("cannot create the directory {}", tmp.display()))?;
         for (file, bytes) in files {
-            let p = tmp.join(file);
-            write_synced(&p, bytes).with_context(|| format!("cannot write {}", p.display()))?;
+            let p = tmp.join(file.as_ref());
+            write_synced(&p, bytes.as_ref())
+                .with_context(|| format!("cannot write {}", p.display()))?;
         }
         if dir.exists() {
             remove_dir_aside(dir)?;
@@ -443,7 +444,7 @@ mod tests {
         // A write into a path whose parent is a file fails naming the path, leaving nothing.
         let e = write_atomic(&f.join("inner"), b"x").unwrap_err();
         assert!(format!("{e:#}").contains("a.txt"), "{e:#}");
-        let e = write_dir_atomic(&f.join("dir"), &[]).unwrap_err();
+        let e = write_dir_atomic::<&str, Vec<u8>>(&f.join("dir"), &[]).unwrap_err();
         assert!(format!("{e:#}").contains("a.txt"), "{e:#}");
     }
 }

@@ -34,10 +34,10 @@ pub fn step_dir(run: &Path, step: u64) -> PathBuf {
 /// directory that is renamed to `step-XXXXXXXX`; then `latest` is updated, and all but the
 /// newest `keep` checkpoints are removed, each renamed aside before it is deleted so that no
 /// partial checkpoint is ever visible under a `step-*` name.
-pub fn write_checkpoint(
+pub fn write_checkpoint<N: AsRef<str>, B: AsRef<[u8]>>(
     run: &Path,
     step: u64,
-    files: &[(&str, Vec<u8>)],
+    files: &[(N, B)],
     keep: usize,
 ) -> Result<PathBuf> {
     let root = run.join("checkpoints");
@@ -75,7 +75,11 @@ pub fn save<M: Module>(
     let weights = host_params(model);
     let model_b = to_safetensors(&weights)?;
     // EMA weights keep the parameters' shapes, so `ema.safetensors` loads like the model.
-    let ema_host = averaged_host(&weights, &ema.params);
+    let shapes = weights
+        .iter()
+        .map(|(k, w)| (k.clone(), w.shape.clone()))
+        .collect();
+    let ema_host = averaged_host(&shapes, &ema.params);
     let ema_b = to_safetensors(&ema_host)?;
     let mut o = to_host_map(&opt.m, "m.");
     o.extend(to_host_map(&opt.v, "v."));
@@ -96,33 +100,30 @@ pub fn save<M: Module>(
     }
     let opt_b = to_safetensors(&o)?;
     let mut files = vec![
-        ("model.safetensors", model_b),
-        ("ema.safetensors", ema_b),
-        ("optimizer.safetensors", opt_b),
+        ("model.safetensors".to_string(), model_b),
+        ("ema.safetensors".to_string(), ema_b),
+        ("optimizer.safetensors".to_string(), opt_b),
     ];
-    files.extend(extra.iter().map(|(n, b)| (n.as_str(), b.clone())));
+    files.extend(extra);
     let mut state = state.clone();
     state.checksums = files
         .iter()
-        .map(|(name, bytes)| (name.to_string(), checksum(bytes)))
+        .map(|(name, bytes)| (name.clone(), checksum(bytes)))
         .collect();
-    files.push(("state.json", serde_json::to_vec_pretty(&state)?));
+    files.push(("state.json".into(), serde_json::to_vec_pretty(&state)?));
     write_checkpoint(run, state.step, &files, keep)
 }
 
-/// An average of the weights (flattened, by name) in the shapes of `weights`, so that it loads
+/// An average of the weights (flattened, by name) in the weights' `shapes`, so that it loads
 /// like them.
 pub fn averaged_host(
-    weights: &BTreeMap<String, HostTensor>,
+    shapes: &BTreeMap<String, Vec<usize>>,
     params: &BTreeMap<String, burn::tensor::Tensor<1>>,
 ) -> BTreeMap<String, HostTensor> {
     params
         .iter()
         .map(|(k, t)| {
-            let shape = weights
-                .get(k)
-                .map(|w| w.shape.clone())
-                .unwrap_or_else(|| vec![t.dims()[0]]);
+            let shape = shapes.get(k).cloned().unwrap_or_else(|| vec![t.dims()[0]]);
             (k.clone(), HostTensor::from_tensor(t, shape))
         })
         .collect()

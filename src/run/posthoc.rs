@@ -51,9 +51,13 @@ fn snapshots(run: &Path, sigma_rels: &[f64], step: u64) -> Result<Vec<Snapshot>>
         .filter(|&s| s >= 1 && s <= step)
         .collect();
     steps.sort_unstable();
+    let gammas: Vec<f64> = sigma_rels
+        .iter()
+        .map(|&s| gamma_of(s))
+        .collect::<Result<_>>()?;
     let mut out = Vec::new();
     for s in steps {
-        for &sigma in sigma_rels {
+        for (&sigma, &gamma) in sigma_rels.iter().zip(&gammas) {
             let file = super::posthoc_dir(run, s).join(file_name(sigma));
             if !file.is_file() {
                 bail!(
@@ -63,7 +67,7 @@ fn snapshots(run: &Path, sigma_rels: &[f64], step: u64) -> Result<Vec<Snapshot>>
             }
             out.push(Snapshot {
                 step: s,
-                gamma: gamma_of(sigma)?,
+                gamma,
                 file,
             });
         }
@@ -181,8 +185,7 @@ fn reconstruct_inner(path: &Path, sigma_rel: f64, out: &Path) -> Result<Reconstr
     new_cfg.out = out.display().to_string();
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     crate::files::write_atomic(&super::config_path(out), new_cfg.to_toml()?.as_bytes())?;
-    let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
-    write_checkpoint(out, state.step, &refs, 1)?;
+    write_checkpoint(out, state.step, &files, 1)?;
     Ok(Reconstruction {
         out: out.to_path_buf(),
         sigma_rel,

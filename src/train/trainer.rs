@@ -251,12 +251,25 @@ impl<M: Net<D>, const D: usize> Trainer<'_, M, D> {
             self.world
                 .agree("the weights (the replicas diverged)", sum)?;
         }
+        // The post-hoc EMA averages, serialized once for the snapshot and the checkpoint; the
+        // snapshot first, so that a checkpoint at this step never lacks it (a resume would not
+        // write it again).
+        let snapshot_every = cfg.posthoc_ema.as_ref().map_or(0, |p| p.snapshot_every);
+        let snapshot_now = snapshot_every > 0 && (step.is_multiple_of(snapshot_every) || at_end);
+        let power = if self.root && (checkpoint_now || snapshot_now) {
+            power_ema_files(&self.learner)?
+        } else {
+            Vec::new()
+        };
+        if self.root && snapshot_now {
+            crate::files::write_dir_atomic(&crate::run::posthoc_dir(&self.run, step), &power)?;
+        }
         if self.root && checkpoint_now {
             let mut extra = match self.objective.learned() {
                 Some(l) => vec![(SCHEDULE_FILE.to_string(), l.to_bytes()?)],
                 None => Vec::new(),
             };
-            extra.extend(power_ema_files(&self.learner)?);
+            extra.extend(power);
             let l = &self.learner;
             let dir = checkpoints::save(
                 &self.run,
@@ -271,13 +284,6 @@ impl<M: Net<D>, const D: usize> Trainer<'_, M, D> {
             if let Some(t) = self.pending_config.take() {
                 write_atomic(&crate::run::config_path(&self.run), t.as_bytes())?;
             }
-        }
-        let snapshot_every = cfg.posthoc_ema.as_ref().map_or(0, |p| p.snapshot_every);
-        if self.root && snapshot_every > 0 && (step.is_multiple_of(snapshot_every) || at_end) {
-            let files = power_ema_files(&self.learner)?;
-            let files: Vec<(&str, Vec<u8>)> =
-                files.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
-            crate::files::write_dir_atomic(&crate::run::posthoc_dir(&self.run, step), &files)?;
         }
         if self.root && (cfg.sample_every > 0 && step.is_multiple_of(cfg.sample_every) || at_end) {
             let inner = self.device.clone().inner();
@@ -313,14 +319,16 @@ impl<M: Net<D>, const D: usize> Trainer<'_, M, D> {
 /// Each tracked power-function average as a file (its name, its safetensors bytes in the
 /// weights' shapes).
 fn power_ema_files<M: burn::module::Module>(l: &Learner<M>) -> Result<Vec<(String, Vec<u8>)>> {
-    if l.power.is_empty() {
-        return Ok(Vec::new());
+    let mut shapes = std::collections::BTreeMap::new();
+    if !l.power.is_empty() {
+        crate::store::params::visit_params(l.model(), |name, _, shape, _| {
+            shapes.insert(name.to_string(), shape);
+        });
     }
-    let weights = crate::store::params::host_params(l.model());
     l.power
         .iter()
         .map(|p| {
-            let host = checkpoints::averaged_host(&weights, &p.params);
+            let host = checkpoints::averaged_host(&shapes, &p.params);
             Ok((p.file_name(), crate::store::tensors::to_safetensors(&host)?))
         })
         .collect()
