@@ -262,7 +262,8 @@ impl<M: Net<D>, const D: usize> Pipeline<M, D> {
     }
 
     fn draw(&self, options: &SampleOptions) -> Result<Samples> {
-        let item: usize = self.config().item_shape()?.iter().product();
+        let item_shape = self.config().item_shape()?;
+        let item: usize = item_shape.iter().product();
         // All of them are held at once: at most 2³¹ values (8 GiB).
         let total = options.n.checked_mul(item).filter(|&v| v <= 1 << 31);
         let Some(total) = total else {
@@ -288,7 +289,7 @@ impl<M: Net<D>, const D: usize> Pipeline<M, D> {
                 DrawError::Failed(e) => e,
             })?;
         let mut shape = vec![options.n];
-        shape.extend(self.config().item_shape()?);
+        shape.extend(item_shape);
         Ok(Samples { values, shape })
     }
 

@@ -82,20 +82,31 @@ pub fn run(cmd: EmaCommand) -> CliResult {
     }
 }
 
-fn reconstruct(a: ReconstructArgs) -> CliResult {
-    if a.out.exists() {
+/// Where each width's run goes: `out` itself for one width unless `always_nested`, else
+/// `out/sigma-S`; `out` must not exist.
+fn width_dirs(
+    out: &std::path::Path,
+    widths: &[f64],
+    always_nested: bool,
+) -> Result<Vec<PathBuf>, CliError> {
+    if out.exists() {
         return Err(CliError::Usage(format!(
-            "--out {}: exists; a reconstruction never overwrites",
-            a.out.display()
+            "--out {}: exists; post-hoc EMA never overwrites",
+            out.display()
         )));
     }
-    let several = a.sigma_rel.len() > 1;
-    for &s in &a.sigma_rel {
-        let out = if several {
-            a.out.join(format!("sigma-{s:.3}"))
-        } else {
-            a.out.clone()
-        };
+    Ok(match widths {
+        [_] if !always_nested => vec![out.to_path_buf()],
+        _ => widths
+            .iter()
+            .map(|s| out.join(format!("sigma-{s:.3}")))
+            .collect(),
+    })
+}
+
+fn reconstruct(a: ReconstructArgs) -> CliResult {
+    let dirs = width_dirs(&a.out, &a.sigma_rel, false)?;
+    for (&s, out) in a.sigma_rel.iter().zip(dirs) {
         let r = crate::run::posthoc::reconstruct(&a.checkpoint, s, &out).map_err(|e| {
             CliError::Usage(format!("--checkpoint {}: {e:#}", a.checkpoint.display()))
         })?;
@@ -115,12 +126,7 @@ fn sweep(a: SweepArgs) -> CliResult {
     use crate::eval::frechet::{FeatureStats, frechet_distance};
     use crate::eval::judge;
     use crate::{ImagePipeline, SampleOptions};
-    if a.out.exists() {
-        return Err(CliError::Usage(format!(
-            "--out {}: exists; a sweep never overwrites",
-            a.out.display()
-        )));
-    }
+    let dirs = width_dirs(&a.out, &a.sigma_rel, true)?;
     let device = super::device("cpu")?;
     let (model, shape) =
         judge::load(&a.judge, &device).map_err(|e| CliError::Usage(format!("--judge: {e:#}")))?;
@@ -161,8 +167,7 @@ fn sweep(a: SweepArgs) -> CliResult {
         guidance_rescale: 0.0,
         clip: crate::diffusion::X0Clip::Clip,
     };
-    for &s in &a.sigma_rel {
-        let out = a.out.join(format!("sigma-{s:.3}"));
+    for (&s, out) in a.sigma_rel.iter().zip(dirs) {
         let r = crate::run::posthoc::reconstruct(&a.checkpoint, s, &out).map_err(|e| {
             CliError::Usage(format!("--checkpoint {}: {e}", a.checkpoint.display()))
         })?;

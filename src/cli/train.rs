@@ -180,23 +180,22 @@ fn apply_edm_flags(args: &TrainArgs, c: &mut RunConfig) -> Result<(), CliError> 
         Some(ObjectiveName::Ddpm) => c.edm = None,
         None => {}
     }
-    for (flag, v) in [
+    let given = [
         ("--sigma-data", args.sigma_data),
         ("--p-mean", args.p_mean),
         ("--p-std", args.p_std),
-    ] {
-        let Some(v) = v else { continue };
-        let Some(e) = c.edm.as_mut() else {
-            return Err(CliError::Usage(format!(
+    ];
+    let Some(e) = c.edm.as_mut() else {
+        return match given.iter().find(|(_, v)| v.is_some()) {
+            Some((flag, _)) => Err(CliError::Usage(format!(
                 "{flag} is a setting of EDM training; add --objective edm"
-            )));
+            ))),
+            None => Ok(()),
         };
-        match flag {
-            "--sigma-data" => e.sigma_data = v,
-            "--p-mean" => e.p_mean = v,
-            _ => e.p_std = v,
-        }
-    }
+    };
+    e.sigma_data = args.sigma_data.unwrap_or(e.sigma_data);
+    e.p_mean = args.p_mean.unwrap_or(e.p_mean);
+    e.p_std = args.p_std.unwrap_or(e.p_std);
     Ok(())
 }
 
