@@ -19,6 +19,21 @@ fn train(spec: &str, out: &str, steps: &str, extra: &[&str]) -> std::process::Ou
     train_tiny(spec, out, steps, &args)
 }
 
+/// `ddpm ema reconstruct` of `run` at the widths `sigma_rel` into `out`.
+fn reconstruct(run: &str, sigma_rel: &str, out: &Path) -> std::process::Output {
+    let out = out.display().to_string();
+    ddpm(&[
+        "ema",
+        "reconstruct",
+        "--checkpoint",
+        run,
+        "--sigma-rel",
+        sigma_rel,
+        "--out",
+        &out,
+    ])
+}
+
 fn values(path: &Path) -> Vec<f32> {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -79,16 +94,7 @@ fn posthoc_ema_snapshots_resume_and_reconstruct() {
 
     // A tracked width is reconstructed as itself.
     let same = tmp.path().join("same");
-    let o = ok(ddpm(&[
-        "ema",
-        "reconstruct",
-        "--checkpoint",
-        &whole,
-        "--sigma-rel",
-        "0.10",
-        "--out",
-        &same.display().to_string(),
-    ]));
+    let o = ok(reconstruct(&whole, "0.10", &same));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("12 snapshots"),
         "{o:?}"
@@ -109,16 +115,7 @@ fn posthoc_ema_snapshots_resume_and_reconstruct() {
 
     // Other widths, several at once; each is a run that samples.
     let sweep = tmp.path().join("sweep");
-    ok(ddpm(&[
-        "ema",
-        "reconstruct",
-        "--checkpoint",
-        &whole,
-        "--sigma-rel",
-        "0.07,0.2",
-        "--out",
-        &sweep.display().to_string(),
-    ]));
+    ok(reconstruct(&whole, "0.07,0.2", &sweep));
     let between = values(&sweep.join("sigma-0.070/checkpoints/step-00000012/ema.safetensors"));
     assert_ne!(between, want);
     let s = tmp.path().join("s").display().to_string();
@@ -210,44 +207,14 @@ fn posthoc_ema_snapshots_resume_and_reconstruct() {
     );
 
     usage_error(
-        ddpm(&[
-            "ema",
-            "reconstruct",
-            "--checkpoint",
-            &whole,
-            "--sigma-rel",
-            "0.5",
-            "--out",
-            &tmp.path().join("bad").display().to_string(),
-        ]),
+        reconstruct(&whole, "0.5", &tmp.path().join("bad")),
         "--sigma-rel",
     );
-    usage_error(
-        ddpm(&[
-            "ema",
-            "reconstruct",
-            "--checkpoint",
-            &whole,
-            "--sigma-rel",
-            "0.1",
-            "--out",
-            &same.display().to_string(),
-        ]),
-        "exists",
-    );
+    usage_error(reconstruct(&whole, "0.1", &same), "exists");
     let plain = tmp.path().join("plain").display().to_string();
     ok(train_tiny(&spec, &plain, "2", &[]));
     usage_error(
-        ddpm(&[
-            "ema",
-            "reconstruct",
-            "--checkpoint",
-            &plain,
-            "--sigma-rel",
-            "0.1",
-            "--out",
-            &tmp.path().join("bad").display().to_string(),
-        ]),
+        reconstruct(&plain, "0.1", &tmp.path().join("bad")),
         "--posthoc-ema",
     );
     usage_error(
