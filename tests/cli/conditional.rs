@@ -32,6 +32,39 @@ fn log_posterior(x: [f64; 2], c: usize, sd: f64) -> f64 {
     l[c] - (max + l.iter().map(|v| (v - max).exp()).sum::<f64>().ln())
 }
 
+/// `n` samples of `run`, every class in turn, with `(sampler, steps)`, classifier-free guidance
+/// `w` and `seed`, written to `dir`: their points.
+fn sample_classes(
+    run: &str,
+    dir: &Path,
+    n: &str,
+    (sampler, steps): (&str, &str),
+    w: &str,
+    seed: &str,
+) -> Vec<[f64; 2]> {
+    ok(ddpm(&[
+        "sample",
+        "--quiet",
+        "--checkpoint",
+        run,
+        "--class",
+        "all",
+        "--n",
+        n,
+        "--sampler",
+        sampler,
+        "--steps",
+        steps,
+        "--guidance",
+        w,
+        "--seed",
+        seed,
+        "--out",
+        dir.to_str().unwrap(),
+    ]));
+    points(dir)
+}
+
 /// A class-conditional MLP trained on the 8 Gaussians for 2000 steps at batch 256 into `run`,
 /// with the `extra` flags.
 fn train_eight_gaussians(run: &str, extra: &[&str]) {
@@ -72,28 +105,7 @@ fn conditional_samples_follow_their_class_and_guidance_sharpens_them() {
     let per_class = 150;
     let n = (8 * per_class).to_string();
     let sample = |out: &str, w: &str| {
-        let dir = tmp.path().join(out);
-        ok(ddpm(&[
-            "sample",
-            "--quiet",
-            "--checkpoint",
-            &run,
-            "--class",
-            "all",
-            "--n",
-            &n,
-            "--sampler",
-            "ddpm",
-            "--steps",
-            "100",
-            "--guidance",
-            w,
-            "--seed",
-            "3",
-            "--out",
-            dir.to_str().unwrap(),
-        ]));
-        points(&dir)
+        sample_classes(&run, &tmp.path().join(out), &n, ("ddpm", "100"), w, "3")
     };
     let plain = sample("w0", "0");
     each_class_on_its_mode(&plain, per_class, 0.97, 0.02);
@@ -408,28 +420,7 @@ fn an_edm_run_conditions_on_classes_and_guidance_sharpens_them() {
     let per_class = 100;
     let n = (8 * per_class).to_string();
     let sample = |out: &str, w: &str| {
-        let dir = tmp.path().join(out);
-        ok(ddpm(&[
-            "sample",
-            "--quiet",
-            "--checkpoint",
-            &run,
-            "--class",
-            "all",
-            "--n",
-            &n,
-            "--sampler",
-            "heun",
-            "--steps",
-            "18",
-            "--guidance",
-            w,
-            "--seed",
-            "5",
-            "--out",
-            dir.to_str().unwrap(),
-        ]));
-        points(&dir)
+        sample_classes(&run, &tmp.path().join(out), &n, ("heun", "18"), w, "5")
     };
     let plain = sample("w0", "0");
     each_class_on_its_mode(&plain, per_class, 0.95, 0.03);
