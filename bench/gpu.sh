@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared GPU measurement. On the device machine it builds nothing: it runs the carried
 # cuda binary and test binary, and the PyTorch peer on the same card, and writes everything under
-# $OUT (results.jsonl, gpu.log, nvidia-smi.txt, cubecl-*.txt, the 200-step run's sample grid).
+# $OUT: results.jsonl, gpu.log, kernels-autotune.bundle (the card's tuning results) and
+# extras.tar.gz (nvidia-smi.txt, cubecl-summary.txt, kernels.txt, the 200-step run's sample grid).
 # Every measurement has its own timeout and the whole script keeps to a deadline (DEADLINE
 # seconds, default 480): what does not fit is skipped, most important first. A failure of one
 # measurement is recorded, not fatal.
@@ -38,8 +39,11 @@ if [ -f gpu/libdevice.10.bc ]; then
   mkdir -p "$CUDA_PATH/nvvm/libdevice"
   cp gpu/libdevice.10.bc "$CUDA_PATH/nvvm/libdevice/"
 fi
-# Autotune results persist (on disk, burn/persistence) between the processes below.
-export CUBECL_AUTOTUNE_CACHE=1
+# Compiled kernels and autotune results persist between the processes below (ddpm's kernel
+# cache); it starts empty, so the first cifar10 step below is the cold first step, and the
+# rerun after it the warm one.
+export DDPM_KERNEL_CACHE
+DDPM_KERNEL_CACHE=$(mktemp -d /tmp/ddpm-kernels.XXXXXX)
 
 unpack() { # gzipped carried binary → executable path
   local gz=$1 dest=$2
@@ -121,6 +125,9 @@ fi
 # 3. The issue's table: cifar10 at batch 128, training f32 and bf16, sampling.
 ddpm "ddpm $DEVICE cifar10 train b128" 150 --preset cifar10 --batch-size 128 --mode train \
   --warmup 3 --steps 10
+# The same in a new process: its first warm-up step is the first step with a warm kernel cache.
+ddpm "ddpm $DEVICE cifar10 train b128 warm cache" 60 --preset cifar10 --batch-size 128 \
+  --mode train --warmup 1 --steps 3
 [ $have_peer = 1 ] && peer "pytorch cuda cifar10 train b128 fp32" 40 --preset cifar10 \
   --batch-size 128 --mode train --warmup 3 --steps 20
 ddpm "ddpm $DEVICE cifar10 sample b128" 60 --preset cifar10 --batch-size 128 --mode sample \
@@ -140,5 +147,15 @@ tail -n 1 "$OUT/run-200/log.jsonl" 2>/dev/null
 rm -rf "$OUT/run-200/checkpoints"
 
 rm -f "$OUT/stderr.tmp"
+# The kernel cache: what it holds, and its tuning results as a bundle to ship for this card.
+"$bin" kernels show >"$OUT/kernels.txt" 2>&1
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | tr -c 'A-Za-z0-9\n' '-')
+"$bin" kernels export "$OUT/kernels-autotune.bundle" --only autotune --name "${card:-$DEVICE}" \
+  >>"$OUT/kernels.txt" 2>&1
+# At most 8 files come back from the device machine: everything but the results, the log and the
+# bundle goes into one archive.
+extras=(nvidia-smi.txt cubecl-summary.txt kernels.txt run-200)
+tar -czf "$OUT/extras.tar.gz" -C "$OUT" $(cd "$OUT" && ls -d "${extras[@]}" 2>/dev/null) &&
+  (cd "$OUT" && rm -rf "${extras[@]}")
 echo "== results ($(left) s of the deadline left)"
 cat "$results"

@@ -9,6 +9,7 @@ mod export;
 mod fetch;
 mod fid;
 mod import;
+mod kernels;
 mod per_class;
 mod plot;
 mod sample;
@@ -178,6 +179,9 @@ enum Command {
     /// Post-hoc EMA: the average of any width from a run's snapshots (Karras et al. 2024).
     #[command(subcommand)]
     Ema(ema::EmaCommand),
+    /// The GPU routes' cache of compiled and tuned kernels: show, warm up, export, import.
+    #[command(subcommand)]
+    Kernels(kernels::KernelsCommand),
 }
 
 /// Parses the command line and runs the subcommand. Under an MPI launcher every rank runs
@@ -243,6 +247,7 @@ pub fn main() -> ExitCode {
         Command::Fetch(args) => fetch::run(args),
         Command::Export(cmd) => export::run(cmd),
         Command::Ema(cmd) => ema::run(cmd),
+        Command::Kernels(cmd) => kernels::run(cmd),
     };
     let who = if world.is_distributed() {
         format!(" (rank {} of {})", world.rank, world.size)
@@ -293,6 +298,7 @@ fn single_process_only(cmd: &Command) -> Option<&'static str> {
         Command::Fetch(_) => Some("fetch"),
         Command::Export(_) => Some("export"),
         Command::Ema(_) => Some("ema"),
+        Command::Kernels(_) => Some("kernels"),
     }
 }
 

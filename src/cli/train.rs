@@ -22,10 +22,10 @@ pub struct TrainArgs {
     config: Option<PathBuf>,
     /// Continue the run in --out from its latest checkpoint.
     #[arg(long)]
-    resume: bool,
+    pub(super) resume: bool,
     /// No progress bar.
     #[arg(long)]
-    quiet: bool,
+    pub(super) quiet: bool,
     /// Dataset: bundled, idx:DIR, toy:swiss-roll|two-moons|8-gaussians|checkerboard.
     #[arg(long)]
     data: Option<String>,
@@ -239,7 +239,7 @@ fn parse_kebab<T: serde::de::DeserializeOwned>(
 /// is compared with what the run was made with (the trainer applies what may change between
 /// segments and refuses the rest). The run directory is always `--out`, never what a
 /// `config.toml` says.
-fn resolve(args: &TrainArgs) -> Result<RunConfig, CliError> {
+pub(super) fn resolve(args: &TrainArgs) -> Result<RunConfig, CliError> {
     let read = |p: &std::path::Path, what: &str| -> Result<RunConfig, CliError> {
         let text = crate::files::read_text_capped(p, crate::files::TEXT_MAX)
             .map_err(|e| CliError::Usage(format!("{what} {}: cannot read it: {e}", p.display())))?;

@@ -134,9 +134,13 @@ impl<'a, M: Net<D>, const D: usize> Trainer<'a, M, D> {
             state.data,
         ));
         if device_name != "cpu" && !quiet {
+            let cache = crate::device::kernel_cache::current()
+                .map(|l| l.to_string())
+                .unwrap_or_else(|e| e.to_string());
             eprintln!(
                 "note: the first steps on {device_name} compile (and autotune) the GPU kernels, a \
-                 one-time cost that can take minutes; the progress bar shows the time spent"
+                 one-time cost that can take minutes; the progress bar shows the time spent. \
+                 Kernel cache: {cache} (later runs reuse it; `ddpm kernels warmup` fills it ahead)"
             );
         }
         let on_log = on_log.filter(|_| root);

@@ -12,6 +12,7 @@ mod edm;
 mod edm_training;
 mod fetch;
 mod fid;
+mod kernels;
 mod plot;
 mod posthoc_ema;
 mod reliability;

@@ -4,6 +4,8 @@
 use anyhow::{Result, bail};
 use burn::tensor::Device;
 
+pub mod kernel_cache;
+
 /// The device names `--device` accepts.
 pub const DEVICE_NAMES: &str = "cpu, cuda, wgpu, cubecl-cpu or auto";
 
@@ -83,6 +85,7 @@ fn cpu() -> Result<Device> {
 fn cuda() -> Result<Device> {
     #[cfg(feature = "cuda")]
     {
+        kernel_cache::configure()?;
         // Listing devices probes for the driver library and counts GPUs without panicking;
         // the device's own lazy initialisation would panic on a machine without either.
         if Device::enumerate(burn::tensor::DeviceType::Cuda)
@@ -111,6 +114,7 @@ fn cuda() -> Result<Device> {
 fn wgpu() -> Result<Device> {
     #[cfg(feature = "wgpu")]
     {
+        kernel_cache::configure()?;
         if Device::enumerate(burn::tensor::DeviceType::Wgpu)
             .into_iter()
             .next()
@@ -128,7 +132,10 @@ fn wgpu() -> Result<Device> {
 
 fn cubecl_cpu() -> Result<Device> {
     #[cfg(feature = "cubecl-cpu")]
-    return Ok(Device::cpu());
+    {
+        kernel_cache::configure()?;
+        Ok(Device::cpu())
+    }
     #[cfg(not(feature = "cubecl-cpu"))]
     bail!(
         "--device cubecl-cpu: this binary was built without the `cubecl-cpu` feature \
