@@ -2,7 +2,8 @@
 # The one prepared GPU measurement. On the device machine it builds nothing: it runs the carried
 # cuda binary and test binary, and the PyTorch peer on the same card, and writes everything under
 # $OUT: results.jsonl, gpu.log, kernels-autotune.bundle (the card's tuning results) and
-# extras.tar.gz (nvidia-smi.txt, cubecl-summary.txt, kernels.txt, the 200-step run's sample grid).
+# extras.tar.gz (nvidia-smi.txt, cubecl-summary.txt, kernels.txt, the per-kernel profiles of a
+# cifar10 training step, the 200-step run's sample grid).
 # Every measurement has its own timeout and the whole script keeps to a deadline (DEADLINE
 # seconds, default 480): what does not fit is skipped, most important first. A failure of one
 # measurement is recorded, not fatal.
@@ -139,6 +140,16 @@ ddpm "ddpm $DEVICE cifar10 train b128 bf16" 100 --preset cifar10 --batch-size 12
 [ $have_peer = 1 ] && peer "pytorch cuda cifar10 train b128 bf16" 40 --preset cifar10 \
   --batch-size 128 --mode train --warmup 3 --steps 20 --bf16
 
+# 3b. Where one cifar10 training step spends its device time, kernel by kernel, on both sides:
+#     CubeCL's profiler (every kernel timed; the step itself runs slower) and torch.profiler.
+CUBECL_DEBUG_LOG=/tmp/ddpm-profile.log CUBECL_DEBUG_OPTION=profile ddpm \
+  "ddpm $DEVICE cifar10 train b128 profiled" 60 --preset cifar10 --batch-size 128 --mode train \
+  --warmup 1 --steps 1
+[ -f /tmp/ddpm-profile.log ] &&
+  python3 bench/cubecl_profile.py /tmp/ddpm-profile.log 30 >"$OUT/profile-ddpm.txt" 2>&1
+[ $have_peer = 1 ] && peer "pytorch cuda cifar10 train b128 fp32 profiled" 40 --preset cifar10 \
+  --batch-size 128 --mode train --warmup 3 --steps 3 --profile "$OUT/profile-pytorch.txt"
+
 # 4. A real run: 200 steps of the mnist U-Net on the bundled digits, and its sample grid.
 measure "ddpm $DEVICE train 200 steps mnist b128" 120 "$bin" train --quiet --device "$DEVICE" \
   --preset mnist --batch-size 128 --steps 200 --log-every 50 --checkpoint-every 200 \
@@ -154,7 +165,7 @@ card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1
   >>"$OUT/kernels.txt" 2>&1
 # At most 8 files come back from the device machine: everything but the results, the log and the
 # bundle goes into one archive.
-extras=(nvidia-smi.txt cubecl-summary.txt kernels.txt run-200)
+extras=(nvidia-smi.txt cubecl-summary.txt kernels.txt profile-ddpm.txt profile-pytorch.txt run-200)
 tar -czf "$OUT/extras.tar.gz" -C "$OUT" $(cd "$OUT" && ls -d "${extras[@]}" 2>/dev/null) &&
   (cd "$OUT" && rm -rf "${extras[@]}")
 echo "== results ($(left) s of the deadline left)"

@@ -121,6 +121,24 @@ class UNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
+def profile_step(step, dev, path):
+    """One step under torch.profiler: the per-operation table (device time first on a GPU) and
+    the number of kernels launched, into `path`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if dev.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        step()
+    events = prof.key_averages()
+    sort = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
+    kernels = sum(e.count for e in prof.events() if str(e.device_type).endswith("CUDA"))
+    with open(path, "w") as f:
+        f.write(f"one step: {kernels} kernels on the device\n")
+        f.write(events.table(sort_by=sort, row_limit=40))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--preset", default="mnist")
@@ -131,6 +149,8 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--profile", metavar="FILE",
+                   help="after the timed steps, profile one more step per operation into FILE")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -142,8 +162,8 @@ def main():
         assert n == params, f"{a.preset}: {n} parameters, expected {params}"
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, eps=1e-8, weight_decay=0.0)
     shape = (a.batch_size, in_ch, size, size)
-    times = []
-    for i in range(a.warmup + a.steps):
+
+    def step():
         x = torch.randn(shape, device=dev)
         t = torch.randint(0, 1000, (a.batch_size,), device=dev)
         start = time.perf_counter()
@@ -158,8 +178,15 @@ def main():
                     model(x, t)
         if dev.type == "cuda":
             torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    times = []
+    for i in range(a.warmup + a.steps):
+        secs = step()
         if i >= a.warmup:
-            times.append(time.perf_counter() - start)
+            times.append(secs)
+    if a.profile:
+        profile_step(step, dev, a.profile)
     ms = statistics.median(times) * 1000
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"preset": a.preset, "mode": a.mode, "batch_size": a.batch_size, "ms_per_step": ms,
