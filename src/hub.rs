@@ -13,19 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
-/// The cache root.
-pub fn cache_dir() -> Result<PathBuf> {
-    if let Some(d) = std::env::var_os("DDPM_CACHE").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(d));
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(d).join("ddpm"));
-    }
-    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
-        Some(h) => Ok(PathBuf::from(h).join(".cache").join("ddpm")),
-        None => bail!("no cache directory: set DDPM_CACHE (or HOME)"),
-    }
-}
+use crate::cache::cache_dir;
 
 /// The Hub endpoint: `HF_ENDPOINT` or huggingface.co.
 pub fn endpoint() -> String {

@@ -84,7 +84,8 @@
 //! - [`store`]: named host tensors, safetensors files, a module's parameters by name.
 //! - [`rng`]: the seedable generator and every random stream by name ([`rng::streams`]).
 //! - [`error`]: the entry points' [`Error`], with an [`ErrorKind`] to act on.
-//! - [`files`]: atomic writes, bounded reads, locks; [`device`]: choosing the backend;
+//! - [`files`]: atomic writes, bounded reads, locks; [`cache`]: the cache root on this machine;
+//!   [`device`]: choosing the backend and where the GPU routes keep their compiled kernels;
 //!   [`dist`]: MPI ranks; `heap`: the allocator's settings; `kernels`: hand-written CPU
 //!   kernels for burn's `flex` backend.
 //!
@@ -105,6 +106,7 @@ pub use train::{TrainSummary, train_auto, train_dataset};
 
 #[doc(hidden)] // Internal: the `ddpm bench` command's measurement, not part of the library API.
 pub mod bench;
+pub mod cache;
 #[doc(hidden)] // Internal: the command line, not part of the library API.
 pub mod cli;
 pub mod config;

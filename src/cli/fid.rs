@@ -125,7 +125,7 @@ fn load_network(path: Option<&Path>) -> Result<InceptionV3, CliError> {
                     "--inception not given and pytorch-fid's weights cannot be downloaded ({e:#}); \
                      download {url} by hand (or on a machine with network access) and pass \
                      --inception PATH, or copy it into the cache as {}",
-                    crate::hub::cache_dir()
+                    crate::cache::cache_dir()
                         .map(|d| d.join("files").display().to_string())
                         .unwrap_or_default()
                 ))

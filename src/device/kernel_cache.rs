@@ -47,7 +47,7 @@ impl std::fmt::Display for Location {
 }
 
 /// The location `DDPM_KERNEL_CACHE` (`var`) asks for; `default` is this crate's cache root
-/// (`hub::cache_dir`), consulted only when the variable is unset or empty.
+/// (`cache::cache_dir`), consulted only when the variable is unset or empty.
 pub fn location(
     var: Option<OsString>,
     default: impl FnOnce() -> Result<PathBuf>,
@@ -74,7 +74,7 @@ pub fn location(
 /// The location this process uses: `DDPM_KERNEL_CACHE` read once, the crate's cache root as
 /// its default.
 pub fn current() -> Result<Location> {
-    location(std::env::var_os(ENV), crate::hub::cache_dir)
+    location(std::env::var_os(ENV), crate::cache::cache_dir)
 }
 
 #[cfg(any(feature = "cuda", feature = "wgpu", feature = "cubecl-cpu"))]

@@ -144,7 +144,7 @@ pub fn local_model(path: &Path) -> Result<PathBuf> {
                 format!(
                     "{s}: no such path, and the Hub repo {repo} (revision {revision}) is not in \
                      the cache {}; download it once with `ddpm fetch {repo} --revision {revision}`",
-                    crate::hub::cache_dir()?.display()
+                    crate::cache::cache_dir()?.display()
                 ),
             )),
         };
