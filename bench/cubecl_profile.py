@@ -8,7 +8,7 @@ hash: convolutions, matrix products, fused element-wise kernels, reductions, cop
 slowest kernels.
 
     CUBECL_DEBUG_LOG=/tmp/p.log CUBECL_DEBUG_OPTION=profile \\
-      ddpm bench --device cuda --preset cifar10 --mode train --batch-size 128 --warmup 2 --steps 1
+      ddpm bench --device cuda --preset cifar10 --mode train --batch-size 128 --warmup 1 --steps 2
     python3 bench/cubecl_profile.py /tmp/p.log [TOP]
 """
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared GPU measurement. On the device machine it builds nothing: it runs the carried
 # cuda binary and test binary, and the PyTorch peer on the same card, and writes everything under
-# $OUT: results.jsonl, gpu.log, kernels-autotune.bundle (the card's tuning results) and
+# $OUT: results.jsonl, gpu.log, cubecl.log.gz (the compiler and autotuner log of the first
+# training run), kernels-autotune.bundle (the card's tuning results) and
 # extras.tar.gz (nvidia-smi.txt, cubecl-summary.txt, kernels.txt, the per-kernel profiles of a
 # cifar10 training step, the 200-step run's sample grid).
 # Every measurement has its own timeout and the whole script keeps to a deadline (DEADLINE
@@ -41,10 +42,12 @@ if [ -f gpu/libdevice.10.bc ]; then
   cp gpu/libdevice.10.bc "$CUDA_PATH/nvvm/libdevice/"
 fi
 # Compiled kernels and autotune results persist between the processes below (ddpm's kernel
-# cache); it starts empty, so the first cifar10 step below is the cold first step, and the
-# rerun after it the warm one.
+# cache, in directories of this script's own, removed at the end). The cifar10 measurements get
+# a fresh one (below), so their first step is the cold first step and the rerun the warm one.
 export DDPM_KERNEL_CACHE
 DDPM_KERNEL_CACHE=$(mktemp -d /tmp/ddpm-kernels.XXXXXX)
+caches=("$DDPM_KERNEL_CACHE")
+trap 'rm -rf "${caches[@]}"' EXIT
 
 unpack() { # gzipped carried binary → executable path
   local gz=$1 dest=$2
@@ -118,12 +121,17 @@ if [ -f "$OUT/cubecl.log" ]; then
     echo ...
     tail -n 40 "$OUT/cubecl.log"
   } >"$OUT/cubecl-summary.txt"
+  # The whole log comes back too, compressed and cut to fit the 16 MiB a file may have.
+  gzip -9 -c "$OUT/cubecl.log" | head -c $((15 << 20)) >"$OUT/cubecl.log.gz"
   rm -f "$OUT/cubecl.log"
 fi
 [ $have_peer = 1 ] && peer "pytorch cuda mnist train b128 fp32" 40 --preset mnist --batch-size 128 \
   --mode train --warmup 3 --steps 20
 
-# 3. The issue's table: cifar10 at batch 128, training f32 and bf16, sampling.
+# 3. The issue's table: cifar10 at batch 128, training f32 and bf16, sampling; an empty kernel
+#    cache of their own.
+DDPM_KERNEL_CACHE=$(mktemp -d /tmp/ddpm-kernels.XXXXXX)
+caches+=("$DDPM_KERNEL_CACHE")
 ddpm "ddpm $DEVICE cifar10 train b128" 150 --preset cifar10 --batch-size 128 --mode train \
   --warmup 3 --steps 10
 # The same in a new process: its first warm-up step is the first step with a warm kernel cache.
@@ -142,9 +150,10 @@ ddpm "ddpm $DEVICE cifar10 train b128 bf16" 100 --preset cifar10 --batch-size 12
 
 # 3b. Where one cifar10 training step spends its device time, kernel by kernel, on both sides:
 #     CubeCL's profiler (every kernel timed; the step itself runs slower) and torch.profiler.
+rm -f /tmp/ddpm-profile.log
 CUBECL_DEBUG_LOG=/tmp/ddpm-profile.log CUBECL_DEBUG_OPTION=profile ddpm \
   "ddpm $DEVICE cifar10 train b128 profiled" 60 --preset cifar10 --batch-size 128 --mode train \
-  --warmup 1 --steps 1
+  --warmup 1 --steps 2
 [ -f /tmp/ddpm-profile.log ] &&
   python3 bench/cubecl_profile.py /tmp/ddpm-profile.log 30 >"$OUT/profile-ddpm.txt" 2>&1
 [ $have_peer = 1 ] && peer "pytorch cuda cifar10 train b128 fp32 profiled" 40 --preset cifar10 \
@@ -161,6 +170,7 @@ rm -f "$OUT/stderr.tmp"
 # The kernel cache: what it holds, and its tuning results as a bundle to ship for this card.
 "$bin" kernels show >"$OUT/kernels.txt" 2>&1
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | tr -c 'A-Za-z0-9\n' '-')
+rm -f "$OUT/kernels-autotune.bundle"
 "$bin" kernels export "$OUT/kernels-autotune.bundle" --only autotune --name "${card:-$DEVICE}" \
   >>"$OUT/kernels.txt" 2>&1
 # At most 8 files come back from the device machine: everything but the results, the log and the

@@ -123,7 +123,7 @@ class UNet(nn.Module):
 
 def profile_step(step, dev, path):
     """One step under torch.profiler: the per-operation table (device time first on a GPU) and
-    the number of kernels launched, into `path`."""
+    the number of device events (kernels, copies and fills), into `path`."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
@@ -135,7 +135,7 @@ def profile_step(step, dev, path):
     sort = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
     kernels = sum(e.count for e in prof.events() if str(e.device_type).endswith("CUDA"))
     with open(path, "w") as f:
-        f.write(f"one step: {kernels} kernels on the device\n")
+        f.write(f"one step: {kernels} device events (kernels, copies, fills)\n")
         f.write(events.table(sort_by=sort, row_limit=40))
 
 

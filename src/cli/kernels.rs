@@ -2,7 +2,6 @@
 //! filling it ahead of a run, and carrying it to other machines with the same card.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use clap::{Args, Subcommand};
 
@@ -69,7 +68,7 @@ fn warmup(args: WarmupArgs) -> CliResult {
                 .into(),
         ));
     }
-    let mut cfg = super::train::resolve(&args.train)?;
+    let cfg = super::train::resolve(&args.train)?;
     let device =
         crate::device::resolve_name(&cfg.device).map_err(|e| CliError::Usage(e.to_string()))?;
     if device == "cpu" {
@@ -79,42 +78,25 @@ fn warmup(args: WarmupArgs) -> CliResult {
             cfg.device
         )));
     }
-    let tmp = tempfile::Builder::new()
-        .prefix("ddpm-warmup-")
-        .tempdir()
-        .map_err(|e| anyhow::anyhow!("a temporary directory for the warm-up: {e}"))?;
-    cfg.out = tmp.path().join("run").display().to_string();
-    cfg.steps = 2;
-    cfg.log_every = 1;
-    cfg.sample_every = 0;
-    cfg.checkpoint_every = 2;
-    cfg.keep_checkpoints = 1;
-    let location = kernel_cache::current().map_err(|e| CliError::Usage(e.to_string()))?;
+    let location = kernel_cache::effective().map_err(|e| CliError::Usage(e.to_string()))?;
+    if location == kernel_cache::Location::Off {
+        return Err(CliError::Usage(format!(
+            "{}=off: a warm-up fills the kernel cache, which is off",
+            kernel_cache::ENV
+        )));
+    }
     if !args.train.quiet {
         eprintln!(
-            "warm-up on {device}: compiling and tuning the kernels of two training steps and a sample \
-         grid of {} images ({} steps); kernel cache: {location}",
+            "warm-up on {device}: compiling and tuning the kernels of two training steps and a \
+             sample grid of {} images ({} steps); kernel cache: {location}",
             cfg.sample_count, cfg.sample_steps
         );
     }
-    let start = Instant::now();
-    let mut at_step = Vec::new();
-    let options = crate::train::TrainOptions {
-        resume: false,
-        quiet: args.train.quiet,
-        on_log: Some(Box::new(|_| at_step.push(start.elapsed().as_secs_f64()))),
-    };
-    crate::train::train_with(&cfg, crate::run::open_dataset(&cfg)?, options)?;
-    let total = start.elapsed().as_secs_f64();
-    let (first, second) = match at_step[..] {
-        [a, b, ..] => (a, b - a),
-        _ => (total, 0.0),
-    };
-    let grid = total - at_step.get(1).copied().unwrap_or(total);
+    let w = crate::train::warmup::warmup(&cfg, args.train.quiet)?;
     println!(
-        "warmed up on {device} in {total:.1} s: first step {first:.1} s (with setup, compiling and \
-         tuning), second step {second:.2} s, sample grid and checkpoint {grid:.1} s; kernel \
-         cache: {location}"
+        "warmed up on {device} in {:.1} s: first step {:.1} s (with setup, compiling and tuning), \
+         second step {:.2} s, sample grid and checkpoint {:.1} s; kernel cache: {location}",
+        w.total, w.first_step, w.second_step, w.grid
     );
     Ok(())
 }
@@ -129,22 +111,28 @@ mod cache {
     }
 
     pub fn show() -> CliResult {
+        use std::fmt::Write as _;
         let location = kernel_cache::configure().map_err(|e| CliError::Usage(e.to_string()))?;
-        println!("kernel cache: {location}");
-        if matches!(location, kernel_cache::Location::Off) {
-            return Ok(());
+        let mut text = format!("kernel cache: {location}\n");
+        if !matches!(location, kernel_cache::Location::Off) {
+            let _ = writeln!(text, "database: {}", kernel_cache::database()?.display());
+            let rows = kernel_cache::summary()?;
+            if rows.is_empty() {
+                text.push_str(
+                    "empty: the first run on a GPU device (or `ddpm kernels warmup`) fills it\n",
+                );
+            }
+            for (namespace, entries, bytes) in &rows {
+                let _ = writeln!(
+                    text,
+                    "{namespace}: {entries} entries, {:.1} MB",
+                    megabytes(*bytes)
+                );
+            }
         }
-        println!("database: {}", kernel_cache::database()?.display());
-        let rows = kernel_cache::summary()?;
-        if rows.is_empty() {
-            println!("empty: the first run on a GPU device (or `ddpm kernels warmup`) fills it");
-        }
-        for (namespace, entries, bytes) in &rows {
-            println!(
-                "{namespace}: {entries} entries, {:.1} MB",
-                megabytes(*bytes)
-            );
-        }
+        // A reader that stops early (`| head`) ends the listing, without a panic.
+        std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())
+            .map_err(|e| anyhow::anyhow!("standard output: {e}"))?;
         Ok(())
     }
 
@@ -165,11 +153,15 @@ mod cache {
     }
 
     pub fn import(args: ImportArgs) -> CliResult {
-        let (imported, kept, refused) = kernel_cache::import(&args.file)?;
+        let done = kernel_cache::import(&args.file)?;
         println!(
-            "{}: {imported} entries imported, {kept} already in the cache, {refused} not written; \
-             kernel cache: {}",
+            "{} (\"{}\", CubeCL {}): {} entries imported, {} already in the cache; kernel \
+             cache: {}",
             args.file.display(),
+            done.name,
+            done.cubecl_version,
+            done.imported,
+            done.kept,
             kernel_cache::configure()?
         );
         Ok(())

@@ -4,8 +4,8 @@
 //! step and the sampler need and benchmark the candidates of each tunable one (convolutions,
 //! matrix products, reductions): minutes, once. CubeCL can keep both results on disk in one
 //! database per machine; this crate turns both on (CubeCL keeps only the tuning results by
-//! default) and puts them in its own cache rather than beside the working directory's
-//! `target/`:
+//! default; of the routes built here only `cuda` stores compiled kernels) and puts them in its
+//! own cache rather than beside the working directory's `target/`:
 //!
 //! - `DDPM_KERNEL_CACHE` unset: `$DDPM_CACHE/kernels` (else `$XDG_CACHE_HOME/ddpm/kernels`,
 //!   else `~/.cache/ddpm/kernels`), unless a `cubecl.toml` chooses another `[environment]
@@ -71,10 +71,19 @@ pub fn location(
     }
 }
 
-/// The location this process uses: `DDPM_KERNEL_CACHE` read once, the crate's cache root as
-/// its default.
+/// The location `DDPM_KERNEL_CACHE` asks for in this process, the crate's cache root as its
+/// default (what CubeCL is given; [`effective`] says what it uses).
 pub fn current() -> Result<Location> {
     location(std::env::var_os(ENV), crate::cache::cache_dir)
+}
+
+/// Where the kernel cache of this process is, for messages: what CubeCL was configured with in
+/// a binary with a GPU route, else what `DDPM_KERNEL_CACHE` asks for.
+pub fn effective() -> Result<Location> {
+    #[cfg(any(feature = "cuda", feature = "wgpu", feature = "cubecl-cpu"))]
+    return configure().cloned();
+    #[cfg(not(any(feature = "cuda", feature = "wgpu", feature = "cubecl-cpu")))]
+    current()
 }
 
 #[cfg(any(feature = "cuda", feature = "wgpu", feature = "cubecl-cpu"))]
@@ -90,12 +99,15 @@ mod cubecl_side {
     use burn::cubecl::config::cache::CacheConfig;
     use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
     use burn::cubecl::environment;
+    use burn::cubecl::records::RecordLevel;
 
-    use super::{Location, current};
+    use super::{ENV, Location, current};
 
     /// Applies the kernel cache's location to CubeCL before any GPU device exists (called by
-    /// every GPU route's device constructor; later calls return the first outcome). A
-    /// `cubecl.toml` and CubeCL's own `CUBECL_*` variables are read first, as CubeCL would.
+    /// every GPU route's device constructor; later calls return the first outcome) and returns
+    /// the directory CubeCL keeps it in. A `cubecl.toml` and CubeCL's own `CUBECL_*` variables
+    /// are read first, as CubeCL would; a `cubecl.toml` `[environment] path` other than
+    /// `target` is kept unless `DDPM_KERNEL_CACHE` is set.
     pub fn configure() -> Result<&'static Location> {
         static DONE: OnceLock<std::result::Result<Location, String>> = OnceLock::new();
         DONE.get_or_init(|| {
@@ -105,39 +117,41 @@ mod cubecl_side {
                 Location::Off => {
                     config.compilation.cache = false;
                     config.autotune.disable_cache = true;
+                    config.throughput.disable_cache = true;
+                    config.environment.records.level = RecordLevel::Off;
                 }
                 Location::Directory(dir) => {
                     config.compilation.cache = true;
-                    // A cubecl.toml that names its own place keeps it unless the variable is set.
-                    if std::env::var_os(super::ENV).is_some_and(|v| !v.is_empty())
+                    if std::env::var_os(ENV).is_some_and(|v| !v.is_empty())
                         || matches!(config.environment.path, CacheConfig::Target)
                     {
-                        if let Err(e) = std::fs::create_dir_all(dir) {
-                            eprintln!(
-                                "warning: kernel cache {}: cannot create it ({e}); kernels will \
-                                 be compiled and tuned again by the next run",
-                                dir.display()
-                            );
-                        }
                         config.environment.path = CacheConfig::Directory(dir.clone());
                     }
                 }
                 Location::CubeclDefault => config.compilation.cache = true,
             }
-            let effective = match &config.environment.path {
-                _ if location == Location::Off => Location::Off,
-                CacheConfig::Directory(d) => Location::Directory(d.clone()),
-                _ => Location::CubeclDefault,
+            let effective = if location == Location::Off {
+                Location::Off
+            } else {
+                Location::Directory(config.environment.path.root())
             };
             // `false`: CubeCL's configuration was read before (by code outside this crate);
             // what it chose stands.
             if !CubeClRuntimeConfig::try_set(config) {
-                return Ok(Location::CubeclDefault);
+                return Ok(Location::Directory(environment::root()));
             }
             Ok(effective)
         })
         .as_ref()
         .map_err(|e| anyhow!("{e}"))
+    }
+
+    /// The configured cache, refused when it is off (`what`: the operation, for the message).
+    fn enabled(what: &str) -> Result<()> {
+        if matches!(configure()?, Location::Off) {
+            bail!("the kernel cache is off ({ENV}=off): {what}");
+        }
+        Ok(())
     }
 
     /// What the cache holds: (namespace, entries, bytes), one row per namespace.
@@ -158,23 +172,22 @@ mod cubecl_side {
     /// Writes the cache into a bundle file `out` (SQLite) named `name`, for another machine
     /// with the same card and the same build: `ddpm kernels import` there. `only`: the
     /// namespace prefixes to include (say `autotune`: the tuning results without the compiled
-    /// kernels); empty: everything. Returns the entries written. Refuses an existing `out`
-    /// and an empty or disabled cache.
+    /// kernels); empty: everything but CubeCL's account of how the cache was built. Returns the
+    /// entries written. Refuses an existing `out` (or files CubeCL would replace beside it) and
+    /// an empty or disabled cache; writes nothing when no entry matches `only`.
     pub fn export(out: &Path, name: &str, only: &[String]) -> Result<u64> {
-        if matches!(configure()?, Location::Off) {
-            bail!(
-                "the kernel cache is off ({}=off): nothing to export",
-                super::ENV
-            );
+        enabled("nothing to export")?;
+        for suffix in ["", ".tmp", ".tmp-wal", ".tmp-shm", "-wal", "-shm"] {
+            let path = std::path::PathBuf::from(format!("{}{suffix}", out.display()));
+            if path.exists() {
+                bail!(
+                    "{}: exists; choose a new file for the bundle",
+                    path.display()
+                );
+            }
         }
-        if out.exists() {
-            bail!(
-                "{}: exists; choose a new file for the bundle",
-                out.display()
-            );
-        }
-        let entries: u64 = summary()?.iter().map(|s| s.1).sum();
-        if entries == 0 {
+        let rows = summary()?;
+        if rows.iter().all(|r| r.1 == 0) {
             bail!(
                 "the kernel cache {} is empty: run `ddpm kernels warmup` (or a training run) on \
                  this machine's GPU first",
@@ -187,6 +200,7 @@ mod cubecl_side {
             name: name.to_string(),
             format: BundleFormat::Sqlite,
             namespaces: only.to_vec(),
+            excluded_namespaces: vec!["records".into()],
             ..Default::default()
         };
         bundle::export(&[root], out, &options)
@@ -197,39 +211,64 @@ mod cubecl_side {
         if written == 0 {
             // Nothing matched `only`: no empty file left behind to be shipped by mistake.
             let _ = std::fs::remove_file(out);
-            let mut kinds: Vec<String> = summary()?
-                .into_iter()
-                .filter_map(|s| s.0.split('/').next().map(str::to_string))
+            let kinds: std::collections::BTreeSet<&str> = rows
+                .iter()
+                .filter_map(|r| r.0.split('/').next())
+                .filter(|k| *k != "records")
                 .collect();
-            kinds.dedup();
             bail!(
                 "--only {}: no entry of the cache is under these prefixes (it has: {})",
                 only.join(","),
-                kinds.join(", ")
+                kinds.into_iter().collect::<Vec<_>>().join(", ")
             );
         }
         Ok(written)
     }
 
+    /// What an import did.
+    #[derive(Debug, Clone)]
+    pub struct Imported {
+        /// Entries copied into the cache.
+        pub imported: usize,
+        /// Entries the cache had already (kept as they were).
+        pub kept: usize,
+        /// The bundle's name (`ddpm kernels export --name`).
+        pub name: String,
+        /// The CubeCL version that wrote the bundle (entries of another version are never
+        /// looked up).
+        pub cubecl_version: String,
+    }
+
     /// Copies the entries of the bundle `file` into this machine's cache (entries it already has
-    /// are kept). Returns (imported, already there, refused).
-    pub fn import(file: &Path) -> Result<(usize, usize, usize)> {
-        if matches!(configure()?, Location::Off) {
-            bail!(
-                "the kernel cache is off ({}=off): nowhere to import into",
-                super::ENV
-            );
-        }
+    /// are kept). Fails when the cache refused to store some of them (a full disk, say).
+    pub fn import(file: &Path) -> Result<Imported> {
+        enabled("nowhere to import into")?;
         if !file.is_file() {
             bail!(
                 "{}: no such bundle file (one written by `ddpm kernels export`)",
                 file.display()
             );
         }
-        let opened = bundle::open(file)
+        let opened = bundle::SqliteBundle::open(file)
             .map_err(|e| anyhow!("{}: not a kernel cache bundle: {e}", file.display()))?;
-        let report = bundle::import(opened.as_ref());
-        Ok((report.imported, report.skipped, report.failed))
+        let manifest = opened.manifest().clone();
+        let report = bundle::import(&opened);
+        if report.failed > 0 {
+            bail!(
+                "{}: {} of its entries could not be written into the kernel cache {} (full disk? \
+                 read-only directory?); {} were imported",
+                file.display(),
+                report.failed,
+                database()?.display(),
+                report.imported
+            );
+        }
+        Ok(Imported {
+            imported: report.imported,
+            kept: report.skipped,
+            name: manifest.name,
+            cubecl_version: manifest.cubecl_version,
+        })
     }
 }
 

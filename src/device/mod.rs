@@ -18,12 +18,17 @@ pub fn by_name(name: &str) -> Result<Device> {
         "cuda" => cuda(),
         "wgpu" => wgpu(),
         "cubecl-cpu" => cubecl_cpu(),
-        "auto" => cuda().or_else(|_| wgpu()).or_else(|_| cpu()).map_err(|_| {
-            anyhow::anyhow!(
-                "--device auto: this binary has no backend that runs here (built with: {})",
-                built_backends().join(", ")
-            )
-        }),
+        "auto" => {
+            // A bad DDPM_KERNEL_CACHE is an error, not a silent fall-back to the CPU.
+            #[cfg(any(feature = "cuda", feature = "wgpu", feature = "cubecl-cpu"))]
+            kernel_cache::configure()?;
+            cuda().or_else(|_| wgpu()).or_else(|_| cpu()).map_err(|_| {
+                anyhow::anyhow!(
+                    "--device auto: this binary has no backend that runs here (built with: {})",
+                    built_backends().join(", ")
+                )
+            })
+        }
         other => bail!("--device: unknown device `{other}`; expected {DEVICE_NAMES}"),
     }
 }
@@ -36,6 +41,8 @@ pub fn resolve_name(name: &str) -> Result<&'static str> {
         "wgpu" => "wgpu",
         "cubecl-cpu" => "cubecl-cpu",
         "auto" => {
+            #[cfg(any(feature = "cuda", feature = "wgpu", feature = "cubecl-cpu"))]
+            kernel_cache::configure()?;
             if cuda().is_ok() {
                 "cuda"
             } else if wgpu().is_ok() {

@@ -10,6 +10,7 @@ pub mod progress;
 pub mod resume;
 pub mod trainer;
 pub mod vdm_batch;
+pub mod warmup;
 
 pub use progress::StepReport;
 pub use trainer::{TrainOptions, TrainSummary, train, train_auto, train_dataset, train_with};

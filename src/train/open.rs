@@ -134,7 +134,7 @@ impl<'a, M: Net<D>, const D: usize> Trainer<'a, M, D> {
             state.data,
         ));
         if device_name != "cpu" && !quiet {
-            let cache = crate::device::kernel_cache::current()
+            let cache = crate::device::kernel_cache::effective()
                 .map(|l| l.to_string())
                 .unwrap_or_else(|e| e.to_string());
             eprintln!(

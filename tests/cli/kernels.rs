@@ -10,7 +10,7 @@ fn warmup_refuses_the_cpu_backend_and_resume() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let warmup = |extra: &[&str]| {
-        let mut args = vec!["kernels", "warmup", "--preset", "tiny", "--batch-size", "4"];
+        let mut args = vec!["kernels", "warmup", "--preset", "tiny"];
         args.extend_from_slice(extra);
         std::process::Command::new(env!("CARGO_BIN_EXE_ddpm"))
             .args(&args)
@@ -27,7 +27,10 @@ fn warmup_refuses_the_cpu_backend_and_resume() {
         "--resume: a warm-up starts no run",
     );
     // The training flags are checked as `ddpm train` checks them.
-    usage_error(warmup(&["--batch-size", "0"]), "batch");
+    usage_error(
+        warmup(&["--device", "cpu", "--batch-size", "0"]),
+        "--batch-size must be at least 1",
+    );
     // Nothing was written: no run, no cache.
     assert!(!cache.exists());
 }
@@ -95,8 +98,11 @@ fn warmup_fills_the_cache_that_export_and_import_carry() {
     assert!(said.contains("warmed up on cubecl-cpu"), "{said}");
     let show = String::from_utf8_lossy(&ok(run(&first, &["kernels", "show"])).stdout).to_string();
     assert!(show.contains(&first.display().to_string()), "{show}");
+    // Entries of every namespace but CubeCL's account of how the cache was built (`records`),
+    // which an export leaves out.
     let entries = |show: &str| -> u64 {
         show.lines()
+            .filter(|l| !l.starts_with("records/"))
             .filter_map(|l| l.split(": ").nth(1)?.split(' ').next()?.parse::<u64>().ok())
             .sum()
     };
@@ -115,6 +121,31 @@ fn warmup_fills_the_cache_that_export_and_import_carry() {
     );
     let show2 = String::from_utf8_lossy(&ok(run(&second, &["kernels", "show"])).stdout).to_string();
     assert_eq!(entries(&show2), warmed, "{show}\n---\n{show2}");
+    // With the cache off there is nothing to warm up; a file is no cache directory, and
+    // `--device auto` says so rather than falling back to the CPU.
+    usage_error(
+        run(
+            std::path::Path::new("off"),
+            &[
+                "kernels",
+                "warmup",
+                "--device",
+                "cubecl-cpu",
+                "--preset",
+                "tiny",
+                "--data",
+                &data,
+            ],
+        ),
+        "DDPM_KERNEL_CACHE=off: a warm-up fills the kernel cache, which is off",
+    );
+    let bundle_as_cache = run(&bundle, &["train", "--device", "auto", "--steps", "1"]);
+    assert!(!bundle_as_cache.status.success());
+    let e = String::from_utf8_lossy(&bundle_as_cache.stderr);
+    assert!(
+        e.contains("DDPM_KERNEL_CACHE=") && e.contains(": a file"),
+        "{e}"
+    );
     // Importing again adds nothing.
     let again =
         String::from_utf8_lossy(&ok(run(&second, &["kernels", "import", b])).stdout).to_string();
