@@ -72,28 +72,28 @@ fn warmup_fills_the_cache_that_export_and_import_carry() {
             .output()
             .unwrap()
     };
-    let out = ok(run(
-        &first,
-        &[
-            "kernels",
-            "warmup",
-            "--device",
-            "cubecl-cpu",
-            "--preset",
-            "tiny",
-            "--data",
-            &data,
-            "--batch-size",
-            "2",
-            "--sample-count",
-            "2",
-            "--sample-steps",
-            "2",
-            "--timesteps",
-            "50",
-            "--quiet",
-        ],
-    ));
+    let warmup = [
+        "kernels",
+        "warmup",
+        "--device",
+        "cubecl-cpu",
+        "--preset",
+        "tiny",
+        "--data",
+        &data,
+    ];
+    let small = [
+        "--batch-size",
+        "2",
+        "--sample-count",
+        "2",
+        "--sample-steps",
+        "2",
+        "--timesteps",
+        "50",
+        "--quiet",
+    ];
+    let out = ok(run(&first, &[&warmup[..], &small[..]].concat()));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("warmed up on cubecl-cpu"), "{said}");
     let show = String::from_utf8_lossy(&ok(run(&first, &["kernels", "show"])).stdout).to_string();
@@ -124,19 +124,7 @@ fn warmup_fills_the_cache_that_export_and_import_carry() {
     // With the cache off there is nothing to warm up; a file is no cache directory, and
     // `--device auto` says so rather than falling back to the CPU.
     usage_error(
-        run(
-            std::path::Path::new("off"),
-            &[
-                "kernels",
-                "warmup",
-                "--device",
-                "cubecl-cpu",
-                "--preset",
-                "tiny",
-                "--data",
-                &data,
-            ],
-        ),
+        run(std::path::Path::new("off"), &warmup),
         "DDPM_KERNEL_CACHE=off: a warm-up fills the kernel cache, which is off",
     );
     let bundle_as_cache = run(&bundle, &["train", "--device", "auto", "--steps", "1"]);
