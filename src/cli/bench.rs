@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// operation and shape, its share of a step (to standard error with --json).
     #[arg(long)]
     profile: bool,
+    /// Run burn's composed operations instead of this crate's kernels (CPU and CubeCL alike):
+    /// the kernels' share of a step, measured with one binary.
+    #[arg(long)]
+    no_kernels: bool,
 }
 
 impl BenchArgs {
@@ -109,6 +113,7 @@ pub fn run(a: BenchArgs) -> CliResult {
         }
     }
     crate::kernels::profile::set_enabled(a.profile);
+    crate::kernels::set_enabled(!a.no_kernels);
     let r = crate::bench::run(
         &a.preset,
         &a.mode,

@@ -51,6 +51,8 @@ pub mod attention;
 pub mod conv;
 #[cfg(target_arch = "x86_64")]
 mod conv_direct;
+#[cfg(feature = "cube")]
+mod cube;
 #[cfg(target_arch = "x86_64")]
 pub mod direct;
 pub mod dropout;
@@ -191,6 +193,10 @@ pub fn group_norm(norm: &GroupNorm, x: Tensor<4>, with_silu: bool) -> Tensor<4> 
     if let Some(y) = flex::try_group_norm(norm, &x, None, with_silu) {
         return y;
     }
+    #[cfg(feature = "cube")]
+    if let Some(y) = cube::try_group_norm(norm, &x, None, with_silu) {
+        return y;
+    }
     let y = norm.forward(x);
     if with_silu { silu(y) } else { y }
 }
@@ -205,6 +211,10 @@ pub fn group_norm_shifted(
 ) -> Tensor<4> {
     #[cfg(feature = "flex")]
     if let Some(y) = flex::try_group_norm(norm, &x, Some(&shift), with_silu) {
+        return y;
+    }
+    #[cfg(feature = "cube")]
+    if let Some(y) = cube::try_group_norm(norm, &x, Some(&shift), with_silu) {
         return y;
     }
     let [b, c] = shift.dims();

@@ -1,0 +1,369 @@
+//! GroupNorm (with an optional per-channel shift before it and SiLU after it) as two CubeCL
+//! kernels, forward and backward, one cube per (image, group). Burn composes the same forward
+//! pass from about a dozen tensor operations (two reductions and the elementwise work around
+//! them, each its own launch and pass over memory); here the forward pass reads the group three
+//! times and writes it once, and the backward pass reads it twice and writes ∂L/∂x once.
+//!
+//! Sums are taken in f32 whatever the tensors' float type, the variance in two passes (the mean
+//! first) rather than from E[x²] − E[x]².
+
+use super::CubeKernels;
+use burn::backend::TensorMetadata;
+use burn::backend::cubecl::dtype_to_storage_type;
+use burn::backend::tensor::FloatTensor;
+use burn::tensor::{DType, Shape};
+use burn_cubecl::CubeBackend;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+
+/// Units per cube: a power of two (the tree reduction halves it), at most this, and at most
+/// what the device allows.
+const MAX_UNITS: usize = 256;
+
+/// Adds up what every unit of the cube wrote at `shared[k·units + unit]`, for `k < count`: on
+/// return `shared[k·units]` holds the k-th total (read it, then `sync_cube` before the slots are
+/// written again).
+#[cube]
+fn cube_sums(shared: &mut Shared<[f32]>, #[comptime] units: usize, #[comptime] count: usize) {
+    sync_cube();
+    let unit = UNIT_POS_X as usize;
+    let mut stride = CUBE_DIM_X as usize / 2;
+    while stride > 0 {
+        if unit < stride {
+            #[unroll]
+            for k in 0..count {
+                let here = k * units + unit;
+                shared[here] += shared[here + stride];
+            }
+        }
+        sync_cube();
+        stride /= 2;
+    }
+}
+
+/// x + shift of one element as f32 (the shift broadcast over the pixels of its channel).
+#[cube]
+fn shifted<F: Float>(
+    x: &Tensor<F>,
+    shift: &Tensor<F>,
+    at: usize,
+    shift_at: usize,
+    #[comptime] has_shift: bool,
+) -> f32 {
+    let mut v = f32::cast_from(x[at]);
+    if has_shift {
+        v += f32::cast_from(shift[shift_at]);
+    }
+    v
+}
+
+/// ∂L/∂z for z = x̂·γ + β, given ∂L/∂y: SiLU's derivative σ(z)(1 + z(1 − σ(z))) when y = SiLU(z).
+#[cube]
+fn grad_pre_activation(z: f32, dy: f32, #[comptime] with_silu: bool) -> f32 {
+    let mut dz = dy;
+    if with_silu {
+        let s = 1.0f32 / (1.0f32 + f32::exp(-z));
+        dz = dy * s * (1.0f32 + z * (1.0f32 - s));
+    }
+    dz
+}
+
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn norm_forward_kernel<F: Float>(
+    x: &Tensor<F>,
+    shift: &Tensor<F>,
+    gamma: &Tensor<F>,
+    beta: &Tensor<F>,
+    y: &mut Tensor<F>,
+    stats: &mut Tensor<f32>,
+    channels: u32,
+    spatial: u32,
+    groups: u32,
+    epsilon: f32,
+    #[comptime] units: usize,
+    #[comptime] has_shift: bool,
+    #[comptime] with_silu: bool,
+    #[define(F)] _dtype: ElemType,
+) {
+    let bg = CUBE_POS_X as usize;
+    let (channels, spatial, groups) = (channels as usize, spatial as usize, groups as usize);
+    let per = channels / groups;
+    let image = bg / groups;
+    let c0 = (bg % groups) * per;
+    let n = per * spatial;
+    let base = bg * n;
+    let unit = UNIT_POS_X as usize;
+    let dim = CUBE_DIM_X as usize;
+    let mut shared = Shared::<[f32]>::new_slice(units);
+
+    let mut acc = 0.0f32;
+    let mut i = unit;
+    while i < n {
+        acc += shifted::<F>(
+            x,
+            shift,
+            base + i,
+            image * channels + c0 + i / spatial,
+            has_shift,
+        );
+        i += dim;
+    }
+    shared[unit] = acc;
+    cube_sums(&mut shared, units, 1usize);
+    let mean = shared[0] / f32::cast_from(n);
+    sync_cube();
+
+    let mut acc = 0.0f32;
+    let mut i = unit;
+    while i < n {
+        let d = shifted::<F>(
+            x,
+            shift,
+            base + i,
+            image * channels + c0 + i / spatial,
+            has_shift,
+        ) - mean;
+        acc += d * d;
+        i += dim;
+    }
+    shared[unit] = acc;
+    cube_sums(&mut shared, units, 1usize);
+    let rstd = 1.0f32 / f32::sqrt(shared[0] / f32::cast_from(n) + epsilon);
+    if unit == 0 {
+        stats[2 * bg] = mean;
+        stats[2 * bg + 1] = rstd;
+    }
+
+    let mut i = unit;
+    while i < n {
+        let c = c0 + i / spatial;
+        let xhat =
+            (shifted::<F>(x, shift, base + i, image * channels + c, has_shift) - mean) * rstd;
+        let mut v = xhat * f32::cast_from(gamma[c]) + f32::cast_from(beta[c]);
+        if with_silu {
+            v /= 1.0f32 + f32::exp(-v);
+        }
+        y[base + i] = F::cast_from(v);
+        i += dim;
+    }
+}
+
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn norm_backward_kernel<F: Float>(
+    x: &Tensor<F>,
+    shift: &Tensor<F>,
+    gamma: &Tensor<F>,
+    beta: &Tensor<F>,
+    stats: &Tensor<f32>,
+    dy: &Tensor<F>,
+    dx: &mut Tensor<F>,
+    dshift: &mut Tensor<f32>,
+    dgamma: &mut Tensor<f32>,
+    dbeta: &mut Tensor<f32>,
+    channels: u32,
+    spatial: u32,
+    groups: u32,
+    #[comptime] units: usize,
+    #[comptime] has_shift: bool,
+    #[comptime] with_silu: bool,
+    #[define(F)] _dtype: ElemType,
+) {
+    let bg = CUBE_POS_X as usize;
+    let (channels, spatial, groups) = (channels as usize, spatial as usize, groups as usize);
+    let per = channels / groups;
+    let image = bg / groups;
+    let c0 = (bg % groups) * per;
+    let n = per * spatial;
+    let base = bg * n;
+    let unit = UNIT_POS_X as usize;
+    let dim = CUBE_DIM_X as usize;
+    let mean = stats[2 * bg];
+    let rstd = stats[2 * bg + 1];
+    let mut shared = Shared::<[f32]>::new_slice(3 * units);
+
+    // Per channel: Σ ∂L/∂z·x̂ (∂L/∂γ of this image), Σ ∂L/∂z (∂L/∂β), Σ x̂; over the group,
+    // Σ ∂L/∂x̂ = Σ_c γ_c Σ ∂L/∂z and Σ ∂L/∂x̂·x̂ = Σ_c γ_c Σ ∂L/∂z·x̂.
+    let mut sum_g = 0.0f32;
+    let mut sum_gx = 0.0f32;
+    for k in 0..per {
+        let c = c0 + k;
+        let bc = image * channels + c;
+        let (g_c, b_c) = (f32::cast_from(gamma[c]), f32::cast_from(beta[c]));
+        let off = base + k * spatial;
+        let mut a_gx = 0.0f32;
+        let mut a_g = 0.0f32;
+        let mut a_x = 0.0f32;
+        let mut i = unit;
+        while i < spatial {
+            let xhat = (shifted::<F>(x, shift, off + i, bc, has_shift) - mean) * rstd;
+            let dz = grad_pre_activation(xhat * g_c + b_c, f32::cast_from(dy[off + i]), with_silu);
+            a_gx += dz * xhat;
+            a_g += dz;
+            a_x += xhat;
+            i += dim;
+        }
+        shared[unit] = a_gx;
+        shared[units + unit] = a_g;
+        shared[2 * units + unit] = a_x;
+        cube_sums(&mut shared, units, 3usize);
+        let (t_gx, t_g, t_x) = (shared[0], shared[units], shared[2 * units]);
+        sync_cube();
+        if unit == 0 {
+            dgamma[bc] = t_gx;
+            dbeta[bc] = t_g;
+            if has_shift {
+                dshift[bc] = t_x;
+            }
+        }
+        sum_g += g_c * t_g;
+        sum_gx += g_c * t_gx;
+    }
+    let inv_n = 1.0f32 / f32::cast_from(n);
+    let (m_g, m_gx) = (sum_g * inv_n, sum_gx * inv_n);
+
+    // ∂L/∂x = rstd·(∂L/∂x̂ − mean ∂L/∂x̂ − x̂·mean ∂L/∂x̂·x̂).
+    for k in 0..per {
+        let c = c0 + k;
+        let bc = image * channels + c;
+        let (g_c, b_c) = (f32::cast_from(gamma[c]), f32::cast_from(beta[c]));
+        let off = base + k * spatial;
+        let mut i = unit;
+        while i < spatial {
+            let xhat = (shifted::<F>(x, shift, off + i, bc, has_shift) - mean) * rstd;
+            let dz = grad_pre_activation(xhat * g_c + b_c, f32::cast_from(dy[off + i]), with_silu);
+            dx[off + i] = F::cast_from(rstd * (dz * g_c - m_g - xhat * m_gx));
+            i += dim;
+        }
+    }
+    // ∂L/∂shift of a channel is the sum of its ∂L/∂x, from the channel's sums (unit 0 wrote
+    // them and reads them back itself).
+    if has_shift && unit == 0 {
+        let hw = f32::cast_from(spatial);
+        for k in 0..per {
+            let bc = image * channels + c0 + k;
+            let g_c = f32::cast_from(gamma[c0 + k]);
+            dshift[bc] = rstd * (g_c * dbeta[bc] - hw * m_g - dshift[bc] * m_gx);
+        }
+    }
+}
+
+/// The units of one cube on this device: [`MAX_UNITS`] or the largest power of two it allows.
+fn units(x: &CubeTensor) -> usize {
+    let props = x.client.properties();
+    let most = (props.hardware.max_units_per_cube as usize)
+        .min(props.hardware.max_cube_dim.0 as usize)
+        .clamp(1, MAX_UNITS);
+    1 << most.ilog2()
+}
+
+/// The geometry of x `[B, C, H, W]`: (B, C, H·W).
+fn geometry(x: &CubeTensor, groups: usize) -> (usize, usize, usize) {
+    let [b, c, h, w] = x.shape().dims::<4>();
+    assert!(
+        groups > 0 && c.is_multiple_of(groups),
+        "group_norm: {c} channels in {groups} groups"
+    );
+    (b, c, h * w)
+}
+
+fn f32_buffer(like: &CubeTensor, shape: Shape) -> CubeTensor {
+    empty_device_dtype(like.client.clone(), like.device.clone(), shape, DType::F32)
+}
+
+impl CubeKernels for CubeBackend {
+    fn ddpm_cube_norm(
+        x: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        epsilon: f64,
+        has_shift: bool,
+        with_silu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let x = into_contiguous(x);
+        let (b, c, spatial) = geometry(&x, groups);
+        let y = empty_device_dtype(x.client.clone(), x.device.clone(), x.shape(), x.dtype);
+        let stats = f32_buffer(&x, Shape::new([b * groups, 2]));
+        if b * c * spatial == 0 {
+            return (y, stats);
+        }
+        let units = units(&x);
+        let (client, dtype) = (x.client.clone(), x.dtype);
+        norm_forward_kernel::launch(
+            &client,
+            CubeCount::Static((b * groups) as u32, 1, 1),
+            CubeDim::new_1d(units as u32),
+            x.into_tensor_arg(),
+            into_contiguous(shift).into_tensor_arg(),
+            into_contiguous(gamma).into_tensor_arg(),
+            into_contiguous(beta).into_tensor_arg(),
+            y.clone().into_tensor_arg(),
+            stats.clone().into_tensor_arg(),
+            c as u32,
+            spatial as u32,
+            groups as u32,
+            epsilon as f32,
+            units,
+            has_shift,
+            with_silu,
+            dtype_to_storage_type(dtype),
+        );
+        (y, stats)
+    }
+
+    fn ddpm_cube_norm_backward(
+        x: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        stats: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        groups: usize,
+        has_shift: bool,
+        with_silu: bool,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        let x = into_contiguous(x);
+        let (b, c, spatial) = geometry(&x, groups);
+        let dx = empty_device_dtype(x.client.clone(), x.device.clone(), x.shape(), x.dtype);
+        let per_channel = || f32_buffer(&x, Shape::new([b, c]));
+        let (dshift, dgamma, dbeta) = (per_channel(), per_channel(), per_channel());
+        if b * c * spatial == 0 {
+            return (dx, dshift, dgamma, dbeta);
+        }
+        let units = units(&x);
+        let (client, dtype) = (x.client.clone(), x.dtype);
+        norm_backward_kernel::launch(
+            &client,
+            CubeCount::Static((b * groups) as u32, 1, 1),
+            CubeDim::new_1d(units as u32),
+            x.into_tensor_arg(),
+            into_contiguous(shift).into_tensor_arg(),
+            into_contiguous(gamma).into_tensor_arg(),
+            into_contiguous(beta).into_tensor_arg(),
+            into_contiguous(stats).into_tensor_arg(),
+            into_contiguous(dy).into_tensor_arg(),
+            dx.clone().into_tensor_arg(),
+            dshift.clone().into_tensor_arg(),
+            dgamma.clone().into_tensor_arg(),
+            dbeta.clone().into_tensor_arg(),
+            c as u32,
+            spatial as u32,
+            groups as u32,
+            units,
+            has_shift,
+            with_silu,
+            dtype_to_storage_type(dtype),
+        );
+        (dx, dshift, dgamma, dbeta)
+    }
+}
