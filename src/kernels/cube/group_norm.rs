@@ -15,6 +15,7 @@ use burn::tensor::{DType, Shape};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::ops::permute_nhwc_to_nchw;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
@@ -43,18 +44,25 @@ fn cube_sums(shared: &mut Shared<[f32]>, #[comptime] units: usize, #[comptime] c
     }
 }
 
-/// x + shift of one element as f32 (the shift broadcast over the pixels of its channel).
+/// Where element (image, channel, pixel) of a `[B, C, H, W]` tensor lies in its buffer: the
+/// host makes sure H and W merge into one pixel axis of stride `stride(3)` (NCHW and
+/// channels-last layouts both do), so every layout is read and written without a copy.
 #[cube]
-fn shifted<F: Float>(
-    x: &Tensor<F>,
+fn at<F: Float>(t: &Tensor<F>, image: usize, channel: usize, pixel: usize) -> usize {
+    image * t.stride(0) + channel * t.stride(1) + pixel * t.stride(3)
+}
+
+/// The shift of (image, channel) as f32, 0 without one.
+#[cube]
+fn shift_of<F: Float>(
     shift: &Tensor<F>,
-    at: usize,
-    shift_at: usize,
+    image: usize,
+    channel: usize,
     #[comptime] has_shift: bool,
 ) -> f32 {
-    let mut v = f32::cast_from(x[at]);
+    let mut v = 0.0f32;
     if has_shift {
-        v += f32::cast_from(shift[shift_at]);
+        v = f32::cast_from(shift[image * shift.stride(0) + channel * shift.stride(1)]);
     }
     v
 }
@@ -70,6 +78,10 @@ fn grad_pre_activation(z: f32, dy: f32, #[comptime] with_silu: bool) -> f32 {
     dz
 }
 
+// Both kernels walk a group channel by channel, the cube's units spread over the pixels: no
+// index divisions, and in a channels-last layout the next channel's values are the neighbours
+// of this one's, still in cache.
+
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn norm_forward_kernel<F: Float>(
@@ -79,8 +91,6 @@ fn norm_forward_kernel<F: Float>(
     beta: &Tensor<F>,
     y: &mut Tensor<F>,
     stats: &mut Tensor<f32>,
-    channels: u32,
-    spatial: u32,
     groups: u32,
     epsilon: f32,
     #[comptime] units: usize,
@@ -89,65 +99,63 @@ fn norm_forward_kernel<F: Float>(
     #[define(F)] _dtype: ElemType,
 ) {
     let bg = CUBE_POS_X as usize;
-    let (channels, spatial, groups) = (channels as usize, spatial as usize, groups as usize);
-    let per = channels / groups;
+    let groups = groups as usize;
+    let per = x.shape(1) / groups;
+    let spatial = x.shape(2) * x.shape(3);
     let image = bg / groups;
     let c0 = (bg % groups) * per;
-    let n = per * spatial;
-    let base = bg * n;
     let unit = UNIT_POS_X as usize;
     let dim = CUBE_DIM_X as usize;
     let mut shared = Shared::<[f32]>::new_slice(units);
 
     let mut acc = 0.0f32;
-    let mut i = unit;
-    while i < n {
-        acc += shifted::<F>(
-            x,
-            shift,
-            base + i,
-            image * channels + c0 + i / spatial,
-            has_shift,
-        );
-        i += dim;
+    for k in 0..per {
+        let s = shift_of::<F>(shift, image, c0 + k, has_shift);
+        let mut i = unit;
+        while i < spatial {
+            acc += f32::cast_from(x[at::<F>(x, image, c0 + k, i)]) + s;
+            i += dim;
+        }
     }
     shared[unit] = acc;
     cube_sums(&mut shared, units, 1usize);
-    let mean = shared[0] / f32::cast_from(n);
+    let n = f32::cast_from(per * spatial);
+    let mean = shared[0] / n;
     sync_cube();
 
     let mut acc = 0.0f32;
-    let mut i = unit;
-    while i < n {
-        let d = shifted::<F>(
-            x,
-            shift,
-            base + i,
-            image * channels + c0 + i / spatial,
-            has_shift,
-        ) - mean;
-        acc += d * d;
-        i += dim;
+    for k in 0..per {
+        let s = shift_of::<F>(shift, image, c0 + k, has_shift) - mean;
+        let mut i = unit;
+        while i < spatial {
+            let d = f32::cast_from(x[at::<F>(x, image, c0 + k, i)]) + s;
+            acc += d * d;
+            i += dim;
+        }
     }
     shared[unit] = acc;
     cube_sums(&mut shared, units, 1usize);
-    let rstd = 1.0f32 / f32::sqrt(shared[0] / f32::cast_from(n) + epsilon);
+    let rstd = 1.0f32 / f32::sqrt(shared[0] / n + epsilon);
     if unit == 0 {
         stats[2 * bg] = mean;
         stats[2 * bg + 1] = rstd;
     }
 
-    let mut i = unit;
-    while i < n {
-        let c = c0 + i / spatial;
-        let xhat =
-            (shifted::<F>(x, shift, base + i, image * channels + c, has_shift) - mean) * rstd;
-        let mut v = xhat * f32::cast_from(gamma[c]) + f32::cast_from(beta[c]);
-        if with_silu {
-            v /= 1.0f32 + f32::exp(-v);
+    for k in 0..per {
+        let c = c0 + k;
+        let s = shift_of::<F>(shift, image, c, has_shift) - mean;
+        let (g_c, b_c) = (f32::cast_from(gamma[c]), f32::cast_from(beta[c]));
+        let mut i = unit;
+        while i < spatial {
+            let xhat = (f32::cast_from(x[at::<F>(x, image, c, i)]) + s) * rstd;
+            let mut v = xhat * g_c + b_c;
+            if with_silu {
+                v /= 1.0f32 + f32::exp(-v);
+            }
+            let to = image * y.stride(0) + c * y.stride(1) + i * y.stride(3);
+            y[to] = F::cast_from(v);
+            i += dim;
         }
-        y[base + i] = F::cast_from(v);
-        i += dim;
     }
 }
 
@@ -164,8 +172,6 @@ fn norm_backward_kernel<F: Float>(
     dshift: &mut Tensor<f32>,
     dgamma: &mut Tensor<f32>,
     dbeta: &mut Tensor<f32>,
-    channels: u32,
-    spatial: u32,
     groups: u32,
     #[comptime] units: usize,
     #[comptime] has_shift: bool,
@@ -173,12 +179,12 @@ fn norm_backward_kernel<F: Float>(
     #[define(F)] _dtype: ElemType,
 ) {
     let bg = CUBE_POS_X as usize;
-    let (channels, spatial, groups) = (channels as usize, spatial as usize, groups as usize);
+    let groups = groups as usize;
+    let channels = x.shape(1);
     let per = channels / groups;
+    let spatial = x.shape(2) * x.shape(3);
     let image = bg / groups;
     let c0 = (bg % groups) * per;
-    let n = per * spatial;
-    let base = bg * n;
     let unit = UNIT_POS_X as usize;
     let dim = CUBE_DIM_X as usize;
     let mean = stats[2 * bg];
@@ -192,15 +198,16 @@ fn norm_backward_kernel<F: Float>(
     for k in 0..per {
         let c = c0 + k;
         let bc = image * channels + c;
+        let s = shift_of::<F>(shift, image, c, has_shift) - mean;
         let (g_c, b_c) = (f32::cast_from(gamma[c]), f32::cast_from(beta[c]));
-        let off = base + k * spatial;
         let mut a_gx = 0.0f32;
         let mut a_g = 0.0f32;
         let mut a_x = 0.0f32;
         let mut i = unit;
         while i < spatial {
-            let xhat = (shifted::<F>(x, shift, off + i, bc, has_shift) - mean) * rstd;
-            let dz = grad_pre_activation(xhat * g_c + b_c, f32::cast_from(dy[off + i]), with_silu);
+            let xhat = (f32::cast_from(x[at::<F>(x, image, c, i)]) + s) * rstd;
+            let d = f32::cast_from(dy[at::<F>(dy, image, c, i)]);
+            let dz = grad_pre_activation(xhat * g_c + b_c, d, with_silu);
             a_gx += dz * xhat;
             a_g += dz;
             a_x += xhat;
@@ -222,20 +229,21 @@ fn norm_backward_kernel<F: Float>(
         sum_g += g_c * t_g;
         sum_gx += g_c * t_gx;
     }
-    let inv_n = 1.0f32 / f32::cast_from(n);
+    let inv_n = 1.0f32 / f32::cast_from(per * spatial);
     let (m_g, m_gx) = (sum_g * inv_n, sum_gx * inv_n);
 
     // ∂L/∂x = rstd·(∂L/∂x̂ − mean ∂L/∂x̂ − x̂·mean ∂L/∂x̂·x̂).
     for k in 0..per {
         let c = c0 + k;
-        let bc = image * channels + c;
+        let s = shift_of::<F>(shift, image, c, has_shift) - mean;
         let (g_c, b_c) = (f32::cast_from(gamma[c]), f32::cast_from(beta[c]));
-        let off = base + k * spatial;
         let mut i = unit;
         while i < spatial {
-            let xhat = (shifted::<F>(x, shift, off + i, bc, has_shift) - mean) * rstd;
-            let dz = grad_pre_activation(xhat * g_c + b_c, f32::cast_from(dy[off + i]), with_silu);
-            dx[off + i] = F::cast_from(rstd * (dz * g_c - m_g - xhat * m_gx));
+            let xhat = (f32::cast_from(x[at::<F>(x, image, c, i)]) + s) * rstd;
+            let d = f32::cast_from(dy[at::<F>(dy, image, c, i)]);
+            let dz = grad_pre_activation(xhat * g_c + b_c, d, with_silu);
+            let to = image * dx.stride(0) + c * dx.stride(1) + i * dx.stride(3);
+            dx[to] = F::cast_from(rstd * (dz * g_c - m_g - xhat * m_gx));
             i += dim;
         }
     }
@@ -251,23 +259,47 @@ fn norm_backward_kernel<F: Float>(
     }
 }
 
-/// The units of one cube on this device: [`MAX_UNITS`] or the largest power of two it allows.
-fn units(x: &CubeTensor) -> usize {
+/// The units of one cube: a power of two, at least a plane (32) and at most [`MAX_UNITS`] and
+/// what the device allows, otherwise the pixels of a channel rounded up (they are what the
+/// units share).
+fn units(x: &CubeTensor, spatial: usize) -> usize {
     let props = x.client.properties();
     let most = (props.hardware.max_units_per_cube as usize)
         .min(props.hardware.max_cube_dim.0 as usize)
         .clamp(1, MAX_UNITS);
-    1 << most.ilog2()
+    let most = 1 << most.ilog2();
+    spatial.next_power_of_two().clamp(32.min(most), most)
 }
 
-/// The geometry of x `[B, C, H, W]`: (B, C, H·W).
-fn geometry(x: &CubeTensor, groups: usize) -> (usize, usize, usize) {
-    let [b, c, h, w] = x.shape().dims::<4>();
+/// x `[B, C, H, W]` as the kernels read it: unchanged when H and W merge into one pixel axis
+/// (NCHW and channels-last both do), else contiguous. Returns it and (B, C, H·W).
+fn readable(x: CubeTensor, groups: usize) -> (CubeTensor, (usize, usize, usize)) {
+    let [b, c, h, w] = x.meta.shape().dims::<4>();
     assert!(
         groups > 0 && c.is_multiple_of(groups),
         "group_norm: {c} channels in {groups} groups"
     );
-    (b, c, h * w)
+    let strides = x.meta.strides();
+    let x = if strides[2] == w * strides[3] {
+        x
+    } else {
+        into_contiguous(x)
+    };
+    (x, (b, c, h * w))
+}
+
+/// An uninitialized tensor shaped and laid out like `x` (channels-last when x is, so that the
+/// convolution after it reads it without a copy), of type `dtype`.
+fn empty_like(x: &CubeTensor, dtype: DType) -> CubeTensor {
+    let [b, c, h, w] = x.meta.shape().dims::<4>();
+    let s = x.meta.strides();
+    let channels_last = c > 1 && s[1] == 1 && s[3] == c && s[2] == w * c && s[0] == h * w * c;
+    let empty = |shape: Shape| empty_device_dtype(x.client.clone(), x.device.clone(), shape, dtype);
+    if channels_last {
+        permute_nhwc_to_nchw(empty(Shape::new([b, h, w, c])))
+    } else {
+        empty(x.shape())
+    }
 }
 
 fn f32_buffer(like: &CubeTensor, shape: Shape) -> CubeTensor {
@@ -285,27 +317,24 @@ impl CubeKernels for CubeBackend {
         has_shift: bool,
         with_silu: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let x = into_contiguous(x);
-        let (b, c, spatial) = geometry(&x, groups);
-        let y = empty_device_dtype(x.client.clone(), x.device.clone(), x.shape(), x.dtype);
+        let (x, (b, c, spatial)) = readable(x, groups);
+        let y = empty_like(&x, x.dtype);
         let stats = f32_buffer(&x, Shape::new([b * groups, 2]));
         if b * c * spatial == 0 {
             return (y, stats);
         }
-        let units = units(&x);
+        let units = units(&x, spatial);
         let (client, dtype) = (x.client.clone(), x.dtype);
         norm_forward_kernel::launch(
             &client,
             CubeCount::Static((b * groups) as u32, 1, 1),
             CubeDim::new_1d(units as u32),
             x.into_tensor_arg(),
-            into_contiguous(shift).into_tensor_arg(),
+            shift.into_tensor_arg(),
             into_contiguous(gamma).into_tensor_arg(),
             into_contiguous(beta).into_tensor_arg(),
             y.clone().into_tensor_arg(),
             stats.clone().into_tensor_arg(),
-            c as u32,
-            spatial as u32,
             groups as u32,
             epsilon as f32,
             units,
@@ -332,32 +361,30 @@ impl CubeKernels for CubeBackend {
         FloatTensor<Self>,
         FloatTensor<Self>,
     ) {
-        let x = into_contiguous(x);
-        let (b, c, spatial) = geometry(&x, groups);
-        let dx = empty_device_dtype(x.client.clone(), x.device.clone(), x.shape(), x.dtype);
+        let (x, (b, c, spatial)) = readable(x, groups);
+        let (dy, _) = readable(dy, groups);
+        let dx = empty_like(&dy, x.dtype);
         let per_channel = || f32_buffer(&x, Shape::new([b, c]));
         let (dshift, dgamma, dbeta) = (per_channel(), per_channel(), per_channel());
         if b * c * spatial == 0 {
             return (dx, dshift, dgamma, dbeta);
         }
-        let units = units(&x);
+        let units = units(&x, spatial);
         let (client, dtype) = (x.client.clone(), x.dtype);
         norm_backward_kernel::launch(
             &client,
             CubeCount::Static((b * groups) as u32, 1, 1),
             CubeDim::new_1d(units as u32),
             x.into_tensor_arg(),
-            into_contiguous(shift).into_tensor_arg(),
+            shift.into_tensor_arg(),
             into_contiguous(gamma).into_tensor_arg(),
             into_contiguous(beta).into_tensor_arg(),
             into_contiguous(stats).into_tensor_arg(),
-            into_contiguous(dy).into_tensor_arg(),
+            dy.into_tensor_arg(),
             dx.clone().into_tensor_arg(),
             dshift.clone().into_tensor_arg(),
             dgamma.clone().into_tensor_arg(),
             dbeta.clone().into_tensor_arg(),
-            c as u32,
-            spatial as u32,
             groups as u32,
             units,
             has_shift,

@@ -67,6 +67,18 @@ fn composed(
     if with_silu { silu(y) } else { y }
 }
 
+/// A random `[B, C, H, W]` tensor in one of three layouts, by `which`: contiguous, channels-last
+/// (as the GPU route's convolutions leave their outputs), or with H and W swapped in memory
+/// (which the kernels copy first).
+fn laid_out(shape: [usize; 4], which: usize, seed: u64, device: &Device) -> Tensor<4> {
+    let [b, c, h, w] = shape;
+    match which % 3 {
+        0 => random(shape, seed, device),
+        1 => random([b, h, w, c], seed, device).permute([0, 3, 1, 2]),
+        _ => random([b, c, w, h], seed, device).swap_dims(2, 3),
+    }
+}
+
 #[test]
 fn group_norm_kernel_matches_burn_values_and_gradients() {
     let device = Device::cpu().autodiff();
@@ -80,9 +92,9 @@ fn group_norm_kernel_matches_burn_values_and_gradients() {
     for (i, (groups, shape)) in cases.into_iter().enumerate() {
         let seed = 10 * i as u64;
         let norm = norm(groups, shape[1], seed, &device);
-        let x = (random(shape, seed + 2, &device) * 2.0 + 0.5).require_grad();
+        let x = (laid_out(shape, i, seed + 2, &device) * 2.0 + 0.5).require_grad();
         let shift = (random([shape[0], shape[1]], seed + 3, &device) * 0.7).require_grad();
-        let dy = random(shape, seed + 4, &device);
+        let dy = laid_out(shape, i + 1, seed + 4, &device);
         for (with_shift, with_silu) in [(false, false), (false, true), (true, false), (true, true)]
         {
             let what = format!("case {i} shift {with_shift} silu {with_silu}");
