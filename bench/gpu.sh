@@ -159,6 +159,11 @@ CUBECL_DEBUG_LOG=/tmp/ddpm-profile.log CUBECL_DEBUG_OPTION=profile ddpm \
 [ $have_peer = 1 ] && peer "pytorch cuda cifar10 train b128 fp32 profiled" 40 --preset cifar10 \
   --batch-size 128 --mode train --warmup 3 --steps 3 --profile "$OUT/profile-pytorch.txt"
 
+# 3c. What this crate's CubeCL kernels (src/kernels/cube/: GroupNorm + shift + SiLU) buy: the
+#     same training step through burn's composed operations.
+ddpm "ddpm $DEVICE cifar10 train b128 no-kernels" 60 --preset cifar10 --batch-size 128 \
+  --mode train --warmup 2 --steps 5 --no-kernels
+
 # 4. A real run: 200 steps of the mnist U-Net on the bundled digits, and its sample grid.
 measure "ddpm $DEVICE train 200 steps mnist b128" 120 "$bin" train --quiet --device "$DEVICE" \
   --preset mnist --batch-size 128 --steps 200 --log-every 50 --checkpoint-every 200 \
