@@ -1,8 +1,13 @@
 //! The GPU route against the CPU: the same U-Net weights and inputs give the same output, loss
 //! and gradients on every GPU backend this binary has (built with `--features cuda` or `wgpu`;
-//! `bench/gpu.sh` runs this test binary on the GPU machine). Without a GPU it says so and
-//! checks nothing more; without a GPU feature it is not compiled.
-#![cfg(all(feature = "flex", any(feature = "cuda", feature = "wgpu")))]
+//! `bench/gpu.sh` runs this test binary on the GPU machine), and on CubeCL's CPU runtime (built
+//! with `--features cubecl-cpu`: the GPU route's code, this crate's CubeCL kernels included,
+//! checked without a GPU). Without any of them it says so and checks nothing more; without
+//! their features it is not compiled.
+#![cfg(all(
+    feature = "flex",
+    any(feature = "cuda", feature = "wgpu", feature = "cubecl-cpu")
+))]
 
 use std::collections::BTreeMap;
 
@@ -54,12 +59,12 @@ fn step(
 
 #[test]
 fn gpu_matches_cpu_forward_and_backward() {
-    let gpus: Vec<(&str, Device)> = ["cuda", "wgpu"]
+    let gpus: Vec<(&str, Device)> = ["cuda", "wgpu", "cubecl-cpu"]
         .into_iter()
         .filter_map(|n| ddpm::device::by_name(n).ok().map(|d| (n, d)))
         .collect();
     if gpus.is_empty() {
-        eprintln!("no GPU on this machine: nothing to compare");
+        eprintln!("no GPU route on this machine: nothing to compare");
         return;
     }
     let cpu = Device::flex();

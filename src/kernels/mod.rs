@@ -187,6 +187,45 @@ pub fn conv2d_residual(conv: &Conv2d, x: Tensor<4>, residual: Tensor<4>) -> Tens
     conv.forward(x) + residual
 }
 
+/// The constants of one AdamW update, computed on the host in f64 and cast once:
+/// g ← g·grad_scale, m' = β1·m + (1 − β1)·g, v' = β2·v + (1 − β2)·g²,
+/// θ' = θ·keep − m' / (√(v'·inv_bc2) + ε)·step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWScalars {
+    /// The gradient's factor (clipping).
+    pub grad_scale: f32,
+    /// β1.
+    pub beta1: f32,
+    /// β2.
+    pub beta2: f32,
+    /// 1 / (1 − β2ᵗ).
+    pub inv_bc2: f32,
+    /// ε.
+    pub eps: f32,
+    /// lr / (1 − β1ᵗ).
+    pub step: f32,
+    /// 1 − lr·weight decay.
+    pub keep: f32,
+}
+
+/// θ', m', v' of one AdamW update by a device kernel (moments absent before the first update
+/// are zeros), or `None` where there is none for this device (the caller composes the update
+/// from tensor operations).
+#[allow(unused_variables)]
+pub fn adamw(
+    param: &Tensor<1>,
+    grad: &Tensor<1>,
+    m: Option<&Tensor<1>>,
+    v: Option<&Tensor<1>>,
+    scalars: AdamWScalars,
+) -> Option<(Tensor<1>, Tensor<1>, Tensor<1>)> {
+    #[cfg(feature = "cube")]
+    if let Some(out) = cube::try_adamw(param, grad, m, v, scalars) {
+        return Some(out);
+    }
+    None
+}
+
 /// `norm.forward(x)`, followed by SiLU when `with_silu`, through the fused kernel where it applies.
 pub fn group_norm(norm: &GroupNorm, x: Tensor<4>, with_silu: bool) -> Tensor<4> {
     #[cfg(feature = "flex")]

@@ -7,6 +7,7 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::AdamWScalars;
 use crate::store::params::map_params;
 
 /// AdamW hyper-parameters. The defaults are PyTorch's and the papers' (ε = 1e-8, not burn's
@@ -90,10 +91,26 @@ impl AdamW {
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
         let bc2 = 1.0 - c.beta2.powi(self.step as i32);
         let (m_all, v_all) = (&mut self.m, &mut self.v);
+        let scalars = AdamWScalars {
+            grad_scale: grad_scale as f32,
+            beta1: c.beta1 as f32,
+            beta2: c.beta2 as f32,
+            inv_bc2: (1.0 / bc2) as f32,
+            eps: c.eps as f32,
+            step: (lr / bc1) as f32,
+            keep: (1.0 - lr * c.weight_decay) as f32,
+        };
         map_params(model, |name, p| {
             let Some(g) = grads.get(name) else {
                 return p;
             };
+            // One kernel for the whole update where the device has it (CubeCL routes).
+            let (m, v) = (m_all.get(name), v_all.get(name));
+            if let Some((p, m, v)) = crate::kernels::adamw(&p, g, m, v, scalars) {
+                m_all.insert(name.to_string(), m);
+                v_all.insert(name.to_string(), v);
+                return p;
+            }
             let g = if grad_scale != 1.0 {
                 g.clone() * grad_scale
             } else {

@@ -3,6 +3,7 @@
 //! ∂L/∂γ and ∂L/∂β (summed over the images, cast to the parameters' type).
 
 use super::CubeKernels;
+use crate::kernels::AdamWScalars;
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -197,6 +198,28 @@ impl<B: CubeKernels, C: CheckpointStrategy> CubeKernels for Autodiff<B, C> {
             Self::from_inner(dshift),
             Self::from_inner(dgamma),
             Self::from_inner(dbeta),
+        )
+    }
+
+    fn ddpm_cube_adamw(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scalars: AdamWScalars,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        // An optimizer's update is not differentiated: the results are constants.
+        let (p, m, v) = B::ddpm_cube_adamw(
+            param.into_primitive(),
+            grad.into_primitive(),
+            m.into_primitive(),
+            v.into_primitive(),
+            scalars,
+        );
+        (
+            Self::from_inner(p),
+            Self::from_inner(m),
+            Self::from_inner(v),
         )
     }
 }

@@ -7,7 +7,6 @@
 //! Sums are taken in f32 whatever the tensors' float type, the variance in two passes (the mean
 //! first) rather than from E[x²] − E[x]².
 
-use super::CubeKernels;
 use burn::backend::TensorMetadata;
 use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::tensor::FloatTensor;
@@ -306,91 +305,93 @@ fn f32_buffer(like: &CubeTensor, shape: Shape) -> CubeTensor {
     empty_device_dtype(like.client.clone(), like.device.clone(), shape, DType::F32)
 }
 
-impl CubeKernels for CubeBackend {
-    fn ddpm_cube_norm(
-        x: FloatTensor<Self>,
-        shift: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
-        groups: usize,
-        epsilon: f64,
-        has_shift: bool,
-        with_silu: bool,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (x, (b, c, spatial)) = readable(x, groups);
-        let y = empty_like(&x, x.dtype);
-        let stats = f32_buffer(&x, Shape::new([b * groups, 2]));
-        if b * c * spatial == 0 {
-            return (y, stats);
-        }
-        let units = units(&x, spatial);
-        let (client, dtype) = (x.client.clone(), x.dtype);
-        norm_forward_kernel::launch(
-            &client,
-            CubeCount::Static((b * groups) as u32, 1, 1),
-            CubeDim::new_1d(units as u32),
-            x.into_tensor_arg(),
-            shift.into_tensor_arg(),
-            into_contiguous(gamma).into_tensor_arg(),
-            into_contiguous(beta).into_tensor_arg(),
-            y.clone().into_tensor_arg(),
-            stats.clone().into_tensor_arg(),
-            groups as u32,
-            epsilon as f32,
-            units,
-            has_shift,
-            with_silu,
-            dtype_to_storage_type(dtype),
-        );
-        (y, stats)
+/// y and the statistics of [`super::CubeKernels::ddpm_cube_norm`].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward(
+    x: FloatTensor<CubeBackend>,
+    shift: FloatTensor<CubeBackend>,
+    gamma: FloatTensor<CubeBackend>,
+    beta: FloatTensor<CubeBackend>,
+    groups: usize,
+    epsilon: f64,
+    has_shift: bool,
+    with_silu: bool,
+) -> (FloatTensor<CubeBackend>, FloatTensor<CubeBackend>) {
+    let (x, (b, c, spatial)) = readable(x, groups);
+    let y = empty_like(&x, x.dtype);
+    let stats = f32_buffer(&x, Shape::new([b * groups, 2]));
+    if b * c * spatial == 0 {
+        return (y, stats);
     }
+    let units = units(&x, spatial);
+    let (client, dtype) = (x.client.clone(), x.dtype);
+    norm_forward_kernel::launch(
+        &client,
+        CubeCount::Static((b * groups) as u32, 1, 1),
+        CubeDim::new_1d(units as u32),
+        x.into_tensor_arg(),
+        shift.into_tensor_arg(),
+        into_contiguous(gamma).into_tensor_arg(),
+        into_contiguous(beta).into_tensor_arg(),
+        y.clone().into_tensor_arg(),
+        stats.clone().into_tensor_arg(),
+        groups as u32,
+        epsilon as f32,
+        units,
+        has_shift,
+        with_silu,
+        dtype_to_storage_type(dtype),
+    );
+    (y, stats)
+}
 
-    fn ddpm_cube_norm_backward(
-        x: FloatTensor<Self>,
-        shift: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
-        stats: FloatTensor<Self>,
-        dy: FloatTensor<Self>,
-        groups: usize,
-        has_shift: bool,
-        with_silu: bool,
-    ) -> (
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-        FloatTensor<Self>,
-    ) {
-        let (x, (b, c, spatial)) = readable(x, groups);
-        let (dy, _) = readable(dy, groups);
-        let dx = empty_like(&dy, x.dtype);
-        let per_channel = || f32_buffer(&x, Shape::new([b, c]));
-        let (dshift, dgamma, dbeta) = (per_channel(), per_channel(), per_channel());
-        if b * c * spatial == 0 {
-            return (dx, dshift, dgamma, dbeta);
-        }
-        let units = units(&x, spatial);
-        let (client, dtype) = (x.client.clone(), x.dtype);
-        norm_backward_kernel::launch(
-            &client,
-            CubeCount::Static((b * groups) as u32, 1, 1),
-            CubeDim::new_1d(units as u32),
-            x.into_tensor_arg(),
-            shift.into_tensor_arg(),
-            into_contiguous(gamma).into_tensor_arg(),
-            into_contiguous(beta).into_tensor_arg(),
-            into_contiguous(stats).into_tensor_arg(),
-            dy.into_tensor_arg(),
-            dx.clone().into_tensor_arg(),
-            dshift.clone().into_tensor_arg(),
-            dgamma.clone().into_tensor_arg(),
-            dbeta.clone().into_tensor_arg(),
-            groups as u32,
-            units,
-            has_shift,
-            with_silu,
-            dtype_to_storage_type(dtype),
-        );
-        (dx, dshift, dgamma, dbeta)
+/// The gradients of [`super::CubeKernels::ddpm_cube_norm_backward`].
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub(super) fn backward(
+    x: FloatTensor<CubeBackend>,
+    shift: FloatTensor<CubeBackend>,
+    gamma: FloatTensor<CubeBackend>,
+    beta: FloatTensor<CubeBackend>,
+    stats: FloatTensor<CubeBackend>,
+    dy: FloatTensor<CubeBackend>,
+    groups: usize,
+    has_shift: bool,
+    with_silu: bool,
+) -> (
+    FloatTensor<CubeBackend>,
+    FloatTensor<CubeBackend>,
+    FloatTensor<CubeBackend>,
+    FloatTensor<CubeBackend>,
+) {
+    let (x, (b, c, spatial)) = readable(x, groups);
+    let (dy, _) = readable(dy, groups);
+    let dx = empty_like(&dy, x.dtype);
+    let per_channel = || f32_buffer(&x, Shape::new([b, c]));
+    let (dshift, dgamma, dbeta) = (per_channel(), per_channel(), per_channel());
+    if b * c * spatial == 0 {
+        return (dx, dshift, dgamma, dbeta);
     }
+    let units = units(&x, spatial);
+    let (client, dtype) = (x.client.clone(), x.dtype);
+    norm_backward_kernel::launch(
+        &client,
+        CubeCount::Static((b * groups) as u32, 1, 1),
+        CubeDim::new_1d(units as u32),
+        x.into_tensor_arg(),
+        shift.into_tensor_arg(),
+        into_contiguous(gamma).into_tensor_arg(),
+        into_contiguous(beta).into_tensor_arg(),
+        into_contiguous(stats).into_tensor_arg(),
+        dy.into_tensor_arg(),
+        dx.clone().into_tensor_arg(),
+        dshift.clone().into_tensor_arg(),
+        dgamma.clone().into_tensor_arg(),
+        dbeta.clone().into_tensor_arg(),
+        groups as u32,
+        units,
+        has_shift,
+        with_silu,
+        dtype_to_storage_type(dtype),
+    );
+    (dx, dshift, dgamma, dbeta)
 }

@@ -4,8 +4,9 @@
 //! `Autodiff`.
 //!
 //! Today: GroupNorm with the optional shift before it and SiLU after it, in f32, f16 or bf16
-//! (sums in f32).
+//! (sums in f32), in any layout the convolutions leave; AdamW's update of one f32 parameter.
 
+mod adamw;
 mod autodiff;
 mod group_norm;
 #[cfg(all(test, feature = "cubecl-cpu"))]
@@ -14,6 +15,9 @@ mod tests;
 use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, backend_extension};
+use burn_cubecl::CubeBackend;
+
+use super::AdamWScalars;
 use burn::nn::GroupNorm;
 use burn::tensor::{DType, Shape, Tensor};
 
@@ -57,6 +61,73 @@ pub trait CubeKernels: Backend {
         FloatTensor<Self>,
         FloatTensor<Self>,
     );
+
+    /// One AdamW update of a parameter θ with gradient g and moments m, v (f32, one length):
+    /// returns θ', m', v'.
+    #[fusion(meta = adamw_meta)]
+    fn ddpm_cube_adamw(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scalars: AdamWScalars,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+impl CubeKernels for CubeBackend {
+    fn ddpm_cube_norm(
+        x: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        epsilon: f64,
+        has_shift: bool,
+        with_silu: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        group_norm::forward(x, shift, gamma, beta, groups, epsilon, has_shift, with_silu)
+    }
+
+    fn ddpm_cube_norm_backward(
+        x: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        stats: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        groups: usize,
+        has_shift: bool,
+        with_silu: bool,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        group_norm::backward(
+            x, shift, gamma, beta, stats, dy, groups, has_shift, with_silu,
+        )
+    }
+
+    fn ddpm_cube_adamw(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scalars: AdamWScalars,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        adamw::step(param, grad, m, v, scalars)
+    }
+}
+
+fn adamw_meta(
+    param: &TensorSpec,
+    _grad: &TensorSpec,
+    m: &TensorSpec,
+    v: &TensorSpec,
+    _scalars: &AdamWScalars,
+) -> (TensorSpec, TensorSpec, TensorSpec) {
+    (param.clone(), m.clone(), v.clone())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -91,13 +162,47 @@ fn norm_backward_meta(
 }
 
 /// Whether x lives on a CubeCL device in a float type these kernels take.
-pub(super) fn on_cube(x: &Tensor<4>) -> bool {
+fn on_cube<const D: usize>(x: &Tensor<D>) -> bool {
     super::enabled()
         && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
         && matches!(
             x.device().without_autodiff().as_dispatch(),
             burn::backend::DispatchDevice::Cube(_)
         )
+}
+
+/// θ', m', v' of one AdamW update by the kernel, or `None` where it does not apply (not a
+/// CubeCL device, not all f32 of one length).
+pub(super) fn try_adamw(
+    param: &Tensor<1>,
+    grad: &Tensor<1>,
+    m: Option<&Tensor<1>>,
+    v: Option<&Tensor<1>>,
+    scalars: AdamWScalars,
+) -> Option<(Tensor<1>, Tensor<1>, Tensor<1>)> {
+    let fits =
+        |t: &Tensor<1>| t.dtype() == DType::F32 && t.dims() == param.dims() && !t.is_autodiff();
+    if !on_cube(param) || !fits(param) || !fits(grad) || !m.is_none_or(fits) || !v.is_none_or(fits)
+    {
+        return None;
+    }
+    let zeros = || grad.zeros_like();
+    let (m, v) = (
+        m.cloned().unwrap_or_else(zeros),
+        v.cloned().unwrap_or_else(zeros),
+    );
+    let (p, m, v) = <Dispatch as CubeKernels>::ddpm_cube_adamw(
+        param.clone().into_dispatch(),
+        grad.clone().into_dispatch(),
+        m.clone().into_dispatch(),
+        v.clone().into_dispatch(),
+        scalars,
+    );
+    Some((
+        Tensor::from_dispatch(p),
+        Tensor::from_dispatch(m),
+        Tensor::from_dispatch(v),
+    ))
 }
 
 /// GroupNorm(x + shift) (then SiLU) by the kernel, or `None` where it does not apply (not a

@@ -2,7 +2,8 @@
 //! runs, compiled for this CPU), values and gradients, through Fusion and Autodiff as training
 //! uses them.
 
-use super::try_group_norm;
+use super::{try_adamw, try_group_norm};
+use crate::kernels::AdamWScalars;
 use burn::module::Param;
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::tensor::activation::silu;
@@ -172,4 +173,106 @@ fn group_norm_kernel_declines_what_it_does_not_cover() {
         try_group_norm(&on_flex, &flex, None, false).is_none(),
         "not a CubeCL device"
     );
+}
+
+/// θ', m', v' of one AdamW update, computed on the host in f64.
+fn adamw_host(p: &[f32], g: &[f32], m: &[f32], v: &[f32], s: &AdamWScalars) -> [Vec<f32>; 3] {
+    let mut out = [vec![], vec![], vec![]];
+    for i in 0..p.len() {
+        let (b1, b2) = (s.beta1 as f64, s.beta2 as f64);
+        let g = g[i] as f64 * s.grad_scale as f64;
+        let m1 = b1 * m[i] as f64 + (1.0 - b1) * g;
+        let v1 = b2 * v[i] as f64 + (1.0 - b2) * g * g;
+        let p1 = p[i] as f64 * s.keep as f64
+            - m1 / ((v1 * s.inv_bc2 as f64).sqrt() + s.eps as f64) * s.step as f64;
+        out[0].push(p1 as f32);
+        out[1].push(m1 as f32);
+        out[2].push(v1 as f32);
+    }
+    out
+}
+
+#[test]
+fn adamw_kernel_matches_the_update_computed_on_the_host() {
+    let device = Device::cpu();
+    let n = 1000;
+    let t = |seed| random([n], seed, &device);
+    let (p, g, m) = (t(1), t(2), t(3) * 0.1);
+    let v = t(4).abs() * 0.01;
+    let s = AdamWScalars {
+        grad_scale: 0.5,
+        beta1: 0.9,
+        beta2: 0.999,
+        inv_bc2: 1.0 / (1.0 - 0.999f32.powi(3)),
+        eps: 1e-8,
+        step: 2e-4 / (1.0 - 0.9f32.powi(3)),
+        keep: 1.0 - 2e-4 * 0.01,
+    };
+    let host = |t: &Tensor<1>| values(t.clone());
+    for first in [false, true] {
+        let (m_in, v_in) = if first {
+            (None, None)
+        } else {
+            (Some(&m), Some(&v))
+        };
+        let (p1, m1, v1) = try_adamw(&p, &g, m_in, v_in, s).expect("covered");
+        let zeros = vec![0.0f32; n];
+        let (hm, hv) = if first {
+            (zeros.clone(), zeros)
+        } else {
+            (host(&m), host(&v))
+        };
+        let want = adamw_host(&host(&p), &host(&g), &hm, &hv, &s);
+        let what = if first { "first update" } else { "update" };
+        close(&host(&p1), &want[0], 1e-5, &format!("{what} θ"));
+        close(&host(&m1), &want[1], 1e-6, &format!("{what} m"));
+        close(&host(&v1), &want[2], 1e-6, &format!("{what} v"));
+    }
+    // Not covered: another type, another length, a device without the kernel.
+    assert!(try_adamw(&p.clone().cast(DType::BF16), &g, None, None, s).is_none());
+    assert!(try_adamw(&p, &random([n + 1], 5, &device), None, None, s).is_none());
+    let flex = random([n], 1, &Device::flex());
+    assert!(try_adamw(&flex, &flex, None, None, s).is_none());
+}
+
+#[test]
+fn optimizer_steps_on_cubecl_match_the_cpu() {
+    use crate::optim::adamw::{AdamW, AdamWConfig};
+    use crate::store::params::named_params;
+    use burn::module::Module;
+    use std::collections::BTreeMap;
+    let cpu = Device::flex();
+    let cube = Device::cpu();
+    let start = norm(4, 8, 9, &cpu);
+    let config = AdamWConfig {
+        weight_decay: 0.01,
+        ..AdamWConfig::default()
+    };
+    let run = |device: &Device| {
+        let mut model = start.clone().to_device(device);
+        let mut opt = AdamW::new(config);
+        for step in 0..3u64 {
+            let grads: BTreeMap<String, Tensor<1>> = named_params(&model)
+                .into_iter()
+                .enumerate()
+                .map(|(i, (name, p))| {
+                    let n = p.value.dims()[0];
+                    (name, random([n], 100 * step + i as u64, device))
+                })
+                .collect();
+            model = opt.step(model, &grads, 1e-3, 0.7);
+        }
+        let mut out: Vec<f32> = named_params(&model)
+            .into_values()
+            .flat_map(|p| values(p.value))
+            .collect();
+        out.extend(
+            opt.m
+                .values()
+                .chain(opt.v.values())
+                .flat_map(|t| values(t.clone())),
+        );
+        out
+    };
+    close(&run(&cube), &run(&cpu), 1e-5, "θ, m, v after three updates");
 }
