@@ -87,7 +87,7 @@
 //! - [`files`]: atomic writes, bounded reads, locks; [`cache`]: the cache root on this machine;
 //!   [`device`]: choosing the backend and where the GPU routes keep their compiled kernels;
 //!   [`dist`]: MPI ranks; `heap`: the allocator's settings; `kernels`: hand-written CPU
-//!   kernels for burn's `flex` backend.
+//!   kernels for burn's `flex` backend, and CubeCL kernels for the GPU routes.
 //!
 //! `bench`, `cli`, `heap` and `kernels` are public only for the `ddpm` binary and the
 //! benchmarks; they are hidden from the documentation and not part of the library's API.

@@ -12,6 +12,11 @@
 //! run these kernels (as burn backend extensions with their own backward passes), anywhere else
 //! — or after [`set_enabled`]`(false)` — burn's generic implementation, so the model code stays
 //! backend-generic. Tests compare both paths, values and gradients.
+//!
+//! With the `cube` feature (implied by `cuda`, `wgpu` and `cubecl-cpu`), `cube/` holds CubeCL
+//! kernels for the GPU routes, written once for every CubeCL runtime: the GroupNorm (+ shift,
+//! + SiLU) forward and backward passes, and [`adamw`]'s update of a parameter. Their tests run
+//! on CubeCL's CPU runtime (`cargo test --release --features cubecl-cpu --lib kernels::cube`).
 
 /// Defines the function `$name` twice, as written and compiled for AVX-512, and calls the
 /// second when the CPU has it (the crate itself is built for baseline x86-64, whose SIMD is 4
