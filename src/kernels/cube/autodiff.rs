@@ -8,7 +8,7 @@ use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, NodeGuard, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, AutodiffBackend, TensorMetadata};
 use burn::tensor::Shape;
@@ -97,6 +97,25 @@ impl<B: CubeKernels> Backward<B, 4> for ShiftNormBackward {
     }
 }
 
+/// Runs `forward` and, when a parent needs a gradient, records it with `backward` and the state
+/// it returns. Returns y under autodiff and the statistics.
+fn record<B: CubeKernels, C: CheckpointStrategy, const N: usize>(
+    backward: impl Backward<B, N, State = NormState<B>>,
+    parents: [NodeGuard; N],
+    forward: impl FnOnce() -> (FloatTensor<B>, FloatTensor<B>, NormState<B>),
+) -> (FloatTensor<Autodiff<B, C>>, FloatTensor<B>) {
+    match backward.prepare::<C>(parents).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let (y, stats, state) = forward();
+            (prep.finish(state, y), stats)
+        }
+        OpsKind::UnTracked(prep) => {
+            let (y, stats, _) = forward();
+            (prep.finish(y), stats)
+        }
+    }
+}
+
 impl<B: CubeKernels, C: CheckpointStrategy> CubeKernels for Autodiff<B, C> {
     fn ddpm_cube_norm(
         x: FloatTensor<Self>,
@@ -132,35 +151,10 @@ impl<B: CubeKernels, C: CheckpointStrategy> CubeKernels for Autodiff<B, C> {
             (y, stats, state)
         };
         let (y, stats) = if has_shift {
-            match ShiftNormBackward
-                .prepare::<C>([x.node(), shift.node(), gamma.node(), beta.node()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => {
-                    let (y, stats, state) = forward();
-                    (prep.finish(state, y), stats)
-                }
-                OpsKind::UnTracked(prep) => {
-                    let (y, stats, _) = forward();
-                    (prep.finish(y), stats)
-                }
-            }
+            let parents = [x.node(), shift.node(), gamma.node(), beta.node()];
+            record::<B, C, 4>(ShiftNormBackward, parents, forward)
         } else {
-            match NormBackward
-                .prepare::<C>([x.node(), gamma.node(), beta.node()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => {
-                    let (y, stats, state) = forward();
-                    (prep.finish(state, y), stats)
-                }
-                OpsKind::UnTracked(prep) => {
-                    let (y, stats, _) = forward();
-                    (prep.finish(y), stats)
-                }
-            }
+            record::<B, C, 3>(NormBackward, [x.node(), gamma.node(), beta.node()], forward)
         };
         (y, Self::from_inner(stats))
     }
