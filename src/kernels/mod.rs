@@ -192,19 +192,23 @@ pub fn conv2d_residual(conv: &Conv2d, x: Tensor<4>, residual: Tensor<4>) -> Tens
     conv.forward(x) + residual
 }
 
-/// The constants of one AdamW update, computed on the host in f64 and cast once:
-/// g ← g·grad_scale, m' = β1·m + (1 − β1)·g, v' = β2·v + (1 − β2)·g²,
-/// θ' = θ·keep − m' / (√(v'·inv_bc2) + ε)·step.
+/// The constants of one AdamW update, computed on the host in f64 and cast once (as the update
+/// composed from tensor operations casts them): g ← g·grad_scale, m' = β1·m + (1 − β1)·g,
+/// v' = β2·v + (1 − β2)·g², θ' = θ·keep − m' / (√(v' / bc2) + ε)·step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWScalars {
     /// The gradient's factor (clipping).
     pub grad_scale: f32,
     /// β1.
     pub beta1: f32,
+    /// 1 − β1.
+    pub one_minus_beta1: f32,
     /// β2.
     pub beta2: f32,
-    /// 1 / (1 − β2ᵗ).
-    pub inv_bc2: f32,
+    /// 1 − β2.
+    pub one_minus_beta2: f32,
+    /// 1 − β2ᵗ.
+    pub bc2: f32,
     /// ε.
     pub eps: f32,
     /// lr / (1 − β1ᵗ).

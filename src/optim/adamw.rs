@@ -94,8 +94,10 @@ impl AdamW {
         let scalars = AdamWScalars {
             grad_scale: grad_scale as f32,
             beta1: c.beta1 as f32,
+            one_minus_beta1: (1.0 - c.beta1) as f32,
             beta2: c.beta2 as f32,
-            inv_bc2: (1.0 / bc2) as f32,
+            one_minus_beta2: (1.0 - c.beta2) as f32,
+            bc2: bc2 as f32,
             eps: c.eps as f32,
             step: (lr / bc1) as f32,
             keep: (1.0 - lr * c.weight_decay) as f32,

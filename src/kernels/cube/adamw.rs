@@ -25,20 +25,23 @@ fn adamw_kernel(
     v_out: &mut Tensor<f32>,
     grad_scale: f32,
     beta1: f32,
+    one_minus_beta1: f32,
     beta2: f32,
-    inv_bc2: f32,
+    one_minus_beta2: f32,
+    bc2: f32,
     eps: f32,
     step: f32,
     keep: f32,
 ) {
     let i = ABSOLUTE_POS;
     if i < param.len() {
+        // In the order of the composed update (src/optim/adamw.rs), rounding included.
         let g = grad[i] * grad_scale;
-        let m1 = beta1 * m[i] + (1.0f32 - beta1) * g;
-        let v1 = beta2 * v[i] + (1.0f32 - beta2) * g * g;
+        let m1 = m[i] * beta1 + g * one_minus_beta1;
+        let v1 = v[i] * beta2 + g * g * one_minus_beta2;
         m_out[i] = m1;
         v_out[i] = v1;
-        param_out[i] = param[i] * keep - m1 / (f32::sqrt(v1 * inv_bc2) + eps) * step;
+        param_out[i] = param[i] * keep - m1 / (f32::sqrt(v1 / bc2) + eps) * step;
     }
 }
 
@@ -80,8 +83,10 @@ pub(super) fn step(
         v_out.clone().into_tensor_arg(),
         s.grad_scale,
         s.beta1,
+        s.one_minus_beta1,
         s.beta2,
-        s.inv_bc2,
+        s.one_minus_beta2,
+        s.bc2,
         s.eps,
         s.step,
         s.keep,

@@ -43,12 +43,19 @@ fn cube_sums(shared: &mut Shared<[f32]>, #[comptime] units: usize, #[comptime] c
     }
 }
 
-/// Where element (image, channel, pixel) of a `[B, C, H, W]` tensor lies in its buffer: the
-/// host makes sure H and W merge into one pixel axis of stride `stride(3)` (NCHW and
-/// channels-last layouts both do), so every layout is read and written without a copy.
+/// Where element (image, channel, pixel) of a `[B, C, H, W]` input lies in its buffer: the
+/// host makes sure H and W merge into one pixel axis and gives its stride (NCHW and
+/// channels-last layouts both merge), so every layout is read without a copy.
 #[cube]
-fn at<F: Float>(t: &Tensor<F>, image: usize, channel: usize, pixel: usize) -> usize {
-    image * t.stride(0) + channel * t.stride(1) + pixel * t.stride(3)
+fn at<F: Float>(t: &Tensor<F>, image: usize, channel: usize, pixel: usize, stride: u32) -> usize {
+    image * t.stride(0) + channel * t.stride(1) + pixel * stride as usize
+}
+
+/// The (image, group) of this cube, whose cubes may spread over two dimensions (a device allows
+/// at most 65,535 in some).
+#[cube]
+fn image_group() -> usize {
+    CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize
 }
 
 /// The shift of (image, channel) as f32, 0 without one.
@@ -91,14 +98,19 @@ fn norm_forward_kernel<F: Float>(
     y: &mut Tensor<F>,
     stats: &mut Tensor<f32>,
     groups: u32,
+    x_pixel: u32,
     epsilon: f32,
     #[comptime] units: usize,
     #[comptime] has_shift: bool,
     #[comptime] with_silu: bool,
     #[define(F)] _dtype: ElemType,
 ) {
-    let bg = CUBE_POS_X as usize;
+    let bg = image_group();
     let groups = groups as usize;
+    // The same for every unit of a cube: no barrier is left waiting.
+    if bg >= x.shape(0) * groups {
+        terminate!();
+    }
     let per = x.shape(1) / groups;
     let spatial = x.shape(2) * x.shape(3);
     let image = bg / groups;
@@ -112,7 +124,7 @@ fn norm_forward_kernel<F: Float>(
         let s = shift_of::<F>(shift, image, c0 + k, has_shift);
         let mut i = unit;
         while i < spatial {
-            acc += f32::cast_from(x[at::<F>(x, image, c0 + k, i)]) + s;
+            acc += f32::cast_from(x[at::<F>(x, image, c0 + k, i, x_pixel)]) + s;
             i += dim;
         }
     }
@@ -127,7 +139,7 @@ fn norm_forward_kernel<F: Float>(
         let s = shift_of::<F>(shift, image, c0 + k, has_shift) - mean;
         let mut i = unit;
         while i < spatial {
-            let d = f32::cast_from(x[at::<F>(x, image, c0 + k, i)]) + s;
+            let d = f32::cast_from(x[at::<F>(x, image, c0 + k, i, x_pixel)]) + s;
             acc += d * d;
             i += dim;
         }
@@ -146,7 +158,7 @@ fn norm_forward_kernel<F: Float>(
         let (g_c, b_c) = (f32::cast_from(gamma[c]), f32::cast_from(beta[c]));
         let mut i = unit;
         while i < spatial {
-            let xhat = (f32::cast_from(x[at::<F>(x, image, c, i)]) + s) * rstd;
+            let xhat = (f32::cast_from(x[at::<F>(x, image, c, i, x_pixel)]) + s) * rstd;
             let mut v = xhat * g_c + b_c;
             if with_silu {
                 v /= 1.0f32 + f32::exp(-v);
@@ -172,13 +184,19 @@ fn norm_backward_kernel<F: Float>(
     dgamma: &mut Tensor<f32>,
     dbeta: &mut Tensor<f32>,
     groups: u32,
+    x_pixel: u32,
+    dy_pixel: u32,
     #[comptime] units: usize,
     #[comptime] has_shift: bool,
     #[comptime] with_silu: bool,
     #[define(F)] _dtype: ElemType,
 ) {
-    let bg = CUBE_POS_X as usize;
+    let bg = image_group();
     let groups = groups as usize;
+    // The same for every unit of a cube: no barrier is left waiting.
+    if bg >= x.shape(0) * groups {
+        terminate!();
+    }
     let channels = x.shape(1);
     let per = channels / groups;
     let spatial = x.shape(2) * x.shape(3);
@@ -204,8 +222,8 @@ fn norm_backward_kernel<F: Float>(
         let mut a_x = 0.0f32;
         let mut i = unit;
         while i < spatial {
-            let xhat = (f32::cast_from(x[at::<F>(x, image, c, i)]) + s) * rstd;
-            let d = f32::cast_from(dy[at::<F>(dy, image, c, i)]);
+            let xhat = (f32::cast_from(x[at::<F>(x, image, c, i, x_pixel)]) + s) * rstd;
+            let d = f32::cast_from(dy[at::<F>(dy, image, c, i, dy_pixel)]);
             let dz = grad_pre_activation(xhat * g_c + b_c, d, with_silu);
             a_gx += dz * xhat;
             a_g += dz;
@@ -238,8 +256,8 @@ fn norm_backward_kernel<F: Float>(
         let (g_c, b_c) = (f32::cast_from(gamma[c]), f32::cast_from(beta[c]));
         let mut i = unit;
         while i < spatial {
-            let xhat = (f32::cast_from(x[at::<F>(x, image, c, i)]) + s) * rstd;
-            let d = f32::cast_from(dy[at::<F>(dy, image, c, i)]);
+            let xhat = (f32::cast_from(x[at::<F>(x, image, c, i, x_pixel)]) + s) * rstd;
+            let d = f32::cast_from(dy[at::<F>(dy, image, c, i, dy_pixel)]);
             let dz = grad_pre_activation(xhat * g_c + b_c, d, with_silu);
             let to = image * dx.stride(0) + c * dx.stride(1) + i * dx.stride(3);
             dx[to] = F::cast_from(rstd * (dz * g_c - m_g - xhat * m_gx));
@@ -270,21 +288,39 @@ fn units(x: &CubeTensor, spatial: usize) -> usize {
     spatial.next_power_of_two().clamp(32.min(most), most)
 }
 
-/// x `[B, C, H, W]` as the kernels read it: unchanged when H and W merge into one pixel axis
-/// (NCHW and channels-last both do), else contiguous. Returns it and (B, C, H·W).
-fn readable(x: CubeTensor, groups: usize) -> (CubeTensor, (usize, usize, usize)) {
+/// The stride of H·W as one pixel axis of `[B, C, H, W]`, if H and W merge into one (NCHW and
+/// channels-last layouts do; the stride of a dimension of size 1 may be anything).
+fn pixel_stride(x: &CubeTensor) -> Option<usize> {
+    let [_, _, h, w] = x.meta.shape().dims::<4>();
+    let s = x.meta.strides();
+    match (h, w) {
+        (_, 1) => Some(s[2]),
+        (1, _) => Some(s[3]),
+        _ => (s[2] == w * s[3]).then_some(s[3]),
+    }
+}
+
+/// x `[B, C, H, W]` as the kernels read it: unchanged when H and W merge into one pixel axis,
+/// else contiguous. Returns it, its pixel stride and (B, C, H·W).
+fn readable(x: CubeTensor, groups: usize) -> (CubeTensor, u32, (usize, usize, usize)) {
     let [b, c, h, w] = x.meta.shape().dims::<4>();
     assert!(
         groups > 0 && c.is_multiple_of(groups),
         "group_norm: {c} channels in {groups} groups"
     );
-    let strides = x.meta.strides();
-    let x = if strides[2] == w * strides[3] {
+    let x = if pixel_stride(&x).is_some() {
         x
     } else {
         into_contiguous(x)
     };
-    (x, (b, c, h * w))
+    let stride = pixel_stride(&x).expect("a contiguous tensor's pixels merge");
+    (x, stride as u32, (b, c, h * w))
+}
+
+/// Cubes for `count` (image, group) pairs, over two dimensions where one would exceed 65,535.
+fn cube_count(count: usize) -> CubeCount {
+    let x = count.clamp(1, 65_535);
+    CubeCount::Static(x as u32, count.div_ceil(x) as u32, 1)
 }
 
 /// An uninitialized tensor shaped and laid out like `x` (channels-last when x is, so that the
@@ -317,7 +353,7 @@ pub(super) fn forward(
     has_shift: bool,
     with_silu: bool,
 ) -> (FloatTensor<CubeBackend>, FloatTensor<CubeBackend>) {
-    let (x, (b, c, spatial)) = readable(x, groups);
+    let (x, x_pixel, (b, c, spatial)) = readable(x, groups);
     let y = empty_like(&x, x.dtype);
     let stats = f32_buffer(&x, Shape::new([b * groups, 2]));
     if b * c * spatial == 0 {
@@ -327,7 +363,7 @@ pub(super) fn forward(
     let (client, dtype) = (x.client.clone(), x.dtype);
     norm_forward_kernel::launch(
         &client,
-        CubeCount::Static((b * groups) as u32, 1, 1),
+        cube_count(b * groups),
         CubeDim::new_1d(units as u32),
         x.into_tensor_arg(),
         shift.into_tensor_arg(),
@@ -336,6 +372,7 @@ pub(super) fn forward(
         y.clone().into_tensor_arg(),
         stats.clone().into_tensor_arg(),
         groups as u32,
+        x_pixel,
         epsilon as f32,
         units,
         has_shift,
@@ -363,8 +400,8 @@ pub(super) fn backward(
     FloatTensor<CubeBackend>,
     FloatTensor<CubeBackend>,
 ) {
-    let (x, (b, c, spatial)) = readable(x, groups);
-    let (dy, _) = readable(dy, groups);
+    let (x, x_pixel, (b, c, spatial)) = readable(x, groups);
+    let (dy, dy_pixel, _) = readable(dy, groups);
     let dx = empty_like(&dy, x.dtype);
     let per_channel = || f32_buffer(&x, Shape::new([b, c]));
     let (dshift, dgamma, dbeta) = (per_channel(), per_channel(), per_channel());
@@ -375,7 +412,7 @@ pub(super) fn backward(
     let (client, dtype) = (x.client.clone(), x.dtype);
     norm_backward_kernel::launch(
         &client,
-        CubeCount::Static((b * groups) as u32, 1, 1),
+        cube_count(b * groups),
         CubeDim::new_1d(units as u32),
         x.into_tensor_arg(),
         shift.into_tensor_arg(),
@@ -388,6 +425,8 @@ pub(super) fn backward(
         dgamma.clone().into_tensor_arg(),
         dbeta.clone().into_tensor_arg(),
         groups as u32,
+        x_pixel,
+        dy_pixel,
         units,
         has_shift,
         with_silu,

@@ -89,6 +89,10 @@ fn group_norm_kernel_matches_burn_values_and_gradients() {
         (8, [2, 32, 16, 16]),
         (16, [2, 16, 3, 3]),
         (1, [2, 3, 2, 2]),
+        // W = 1 in every layout: a size-1 dimension's stride says nothing of the pixels'.
+        (2, [2, 4, 3, 1]),
+        (2, [2, 4, 3, 1]),
+        (2, [2, 4, 3, 1]),
     ];
     for (i, (groups, shape)) in cases.into_iter().enumerate() {
         let seed = 10 * i as u64;
@@ -133,16 +137,23 @@ fn group_norm_kernel_matches_burn_values_and_gradients() {
 fn group_norm_kernel_runs_without_autodiff_and_in_bf16() {
     let device = Device::cpu();
     let shape = [2usize, 8, 6, 6];
-    let norm = norm(4, 8, 1, &device);
+    let small = norm(4, 8, 1, &device);
     let x = random(shape, 3, &device) * 1.5 - 0.3;
     let shift = random([2, 8], 4, &device);
-    let want = values(composed(&norm, x.clone(), Some(&shift), true));
-    let got = try_group_norm(&norm, &x, Some(&shift), true).expect("covered");
+    let want = values(composed(&small, x.clone(), Some(&shift), true));
+    let got = try_group_norm(&small, &x, Some(&shift), true).expect("covered");
     close(&values(got), &want, 1e-4, "f32 without autodiff");
+
+    // More (image, group) pairs than a grid dimension may hold on some devices (65,535).
+    let many = norm(16, 16, 2, &device);
+    let wide = random([4100, 16, 1, 2], 8, &device);
+    let want = values(composed(&many, wide.clone(), None, false));
+    let got = try_group_norm(&many, &wide, None, false).expect("covered");
+    close(&values(got), &want, 1e-4, "65,600 groups");
 
     // bf16 tensors (8 significant bits): the sums stay f32, so the error is the rounding of
     // the inputs and of the output, a few parts in 256.
-    let half = cast(&norm, DType::BF16);
+    let half = cast(&small, DType::BF16);
     let (xh, sh) = (x.cast(DType::BF16), shift.cast(DType::BF16));
     let got = try_group_norm(&half, &xh, Some(&sh), true).expect("covered");
     assert_eq!(got.dtype(), DType::BF16);
@@ -184,7 +195,7 @@ fn adamw_host(p: &[f32], g: &[f32], m: &[f32], v: &[f32], s: &AdamWScalars) -> [
         let m1 = b1 * m[i] as f64 + (1.0 - b1) * g;
         let v1 = b2 * v[i] as f64 + (1.0 - b2) * g * g;
         let p1 = p[i] as f64 * s.keep as f64
-            - m1 / ((v1 * s.inv_bc2 as f64).sqrt() + s.eps as f64) * s.step as f64;
+            - m1 / ((v1 / s.bc2 as f64).sqrt() + s.eps as f64) * s.step as f64;
         out[0].push(p1 as f32);
         out[1].push(m1 as f32);
         out[2].push(v1 as f32);
@@ -202,8 +213,10 @@ fn adamw_kernel_matches_the_update_computed_on_the_host() {
     let s = AdamWScalars {
         grad_scale: 0.5,
         beta1: 0.9,
+        one_minus_beta1: 0.1,
         beta2: 0.999,
-        inv_bc2: 1.0 / (1.0 - 0.999f32.powi(3)),
+        one_minus_beta2: 0.001,
+        bc2: 1.0 - 0.999f32.powi(3),
         eps: 1e-8,
         step: 2e-4 / (1.0 - 0.9f32.powi(3)),
         keep: 1.0 - 2e-4 * 0.01,
